@@ -1,0 +1,51 @@
+# Two commands for an operator: `make run` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+VAR := $(CURDIR)/var
+export SOFTHSM2_CONF := $(VAR)/softhsm2.conf
+
+SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli
+
+.PHONY: run test system venv softhsm proto demo check-proto clean
+
+run: venv softhsm
+	$(BIN)/ocspctl demo setup --dir $(VAR)/demo
+	$(BIN)/ocspctl demo serve --dir $(VAR)/demo
+
+test: venv softhsm
+	$(BIN)/python -m pytest -q tests
+
+# Debian packages: SoftHSM, the OpenSSL CLI, and the GnuTLS and NSS clients the tests use.
+system:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    softhsm2 openssl libnss3-tools gnutls-bin python3-venv >/dev/null; \
+	fi
+
+$(BIN)/activate: requirements.lock pyproject.toml | system
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(BIN)/activate
+
+venv: system $(BIN)/activate
+
+# A project-local SoftHSM token directory, so nothing touches /var/lib/softhsm.
+softhsm: $(VAR)/softhsm2.conf
+$(VAR)/softhsm2.conf: softhsm/softhsm2.conf.in
+	mkdir -p $(VAR)/softhsm/tokens
+	sed 's|@TOKENDIR@|$(VAR)/softhsm/tokens|' $< > $@
+
+proto: venv
+	$(BIN)/python -m shared.rpc.generate
+
+check-proto: venv
+	$(BIN)/python -m shared.rpc.generate --check
+
+clean:
+	rm -rf $(VAR) $(VENV) *.egg-info

@@ -1,0 +1,1 @@
+"""Frontend: keyless asyncio HTTP OCSP server. Never imports signer or pkcs11."""

@@ -1,0 +1,187 @@
+"""TOML config reading with errors that name the file and the key.
+
+Both halves describe their config as frozen dataclasses and fill them through a
+``Section``, which records every key it was asked for; ``Section.finish()``
+rejects keys nobody asked for, so a typo is an error and not a silent default.
+
+    sec = Section.load(path)
+    port = sec.int("listen.port", default=2560, minimum=1, maximum=65535)
+    sec.finish()
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_MISSING: Any = object()
+
+
+class ConfigError(Exception):
+    def __init__(self, file: str | Path, key: str, message: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.message = message
+        super().__init__(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}")
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str | int) -> timedelta:
+    """'90', '90s', '5m', '12h', '7d', '250ms' -> timedelta. Raises ValueError."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration like '30s', '5m', '12h' or '7d'")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=text)
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like '30s', '5m', '12h' or '7d'")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+class Section:
+    """A view on one TOML table, remembering which keys were read."""
+
+    def __init__(self, file: Path, data: dict[str, Any], prefix: str = "") -> None:
+        self.file = file
+        self.data = data
+        self.prefix = prefix
+        self._seen: set[str] = set()
+        self._children: list[Section] = []
+
+    @classmethod
+    def load(cls, path: str | Path) -> Section:
+        p = Path(path)
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise ConfigError(p, "", f"cannot read: {e.strerror or e}") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(p, "", "not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(p, "", f"not valid TOML: {e}") from None
+        return cls(p, data)
+
+    # -- helpers -------------------------------------------------------------
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), message)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def _get(self, name: str, default: Any) -> Any:
+        self._seen.add(name)
+        if name in self.data:
+            return self.data[name]
+        if default is _MISSING:
+            raise self.error(name, "is required")
+        return default
+
+    def _typed(self, name: str, default: Any, types: tuple[type, ...], what: str) -> Any:
+        value = self._get(name, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool) and bool not in types:
+            raise self.error(name, f"must be {what}, not {value!r}")
+        if not isinstance(value, types):
+            raise self.error(name, f"must be {what}, not {value!r}")
+        return value
+
+    # -- typed getters -------------------------------------------------------
+    def str(self, name: str, default: Any = _MISSING, *, nonempty: bool = True) -> Any:
+        value = self._typed(name, default, (str,), "a string")
+        if nonempty and value is not default and value == "":
+            raise self.error(name, "must not be empty")
+        return value
+
+    def int(self, name: str, default: Any = _MISSING, *, minimum: int | None = None,
+            maximum: int | None = None) -> Any:
+        value = self._typed(name, default, (int,), "an integer")
+        if value is default:
+            return value
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"must be at most {maximum}, not {value}")
+        return value
+
+    def bool(self, name: str, default: Any = _MISSING) -> Any:
+        return self._typed(name, default, (bool,), "true or false")
+
+    def choice(self, name: str, choices: Iterable[str], default: Any = _MISSING) -> Any:
+        options = list(choices)
+        value = self._typed(name, default, (str,), "a string")
+        if value is not default and value not in options:
+            raise self.error(name, f"must be one of {', '.join(map(repr, options))}, not {value!r}")
+        return value
+
+    def duration(self, name: str, default: Any = _MISSING, *,
+                 minimum: timedelta | None = None, maximum: timedelta | None = None) -> Any:
+        value = self._get(name, default)
+        if value is default and default is not _MISSING:
+            return parse_duration(value) if isinstance(value, (str, int)) else value
+        try:
+            d = parse_duration(value)
+        except ValueError as e:
+            raise self.error(name, str(e)) from None
+        if minimum is not None and d < minimum:
+            raise self.error(name, f"must be at least {minimum}, not {d}")
+        if maximum is not None and d > maximum:
+            raise self.error(name, f"must be at most {maximum}, not {d}")
+        return d
+
+    def path(self, name: str, default: Any = _MISSING, *, must_exist: bool = False) -> Any:
+        """A path; relative paths are relative to the directory of the config file."""
+        value = self.str(name, default)
+        if value is default and default is None:
+            return None
+        p = Path(value)
+        if not p.is_absolute():
+            p = self.file.parent / p
+        if must_exist and not p.exists():
+            raise self.error(name, f"{p} does not exist")
+        return p
+
+    def str_list(self, name: str, default: Any = _MISSING) -> Any:
+        value = self._get(name, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(name, "must be a list of strings")
+        return value
+
+    def section(self, name: str, *, required: bool = False) -> Section:
+        """A sub-table; an absent optional one reads as empty (all defaults)."""
+        value = self._get(name, _MISSING if required else {})
+        if not isinstance(value, dict):
+            raise self.error(name, "must be a table")
+        child = Section(self.file, value, self.key(name))
+        self._children.append(child)
+        return child
+
+    def ignore(self, *names: str) -> None:
+        """Mark keys as known without reading them (they belong to another process)."""
+        self._seen.update(names)
+
+    def finish(self) -> None:
+        """Reject keys nobody read: a typo must not become a silent default."""
+        for name in self.data:
+            if name not in self._seen:
+                raise self.error(name, "unknown key (typo?)")
+        for child in self._children:
+            child.finish()

@@ -1,0 +1,29 @@
+"""One error tree. Each subclass carries the OCSP response status the client gets.
+
+The HTTP shell has a single ``except OCSPError as e`` and answers
+``error_response(e.status)``; foreign exceptions are converted at the boundary.
+"""
+
+from __future__ import annotations
+
+from shared.ocsp.types import ResponseStatus
+
+
+class OCSPError(Exception):
+    status: ResponseStatus = ResponseStatus.INTERNAL_ERROR
+
+
+class MalformedRequest(OCSPError):
+    status = ResponseStatus.MALFORMED_REQUEST
+
+
+class InternalError(OCSPError):
+    status = ResponseStatus.INTERNAL_ERROR
+
+
+class TryLater(OCSPError):
+    status = ResponseStatus.TRY_LATER
+
+
+class Unauthorized(OCSPError):
+    status = ResponseStatus.UNAUTHORIZED

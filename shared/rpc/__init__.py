@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for proto/signer.proto. Regenerate with `make proto`."""

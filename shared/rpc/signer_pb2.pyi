@@ -1,0 +1,116 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HashAlgorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HASH_ALGORITHM_UNSPECIFIED: _ClassVar[HashAlgorithm]
+    SHA1: _ClassVar[HashAlgorithm]
+    SHA256: _ClassVar[HashAlgorithm]
+    SHA384: _ClassVar[HashAlgorithm]
+    SHA512: _ClassVar[HashAlgorithm]
+
+class CertStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CERT_STATUS_UNSPECIFIED: _ClassVar[CertStatus]
+    GOOD: _ClassVar[CertStatus]
+    REVOKED: _ClassVar[CertStatus]
+    UNKNOWN: _ClassVar[CertStatus]
+HASH_ALGORITHM_UNSPECIFIED: HashAlgorithm
+SHA1: HashAlgorithm
+SHA256: HashAlgorithm
+SHA384: HashAlgorithm
+SHA512: HashAlgorithm
+CERT_STATUS_UNSPECIFIED: CertStatus
+GOOD: CertStatus
+REVOKED: CertStatus
+UNKNOWN: CertStatus
+
+class CertId(_message.Message):
+    __slots__ = ("hash_algorithm", "issuer_name_hash", "issuer_key_hash", "serial_number")
+    HASH_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_NAME_HASH_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    hash_algorithm: HashAlgorithm
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial_number: bytes
+    def __init__(self, hash_algorithm: _Optional[_Union[HashAlgorithm, str]] = ..., issuer_name_hash: _Optional[bytes] = ..., issuer_key_hash: _Optional[bytes] = ..., serial_number: _Optional[bytes] = ...) -> None: ...
+
+class SingleStatus(_message.Message):
+    __slots__ = ("cert_id", "status", "revocation_time", "revocation_reason", "invalidity_date", "this_update", "next_update")
+    CERT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    INVALIDITY_DATE_FIELD_NUMBER: _ClassVar[int]
+    THIS_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    cert_id: CertId
+    status: CertStatus
+    revocation_time: int
+    revocation_reason: int
+    invalidity_date: int
+    this_update: int
+    next_update: int
+    def __init__(self, cert_id: _Optional[_Union[CertId, _Mapping]] = ..., status: _Optional[_Union[CertStatus, str]] = ..., revocation_time: _Optional[int] = ..., revocation_reason: _Optional[int] = ..., invalidity_date: _Optional[int] = ..., this_update: _Optional[int] = ..., next_update: _Optional[int] = ...) -> None: ...
+
+class SignRequest(_message.Message):
+    __slots__ = ("request_id", "responses", "nonce")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    responses: _containers.RepeatedCompositeFieldContainer[SingleStatus]
+    nonce: bytes
+    def __init__(self, request_id: _Optional[str] = ..., responses: _Optional[_Iterable[_Union[SingleStatus, _Mapping]]] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class SignReply(_message.Message):
+    __slots__ = ("ocsp_response", "generation", "responder_fingerprint")
+    OCSP_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RESPONDER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ocsp_response: bytes
+    generation: int
+    responder_fingerprint: str
+    def __init__(self, ocsp_response: _Optional[bytes] = ..., generation: _Optional[int] = ..., responder_fingerprint: _Optional[str] = ...) -> None: ...
+
+class RespondersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Responder(_message.Message):
+    __slots__ = ("issuer_certificate", "responder_certificate", "generation", "name")
+    ISSUER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    RESPONDER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    issuer_certificate: bytes
+    responder_certificate: bytes
+    generation: int
+    name: str
+    def __init__(self, issuer_certificate: _Optional[bytes] = ..., responder_certificate: _Optional[bytes] = ..., generation: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RespondersReply(_message.Message):
+    __slots__ = ("responders",)
+    RESPONDERS_FIELD_NUMBER: _ClassVar[int]
+    responders: _containers.RepeatedCompositeFieldContainer[Responder]
+    def __init__(self, responders: _Optional[_Iterable[_Union[Responder, _Mapping]]] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthReply(_message.Message):
+    __slots__ = ("serving", "detail")
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    serving: bool
+    detail: str
+    def __init__(self, serving: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...

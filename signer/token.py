@@ -1,0 +1,213 @@
+"""The PKCS#11 token: the only module that talks to the HSM. Knows nothing of OCSP.
+
+python-pkcs11 initialises the module without OS locking flags, so SoftHSM runs
+without its own mutexes: two threads inside the token at once corrupt its heap.
+Every call into the token therefore holds ``self._lock``. Parallelism comes from
+processes, each with its own C_Initialize, session and login.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from asn1crypto import keys
+
+from signer.mechanisms import KEY_SPECS, SignatureAlgorithm, sign_with_key
+
+
+class TokenError(Exception):
+    """A token problem worded for the operator."""
+
+
+class Token(Protocol):
+    def sign(self, key_label: str, algorithm: SignatureAlgorithm, data: bytes) -> bytes: ...
+
+    def public_key(self, key_label: str) -> bytes: ...
+
+
+def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
+    """The user PIN, from a file (first line) or an environment variable; never from config text."""
+    if pin_file is not None:
+        try:
+            pin = pin_file.read_text().splitlines()[0].strip() if pin_file.stat().st_size else ""
+        except OSError as e:
+            raise TokenError(f"cannot read PIN file {pin_file}: {e.strerror or e}") from None
+        except IndexError:
+            pin = ""
+        if not pin:
+            raise TokenError(f"PIN file {pin_file} is empty")
+        return pin
+    if pin_env is not None:
+        pin = os.environ.get(pin_env, "")
+        if not pin:
+            raise TokenError(f"environment variable {pin_env} (the token PIN) is not set")
+        return pin
+    raise TokenError("no PIN source: set token.pin_file or token.pin_env")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAttributes:
+    sensitive: bool
+    extractable: bool
+    key_type: str
+
+
+class Pkcs11Token:
+    """One module, one token, one logged-in R/W session, one lock."""
+
+    def __init__(self, module: str | Path, *, pin: str, token_label: str | None = None,
+                 token_serial: str | None = None) -> None:
+        import pkcs11
+
+        if (token_label is None) == (token_serial is None):
+            raise TokenError("select the token by exactly one of label or serial")
+        self._lock = threading.Lock()
+        self._keys: dict[tuple[str, str], Any] = {}
+        try:
+            lib = pkcs11.lib(str(module))
+        except Exception as e:  # the loader raises RuntimeError/OSError with dlerror text
+            raise TokenError(f"cannot load PKCS#11 module {module}: {e}") from None
+        try:
+            if token_label is not None:
+                self._token = lib.get_token(token_label=token_label)
+            else:
+                self._token = lib.get_token(token_serial=token_serial.encode())  # type: ignore[union-attr]
+        except pkcs11.NoSuchToken:
+            which = f"label {token_label!r}" if token_label is not None else f"serial {token_serial!r}"
+            raise TokenError(f"no token with {which} in {module}") from None
+        except pkcs11.MultipleTokensReturned:
+            raise TokenError(f"several tokens are labelled {token_label!r}; select by serial") from None
+        try:
+            self._session = self._token.open(user_pin=pin, rw=True)
+        except pkcs11.PinIncorrect:
+            raise TokenError("the token refused the PIN (wrong PIN); not retrying, to avoid locking it") from None
+        except pkcs11.PinLocked:
+            raise TokenError("the token's user PIN is locked") from None
+        except pkcs11.PKCS11Error as e:
+            raise TokenError(f"cannot open a session on the token: {type(e).__name__}") from None
+        self.label = self._token.label
+
+    def close(self) -> None:
+        with self._lock:
+            self._keys.clear()
+            try:
+                self._session.close()
+            except Exception:
+                pass
+
+    # -- keys ------------------------------------------------------------------
+    def _key(self, label: str, kind: str) -> Any:
+        import pkcs11
+        from pkcs11 import ObjectClass
+
+        cached = self._keys.get((kind, label))
+        if cached is not None:
+            return cached
+        cls = ObjectClass.PRIVATE_KEY if kind == "private" else ObjectClass.PUBLIC_KEY
+        try:
+            key = self._session.get_key(object_class=cls, label=label)
+        except pkcs11.NoSuchKey:
+            raise TokenError(f"no {kind} key labelled {label!r} in token {self.label!r}") from None
+        except pkcs11.MultipleObjectsReturned:
+            raise TokenError(f"several {kind} keys are labelled {label!r} in token {self.label!r}") from None
+        self._keys[(kind, label)] = key
+        return key
+
+    def forget_keys(self) -> None:
+        """Drop cached key handles (after keys were added or replaced)."""
+        with self._lock:
+            self._keys.clear()
+
+    def has_key(self, label: str) -> bool:
+        with self._lock:
+            try:
+                self._key(label, "private")
+                return True
+            except TokenError:
+                return False
+
+    def public_key(self, key_label: str) -> bytes:
+        """SubjectPublicKeyInfo DER of the key pair labelled ``key_label``."""
+        from pkcs11 import KeyType
+        from pkcs11.util.ec import encode_ec_public_key
+        from pkcs11.util.rsa import encode_rsa_public_key
+
+        with self._lock:
+            pub = self._key(key_label, "public")
+            if pub.key_type == KeyType.RSA:
+                rsa = keys.RSAPublicKey.load(encode_rsa_public_key(pub))
+                return keys.PublicKeyInfo({
+                    "algorithm": {"algorithm": "rsa", "parameters": None},
+                    "public_key": rsa,
+                }).dump()
+            if pub.key_type == KeyType.EC:
+                return encode_ec_public_key(pub)
+            raise TokenError(f"key {key_label!r} is neither RSA nor EC")
+
+    def key_attributes(self, key_label: str) -> KeyAttributes:
+        from pkcs11 import Attribute
+
+        with self._lock:
+            priv = self._key(key_label, "private")
+            return KeyAttributes(
+                sensitive=bool(priv[Attribute.SENSITIVE]),
+                extractable=bool(priv[Attribute.EXTRACTABLE]),
+                key_type=priv.key_type.name,
+            )
+
+    def generate_key(self, key_label: str, spec: str) -> bytes:
+        """Generate a non-extractable, sensitive key pair in the token. Returns the SPKI DER."""
+        import pkcs11
+        from pkcs11 import Attribute, KeyType
+        from pkcs11.util.ec import encode_named_curve_parameters
+
+        if spec not in KEY_SPECS:
+            raise TokenError(f"unknown key type {spec!r}; one of {', '.join(KEY_SPECS)}")
+        if self.has_key(key_label):
+            raise TokenError(f"a key labelled {key_label!r} already exists in token {self.label!r}")
+        kind, size = KEY_SPECS[spec]
+        key_id = os.urandom(16)
+        private_template = {
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.PRIVATE: True,
+            Attribute.SIGN: True,
+            Attribute.DECRYPT: False,
+            Attribute.UNWRAP: False,
+            Attribute.DERIVE: False,
+        }
+        public_template = {Attribute.VERIFY: True, Attribute.ENCRYPT: False, Attribute.WRAP: False}
+        with self._lock:
+            try:
+                if kind == "rsa":
+                    self._session.generate_keypair(
+                        KeyType.RSA, size, label=key_label, id=key_id, store=True,
+                        public_template=public_template, private_template=private_template)
+                else:
+                    params = self._session.create_domain_parameters(
+                        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(size)}, local=True)
+                    params.generate_keypair(
+                        label=key_label, id=key_id, store=True,
+                        public_template=public_template, private_template=private_template)
+            except pkcs11.PKCS11Error as e:
+                raise TokenError(f"key generation failed in the token: {type(e).__name__}") from None
+            self._keys.pop(("private", key_label), None)
+            self._keys.pop(("public", key_label), None)
+        return self.public_key(key_label)
+
+    # -- signing -----------------------------------------------------------------
+    def sign(self, key_label: str, algorithm: SignatureAlgorithm, data: bytes) -> bytes:
+        import pkcs11
+
+        with self._lock:
+            key = self._key(key_label, "private")
+            try:
+                return sign_with_key(key, algorithm, data)
+            except pkcs11.PKCS11Error as e:
+                # A stale handle (key deleted/replaced) gets one fresh lookup.
+                self._keys.pop(("private", key_label), None)
+                raise TokenError(f"signing with {key_label!r} failed: {type(e).__name__}") from None
