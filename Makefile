@@ -8,7 +8,7 @@ export SOFTHSM2_CONF := $(VAR)/softhsm2.conf
 
 SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli
 
-.PHONY: run test system venv softhsm proto demo check-proto clean
+.PHONY: run test bench system venv softhsm proto check-proto clean
 
 run: venv softhsm
 	$(BIN)/ocspctl demo setup --dir $(VAR)/demo
@@ -16,6 +16,11 @@ run: venv softhsm
 
 test: venv softhsm
 	$(BIN)/python -m pytest -q tests
+
+# Benchmarks print a table of ratios against a reference measured in the same run.
+bench: venv softhsm
+	$(BIN)/ocspctl demo setup --dir $(VAR)/demo
+	$(BIN)/python bench/http_bench.py --demo $(VAR)/demo
 
 # Debian packages: SoftHSM, the OpenSSL CLI, and the GnuTLS and NSS clients the tests use.
 system:
