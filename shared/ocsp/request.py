@@ -1,0 +1,152 @@
+"""Decode an OCSPRequest (RFC 6960 4.1) into a ``ParsedRequest``: eager, strict, bounded.
+
+asn1crypto parses lazily, so every field the responder needs is read inside the one ``try`` of
+``decode_request``; whatever goes wrong there becomes ``MalformedRequest`` with a short reason.
+requestorName and optionalSignature are accepted and not looked into.
+"""
+
+from __future__ import annotations
+
+from asn1crypto import core, ocsp
+
+from shared.ocsp.errors import MalformedRequest
+from shared.ocsp.types import CertId, HashAlgorithm, ParsedRequest
+
+__all__ = ["MAX_NONCE", "MIN_NONCE", "decode_request", "nonce_length"]
+
+MIN_NONCE = 1  # RFC 9654 2.1
+MAX_NONCE = 128
+MAX_SERIAL_OCTETS = 64  # RFC 5280 allows 20; leave room for non-conforming CAs, but stay bounded
+
+ID_PKIX_OCSP_NONCE = "1.3.6.1.5.5.7.48.1.2"
+ID_PKIX_OCSP_RESPONSE = "1.3.6.1.5.5.7.48.1.4"  # acceptable responses: we always answer basic
+
+# Request extensions we understand and may therefore accept when marked critical.
+_UNDERSTOOD_REQUEST_EXTENSIONS = frozenset({ID_PKIX_OCSP_NONCE, ID_PKIX_OCSP_RESPONSE})
+# singleRequestExtensions: none understood (service locator is not supported).
+_UNDERSTOOD_SINGLE_EXTENSIONS: frozenset[str] = frozenset()
+
+_HASHES: dict[str, tuple[HashAlgorithm, int]] = {
+    "1.3.14.3.2.26": (HashAlgorithm.SHA1, 20),
+    "2.16.840.1.101.3.4.2.1": (HashAlgorithm.SHA256, 32),
+    "2.16.840.1.101.3.4.2.2": (HashAlgorithm.SHA384, 48),
+    "2.16.840.1.101.3.4.2.3": (HashAlgorithm.SHA512, 64),
+}
+
+_NULL = b"\x05\x00"
+
+
+def nonce_length(extn_value: bytes) -> int:
+    """Length of the nonce carried by a nonce extension's extnValue (RFC 9654).
+
+    When ``extn_value`` is a single DER OCTET STRING, its contents are the nonce; otherwise (legacy
+    clients that put the raw nonce in extnValue) the whole value is. Never raises; the caller checks
+    the result against ``MIN_NONCE..MAX_NONCE``.
+    """
+    contents = _der_octet_string_contents(extn_value)
+    return len(extn_value) if contents is None else contents
+
+
+def _der_octet_string_contents(value: bytes) -> int | None:
+    """Length of the contents if ``value`` is exactly one DER-encoded primitive OCTET STRING."""
+    n = len(value)
+    if n < 2 or value[0] != 0x04:
+        return None
+    first = value[1]
+    if first < 0x80:
+        length, header = first, 2
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or n < 2 + count:
+            return None  # indefinite form (not DER) or absurdly long
+        length_octets = value[2:2 + count]
+        if length_octets[0] == 0:
+            return None  # not minimal
+        length = int.from_bytes(length_octets, "big")
+        if length < 0x80 or (count > 1 and length < 1 << (8 * (count - 1))):
+            return None  # not minimal
+        header = 2 + count
+    return length if header + length == n else None
+
+
+def _exact(seq: core.Sequence) -> None:
+    """asn1crypto keeps elements past the last defined field; DER allows none."""
+    if len(seq) != len(type(seq)._fields):
+        raise MalformedRequest(f"unexpected elements in {type(seq).__name__}")
+
+
+def _check_extensions(extensions: core.SequenceOf, understood: frozenset[str], where: str) -> dict[str, bytes]:
+    """Return {extnID: raw extnValue}; reject duplicates and critical ones we do not understand."""
+    seen: dict[str, bytes] = {}
+    for ext in extensions:
+        _exact(ext)
+        oid = ext["extn_id"].dotted
+        if oid in seen:
+            raise MalformedRequest(f"duplicate {where} extension {oid}")
+        if ext["critical"].native and oid not in understood:
+            raise MalformedRequest(f"unsupported critical {where} extension {oid}")
+        # Raw octets of extnValue, untouched: never ask asn1crypto to interpret it.
+        seen[oid] = ext["extn_value"].contents
+    return seen
+
+
+def _cert_id(cid: ocsp.CertId) -> CertId:
+    _exact(cid)
+    alg = cid["hash_algorithm"]
+    _exact(alg)
+    known = _HASHES.get(alg["algorithm"].dotted)
+    if known is None:
+        raise MalformedRequest(f"unsupported CertID hash algorithm {alg['algorithm'].dotted}")
+    algorithm, size = known
+    params = alg["parameters"]
+    if not isinstance(params, core.Void) and params.dump() != _NULL:
+        raise MalformedRequest("CertID hash algorithm parameters must be absent or NULL")
+    name_hash = cid["issuer_name_hash"].native
+    key_hash = cid["issuer_key_hash"].native
+    if len(name_hash) != size or len(key_hash) != size:
+        raise MalformedRequest(f"CertID hash length is not the {algorithm.value} digest size")
+    serial = cid["serial_number"].contents
+    if not serial:
+        raise MalformedRequest("empty CertID serialNumber")
+    if len(serial) > MAX_SERIAL_OCTETS:
+        raise MalformedRequest(f"CertID serialNumber longer than {MAX_SERIAL_OCTETS} octets")
+    return CertId(algorithm, name_hash, key_hash, serial)
+
+
+def decode_request(der: bytes, *, max_cert_ids: int = 64) -> ParsedRequest:
+    """Decode a DER OCSPRequest. Raises ``MalformedRequest`` for anything we will not answer."""
+    try:
+        req = ocsp.OCSPRequest.load(bytes(der), strict=True)
+        _exact(req)
+        tbs = req["tbs_request"]
+        _exact(tbs)
+        if tbs["version"].native != "v1":
+            raise MalformedRequest("unsupported request version")
+        request_list = tbs["request_list"]
+        count = len(request_list)
+        if count == 0:
+            raise MalformedRequest("empty requestList")
+        if count > max_cert_ids:
+            raise MalformedRequest(f"requestList has {count} entries; at most {max_cert_ids} allowed")
+        cert_ids = []
+        for single in request_list:
+            _exact(single)
+            cert_ids.append(_cert_id(single["req_cert"]))
+            single_exts = single["single_request_extensions"]
+            if not isinstance(single_exts, core.Void):
+                _check_extensions(single_exts, _UNDERSTOOD_SINGLE_EXTENSIONS, "singleRequest")
+        nonce: bytes | None = None
+        exts = tbs["request_extensions"]
+        if not isinstance(exts, core.Void):
+            values = _check_extensions(exts, _UNDERSTOOD_REQUEST_EXTENSIONS, "request")
+            nonce = values.get(ID_PKIX_OCSP_NONCE)
+            if nonce is not None and not MIN_NONCE <= nonce_length(nonce) <= MAX_NONCE:
+                raise MalformedRequest(f"nonce must be {MIN_NONCE}..{MAX_NONCE} octets (RFC 9654)")
+        # Touch optionalSignature's tag only (it is accepted and ignored).
+        req["optional_signature"]
+    except MalformedRequest:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            UnicodeDecodeError, RecursionError) as e:
+        raise MalformedRequest(f"not a DER OCSPRequest: {type(e).__name__}") from None
+    return ParsedRequest(tuple(cert_ids), nonce)
