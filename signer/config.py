@@ -1,0 +1,254 @@
+"""The signer's configuration: etc/signer.toml and the ``[responder]`` table of each ca.d/*.toml.
+
+Everything is validated here, before anything starts: the files are read, the certificates parsed,
+each responder certificate checked against its CA. Errors name the file and the key
+(``ConfigError``). What needs the token (the key behind ``key_label``) is checked by
+``signer.responders.load_responders``.
+
+    # etc/signer.toml
+    ca_dir = "ca.d"                 # directory of CA files, one *.toml per CA
+    [listen]
+    address = "127.0.0.1:50051"     # host:port, or unix:/path/to/socket
+    [token]
+    module = "/usr/lib/softhsm/libsofthsm2.so"
+    label = "ocsp"                  # exactly one of label / serial
+    pin_file = "/etc/ocsp/token.pin"   # exactly one of pin_file / pin_env
+    [policy]
+    max_validity = "7d"             # longest nextUpdate - thisUpdate the signer will sign
+    max_clock_skew = "5m"           # how far ahead of our clock thisUpdate/revocationTime may be
+    max_cert_ids = 64               # most SingleResponses in one signed response
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from shared.config import ConfigError, Section
+
+DEFAULT_MAX_VALIDITY = timedelta(days=7)
+DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
+DEFAULT_MAX_CERT_IDS = 64
+# A sanity bound, not a policy: RFC 6960 puts no limit on requestList, we do.
+MAX_CERT_IDS_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    # As given ("host:port" or "unix:/abs/path"); relative unix paths are made absolute.
+    address: str
+    # "unix" or "tcp".
+    kind: str
+    host: str | None = None  # tcp only, without brackets
+    port: int | None = None  # tcp only; 0 = any free port
+    path: Path | None = None  # unix only
+
+
+@dataclass(frozen=True, slots=True)
+class TokenConfig:
+    module: Path
+    label: str | None
+    serial: str | None
+    pin_file: Path | None
+    pin_env: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    max_validity: timedelta = DEFAULT_MAX_VALIDITY
+    max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
+    max_cert_ids: int = DEFAULT_MAX_CERT_IDS
+
+
+@dataclass(frozen=True, slots=True)
+class ResponderConfig:
+    """One CA file's view for the signer: the CA and who answers for it."""
+
+    file: Path  # the ca.d/*.toml this came from (for error messages)
+    name: str
+    ca_cert: bytes  # DER
+    cert: bytes  # responder certificate DER (may be the CA certificate itself)
+    key_label: str
+    responder_id: str  # "key" or "name"
+    include_cert: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SignerConfig:
+    file: Path
+    ca_dir: Path
+    listen: ListenConfig
+    token: TokenConfig
+    policy: PolicyConfig
+    responders: tuple[ResponderConfig, ...]
+
+
+def load_signer_config(path: str | Path) -> SignerConfig:
+    """Read and validate signer.toml and every CA file in its ca_dir. Raises ConfigError."""
+    sec = Section.load(path)
+    ca_dir = sec.path("ca_dir")
+    listen = _listen(sec.section("listen", required=True))
+    token = _token(sec.section("token", required=True))
+    policy = _policy(sec.section("policy"))
+    sec.finish()
+    if not ca_dir.is_dir():
+        raise sec.error("ca_dir", f"{ca_dir} is not a directory")
+    responders = _responders(sec, ca_dir)
+    return SignerConfig(file=sec.file, ca_dir=ca_dir, listen=listen, token=token, policy=policy,
+                        responders=responders)
+
+
+# -- signer.toml -------------------------------------------------------------------
+
+
+def parse_listen_address(sec: Section, name: str, value: str) -> ListenConfig:
+    if value.startswith("unix:"):
+        raw = value[len("unix:"):]
+        if raw.startswith("//"):  # unix:///abs/path, the gRPC URI form
+            raw = raw[2:]
+        if not raw:
+            raise sec.error(name, "unix: needs a socket path")
+        p = Path(raw)
+        if not p.is_absolute():
+            p = sec.file.parent / p
+        p = p.resolve()
+        if not p.parent.is_dir():
+            raise sec.error(name, f"directory {p.parent} of the socket does not exist")
+        return ListenConfig(address=f"unix:{p}", kind="unix", path=p)
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise sec.error(name, f"{value!r} is neither host:port nor unix:/path")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise sec.error(name, f"{value!r}: unbalanced [ ] around an IPv6 address")
+        host = host[1:-1]
+    elif ":" in host:
+        raise sec.error(name, f"{value!r}: write IPv6 addresses as [addr]:port")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise sec.error(name, f"{value!r}: port must be a number 0..65535")
+    port = int(port_text)
+    shown = f"[{host}]" if ":" in host else host
+    return ListenConfig(address=f"{shown}:{port}", kind="tcp", host=host, port=port)
+
+
+def _listen(sec: Section) -> ListenConfig:
+    return parse_listen_address(sec, "address", sec.str("address"))
+
+
+def _token(sec: Section) -> TokenConfig:
+    if sec.has("pin"):
+        raise sec.error("pin", "the PIN never goes in config text; use pin_file or pin_env")
+    module = sec.path("module")
+    if not module.is_file():
+        raise sec.error("module", f"PKCS#11 module {module} does not exist")
+    label = sec.str("label", None)
+    serial = sec.str("serial", None)
+    if (label is None) == (serial is None):
+        raise sec.error("label", "select the token by exactly one of label / serial")
+    pin_file = sec.path("pin_file", None)
+    pin_env = sec.str("pin_env", None)
+    if (pin_file is None) == (pin_env is None):
+        raise sec.error("pin_file", "give exactly one of pin_file / pin_env")
+    if pin_file is not None and not pin_file.is_file():
+        raise sec.error("pin_file", f"{pin_file} does not exist")
+    return TokenConfig(module=module, label=label, serial=serial, pin_file=pin_file, pin_env=pin_env)
+
+
+def _policy(sec: Section) -> PolicyConfig:
+    return PolicyConfig(
+        max_validity=sec.duration("max_validity", DEFAULT_MAX_VALIDITY, minimum=timedelta(seconds=1)),
+        max_clock_skew=sec.duration("max_clock_skew", DEFAULT_MAX_CLOCK_SKEW, maximum=timedelta(hours=1)),
+        max_cert_ids=sec.int("max_cert_ids", DEFAULT_MAX_CERT_IDS, minimum=1, maximum=MAX_CERT_IDS_LIMIT),
+    )
+
+
+# -- ca.d/*.toml -----------------------------------------------------------------
+
+
+def _responders(top: Section, ca_dir: Path) -> tuple[ResponderConfig, ...]:
+    files = sorted(p for p in ca_dir.glob("*.toml") if p.is_file())
+    if not files:
+        raise top.error("ca_dir", f"no *.toml CA files in {ca_dir}")
+    out: list[ResponderConfig] = []
+    names: dict[str, Path] = {}
+    issuers: dict[tuple[bytes, bytes], Path] = {}
+    for f in files:
+        rc = _ca_file(f)
+        if rc.name in names:
+            raise ConfigError(f, "name", f"CA name {rc.name!r} is also used by {names[rc.name]}")
+        names[rc.name] = f
+        ca = x509.load_der_x509_certificate(rc.ca_cert)
+        ident = (ca.subject.public_bytes(), _spki(ca))
+        if ident in issuers:
+            raise ConfigError(f, "ca_cert", f"the same CA (subject and key) is configured in {issuers[ident]}")
+        issuers[ident] = f
+        out.append(rc)
+    return tuple(out)
+
+
+def _ca_file(path: Path) -> ResponderConfig:
+    sec = Section.load(path)
+    name = sec.str("name", path.stem)
+    ca_path = sec.path("ca_cert")
+    ca = load_certificate(sec, "ca_cert", ca_path)
+    sec.ignore("status")  # the frontend's table
+    rsec = sec.section("responder", required=True)
+    cert_path = rsec.path("cert")
+    cert = load_certificate(rsec, "cert", cert_path)
+    key_label = rsec.str("key_label")
+    responder_id = rsec.choice("responder_id", ("key", "name"), "key")
+    include_cert = rsec.bool("include_cert", True)
+    sec.finish()
+    check_responder_cert(rsec, "cert", ca, cert)
+    return ResponderConfig(
+        file=path, name=name, ca_cert=ca.public_bytes(_DER), cert=cert.public_bytes(_DER),
+        key_label=key_label, responder_id=responder_id, include_cert=include_cert)
+
+
+_DER = Encoding.DER
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_certificate(sec: Section, name: str, path: Path) -> x509.Certificate:
+    """One certificate from a PEM or DER file."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise sec.error(name, f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+            if len(certs) != 1:
+                raise sec.error(name, f"{path} holds {len(certs)} certificates; expected exactly one")
+            return certs[0]
+        return x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise sec.error(name, f"{path} is not a PEM or DER certificate: {e}") from None
+
+
+def check_responder_cert(sec: Section, name: str, ca: x509.Certificate, cert: x509.Certificate) -> None:
+    """The responder is the CA itself, or a delegate issued directly by it with id-kp-OCSPSigning."""
+    if cert == ca:
+        return
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as e:
+        why = str(e) or "the CA's signature does not verify"
+        raise sec.error(name, f"the responder certificate is not issued by this CA ({why})") from None
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    except ValueError as e:
+        raise sec.error(name, f"cannot read the responder certificate's extensions: {e}") from None
+    if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        raise sec.error(name, "a delegated responder certificate must carry extendedKeyUsage id-kp-OCSPSigning")
