@@ -1,0 +1,199 @@
+"""The signer's own policy over a SignRequest: typed fields in, typed values out, or PolicyError.
+
+The frontend is trusted to resolve statuses, not to decide what the signer signs: every field is
+checked here against the signer's configuration and clock before anything is built or signed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import grpc
+
+from shared.clock import Clock
+from shared.ocsp.errors import OCSPError
+from shared.ocsp.request import nonce_length
+from shared.ocsp.types import (
+    CertId,
+    CertStatus,
+    HashAlgorithm,
+    IssuerKey,
+    Revocation,
+    RevocationReason,
+    SingleStatus,
+)
+from shared.rpc import signer_pb2 as pb
+from signer.config import PolicyConfig
+from signer.responders import Responder, ResponderSet
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Latest time GeneralizedTime in our encoding (and datetime) can carry: 9999-12-31T23:59:59Z.
+MAX_TIME = 253402300799
+MAX_SERIAL_OCTETS = 64  # RFC 5280 4.1.2.2: at most 20 octets from conforming CAs; we allow slack.
+MIN_NONCE, MAX_NONCE = 1, 128  # RFC 9654
+MAX_REQUEST_ID = 256
+
+_HASHES = {
+    pb.SHA1: (HashAlgorithm.SHA1, 20),
+    pb.SHA256: (HashAlgorithm.SHA256, 32),
+    pb.SHA384: (HashAlgorithm.SHA384, 48),
+    pb.SHA512: (HashAlgorithm.SHA512, 64),
+}
+_STATUSES = {pb.GOOD: CertStatus.GOOD, pb.REVOKED: CertStatus.REVOKED, pb.UNKNOWN: CertStatus.UNKNOWN}
+_REASONS = {r.value: r for r in RevocationReason}
+
+
+class PolicyError(Exception):
+    """A request the signer will not sign; ``code`` is the gRPC status the caller gets."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> PolicyError:
+    return PolicyError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SignJob:
+    """A validated request: what to sign, with which responder."""
+
+    request_id: str
+    responder: Responder
+    statuses: tuple[SingleStatus, ...]
+    nonce: bytes | None  # the nonce extension's extnValue, byte-exact
+
+
+class Policy:
+    def __init__(self, config: PolicyConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+
+    def check(self, request: pb.SignRequest, responders: ResponderSet) -> SignJob:
+        """Validate ``request``; raise PolicyError with the first fault found."""
+        now = self.clock.now()
+        skew = self.config.max_clock_skew
+        if len(request.request_id) > MAX_REQUEST_ID:
+            raise _invalid(f"request_id is longer than {MAX_REQUEST_ID} characters")
+        n = len(request.responses)
+        if not 1 <= n <= self.config.max_cert_ids:
+            raise _invalid(f"responses: {n} entries; 1..{self.config.max_cert_ids} allowed")
+        nonce = self._nonce(request)
+
+        responder: Responder | None = None
+        statuses: list[SingleStatus] = []
+        for i, item in enumerate(request.responses):
+            where = f"responses[{i}]"
+            cert_id = _cert_id(where, item)
+            found = responders.get(IssuerKey.of(cert_id))
+            if found is None:
+                raise PolicyError(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"{where}.cert_id: this signer is not configured for that issuer")
+            if responder is None:
+                responder = found
+            elif found is not responder:
+                raise PolicyError(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"{where}.cert_id: issuer {found.name!r} differs from {responder.name!r}; "
+                                  "one request, one responder")
+            statuses.append(self._status(where, item, cert_id, now, skew))
+
+        assert responder is not None
+        if not responder.not_before <= now <= responder.not_after:
+            raise PolicyError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"the responder certificate of {responder.name!r} is not valid now "
+                              f"(valid {responder.not_before:%Y-%m-%dT%H:%M:%SZ} to "
+                              f"{responder.not_after:%Y-%m-%dT%H:%M:%SZ})")
+        return SignJob(request.request_id, responder, tuple(statuses), nonce)
+
+    # -- pieces ------------------------------------------------------------------
+    @staticmethod
+    def _nonce(request: pb.SignRequest) -> bytes | None:
+        if not request.HasField("nonce"):
+            return None
+        nonce = bytes(request.nonce)
+        try:
+            length = nonce_length(nonce)
+        except (OCSPError, ValueError) as e:
+            raise _invalid(f"nonce: {e or 'not a valid nonce extension value'}") from None
+        if not MIN_NONCE <= length <= MAX_NONCE:
+            raise _invalid(f"nonce: {length} octets; {MIN_NONCE}..{MAX_NONCE} allowed (RFC 9654)")
+        return nonce
+
+    def _status(self, where: str, item: pb.SingleStatus, cert_id: CertId, now: datetime,
+                skew: timedelta) -> SingleStatus:
+        status = _STATUSES.get(item.status)
+        if status is None:
+            raise _invalid(f"{where}.status: must be GOOD, REVOKED or UNKNOWN")
+
+        this_update = _time(f"{where}.this_update", item.this_update)
+        next_update = _time(f"{where}.next_update", item.next_update)
+        if this_update > now + skew:
+            raise _invalid(f"{where}.this_update: {this_update:%Y-%m-%dT%H:%M:%SZ} is in the future")
+        if next_update <= this_update:
+            raise _invalid(f"{where}.next_update: must be after this_update")
+        if next_update - this_update > self.config.max_validity:
+            raise _invalid(f"{where}.next_update: validity {next_update - this_update} exceeds "
+                           f"the signer's maximum {self.config.max_validity}")
+        if next_update <= now:
+            raise _invalid(f"{where}.next_update: {next_update:%Y-%m-%dT%H:%M:%SZ} has passed; "
+                           "refusing to sign an expired answer")
+
+        revocation = None
+        if status is CertStatus.REVOKED:
+            reason = None
+            if item.HasField("revocation_reason"):
+                reason = _REASONS.get(item.revocation_reason)
+                if reason is None:
+                    raise _invalid(f"{where}.revocation_reason: {item.revocation_reason} is not a CRLReason "
+                                   "(0-6, 8-10)")
+            if item.revocation_time < 0 or (item.revocation_time == 0
+                                            and reason is not RevocationReason.CERTIFICATE_HOLD):
+                # 0 is 1970-01-01, allowed only as RFC 6960 2.2 "extended revoked" (certificateHold).
+                raise _invalid(f"{where}.revocation_time: required for REVOKED")
+            revoked_at = _time(f"{where}.revocation_time", item.revocation_time, allow_zero=True)
+            if revoked_at > now + skew:
+                raise _invalid(f"{where}.revocation_time: {revoked_at:%Y-%m-%dT%H:%M:%SZ} is in the future")
+            invalidity = None
+            if item.invalidity_date != 0:
+                invalidity = _time(f"{where}.invalidity_date", item.invalidity_date)
+                if invalidity > now + skew:
+                    raise _invalid(f"{where}.invalidity_date: {invalidity:%Y-%m-%dT%H:%M:%SZ} is in the future")
+            revocation = Revocation(revoked_at, reason, invalidity)
+        else:
+            for name in ("revocation_time", "invalidity_date"):
+                if getattr(item, name) != 0:
+                    raise _invalid(f"{where}.{name}: only allowed for REVOKED")
+            if item.HasField("revocation_reason"):
+                raise _invalid(f"{where}.revocation_reason: only allowed for REVOKED")
+
+        return SingleStatus(cert_id=cert_id, status=status, this_update=this_update,
+                            next_update=next_update, revocation=revocation)
+
+
+def _cert_id(where: str, item: pb.SingleStatus) -> CertId:
+    if not item.HasField("cert_id"):
+        raise _invalid(f"{where}.cert_id: missing")
+    c = item.cert_id
+    algo = _HASHES.get(c.hash_algorithm)
+    if algo is None:
+        raise _invalid(f"{where}.cert_id.hash_algorithm: must be SHA1, SHA256, SHA384 or SHA512")
+    algorithm, size = algo
+    for name in ("issuer_name_hash", "issuer_key_hash"):
+        length = len(getattr(c, name))
+        if length != size:
+            raise _invalid(f"{where}.cert_id.{name}: {length} octets; {algorithm.name} gives {size}")
+    if not 1 <= len(c.serial_number) <= MAX_SERIAL_OCTETS:
+        raise _invalid(f"{where}.cert_id.serial_number: {len(c.serial_number)} octets; "
+                       f"1..{MAX_SERIAL_OCTETS} allowed")
+    return CertId(algorithm, bytes(c.issuer_name_hash), bytes(c.issuer_key_hash), bytes(c.serial_number))
+
+
+def _time(name: str, seconds: int, *, allow_zero: bool = False) -> datetime:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise _invalid(f"{name}: required (seconds since the Unix epoch)")
+    if seconds > MAX_TIME:
+        raise _invalid(f"{name}: {seconds} is beyond 9999-12-31")
+    return EPOCH + timedelta(seconds=seconds)

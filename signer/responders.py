@@ -1,0 +1,117 @@
+"""Responders: for each configured CA, who signs (certificate + key in the token) and how.
+
+A ``ResponderSet`` is immutable and is replaced as a whole (rotation swaps the service's reference in
+one assignment), so a request always sees one consistent set: the responder it looked up, its key
+label and its generation belong together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+
+from shared.config import ConfigError
+from shared.ocsp.certid import IssuerIndex
+from shared.ocsp.response import responder_id as make_responder_id
+from shared.ocsp.types import IssuerKey
+from signer.config import ResponderConfig, SignerConfig
+from signer.mechanisms import SignatureAlgorithm, UnsupportedKey, algorithm_for_key
+from signer.token import Token, TokenError
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Responder:
+    """Who answers for one issuer. ``generation`` identifies this certificate+key pairing."""
+
+    name: str
+    issuer_cert: bytes  # DER
+    cert: bytes  # responder certificate DER
+    key_label: str
+    algorithm: SignatureAlgorithm
+    responder_id: Any  # asn1crypto ocsp.ResponderId, precomputed
+    include_cert: bool
+    generation: int
+    fingerprint: str  # SHA-256 of ``cert``, hex
+    not_before: datetime
+    not_after: datetime
+
+    @property
+    def certs(self) -> tuple[bytes, ...]:
+        """What goes in BasicOCSPResponse.certs."""
+        return (self.cert,) if self.include_cert else ()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ResponderSet:
+    responders: tuple[Responder, ...]
+    generation: int
+    _index: IssuerIndex = field(repr=False)
+
+    @classmethod
+    def of(cls, responders: Sequence[Responder], generation: int) -> ResponderSet:
+        index: IssuerIndex = IssuerIndex()
+        for r in responders:
+            index.add(r.issuer_cert, r)
+        return cls(tuple(responders), generation, index)
+
+    def get(self, issuer: IssuerKey) -> Responder | None:
+        return self._index.get(issuer)
+
+    def __iter__(self) -> Iterator[Responder]:
+        return iter(self.responders)
+
+    def __len__(self) -> int:
+        return len(self.responders)
+
+
+def _normalised_spki(spki_der: bytes) -> bytes:
+    return load_der_public_key(spki_der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Responder:
+    """Check the token holds the key for ``rc``'s certificate and build its Responder.
+
+    Raises ConfigError naming the CA file and key on any mismatch.
+    """
+    cert = x509.load_der_x509_certificate(rc.cert)
+    cert_spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    try:
+        algorithm = algorithm_for_key(cert_spki)
+    except UnsupportedKey as e:
+        raise ConfigError(rc.file, "responder.cert", str(e)) from None
+    try:
+        token_spki = token.public_key(rc.key_label)
+    except TokenError as e:
+        raise ConfigError(rc.file, "responder.key_label", str(e)) from None
+    try:
+        same = _normalised_spki(token_spki) == cert_spki
+    except ValueError:
+        same = False
+    if not same:
+        raise ConfigError(rc.file, "responder.key_label",
+                          f"the token's key {rc.key_label!r} is not the key of the responder certificate "
+                          "(wrong label, or the certificate belongs to another key)")
+    return Responder(
+        name=rc.name,
+        issuer_cert=rc.ca_cert,
+        cert=rc.cert,
+        key_label=rc.key_label,
+        algorithm=algorithm,
+        responder_id=make_responder_id(rc.cert, rc.responder_id),
+        include_cert=rc.include_cert,
+        generation=generation,
+        fingerprint=hashlib.sha256(rc.cert).hexdigest(),
+        not_before=cert.not_valid_before_utc.astimezone(timezone.utc),
+        not_after=cert.not_valid_after_utc.astimezone(timezone.utc),
+    )
+
+
+def load_responders(config: SignerConfig, token: Token, generation: int = 1) -> ResponderSet:
+    """Every configured CA's responder, checked against the token. Blocking (calls the token)."""
+    return ResponderSet.of([load_responder(rc, token, generation) for rc in config.responders], generation)
