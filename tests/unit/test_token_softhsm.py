@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -125,3 +126,126 @@ def test_wrong_pin_in_fresh_process(softhsm) -> None:
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "wrong PIN" in out.stdout
+
+
+# -- the real ocsp-signer process against the SoftHSM token -------------------------------------------
+
+
+def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path, Any, Any]:
+    """A CA (software key) whose delegated responder key lives in the token; files as an operator writes them."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    token = softhsm.token()
+    label = "proc-responder"
+    spki = token.public_key(label) if token.has_key(label) else token.generate_key(label, "p256")
+    now = datetime.now(timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Process Test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    responder = (x509.CertificateBuilder()
+                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Process Test OCSP")]))
+                 .issuer_name(ca_name).public_key(load_der_public_key(spki)).serial_number(2)
+                 .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+                 .sign(ca_key, hashes.SHA256()))
+    (base / "ca.d").mkdir()
+    (base / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (base / "responder.pem").write_bytes(responder.public_bytes(serialization.Encoding.PEM))
+    (base / "token.pin").write_text((pin or softhsm.pin) + "\n")
+    (base / "ca.d" / "proc.toml").write_text(
+        'ca_cert = "../ca.pem"\n[responder]\ncert = "../responder.pem"\n'
+        f'key_label = "{label}"\n[status]\nsource = "index"\npath = "index.txt"\n')
+    conf = base / "signer.toml"
+    conf.write_text(f'ca_dir = "ca.d"\n[listen]\naddress = "unix:{base / "s.sock"}"\n'
+                    f'[token]\nmodule = "{softhsm.module}"\nlabel = "{softhsm.label}"\npin_file = "token.pin"\n')
+    return conf, ca, responder
+
+
+def _short(tmp_path: Path) -> Path:
+    import tempfile
+
+    return tmp_path if len(str(tmp_path)) < 90 else Path(tempfile.mkdtemp(prefix="sgn", dir="/tmp"))
+
+
+def _signer_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "signer", *args]
+
+
+def test_check_and_wrong_pin(softhsm, tmp_path: Path) -> None:
+    conf, _, _ = _signer_setup(softhsm, _short(tmp_path))
+    ok = subprocess.run(_signer_cmd("--config", str(conf), "--check"), env=softhsm.env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK (1 responders" in ok.stdout
+    (conf.parent / "token.pin").write_text("not-the-pin\n")
+    bad = subprocess.run(_signer_cmd("--config", str(conf), "--check"), env=softhsm.env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(f"ocsp-signer: {conf}: token.pin_file: ")
+    assert "wrong PIN" in bad.stderr
+
+
+def test_signer_process_signs_with_softhsm(softhsm, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import grpc
+    from cryptography import x509
+    from cryptography.x509 import ocsp
+    from cryptography.x509.oid import NameOID
+
+    from shared.rpc import signer_pb2 as pb
+    from shared.rpc import signer_pb2_grpc as pb_grpc
+
+    base = _short(tmp_path)
+    conf, ca, responder = _signer_setup(softhsm, base)
+    log = base / "signer.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(_signer_cmd("--config", str(conf)), env=softhsm.env, cwd=ROOT, stdout=logf,
+                                stderr=subprocess.STDOUT)
+    try:
+        address = f"unix:{base / 's.sock'}"
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.SignerStub(channel)
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    if stub.Health(pb.HealthRequest(), timeout=1).serving:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "signer not ready:\n" + log.read_text()
+                time.sleep(0.05)
+
+            leaf_key = ec.generate_private_key(ec.SECP256R1())
+            leaf = (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")]))
+                    .issuer_name(ca.subject).public_key(leaf_key.public_key()).serial_number(4242)
+                    .not_valid_before(ca.not_valid_before_utc).not_valid_after(ca.not_valid_after_utc)
+                    .sign(leaf_key, hashes.SHA256()))  # signature irrelevant: only the CertID is used
+            creq = ocsp.OCSPRequestBuilder().add_certificate(leaf, ca, hashes.SHA256()).build()
+            now = int(time.time())
+            reply = stub.Sign(pb.SignRequest(request_id="proc", nonce=b"\x04\x08abcdefgh", responses=[
+                pb.SingleStatus(cert_id=pb.CertId(hash_algorithm=pb.SHA256, issuer_name_hash=creq.issuer_name_hash,
+                                                  issuer_key_hash=creq.issuer_key_hash,
+                                                  serial_number=(4242).to_bytes(2, "big")),
+                                status=pb.GOOD, this_update=now, next_update=now + 3600)]), timeout=10)
+            resp = ocsp.load_der_ocsp_response(reply.ocsp_response)
+            assert resp.certificate_status == ocsp.OCSPCertStatus.GOOD
+            assert resp.serial_number == 4242
+            responder.public_key().verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(hashes.SHA256()))
+            assert reply.generation == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(20)
+    text = log.read_text()
+    assert rc == 0, text
+    assert "plaintext" in text and "serving on" in text and "stopped" in text
