@@ -47,7 +47,8 @@ def issuer_keys(issuer_cert_der: bytes) -> dict[HashAlgorithm, IssuerKey]:
     }
 
 
-def cert_id_for(cert_der: bytes, issuer_cert_der: bytes, algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> CertId:
+def cert_id_for(cert_der: bytes, issuer_cert_der: bytes,
+                algorithm: HashAlgorithm = HashAlgorithm.SHA1) -> CertId:
     """The CertID a client would send for ``cert_der`` issued by ``issuer_cert_der``."""
     serial = _load(cert_der)["tbs_certificate"]["serial_number"].contents
     key = issuer_keys(issuer_cert_der)[algorithm]

@@ -7,7 +7,7 @@ requestorName and optionalSignature are accepted and not looked into.
 
 from __future__ import annotations
 
-from asn1crypto import core, ocsp
+from asn1crypto import core, ocsp, x509
 
 from shared.ocsp.errors import MalformedRequest
 from shared.ocsp.types import CertId, HashAlgorithm, ParsedRequest
@@ -34,6 +34,49 @@ _HASHES: dict[str, tuple[HashAlgorithm, int]] = {
 }
 
 _NULL = b"\x05\x00"
+
+
+# The request schema (RFC 6960 4.1.1), declared here rather than taken from asn1crypto.ocsp so that
+# (a) extnValue stays opaque octets (asn1crypto would parse a nonce's extnValue as an OCTET STRING
+# and fail on legacy clients' raw nonces), and (b) requestorName and optionalSignature, which we
+# ignore, are never parsed beyond their tags.
+class _Extension(core.Sequence):
+    _fields = [
+        ("extn_id", core.ObjectIdentifier),
+        ("critical", core.Boolean, {"default": False}),
+        ("extn_value", core.OctetString),
+    ]
+
+
+class _Extensions(core.SequenceOf):
+    _child_spec = _Extension
+
+
+class _Request(core.Sequence):
+    _fields = [
+        ("req_cert", ocsp.CertId),
+        ("single_request_extensions", _Extensions, {"explicit": 0, "optional": True}),
+    ]
+
+
+class _Requests(core.SequenceOf):
+    _child_spec = _Request
+
+
+class _TBSRequest(core.Sequence):
+    _fields = [
+        ("version", ocsp.Version, {"explicit": 0, "default": "v1"}),
+        ("requestor_name", x509.GeneralName, {"explicit": 1, "optional": True}),
+        ("request_list", _Requests),
+        ("request_extensions", _Extensions, {"explicit": 2, "optional": True}),
+    ]
+
+
+class _OCSPRequest(core.Sequence):
+    _fields = [
+        ("tbs_request", _TBSRequest),
+        ("optional_signature", ocsp.Signature, {"explicit": 0, "optional": True}),
+    ]
 
 
 def nonce_length(extn_value: bytes) -> int:
@@ -72,10 +115,11 @@ def _der_octet_string_contents(value: bytes) -> int | None:
 def _exact(seq: core.Sequence) -> None:
     """asn1crypto keeps elements past the last defined field; DER allows none."""
     if len(seq) != len(type(seq)._fields):
-        raise MalformedRequest(f"unexpected elements in {type(seq).__name__}")
+        raise MalformedRequest(f"unexpected elements in {type(seq).__name__.lstrip('_')}")
 
 
-def _check_extensions(extensions: core.SequenceOf, understood: frozenset[str], where: str) -> dict[str, bytes]:
+def _check_extensions(extensions: core.SequenceOf, understood: frozenset[str],
+                      where: str) -> dict[str, bytes]:
     """Return {extnID: raw extnValue}; reject duplicates and critical ones we do not understand."""
     seen: dict[str, bytes] = {}
     for ext in extensions:
@@ -116,7 +160,7 @@ def _cert_id(cid: ocsp.CertId) -> CertId:
 def decode_request(der: bytes, *, max_cert_ids: int = 64) -> ParsedRequest:
     """Decode a DER OCSPRequest. Raises ``MalformedRequest`` for anything we will not answer."""
     try:
-        req = ocsp.OCSPRequest.load(bytes(der), strict=True)
+        req = _OCSPRequest.load(bytes(der), strict=True)
         _exact(req)
         tbs = req["tbs_request"]
         _exact(tbs)
@@ -142,8 +186,7 @@ def decode_request(der: bytes, *, max_cert_ids: int = 64) -> ParsedRequest:
             nonce = values.get(ID_PKIX_OCSP_NONCE)
             if nonce is not None and not MIN_NONCE <= nonce_length(nonce) <= MAX_NONCE:
                 raise MalformedRequest(f"nonce must be {MIN_NONCE}..{MAX_NONCE} octets (RFC 9654)")
-        # Touch optionalSignature's tag only (it is accepted and ignored).
-        req["optional_signature"]
+        req["optional_signature"]  # its tag only: accepted and ignored
     except MalformedRequest:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
