@@ -53,7 +53,8 @@ def _check(config: SignerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="OCSP signer: signs typed statuses in a PKCS#11 token")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="OCSP signer: signs typed statuses in a PKCS#11 token")
     parser.add_argument("--config", required=True, help="path to signer.toml")
     parser.add_argument("--check", action="store_true",
                         help="validate the config, log in to the token, check every responder key; then exit")

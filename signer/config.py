@@ -186,7 +186,8 @@ def _responders(top: Section, ca_dir: Path) -> tuple[ResponderConfig, ...]:
         ca = x509.load_der_x509_certificate(rc.ca_cert)
         ident = (ca.subject.public_bytes(), _spki(ca))
         if ident in issuers:
-            raise ConfigError(f, "ca_cert", f"the same CA (subject and key) is configured in {issuers[ident]}")
+            raise ConfigError(f, "ca_cert",
+                              f"the same CA (subject and key) is configured in {issuers[ident]}")
         issuers[ident] = f
         out.append(rc)
     return tuple(out)
@@ -251,4 +252,5 @@ def check_responder_cert(sec: Section, name: str, ca: x509.Certificate, cert: x5
     except ValueError as e:
         raise sec.error(name, f"cannot read the responder certificate's extensions: {e}") from None
     if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
-        raise sec.error(name, "a delegated responder certificate must carry extendedKeyUsage id-kp-OCSPSigning")
+        raise sec.error(name, "a delegated responder certificate must carry extendedKeyUsage "
+                              "id-kp-OCSPSigning")

@@ -160,7 +160,8 @@ class Policy:
             if item.invalidity_date != 0:
                 invalidity = _time(f"{where}.invalidity_date", item.invalidity_date)
                 if invalidity > now + skew:
-                    raise _invalid(f"{where}.invalidity_date: {invalidity:%Y-%m-%dT%H:%M:%SZ} is in the future")
+                    raise _invalid(f"{where}.invalidity_date: {invalidity:%Y-%m-%dT%H:%M:%SZ} "
+                                   "is in the future")
             revocation = Revocation(revoked_at, reason, invalidity)
         else:
             for name in ("revocation_time", "invalidity_date"):

@@ -106,8 +106,8 @@ class SignerService(pb_grpc.SignerServicer):
         if not self.serving:
             return pb.HealthReply(serving=False, detail="shutting down")
         rs = self.responders
-        return pb.HealthReply(serving=True, detail=f"token {self.token_name!r} logged in, {len(rs)} responders, "
-                                                   f"generation {rs.generation}")
+        detail = f"token {self.token_name!r} logged in, {len(rs)} responders, generation {rs.generation}"
+        return pb.HealthReply(serving=True, detail=detail)
 
 
 class SignerServer:
@@ -177,7 +177,8 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
         port = server.add_insecure_port(config.listen.address)
     except RuntimeError as e:
         await wrapper.stop(None)
-        raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}: {e}") from None
+        raise ConfigError(config.file, "listen.address",
+                          f"cannot listen on {config.listen.address}: {e}") from None
     if config.listen.kind == "tcp" and port == 0:
         await wrapper.stop(None)
         raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}")

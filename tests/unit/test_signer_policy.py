@@ -32,9 +32,9 @@ HASHES = {pb.SHA1: HashAlgorithm.SHA1, pb.SHA256: HashAlgorithm.SHA256, pb.SHA38
 
 def responder(name: str, *, not_before: datetime = NOW - timedelta(days=30),
               not_after: datetime = NOW + timedelta(days=30)) -> Responder:
-    return Responder(name=name, issuer_cert=b"", cert=b"", key_label=name, algorithm=SignatureAlgorithm.ECDSA_SHA256,
-                     responder_id=None, include_cert=True, generation=1, fingerprint="00", not_before=not_before,
-                     not_after=not_after)
+    return Responder(name=name, issuer_cert=b"", cert=b"", key_label=name,
+                     algorithm=SignatureAlgorithm.ECDSA_SHA256, responder_id=None, include_cert=True,
+                     generation=1, fingerprint="00", not_before=not_before, not_after=not_after)
 
 
 class FakeResponders:
@@ -71,7 +71,8 @@ def revoked(**kw: object) -> pb.SingleStatus:
     return good(**fields)
 
 
-def request(*responses: pb.SingleStatus, nonce: bytes | None = None, request_id: str = "r1") -> pb.SignRequest:
+def request(*responses: pb.SingleStatus, nonce: bytes | None = None,
+            request_id: str = "r1") -> pb.SignRequest:
     req = pb.SignRequest(request_id=request_id, responses=list(responses) or [good()])
     if nonce is not None:
         req.nonce = nonce
@@ -98,14 +99,16 @@ CASES: list[Case] = [
     ("all-hashes", lambda: request(*(good(cert_id=cert_id(algorithm=a)) for a in SIZES)), OK, ""),
     ("max-cert-ids", lambda: request(*[good()] * 4), OK, ""),
     ("this-update-within-skew", lambda: request(good(this_update=T + 300)), OK, ""),
-    ("validity-exactly-max", lambda: request(good(this_update=T - HOUR, next_update=T - HOUR + 7 * DAY)), OK, ""),
+    ("validity-exactly-max", lambda: request(good(this_update=T - HOUR, next_update=T - HOUR + 7 * DAY)),
+     OK, ""),
     ("serial-64", lambda: request(good(cert_id=cert_id(serial=b"\x01" * 64))), OK, ""),
     ("nonce-1", lambda: request(nonce=octet_string(b"\x01")), OK, ""),
     ("nonce-legacy-raw", lambda: request(nonce=b"\x01" * 16), OK, ""),
     ("nonce-128", lambda: request(nonce=b"\x04\x81\x80" + b"\x07" * 128), OK, ""),
     # issuers
     ("unconfigured-issuer", lambda: request(good(cert_id=cert_id(issuer=b"\xcc"))), DENIED, "not configured"),
-    ("two-responders", lambda: request(good(), good(cert_id=cert_id(issuer=b"\xbb"))), DENIED, "one responder"),
+    ("two-responders", lambda: request(good(), good(cert_id=cert_id(issuer=b"\xbb"))),
+     DENIED, "one responder"),
     # counts
     ("too-many", lambda: request(*[good()] * 5), INVALID, "1..4"),
     ("request-id-long", lambda: request(request_id="x" * 257), INVALID, "request_id"),
@@ -115,11 +118,13 @@ CASES: list[Case] = [
     ("hash-unset", lambda: request(good(cert_id=cert_id(algorithm=pb.HASH_ALGORITHM_UNSPECIFIED))),
      INVALID, "hash_algorithm"),
     ("hash-unknown-enum", lambda: request(good(cert_id=cert_id(algorithm=99))), INVALID, "hash_algorithm"),
-    ("name-hash-short", lambda: request(good(cert_id=pb.CertId(hash_algorithm=pb.SHA256, issuer_name_hash=b"\xaa" * 20,
-                                                             issuer_key_hash=b"\xaa" * 32, serial_number=b"\x01"))),
+    ("name-hash-short", lambda: request(good(cert_id=pb.CertId(
+        hash_algorithm=pb.SHA256, issuer_name_hash=b"\xaa" * 20, issuer_key_hash=b"\xaa" * 32,
+        serial_number=b"\x01"))),
      INVALID, "issuer_name_hash: 20 octets"),
-    ("key-hash-long", lambda: request(good(cert_id=pb.CertId(hash_algorithm=pb.SHA1, issuer_name_hash=b"\xaa" * 20,
-                                                           issuer_key_hash=b"\xaa" * 21, serial_number=b"\x01"))),
+    ("key-hash-long", lambda: request(good(cert_id=pb.CertId(
+        hash_algorithm=pb.SHA1, issuer_name_hash=b"\xaa" * 20, issuer_key_hash=b"\xaa" * 21,
+        serial_number=b"\x01"))),
      INVALID, "issuer_key_hash"),
     ("serial-empty", lambda: request(good(cert_id=cert_id(serial=b""))), INVALID, "serial_number"),
     ("serial-65", lambda: request(good(cert_id=cert_id(serial=b"\x01" * 65))), INVALID, "serial_number"),
@@ -143,10 +148,12 @@ CASES: list[Case] = [
     ("this-update-future", lambda: request(good(this_update=T + 301)), INVALID, "this_update"),
     ("next-update-unset", lambda: request(good(next_update=0)), INVALID, "next_update"),
     ("next-equals-this", lambda: request(good(this_update=T, next_update=T)), INVALID, "after this_update"),
-    ("next-before-this", lambda: request(good(this_update=T, next_update=T - 1)), INVALID, "after this_update"),
+    ("next-before-this", lambda: request(good(this_update=T, next_update=T - 1)),
+     INVALID, "after this_update"),
     ("validity-too-long", lambda: request(good(this_update=T - HOUR, next_update=T - HOUR + 7 * DAY + 1)),
      INVALID, "exceeds"),
-    ("already-expired", lambda: request(good(this_update=T - 2 * DAY, next_update=T - DAY)), INVALID, "has passed"),
+    ("already-expired", lambda: request(good(this_update=T - 2 * DAY, next_update=T - DAY)),
+     INVALID, "has passed"),
     ("expires-now", lambda: request(good(this_update=T - DAY, next_update=T)), INVALID, "has passed"),
     ("time-overflow", lambda: request(good(next_update=2**62)), INVALID, "beyond 9999"),
     # nonce

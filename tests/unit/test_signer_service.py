@@ -324,7 +324,8 @@ def test_errors_map_to_codes(tmp_path: Path) -> None:
     async def scenario(stub: pb_grpc.SignerStub) -> None:
         await expect_error(stub.Sign(pb.SignRequest(responses=[status(stranger.cert_id(1))])),
                            grpc.StatusCode.PERMISSION_DENIED, "not configured")
-        await expect_error(stub.Sign(pb.SignRequest(responses=[status(ca.cert_id(1)), status(other.cert_id(2))])),
+        mixed = [status(ca.cert_id(1)), status(other.cert_id(2))]
+        await expect_error(stub.Sign(pb.SignRequest(responses=mixed)),
                            grpc.StatusCode.PERMISSION_DENIED, "one responder")
         await expect_error(stub.Sign(pb.SignRequest(responses=[status(ca.cert_id(1), next_update=T - 1,
                                                                       this_update=T - DAY)])),
@@ -389,7 +390,8 @@ def test_token_calls_stay_on_one_thread(tmp_path: Path) -> None:
     token = token_for(ca)
 
     async def scenario(stub: pb_grpc.SignerStub) -> None:
-        await asyncio.gather(*(stub.Sign(pb.SignRequest(responses=[status(ca.cert_id(i))])) for i in range(1, 21)))
+        await asyncio.gather(*(stub.Sign(pb.SignRequest(responses=[status(ca.cert_id(i))]))
+                               for i in range(1, 21)))
 
     run_server(conf, token, scenario)
     assert len(token.signed) == 20
@@ -465,7 +467,8 @@ def test_policy_bounds_the_allowed_bytes(tmp_path: Path) -> None:
                       issuer_key_hash=cid.issuer_key_hash, serial_number=b"\x01" * 65),
         ]
         for c in bad:
-            await expect_error(stub.Sign(pb.SignRequest(responses=[status(c)])), grpc.StatusCode.INVALID_ARGUMENT)
+            await expect_error(stub.Sign(pb.SignRequest(responses=[status(c)])),
+                               grpc.StatusCode.INVALID_ARGUMENT)
         await expect_error(stub.Sign(pb.SignRequest(responses=[status(cid)], nonce=b"\x05" * 4096)),
                            grpc.StatusCode.INVALID_ARGUMENT, "nonce")
 
@@ -529,7 +532,8 @@ CONFIG_CASES: list[tuple[str, Callable[[Path], Path], str, str]] = [
      "signer.toml", "policy.max_validity"),
     ("bad-address", lambda b: write_setup(b, [make_ca("alpha")], address="nowhere"), "signer.toml",
      "listen.address"),
-    ("bad-responder-id", lambda b: write_setup(b, [make_ca("alpha")], responder_extra={"responder_id": '"hash"'}),
+    ("bad-responder-id",
+     lambda b: write_setup(b, [make_ca("alpha")], responder_extra={"responder_id": '"hash"'}),
      "alpha.toml", "responder.responder_id"),
     ("ca-unknown-key", lambda b: write_setup(b, [make_ca("alpha")], ca_extra="colour = 1\n"), "alpha.toml",
      "colour"),
@@ -598,7 +602,8 @@ def test_config_values(tmp_path: Path) -> None:
     assert cfg.policy.max_cert_ids == 64
     assert [r.name for r in cfg.responders] == ["alpha", "direct"]
     alpha = cfg.responders[0]
-    assert alpha.responder_id == "key" and alpha.include_cert is False and alpha.key_label == "alpha-responder"
+    assert alpha.responder_id == "key" and alpha.include_cert is False
+    assert alpha.key_label == "alpha-responder"
     assert cfg.responders[1].cert == cfg.responders[1].ca_cert  # the CA signs directly
 
 

@@ -132,7 +132,8 @@ def test_wrong_pin_in_fresh_process(softhsm) -> None:
 
 
 def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path, Any, Any]:
-    """A CA (software key) whose delegated responder key lives in the token; files as an operator writes them."""
+    """A CA (software key) whose delegated responder key lives in the token; config files as an operator
+    writes them."""
     from datetime import datetime, timedelta, timezone
 
     from cryptography import x509
@@ -146,7 +147,8 @@ def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path,
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Process Test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+          .serial_number(1).not_valid_before(now - timedelta(days=1))
+          .not_valid_after(now + timedelta(days=30))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
     responder = (x509.CertificateBuilder()
@@ -164,7 +166,8 @@ def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path,
         f'key_label = "{label}"\n[status]\nsource = "index"\npath = "index.txt"\n')
     conf = base / "signer.toml"
     conf.write_text(f'ca_dir = "ca.d"\n[listen]\naddress = "unix:{base / "s.sock"}"\n'
-                    f'[token]\nmodule = "{softhsm.module}"\nlabel = "{softhsm.label}"\npin_file = "token.pin"\n')
+                    f'[token]\nmodule = "{softhsm.module}"\nlabel = "{softhsm.label}"\n'
+                    'pin_file = "token.pin"\n')
     return conf, ca, responder
 
 
@@ -234,7 +237,8 @@ def test_signer_process_signs_with_softhsm(softhsm, tmp_path: Path) -> None:
             creq = ocsp.OCSPRequestBuilder().add_certificate(leaf, ca, hashes.SHA256()).build()
             now = int(time.time())
             reply = stub.Sign(pb.SignRequest(request_id="proc", nonce=b"\x04\x08abcdefgh", responses=[
-                pb.SingleStatus(cert_id=pb.CertId(hash_algorithm=pb.SHA256, issuer_name_hash=creq.issuer_name_hash,
+                pb.SingleStatus(cert_id=pb.CertId(hash_algorithm=pb.SHA256,
+                                                  issuer_name_hash=creq.issuer_name_hash,
                                                   issuer_key_hash=creq.issuer_key_hash,
                                                   serial_number=(4242).to_bytes(2, "big")),
                                 status=pb.GOOD, this_update=now, next_update=now + 3600)]), timeout=10)
