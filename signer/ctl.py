@@ -274,18 +274,20 @@ def read_secret_file(path: Path, what: str) -> str:
         raise CtlError(f"{what}: {e}") from None
 
 
+def normalize_spki(spki_der: bytes) -> bytes:
+    """The canonical DER of a SubjectPublicKeyInfo (RSA with its NULL parameters, as OpenSSL writes it)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+
+    return load_der_public_key(spki_der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
 def public_key_fingerprint(spki_der: bytes) -> str:
-    return hashlib.sha256(spki_der).hexdigest()
+    """SHA-256 of the canonical SPKI: what `openssl pkey -pubin -outform DER | sha256sum` prints."""
+    return hashlib.sha256(normalize_spki(spki_der)).hexdigest()
 
 
 def _same_public_key(spki_a: bytes, spki_b: bytes) -> bool:
-    """Compare two SubjectPublicKeyInfos after normalising their encoding."""
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
-
-    def norm(der: bytes) -> bytes:
-        return load_der_public_key(der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-    return norm(spki_a) == norm(spki_b)
+    return normalize_spki(spki_a) == normalize_spki(spki_b)
 
 
 def store_certificate(token: Any, label: str, cert_der: bytes) -> None:
@@ -382,7 +384,7 @@ def build_csr(token: Any, key_label: str, subject: list[tuple[str, str]]) -> byt
     info = asn1_csr.CertificationRequestInfo({
         "version": "v1",
         "subject": build_name(subject),
-        "subject_pk_info": asn1_keys.PublicKeyInfo.load(spki),
+        "subject_pk_info": asn1_keys.PublicKeyInfo.load(normalize_spki(spki)),
         "attributes": [{"type": "extension_request", "values": [extensions]}],
     })
     try:

@@ -1,0 +1,478 @@
+"""ocspctl against a real SoftHSM token in a temp directory, run as a subprocess (as operators run it).
+
+Certificates for token keys are issued here from the public key of an `ocspctl csr` request, so
+the private keys never leave the token; openssl and cryptography judge what ocspctl produced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.integration.conftest import ROOT, SOFTHSM_MODULE, tool
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "ctl-test"
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class Ctl:
+    dir: Path
+    env: dict[str, str]
+    pin_file: Path
+    so_pin_file: Path
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([tool("ocspctl"), *args], env=self.env, capture_output=True, text=True, cwd=ROOT,
+                           timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"ocspctl {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def token_args(self) -> list[str]:
+        return ["--token-label", TOKEN, "--pin-file", str(self.pin_file)]
+
+    def keygen(self, label: str, spec: str) -> subprocess.CompletedProcess[str]:
+        return self.run("keygen", *self.token_args(), "--label", label, "--type", spec)
+
+    def csr(self, label: str, subject: str = "/CN=OCSP Responder/O=Test") -> x509.CertificateSigningRequest:
+        out = self.dir / f"{label}.csr"
+        self.run("csr", *self.token_args(), "--label", label, "--subject", subject, "--out", str(out))
+        return x509.load_pem_x509_csr(out.read_bytes())
+
+    def pkcs11(self, script: str) -> object:
+        """Run a python-pkcs11 snippet in a child process (SoftHSM reads SOFTHSM2_CONF once per process)."""
+        prologue = textwrap.dedent(f"""
+            import json, pkcs11
+            from pkcs11 import Attribute, ObjectClass
+            token = pkcs11.lib({SOFTHSM_MODULE!r}).get_token(token_label={TOKEN!r})
+            session = token.open(user_pin=open({str(self.pin_file)!r}).read().strip())
+        """)
+        r = subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(script)], env=self.env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def ctl(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) -> Ctl:
+    d = tmp_path_factory.mktemp("ctl")
+    pin, so_pin = d / "user.pin", d / "so.pin"
+    pin.write_text("1234-ctl-user\n")
+    so_pin.write_text("5678-ctl-so\n")
+    pin.chmod(0o600)
+    so_pin.chmod(0o600)
+    c = Ctl(dir=d, env=softhsm_env, pin_file=pin, so_pin_file=so_pin)
+    c.run("init-token", "--label", TOKEN, "--pin-file", str(pin), "--so-pin-file", str(so_pin))
+    return c
+
+
+# -- a test CA, in software ------------------------------------------------------------------------------
+
+
+@dataclass
+class SoftCA:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    path: Path
+
+    def issue(self, public_key: object, *, eku: list[x509.ObjectIdentifier] | None = None, nocheck: bool = True,
+              not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "responder")]))
+                   .issuer_name(self.cert.subject).public_key(public_key)  # type: ignore[arg-type]
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(not_before or NOW - dt.timedelta(hours=1))
+                   .not_valid_after(not_after or NOW + dt.timedelta(days=30)))
+        eku = [ExtendedKeyUsageOID.OCSP_SIGNING] if eku is None else eku
+        if eku:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        if nocheck:
+            builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
+        return builder.sign(self.key, hashes.SHA256())
+
+
+def make_ca(d: Path, name: str) -> SoftCA:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = d / f"{name}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return SoftCA(cert, key, path)
+
+
+def write_cert(path: Path, cert: x509.Certificate) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+# -- init-token, keygen, csr ----------------------------------------------------------------------------------
+
+
+def test_init_token_is_idempotent(ctl: Ctl) -> None:
+    r = ctl.run("init-token", "--label", TOKEN, "--pin-file", str(ctl.pin_file),
+                "--so-pin-file", str(ctl.so_pin_file))
+    assert "already exists" in r.stdout
+    slots = subprocess.run(["softhsm2-util", "--show-slots"], env=ctl.env, capture_output=True, text=True).stdout
+    assert [line.split(":", 1)[1].strip() for line in slots.splitlines()
+            if line.strip().startswith("Label:")].count(TOKEN) == 1
+
+
+def test_pins_are_not_arguments(ctl: Ctl) -> None:
+    r = ctl.run("keygen", "--token-label", TOKEN, "--pin", "1234", "--label", "x", "--type", "p256", check=False)
+    assert r.returncode == 2
+
+
+@pytest.mark.parametrize("spec,key_type", [("rsa2048", "RSA"), ("p256", "EC"), ("p384", "EC")])
+def test_keygen_sensitive_not_extractable(ctl: Ctl, spec: str, key_type: str) -> None:
+    label = f"kg-{spec}"
+    r = ctl.keygen(label, spec)
+    fingerprint = r.stdout.split("public key SHA-256: ")[1].split()[0]
+    attrs = ctl.pkcs11(f"""
+        priv = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label={label!r})
+        print(json.dumps({{"sensitive": priv[Attribute.SENSITIVE], "extractable": priv[Attribute.EXTRACTABLE],
+                          "always_sensitive": priv[Attribute.ALWAYS_SENSITIVE],
+                          "never_extractable": priv[Attribute.NEVER_EXTRACTABLE],
+                          "type": priv.key_type.name}}))
+    """)
+    assert attrs == {"sensitive": True, "extractable": False, "always_sensitive": True,
+                     "never_extractable": True, "type": key_type}
+    # The printed fingerprint is the SHA-256 of the SubjectPublicKeyInfo the CSR carries.
+    spki = ctl.csr(label).public_key().public_bytes(serialization.Encoding.DER,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    assert digest.finalize().hex() == fingerprint
+
+
+def test_keygen_refuses_existing_label(ctl: Ctl) -> None:
+    ctl.keygen("kg-dup", "p256")
+    r = ctl.run("keygen", *ctl.token_args(), "--label", "kg-dup", "--type", "p256", check=False)
+    assert r.returncode == 1
+    assert "already exists" in r.stderr
+
+
+@pytest.mark.parametrize("spec,algorithm", [("rsa2048", "sha256WithRSAEncryption"),
+                                            ("p256", "ecdsa-with-SHA256"), ("p384", "ecdsa-with-SHA384")])
+def test_csr_verifies_with_openssl(ctl: Ctl, spec: str, algorithm: str) -> None:
+    label = f"csr-{spec}"
+    ctl.keygen(label, spec)
+    csr = ctl.csr(label, "/C=DE/ST=Berlin/L=Berlin/O=Example\\/Test/OU=PKI/CN=ocsp.example.com"
+                         "/emailAddress=pki@example.com")
+    path = ctl.dir / f"{label}.csr"
+    r = subprocess.run(["openssl", "req", "-in", str(path), "-verify", "-noout"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "verify OK" in r.stdout + r.stderr
+    text = subprocess.run(["openssl", "req", "-in", str(path), "-noout", "-text"], capture_output=True,
+                          text=True).stdout
+    assert f"Signature Algorithm: {algorithm}" in text
+    assert csr.is_signature_valid
+    assert csr.subject.rfc4514_string() == \
+        "1.2.840.113549.1.9.1=pki@example.com,CN=ocsp.example.com,OU=PKI,O=Example/Test,L=Berlin,ST=Berlin,C=DE"
+    eku = csr.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.OCSP_SIGNING]
+
+
+@pytest.mark.parametrize("subject", ["CN=no-slash", "/CN=x/FOO=bar", "/CN=", "/CN=x//O=y", "/C=DEU"])
+def test_csr_rejects_bad_subject(ctl: Ctl, subject: str) -> None:
+    r = ctl.run("csr", *ctl.token_args(), "--label", "kg-dup", "--subject", subject, check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith("ocspctl: ")
+
+
+def test_csr_unknown_key(ctl: Ctl) -> None:
+    r = ctl.run("csr", *ctl.token_args(), "--label", "no-such-key", "--subject", "/CN=x", check=False)
+    assert r.returncode == 1
+    assert "no-such-key" in r.stderr
+
+
+# -- install-cert ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installable(ctl: Ctl) -> tuple[SoftCA, SoftCA, object]:
+    """(the CA, another CA, the public key of token key 'inst')."""
+    ctl.keygen("inst", "p256")
+    return make_ca(ctl.dir, "Install CA"), make_ca(ctl.dir, "Other CA"), ctl.csr("inst").public_key()
+
+
+def token_cert_objects(ctl: Ctl, label: str) -> list[str]:
+    return ctl.pkcs11(f"""
+        objs = session.get_objects({{Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: {label!r}}})
+        print(json.dumps([bytes(o[Attribute.VALUE]).hex() for o in objs]))
+    """)  # type: ignore[return-value]
+
+
+def install(ctl: Ctl, ca: SoftCA, cert: x509.Certificate, name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = ctl.dir / f"installed-{name}.pem"
+    r = ctl.run("install-cert", *ctl.token_args(), "--label", "inst", "--cert", str(write_cert(ctl.dir / name, cert)),
+                "--ca", str(ca.path), "--out", str(out), check=False)
+    return r, out
+
+
+def test_install_cert_accepts_matching_and_replaces(ctl: Ctl, installable: tuple[SoftCA, SoftCA, object]) -> None:
+    ca, _, public_key = installable
+    for n in range(2):
+        cert = ca.issue(public_key)
+        r, out = install(ctl, ca, cert, f"ok{n}.pem")
+        assert r.returncode == 0, r.stderr
+        assert "warning" not in r.stderr
+        assert x509.load_pem_x509_certificate(out.read_bytes()) == cert
+        # Stored in the token under the key's label; an older certificate of that label is replaced.
+        assert token_cert_objects(ctl, "inst") == [cert.public_bytes(serialization.Encoding.DER).hex()]
+
+
+def test_install_cert_warns_without_nocheck(ctl: Ctl, installable: tuple[SoftCA, SoftCA, object]) -> None:
+    ca, _, public_key = installable
+    r, out = install(ctl, ca, ca.issue(public_key, nocheck=False), "nocheck.pem")
+    assert r.returncode == 0, r.stderr
+    assert "ocsp-nocheck" in r.stderr
+    assert out.exists()
+
+
+REFUSALS: list[tuple[str, Callable[[SoftCA, SoftCA, object], x509.Certificate], str]] = [
+    ("other-key", lambda ca, other, pk: ca.issue(ec.generate_private_key(ec.SECP256R1()).public_key()),
+     "is not the token key"),
+    ("other-ca", lambda ca, other, pk: other.issue(pk), "is not the CA"),
+    ("expired", lambda ca, other, pk: ca.issue(pk, not_before=NOW - dt.timedelta(days=30),
+                                               not_after=NOW - dt.timedelta(days=1)), "expired"),
+    ("not-yet-valid", lambda ca, other, pk: ca.issue(pk, not_before=NOW + dt.timedelta(days=1)), "not valid yet"),
+    ("no-eku", lambda ca, other, pk: ca.issue(pk, eku=[]), "OCSPSigning"),
+    ("wrong-eku", lambda ca, other, pk: ca.issue(pk, eku=[ExtendedKeyUsageOID.SERVER_AUTH]), "OCSPSigning"),
+]
+
+
+@pytest.mark.parametrize("name,make,message", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_install_cert_refuses(ctl: Ctl, installable: tuple[SoftCA, SoftCA, object], name: str,
+                              make: Callable[[SoftCA, SoftCA, object], x509.Certificate], message: str) -> None:
+    ca, other, public_key = installable
+    before = token_cert_objects(ctl, "inst")
+    r, out = install(ctl, ca, make(ca, other, public_key), f"{name}.pem")
+    assert r.returncode == 1
+    assert "refusing the certificate" in r.stderr and message in r.stderr, r.stderr
+    assert not out.exists()
+    assert token_cert_objects(ctl, "inst") == before
+
+
+def test_install_cert_forged_signature(ctl: Ctl, installable: tuple[SoftCA, SoftCA, object]) -> None:
+    # Same issuer name as the CA, signed by another key: the name matches, the signature does not.
+    ca, _, public_key = installable
+    impostor = SoftCA(ca.cert, ec.generate_private_key(ec.SECP256R1()), ca.path)
+    r, _ = install(ctl, ca, impostor.issue(public_key), "forged.pem")
+    assert r.returncode == 1
+    assert "does not verify" in r.stderr
+
+
+# -- demo setup ------------------------------------------------------------------------------------------------
+
+LAYOUT = [
+    "token.pin", "so.pin",
+    *(f"rsa-ca/{f}" for f in ("ca.pem", "ca-key.pem", "responder.pem", "index.txt", "leaf-good.pem",
+                              "leaf-revoked.pem", "leaf-unknown.pem", "leaf-good2.pem")),
+    *(f"ec-ca/{f}" for f in ("ca.pem", "ca-key.pem", "responder.pem", "crl.pem", "issued.txt", "leaf-good.pem",
+                             "leaf-revoked.pem", "leaf-unknown.pem", "leaf-good2.pem")),
+    "etc/frontend.toml", "etc/signer.toml", "etc/ca.d/demo-rsa.toml", "etc/ca.d/demo-ec.toml",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) -> tuple[Path, Ctl]:
+    # A token directory of its own: the demo token must be created from scratch here.
+    base = tmp_path_factory.mktemp("ctl-demo-hsm")
+    (base / "tokens").mkdir()
+    conf = base / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = dict(softhsm_env, SOFTHSM2_CONF=str(conf))
+    d = tmp_path_factory.mktemp("ctl-demo")
+    c = Ctl(dir=d, env=env, pin_file=d / "token.pin", so_pin_file=d / "so.pin")
+    c.run("demo", "setup", "--dir", str(d), "--http-port", "2999")
+    return d, c
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_demo_setup_layout_and_idempotent(demo_dir: tuple[Path, Ctl]) -> None:
+    d, c = demo_dir
+    for f in LAYOUT:
+        assert (d / f).is_file(), f
+    for f in ("token.pin", "so.pin", "rsa-ca/ca-key.pem", "ec-ca/ca-key.pem"):
+        assert (d / f).stat().st_mode & 0o077 == 0, f
+    before = snapshot(d)
+    r = c.run("demo", "setup", "--dir", str(d), "--http-port", "2999")
+    assert "nothing changed" in r.stdout
+    assert snapshot(d) == before
+
+
+def test_demo_pki_verifies(demo_dir: tuple[Path, Ctl]) -> None:
+    d, _ = demo_dir
+    for ca in ("rsa-ca", "ec-ca"):
+        for f in ("responder.pem", "leaf-good.pem", "leaf-revoked.pem", "leaf-unknown.pem"):
+            r = subprocess.run(["openssl", "verify", "-CAfile", str(d / ca / "ca.pem"), str(d / ca / f)],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout + r.stderr
+        responder = x509.load_pem_x509_certificate((d / ca / "responder.pem").read_bytes())
+        eku = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert ExtendedKeyUsageOID.OCSP_SIGNING in eku
+        responder.extensions.get_extension_for_class(x509.OCSPNoCheck)
+        assert responder.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+        leaf = x509.load_pem_x509_certificate((d / ca / "leaf-good.pem").read_bytes())
+        aia = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        assert [a.access_location.value for a in aia] == ["http://127.0.0.1:2999/"]
+    ca_keys = {ca: x509.load_pem_x509_certificate((d / ca / "ca.pem").read_bytes()).public_key()
+               for ca in ("rsa-ca", "ec-ca")}
+    assert ca_keys["rsa-ca"].key_size == 2048  # type: ignore[union-attr]
+    assert ca_keys["ec-ca"].curve.name == "secp256r1"  # type: ignore[union-attr]
+
+
+def test_demo_responder_keys_in_token(demo_dir: tuple[Path, Ctl]) -> None:
+    d, c = demo_dir
+    # The demo token has its own label and PIN file.
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import json, pkcs11
+        from pkcs11 import Attribute, ObjectClass
+        session = pkcs11.lib({SOFTHSM_MODULE!r}).get_token(token_label="ocsp-demo").open(
+            user_pin=open({str(d / 'token.pin')!r}).read().strip())
+        out = {{}}
+        for label in ("demo-rsa-responder", "demo-ec-responder"):
+            priv = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            certs = list(session.get_objects({{Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}}))
+            out[label] = [priv.key_type.name, priv[Attribute.SENSITIVE], priv[Attribute.EXTRACTABLE], len(certs)]
+        print(json.dumps(out))
+    """)], env=c.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"demo-rsa-responder": ["RSA", True, False, 1],
+                                    "demo-ec-responder": ["EC", True, False, 1]}
+
+
+def test_demo_configs(demo_dir: tuple[Path, Ctl]) -> None:
+    import tomllib
+
+    d, _ = demo_dir
+    signer = tomllib.loads((d / "etc/signer.toml").read_text())
+    assert signer["token"] == {"module": SOFTHSM_MODULE, "label": "ocsp-demo", "pin_file": str(d / "token.pin")}
+    assert signer["listen"]["address"] == f"unix:{d / 'run' / 'signer.sock'}"
+    assert Path(signer["ca_dir"]).is_absolute()
+    frontend = tomllib.loads((d / "etc/frontend.toml").read_text())
+    assert frontend["listen"]["port"] == 2999
+    assert frontend["signer"]["address"] == signer["listen"]["address"]
+    rsa = tomllib.loads((d / "etc/ca.d/demo-rsa.toml").read_text())
+    assert rsa["status"]["source"] == "index" and rsa["status"]["path"] == str(d / "rsa-ca/index.txt")
+    assert rsa["responder"]["key_label"] == "demo-rsa-responder"
+    ecc = tomllib.loads((d / "etc/ca.d/demo-ec.toml").read_text())
+    assert ecc["status"] == {"source": "crl", "path": str(d / "ec-ca/crl.pem"),
+                             "issued_serials": str(d / "ec-ca/issued.txt"), "unissued": "unknown"}
+
+
+def serial_of(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def test_demo_index_txt_format(demo_dir: tuple[Path, Ctl]) -> None:
+    d, _ = demo_dir
+    lines = [line.split("\t") for line in (d / "rsa-ca/index.txt").read_text().splitlines()]
+    assert all(len(f) == 6 and f[4] == "unknown" and f[5].startswith("/O=OCSP Demo/CN=") for f in lines)
+    by_serial = {int(f[3], 16): f for f in lines}
+    assert serial_of(d / "rsa-ca/leaf-unknown.pem") not in by_serial
+    good = by_serial[serial_of(d / "rsa-ca/leaf-good.pem")]
+    assert good[0] == "V" and good[2] == "" and len(good[1]) == 13 and good[1].endswith("Z")
+    assert good[3] == good[3].upper() and len(good[3]) % 2 == 0
+    revoked = by_serial[serial_of(d / "rsa-ca/leaf-revoked.pem")]
+    assert revoked[0] == "R" and revoked[2].endswith(",keyCompromise") and len(revoked[2].split(",")[0]) == 13
+
+
+def openssl_index_status(d: Path, leaf: str) -> str:
+    """Ask OpenSSL's own responder, reading our index.txt (signing with the demo CA key)."""
+    ca = d / "rsa-ca"
+    req, resp = d / "req.der", d / "resp.der"
+    subprocess.run(["openssl", "ocsp", "-issuer", str(ca / "ca.pem"), "-cert", str(ca / leaf), "-no_nonce",
+                    "-reqout", str(req)], check=True, capture_output=True)
+    subprocess.run(["openssl", "ocsp", "-index", str(ca / "index.txt"), "-CA", str(ca / "ca.pem"),
+                    "-rsigner", str(ca / "ca.pem"), "-rkey", str(ca / "ca-key.pem"), "-reqin", str(req),
+                    "-respout", str(resp)], check=True, capture_output=True)
+    r = subprocess.run(["openssl", "ocsp", "-respin", str(resp), "-issuer", str(ca / "ca.pem"), "-cert",
+                        str(ca / leaf), "-CAfile", str(ca / "ca.pem"), "-no_nonce"],
+                       capture_output=True, text=True)
+    assert "Response verify OK" in r.stderr + r.stdout, r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("leaf,expected", [("leaf-good.pem", "good"), ("leaf-revoked.pem", "revoked"),
+                                           ("leaf-unknown.pem", "unknown"), ("leaf-superseded.pem", "revoked")])
+def test_openssl_reads_demo_index(demo_dir: tuple[Path, Ctl], leaf: str, expected: str) -> None:
+    d, _ = demo_dir
+    out = openssl_index_status(d, leaf)
+    assert f"{leaf}: {expected}" in out
+    if leaf == "leaf-revoked.pem":
+        assert "Reason: keyCompromise" in out
+
+
+def test_demo_crl_and_issued(demo_dir: tuple[Path, Ctl]) -> None:
+    d, _ = demo_dir
+    ca = x509.load_pem_x509_certificate((d / "ec-ca/ca.pem").read_bytes())
+    crl = x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes())
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    assert crl.next_update_utc - crl.last_update_utc == dt.timedelta(days=7)
+    reasons = {rc.serial_number: rc.extensions.get_extension_for_class(x509.CRLReason).value.reason for rc in crl}
+    assert reasons[serial_of(d / "ec-ca/leaf-revoked.pem")] == x509.ReasonFlags.key_compromise
+    assert reasons[serial_of(d / "ec-ca/leaf-superseded.pem")] == x509.ReasonFlags.superseded
+    assert reasons[serial_of(d / "ec-ca/leaf-ceased.pem")] == x509.ReasonFlags.cessation_of_operation
+    issued = {int(x, 16) for x in (d / "ec-ca/issued.txt").read_text().split()}
+    assert serial_of(d / "ec-ca/leaf-good.pem") in issued and serial_of(d / "ec-ca/leaf-revoked.pem") in issued
+    assert serial_of(d / "ec-ca/leaf-unknown.pem") not in issued
+    r = subprocess.run(["openssl", "crl", "-in", str(d / "ec-ca/crl.pem"), "-CAfile", str(d / "ec-ca/ca.pem"),
+                        "-noout"], capture_output=True, text=True)
+    assert "verify OK" in r.stdout + r.stderr
+
+
+def test_demo_revoke(demo_dir: tuple[Path, Ctl]) -> None:
+    d, c = demo_dir
+    # RSA: index.txt, then OpenSSL's responder agrees.
+    serial = serial_of(d / "rsa-ca/leaf-good3.pem")
+    c.run("demo", "revoke", "--dir", str(d), "--ca", "rsa", "--serial", f"{serial:x}", "--reason", "superseded")
+    assert "leaf-good3.pem: revoked" in openssl_index_status(d, "leaf-good3.pem")
+    again = c.run("demo", "revoke", "--dir", str(d), "--ca", "rsa", "--serial", f"{serial:X}")
+    assert "already revoked" in again.stdout
+    # EC: a new CRL with a higher number, the old entries kept.
+    old = x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes())
+    serial = serial_of(d / "ec-ca/leaf-good3.pem")
+    c.run("demo", "revoke", "--dir", str(d), "--ca", "ec", "--serial", f"{serial:X}", "--reason",
+          "cessationOfOperation")
+    new = x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes())
+    number = lambda crl: crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number  # noqa: E731
+    assert number(new) == number(old) + 1
+    assert {rc.serial_number for rc in new} == {rc.serial_number for rc in old} | {serial}
+    assert new.get_revoked_certificate_by_serial_number(serial).extensions.get_extension_for_class(  # type: ignore
+        x509.CRLReason).value.reason == x509.ReasonFlags.cessation_of_operation
+    # Not issued / bad reason: refused.
+    unknown = serial_of(d / "ec-ca/leaf-unknown.pem")
+    for ca, extra in (("ec", []), ("rsa", [])):
+        r = c.run("demo", "revoke", "--dir", str(d), "--ca", ca, "--serial", f"{unknown:X}", *extra, check=False)
+        assert r.returncode == 1 and "never issued" in r.stderr
+    r = c.run("demo", "revoke", "--dir", str(d), "--ca", "ec", "--serial", f"{serial:X}", "--reason", "bogus",
+              check=False)
+    assert r.returncode == 1 and "unknown revocation reason" in r.stderr
+    # A later setup keeps the runtime revocations.
+    c.run("demo", "setup", "--dir", str(d), "--http-port", "2999")
+    assert "leaf-good3.pem: revoked" in openssl_index_status(d, "leaf-good3.pem")
+    assert x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes()).get_revoked_certificate_by_serial_number(
+        serial) is not None
