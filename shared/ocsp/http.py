@@ -1,0 +1,170 @@
+"""Sans-IO HTTP rules of an OCSP responder: GET paths, caching headers, ETags.
+
+No I/O and no clock: times are passed in (whole seconds since the Unix epoch or aware datetimes).
+
+GET (RFC 6960 appendix A.1): ``GET {url}/{url-encoding of base64 encoding of the DER OCSPRequest}``.
+``request_from_path`` strips the configured prefix, percent-decodes, accepts the standard and the
+URL-safe base64 alphabets, tolerates missing padding, and raises ``MalformedRequest`` for anything it
+cannot turn into one complete DER SEQUENCE.
+
+Caching (RFC 9919 / RFC 5019 section 6): successful answers without a nonce get
+``Cache-Control: max-age=N, public, no-transform, must-revalidate`` (N = seconds until nextUpdate,
+capped, never negative), ``Expires`` = nextUpdate, ``Last-Modified`` = thisUpdate, ``ETag`` = quoted hex
+SHA-256 of the response, and ``Date``. Everything else (nonce, error responses) is not cacheable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from datetime import datetime
+from email.utils import formatdate
+from urllib.parse import unquote_to_bytes
+
+from shared.ocsp.errors import MalformedRequest
+
+OCSP_REQUEST_TYPE = "application/ocsp-request"
+OCSP_RESPONSE_TYPE = "application/ocsp-response"
+
+CACHEABLE_DIRECTIVES = "public, no-transform, must-revalidate"
+NOT_CACHEABLE = "no-cache, no-store, must-revalidate"
+
+# A GET path longer than this cannot carry a request we would accept anyway (the server's
+# max_request_bytes applies to the decoded DER too); it bounds the work done on a path.
+MAX_PATH_CHARS = 64 * 1024
+
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+# -- GET ---------------------------------------------------------------------------------------------
+
+
+def _der_length_ok(der: bytes) -> bool:
+    """True when ``der`` is exactly one DER SEQUENCE (tag and length only; contents unchecked)."""
+    if len(der) < 2 or der[0] != 0x30:
+        return False
+    first = der[1]
+    if first < 0x80:
+        return 2 + first == len(der)
+    n = first & 0x7F
+    if n == 0 or n > 4 or len(der) < 2 + n:
+        return False
+    length = int.from_bytes(der[2:2 + n], "big")
+    return 2 + n + length == len(der)
+
+
+def decode_b64_component(text: bytes) -> bytes:
+    """Percent-decode then base64-decode one URL component; raises MalformedRequest."""
+    raw = unquote_to_bytes(text)
+    # Some clients and proxies turn '+' into a space; base64 has no spaces, so undo that.
+    raw = raw.replace(b" ", b"+").strip(b"\r\n\t").translate(_URLSAFE)
+    raw = raw.rstrip(b"=")
+    raw += b"=" * (-len(raw) % 4)
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedRequest("GET path is not base64") from None
+
+
+def request_from_path(path: bytes | str, prefix: str = "/", *, max_bytes: int | None = None) -> bytes:
+    """The DER OCSPRequest carried by a GET request path (RFC 6960 A.1).
+
+    ``path`` is the request target as received (query string allowed, ignored). ``prefix`` is the
+    configured path prefix, e.g. "/" or "/ocsp/". When the remainder after the prefix is not a
+    request, each shorter remainder after a '/' is tried, so the responder also works when a
+    proxy forwards ``/ocsp/<base64>`` to it unchanged. Raises MalformedRequest.
+    """
+    if isinstance(path, str):
+        path = path.encode("latin-1", "replace")
+    pfx = prefix.encode()
+    if not pfx.endswith(b"/"):
+        pfx += b"/"
+    if len(path) > MAX_PATH_CHARS:
+        raise MalformedRequest("GET path too long")
+    q = path.find(b"?")
+    if q >= 0:
+        path = path[:q]
+    if not path.startswith(pfx):
+        # The prefix without its trailing slash followed by nothing is an empty request.
+        raise MalformedRequest(f"GET path outside the prefix {prefix!r}")
+    rest = path[len(pfx):]
+    if not rest:
+        raise MalformedRequest("GET path carries no request")
+
+    candidates = [rest]
+    start = 0
+    while True:
+        i = rest.find(b"/", start)
+        if i < 0:
+            break
+        tail = rest[i + 1:]
+        # A base64 DER SEQUENCE begins with 'M' (0x30 -> 'M...'), possibly percent-encoded.
+        if tail[:1] == b"M" or tail[:3].upper() == b"%4D":
+            candidates.append(tail)
+        start = i + 1
+
+    for text in candidates:
+        try:
+            der = decode_b64_component(text)
+        except MalformedRequest:
+            continue
+        if max_bytes is not None and len(der) > max_bytes:
+            raise MalformedRequest(f"request of {len(der)} bytes exceeds {max_bytes}")
+        if _der_length_ok(der):
+            return der
+    raise MalformedRequest("GET path does not carry a base64 DER OCSPRequest")
+
+
+# -- caching headers --------------------------------------------------------------------------------
+
+
+def http_date(epoch_seconds: int | float) -> str:
+    """IMF-fixdate (RFC 9110 5.6.7), e.g. 'Sun, 06 Nov 1994 08:49:37 GMT'."""
+    return formatdate(int(epoch_seconds), usegmt=True)
+
+
+def _epoch(t: datetime | int | float) -> int:
+    return int(t.timestamp()) if isinstance(t, datetime) else int(t)
+
+
+def etag(response_der: bytes) -> str:
+    """Strong ETag: quoted lower-case hex SHA-256 of the response DER."""
+    return '"' + hashlib.sha256(response_der).hexdigest() + '"'
+
+
+def max_age(now: datetime | int | float, next_update: datetime | int | float, cap: int | None = None) -> int:
+    """Seconds a cache may keep the answer: until nextUpdate, at most ``cap``, never negative."""
+    n = _epoch(next_update) - _epoch(now)
+    if cap is not None:
+        n = min(n, cap)
+    return max(n, 0)
+
+
+def cache_control(age: int) -> str:
+    return f"max-age={age}, {CACHEABLE_DIRECTIVES}"
+
+
+def validator_headers(response_der: bytes, this_update: datetime | int,
+                      next_update: datetime | int) -> list[tuple[str, str]]:
+    """The headers of a cacheable answer that do not depend on the time of sending."""
+    return [
+        ("Expires", http_date(_epoch(next_update))),
+        ("Last-Modified", http_date(_epoch(this_update))),
+        ("ETag", etag(response_der)),
+    ]
+
+
+def cacheable_headers(response_der: bytes, *, this_update: datetime | int, next_update: datetime | int,
+                      now: datetime | int | float, max_age_cap: int | None = None) -> list[tuple[str, str]]:
+    """All caching headers of a successful, nonce-less answer sent at ``now``."""
+    return [
+        ("Date", http_date(_epoch(now))),
+        ("Cache-Control", cache_control(max_age(now, next_update, max_age_cap))),
+        *validator_headers(response_der, this_update, next_update),
+    ]
+
+
+def uncacheable_headers(now: datetime | int | float) -> list[tuple[str, str]]:
+    """Headers of an answer no cache may keep (nonce-bearing or error responses)."""
+    return [("Date", http_date(_epoch(now))), ("Cache-Control", NOT_CACHEABLE)]

@@ -1,0 +1,86 @@
+"""shared.ocsp.http: GET path decoding (RFC 6960 A.1) and caching headers (RFC 9919/5019)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+
+import pytest
+
+from shared.ocsp import http
+from shared.ocsp.errors import MalformedRequest
+
+# A DER SEQUENCE of 67 bytes whose base64 has '+', '/' and needs padding.
+DER = b"\x30\x41" + bytes(range(0xF0, 0x100)) + bytes(range(49))
+assert len(DER) == 67
+B64 = base64.b64encode(DER).decode()
+assert "+" in B64 or "/" in B64
+
+
+def encodings() -> list[str]:
+    plain = B64
+    quoted = urllib.parse.quote(B64, safe="")
+    urlsafe = base64.urlsafe_b64encode(DER).decode()
+    return [plain, quoted, plain.rstrip("="), quoted.replace("%3D", ""), urlsafe, urlsafe.rstrip("="),
+            re.sub("%[0-9A-F]{2}", lambda m: m.group(0).lower(), quoted), plain.replace("+", " ")]
+
+
+@pytest.mark.parametrize("text", encodings())
+def test_get_path_encodings(text: str) -> None:
+    assert http.request_from_path("/" + text, "/") == DER
+
+
+@pytest.mark.parametrize("prefix", ["/ocsp/", "/ocsp", "/a/b/"])
+def test_get_path_under_prefix(prefix: str) -> None:
+    p = prefix if prefix.endswith("/") else prefix + "/"
+    assert http.request_from_path(p + urllib.parse.quote(B64, safe=""), prefix) == DER
+
+
+def test_proxy_forwarding_full_path_with_root_prefix() -> None:
+    # The proxy forwards /ocsp/<b64> unchanged to a responder configured with prefix "/".
+    assert http.request_from_path("/ocsp/" + B64, "/") == DER
+    assert http.request_from_path(b"/x/y/" + urllib.parse.quote(B64, safe="").encode(), "/") == DER
+
+
+def test_query_string_ignored() -> None:
+    assert http.request_from_path("/" + urllib.parse.quote(B64, safe="") + "?x=1", "/") == DER
+
+
+@pytest.mark.parametrize("path", ["/", "/!!!!", "/" + B64[:-6], "/AAAA", "/ocsp/" + B64, "/" + "A" * 200000])
+def test_get_path_malformed(path: str) -> None:
+    with pytest.raises(MalformedRequest):
+        http.request_from_path(path, "/" if not path.startswith("/ocsp/") else "/other/")
+
+
+def test_max_bytes() -> None:
+    with pytest.raises(MalformedRequest):
+        http.request_from_path("/" + B64, "/", max_bytes=10)
+
+
+def test_cacheable_headers() -> None:
+    tu = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    nu = tu + timedelta(hours=4)
+    now = tu + timedelta(minutes=30)
+    h = dict(http.cacheable_headers(b"resp", this_update=tu, next_update=nu, now=now))
+    assert h["Cache-Control"] == "max-age=12600, public, no-transform, must-revalidate"
+    assert parsedate_to_datetime(h["Expires"]) == nu
+    assert parsedate_to_datetime(h["Last-Modified"]) == tu
+    assert parsedate_to_datetime(h["Date"]) == now
+    assert h["Expires"] == "Sun, 01 Mar 2026 16:00:00 GMT"
+    assert h["ETag"] == '"' + hashlib.sha256(b"resp").hexdigest() + '"'
+
+
+@pytest.mark.parametrize("now_offset,cap,expected", [(0, None, 3600), (0, 600, 600), (3600, None, 0),
+                                                      (7200, None, 0), (3000, 1000, 600)])
+def test_max_age(now_offset: int, cap: int | None, expected: int) -> None:
+    assert http.max_age(1000 + now_offset, 4600, cap) == expected
+
+
+def test_uncacheable() -> None:
+    h = dict(http.uncacheable_headers(0))
+    assert "max-age" not in h["Cache-Control"] and "no-store" in h["Cache-Control"]
+    assert h["Date"] == "Thu, 01 Jan 1970 00:00:00 GMT"
