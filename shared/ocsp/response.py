@@ -87,8 +87,8 @@ _EXTENDED_REVOKE_EXT = _tlv(_SEQ, _oid(ID_PKIX_OCSP_EXTENDED_REVOKE) + _tlv(_OCT
 
 def _is_extended_revoke(s: SingleStatus) -> bool:
     r = s.revocation
-    return (s.status is CertStatus.REVOKED and r is not None and r.reason is RevocationReason.CERTIFICATE_HOLD
-            and r.time == EPOCH)
+    return (s.status is CertStatus.REVOKED and r is not None and r.reason == RevocationReason.CERTIFICATE_HOLD
+            and r.time.utcoffset() is not None and r.time.replace(microsecond=0) == EPOCH)
 
 
 def _single_response(s: SingleStatus) -> bytes:
