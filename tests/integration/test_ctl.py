@@ -476,3 +476,27 @@ def test_demo_revoke(demo_dir: tuple[Path, Ctl]) -> None:
     assert "leaf-good3.pem: revoked" in openssl_index_status(d, "leaf-good3.pem")
     assert x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes()).get_revoked_certificate_by_serial_number(
         serial) is not None
+
+
+def test_example_configs_load(demo_dir: tuple[Path, Ctl], tmp_path: Path) -> None:
+    """etc/*.toml (the documented production examples) pass both loaders once their paths exist."""
+    from frontend.config import load_frontend_config
+    from signer.config import load_signer_config
+
+    d, _ = demo_dir
+    (tmp_path / "ca.d").mkdir()
+    for name in ("signer.toml", "frontend.toml"):
+        (tmp_path / name).write_text((ROOT / "etc" / name).read_text().replace("/etc/ocsp/token.pin",
+                                                                               str(d / "token.pin")))
+    example = (ROOT / "etc/ca.d/example.toml").read_text()
+    for old, new in (("/etc/ocsp/example/ca.pem", d / "rsa-ca/ca.pem"),
+                     ("/etc/ocsp/example/responder.pem", d / "rsa-ca/responder.pem"),
+                     ("/var/lib/ocsp/example/index.txt", d / "rsa-ca/index.txt")):
+        assert old in example
+        example = example.replace(old, str(new))
+    (tmp_path / "ca.d/example.toml").write_text(example)
+    frontend = load_frontend_config(tmp_path / "frontend.toml")
+    assert [ca.name for ca in frontend.cas] == ["example-ca"]
+    signer = load_signer_config(tmp_path / "signer.toml")
+    assert [r.name for r in signer.responders] == ["example-ca"]
+    assert signer.responders[0].key_label == "example-responder"
