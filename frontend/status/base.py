@@ -1,0 +1,168 @@
+"""Per-CA status sources: the common shape, and file watching with keep-last-good reloads.
+
+A source holds one immutable ``Snapshot`` at a time. A request takes the snapshot once and asks it
+for every serial and for the validity window, so a multi-CertID answer never mixes two versions of
+the data. Lookups are a dict lookup on the serial integer.
+
+Reloading: ``refresh()`` stats the watched files (cheap) and, when one changed (or when forced, as
+on SIGHUP), parses them in a worker thread, then swaps the snapshot in one assignment. A parse that
+fails leaves the previous snapshot in place and is logged at ERROR: a broken file never widens
+what is answered "good".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shared.ocsp.errors import TryLater
+from shared.ocsp.types import CertStatus, StatusInfo
+
+log = logging.getLogger("frontend.status")
+
+GOOD = StatusInfo(CertStatus.GOOD)
+UNKNOWN = StatusInfo(CertStatus.UNKNOWN)
+
+
+class StatusDataError(Exception):
+    """A status file that cannot be used; the message is worded for the operator."""
+
+
+class Snapshot(ABC):
+    """One immutable version of a CA's status data."""
+
+    @abstractmethod
+    def status(self, serial: int) -> StatusInfo:
+        """Status of one serial number (the CertID serial as a signed integer)."""
+
+    @abstractmethod
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        """(thisUpdate, nextUpdate) of an answer made at ``now``; TryLater when the data is stale."""
+
+
+FileStamp = tuple[int, int, int, int] | None  # (device, inode, size, mtime_ns); None = missing
+
+
+def stamp(path: Path) -> FileStamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class FileStatusSource(ABC):
+    """A source backed by files; subclasses implement ``parse()`` (runs in a worker thread)."""
+
+    kind = "file"
+
+    def __init__(self, name: str, files: list[Path], check_interval: float) -> None:
+        self.name = name
+        self.files = files
+        self.check_interval = check_interval
+        self.generation = 0  # bumps on every successful reload
+        self._snapshot: Snapshot | None = None
+        self._stamps: list[FileStamp] = []
+        self._failed_stamps: list[FileStamp] | None = None
+        self._listeners: list[Callable[[FileStatusSource], None]] = []
+        self._lock: asyncio.Lock | None = None
+        self.last_error: str | None = None
+
+    # -- subclass hooks ---------------------------------------------------------------------------
+    @abstractmethod
+    def parse(self) -> Snapshot:
+        """Read and check the files; raise StatusDataError (or anything) when unusable."""
+
+    # -- use --------------------------------------------------------------------------------------
+    def current(self) -> Snapshot:
+        snap = self._snapshot
+        if snap is None:
+            raise TryLater(f"{self.name}: no status data loaded")
+        return snap
+
+    def on_change(self, callback: Callable[[FileStatusSource], None]) -> None:
+        """Call ``callback(source)`` after each successful reload (the cache drops this CA)."""
+        self._listeners.append(callback)
+
+    # -- loading ----------------------------------------------------------------------------------
+    def _stamps_now(self) -> list[FileStamp]:
+        return [stamp(p) for p in self.files]
+
+    def load_now(self) -> None:
+        """Blocking first load (start-up): raises StatusDataError when the data is unusable."""
+        stamps = self._stamps_now()
+        try:
+            snap = self.parse()
+        except StatusDataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any parser failure is a data error here
+            raise StatusDataError(f"{type(e).__name__}: {e}") from e
+        self._install(snap, stamps)
+
+    def _install(self, snap: Snapshot, stamps: list[FileStamp]) -> None:
+        self._snapshot = snap
+        self._stamps = stamps
+        self._failed_stamps = None
+        self.last_error = None
+        self.generation += 1
+        for cb in self._listeners:
+            try:
+                cb(self)
+            except Exception:  # noqa: BLE001
+                log.exception("%s: reload listener failed", self.name)
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Re-read the files if they changed (or if ``force``); True when new data was installed."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            stamps = await loop.run_in_executor(None, self._stamps_now)
+            if not force and (stamps == self._stamps or stamps == self._failed_stamps):
+                return False
+            try:
+                snap = await loop.run_in_executor(None, self.parse)
+            except Exception as e:  # noqa: BLE001 - keep the last good data, whatever went wrong
+                self._failed_stamps = stamps
+                self.last_error = str(e) or type(e).__name__
+                kept = "keeping the last good data" if self._snapshot is not None else "no data to answer from"
+                log.error("%s: status reload of %s FAILED, %s: %s", self.name,
+                          ", ".join(map(str, self.files)), kept, self.last_error)
+                return False
+            self._install(snap, stamps)
+            log.info("%s: status data reloaded (%s)", self.name, describe(snap))
+            return True
+
+    async def watch(self) -> None:
+        """Check for changes every ``check_interval`` seconds, forever; warn while the data is stale."""
+        last_stale_log = -1e9
+        while True:
+            await asyncio.sleep(self.check_interval)
+            try:
+                await self.refresh()
+                next_update = getattr(self._snapshot, "next_update", None)
+                now = time.monotonic()
+                if (isinstance(next_update, datetime) and datetime.now(timezone.utc) >= next_update
+                        and now - last_stale_log >= 60):
+                    last_stale_log = now
+                    log.error("%s: status data expired at %s (nextUpdate passed); answering tryLater "
+                              "until %s is replaced", self.name, f"{next_update:%Y-%m-%dT%H:%M:%SZ}",
+                              self.files[0])
+            except Exception:  # noqa: BLE001 - the watcher must survive anything
+                log.exception("%s: status check failed", self.name)
+
+
+def describe(snap: Snapshot) -> str:
+    text = getattr(snap, "summary", None)
+    return text() if callable(text) else type(snap).__name__
+
+
+def check_stale(name: str, now: datetime, next_update: datetime) -> None:
+    if now >= next_update:
+        raise TryLater(f"{name}: status data expired at {next_update:%Y-%m-%dT%H:%M:%SZ}")

@@ -1,0 +1,193 @@
+"""A verified CRL (DER or PEM) as a status source.
+
+A CRL is used only when its signature verifies with the CA certificate's public key, its issuer is
+the CA's subject, it has a nextUpdate, and it is a complete CRL (no delta CRL, no indirect CRL, no
+CRL limited to some reasons). Answers take thisUpdate/nextUpdate from the CRL; once its nextUpdate
+has passed the source answers tryLater rather than sign stale data.
+
+A CRL lists revocations only. For serials not on it, the per-CA ``unissued`` policy decides:
+
+- with ``issued_serials``: listed serials not on the CRL are good, others get ``unissued``;
+- without it: every serial not on the CRL gets ``unissued`` (so "good" is an explicit choice).
+
+``unissued = "revoked"`` is RFC 6960 section 2.2's extended revoked answer: revoked,
+revocationTime 1970-01-01T00:00:00Z, reason certificateHold.
+
+Entries with reason removeFromCRL (meaningful only in delta CRLs) are not treated as revocations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
+
+from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_stale
+from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EXTENDED_REVOKED = StatusInfo(CertStatus.REVOKED, Revocation(EPOCH, RevocationReason.CERTIFICATE_HOLD))
+UNISSUED = {"unknown": UNKNOWN, "good": GOOD, "revoked": EXTENDED_REVOKED}
+
+_REASONS = {
+    x509.ReasonFlags.unspecified: RevocationReason.UNSPECIFIED,
+    x509.ReasonFlags.key_compromise: RevocationReason.KEY_COMPROMISE,
+    x509.ReasonFlags.ca_compromise: RevocationReason.CA_COMPROMISE,
+    x509.ReasonFlags.affiliation_changed: RevocationReason.AFFILIATION_CHANGED,
+    x509.ReasonFlags.superseded: RevocationReason.SUPERSEDED,
+    x509.ReasonFlags.cessation_of_operation: RevocationReason.CESSATION_OF_OPERATION,
+    x509.ReasonFlags.certificate_hold: RevocationReason.CERTIFICATE_HOLD,
+    x509.ReasonFlags.remove_from_crl: RevocationReason.REMOVE_FROM_CRL,
+    x509.ReasonFlags.privilege_withdrawn: RevocationReason.PRIVILEGE_WITHDRAWN,
+    x509.ReasonFlags.aa_compromise: RevocationReason.AA_COMPROMISE,
+}
+
+
+def _whole(t: datetime) -> datetime:
+    return t.replace(microsecond=0)
+
+
+class CrlSnapshot(Snapshot):
+    __slots__ = ("name", "revoked", "issued", "unissued", "this_update", "next_update")
+
+    def __init__(self, name: str, revoked: dict[int, StatusInfo], issued: frozenset[int] | None,
+                 unissued: StatusInfo, this_update: datetime, next_update: datetime) -> None:
+        self.name = name
+        self.revoked = revoked
+        self.issued = issued
+        self.unissued = unissued
+        self.this_update = this_update
+        self.next_update = next_update
+
+    def status(self, serial: int) -> StatusInfo:
+        info = self.revoked.get(serial)
+        if info is not None:
+            return info
+        issued = self.issued
+        if issued is not None and serial in issued:
+            return GOOD
+        return self.unissued
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        check_stale(self.name, now, self.next_update)
+        return self.this_update, self.next_update
+
+    def summary(self) -> str:
+        issued = f", {len(self.issued)} issued serials" if self.issued is not None else ""
+        return (f"CRL thisUpdate {self.this_update:%Y-%m-%dT%H:%M:%SZ}, nextUpdate "
+                f"{self.next_update:%Y-%m-%dT%H:%M:%SZ}, {len(self.revoked)} revoked{issued}")
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as e:
+        raise StatusDataError(f"not a PEM or DER CRL: {e}") from None
+
+
+def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL") -> x509.CertificateRevocationList:
+    """Parse ``data`` and check it is a complete CRL signed by ``ca``; raises StatusDataError."""
+    crl = load_crl(data)
+    if crl.issuer != ca.subject:
+        raise StatusDataError(f"{where}: issuer {crl.issuer.rfc4514_string()!r} is not the CA "
+                              f"{ca.subject.rfc4514_string()!r}")
+    try:
+        valid = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        raise StatusDataError(f"{where}: signature cannot be checked with the CA key: {e}") from None
+    if not valid:
+        raise StatusDataError(f"{where}: signature does not verify with the CA certificate's key")
+    if crl.next_update_utc is None:
+        raise StatusDataError(f"{where}: has no nextUpdate; refusing a CRL with no end of validity")
+    for ext in crl.extensions:
+        if ext.oid == ExtensionOID.DELTA_CRL_INDICATOR:
+            raise StatusDataError(f"{where}: is a delta CRL; a complete CRL is needed")
+        if ext.oid == ExtensionOID.ISSUING_DISTRIBUTION_POINT:
+            idp = ext.value
+            if idp.indirect_crl:
+                raise StatusDataError(f"{where}: is an indirect CRL, which is not supported")
+            if idp.only_some_reasons:
+                raise StatusDataError(f"{where}: covers only some reasons; a complete CRL is needed")
+            if idp.only_contains_attribute_certs or idp.only_contains_ca_certs:
+                raise StatusDataError(f"{where}: does not cover end-entity certificates")
+        elif ext.critical:
+            raise StatusDataError(f"{where}: unsupported critical CRL extension {ext.oid.dotted_string}")
+    return crl
+
+
+def revoked_entries(crl: x509.CertificateRevocationList, where: str = "CRL") -> dict[int, StatusInfo]:
+    out: dict[int, StatusInfo] = {}
+    for entry in crl:
+        reason = None
+        invalidity = None
+        for ext in entry.extensions:
+            if ext.oid == CRLEntryExtensionOID.CRL_REASON:
+                reason = _REASONS[ext.value.reason]
+            elif ext.oid == CRLEntryExtensionOID.INVALIDITY_DATE:
+                invalidity = _whole(ext.value.invalidity_date_utc)
+            elif ext.oid == CRLEntryExtensionOID.CERTIFICATE_ISSUER:
+                raise StatusDataError(f"{where}: entry {entry.serial_number:x} names another issuer "
+                                      "(indirect CRL), which is not supported")
+            elif ext.critical:
+                raise StatusDataError(f"{where}: entry {entry.serial_number:x} has an unsupported critical "
+                                      f"extension {ext.oid.dotted_string}")
+        if reason is RevocationReason.REMOVE_FROM_CRL:
+            continue
+        out[entry.serial_number] = StatusInfo(
+            CertStatus.REVOKED, Revocation(_whole(entry.revocation_date_utc), reason, invalidity))
+    return out
+
+
+def parse_serial_list(text: str, where: str = "issued_serials") -> frozenset[int]:
+    """One hex serial a line ('0x' prefix and ':' separators allowed); '#' starts a comment."""
+    serials: set[int] = set()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        item = line.split("#", 1)[0].strip().replace(":", "")
+        if not item:
+            continue
+        if item[:2].lower() == "0x":
+            item = item[2:]
+        try:
+            serials.add(int(item, 16))
+        except ValueError:
+            raise StatusDataError(f"{where}:{lineno}: {line.strip()!r} is not a hex serial number") from None
+    return frozenset(serials)
+
+
+class CrlSource(FileStatusSource):
+    kind = "crl"
+
+    def __init__(self, name: str, path: Path, ca_cert_der: bytes, *, unissued: str,
+                 issued_serials: Path | None = None, check_interval: float = 5.0) -> None:
+        files = [path] + ([issued_serials] if issued_serials is not None else [])
+        super().__init__(name, files, check_interval)
+        if unissued not in UNISSUED:
+            raise ValueError(f"unissued must be one of {', '.join(UNISSUED)}")
+        self.path = path
+        self.issued_path = issued_serials
+        self.ca = x509.load_der_x509_certificate(ca_cert_der)
+        self.unissued = UNISSUED[unissued]
+
+    def parse(self) -> CrlSnapshot:
+        try:
+            data = self.path.read_bytes()
+        except OSError as e:
+            raise StatusDataError(f"cannot read {self.path}: {e.strerror or e}") from None
+        where = str(self.path)
+        crl = verified_crl(data, self.ca, where)
+        revoked = revoked_entries(crl, where)
+        issued = None
+        if self.issued_path is not None:
+            try:
+                text = self.issued_path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise StatusDataError(f"cannot read {self.issued_path}: {e}") from None
+            issued = parse_serial_list(text, str(self.issued_path))
+        next_update = crl.next_update_utc
+        assert next_update is not None
+        return CrlSnapshot(self.name, revoked, issued, self.unissued,
+                           _whole(crl.last_update_utc), _whole(next_update))

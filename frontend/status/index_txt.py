@@ -1,0 +1,155 @@
+"""OpenSSL ``ca`` database (index.txt) as a status source.
+
+Each line has six tab-separated fields:
+
+    flag  expiry  revocation  serial(hex)  filename  subject
+
+- flag ``V`` (valid) and ``E`` (expired) answer **good**: RFC 6960 status says whether the CA revoked
+  the certificate, not whether it is inside its validity period (relying parties check that
+  themselves), and an expired certificate that was never revoked was never revoked.
+- flag ``R`` answers **revoked**. The revocation field is ``TIME[,REASON[,EXTRA]]`` where TIME is a
+  UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ). REASON is one of ``openssl ca``'s
+  names (unspecified, keyCompromise, CACompromise, affiliationChanged, superseded,
+  cessationOfOperation, certificateHold, removeFromCRL; compared without case), or one of the
+  forms that carry EXTRA: ``holdInstruction,OID`` (certificateHold), ``keyTime,TIME``
+  (keyCompromise, TIME = compromise time, answered as the invalidity date) and ``CAkeyTime,TIME``
+  (CACompromise, likewise).
+- a serial that is not in the file answers **unknown**: index.txt lists every certificate the CA
+  issued, so absence means "not issued by this CA" as far as we can know.
+
+A line that cannot be parsed fails the whole file (the previous data stays in use): skipping it
+could hide a revocation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError
+from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
+
+_REASONS = {
+    "unspecified": RevocationReason.UNSPECIFIED,
+    "keycompromise": RevocationReason.KEY_COMPROMISE,
+    "cacompromise": RevocationReason.CA_COMPROMISE,
+    "affiliationchanged": RevocationReason.AFFILIATION_CHANGED,
+    "superseded": RevocationReason.SUPERSEDED,
+    "cessationofoperation": RevocationReason.CESSATION_OF_OPERATION,
+    "certificatehold": RevocationReason.CERTIFICATE_HOLD,
+    "removefromcrl": RevocationReason.REMOVE_FROM_CRL,
+    "privilegewithdrawn": RevocationReason.PRIVILEGE_WITHDRAWN,
+    "aacompromise": RevocationReason.AA_COMPROMISE,
+    # Forms whose third field carries extra data:
+    "holdinstruction": RevocationReason.CERTIFICATE_HOLD,
+    "keytime": RevocationReason.KEY_COMPROMISE,
+    "cakeytime": RevocationReason.CA_COMPROMISE,
+}
+_TIMED = {"keytime", "cakeytime"}
+
+
+def parse_time(text: str) -> datetime:
+    """UTCTime YYMMDDHHMMSSZ (RFC 5280 two-digit years) or GeneralizedTime YYYYMMDDHHMMSSZ."""
+    if not text.endswith("Z") or not text[:-1].isdigit():
+        raise ValueError(f"{text!r} is not a time like 250101120000Z")
+    digits = text[:-1]
+    if len(digits) == 12:
+        yy = int(digits[:2])
+        year = 1900 + yy if yy >= 50 else 2000 + yy
+        rest = digits[2:]
+    elif len(digits) == 14:
+        year = int(digits[:4])
+        rest = digits[4:]
+    else:
+        raise ValueError(f"{text!r} is not a time like 250101120000Z")
+    return datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]), int(rest[8:10]),
+                    tzinfo=timezone.utc)
+
+
+def parse_revocation(field: str) -> Revocation:
+    parts = field.split(",")
+    if not parts[0]:
+        raise ValueError("revoked entry without a revocation time")
+    when = parse_time(parts[0])
+    reason = None
+    invalidity = None
+    if len(parts) >= 2 and parts[1]:
+        key = parts[1].lower()
+        reason = _REASONS.get(key)
+        if reason is None:
+            raise ValueError(f"unknown revocation reason {parts[1]!r}")
+        if key in _TIMED:
+            if len(parts) < 3 or not parts[2]:
+                raise ValueError(f"{parts[1]} needs a compromise time after it")
+            invalidity = parse_time(parts[2])
+    if len(parts) > 3:
+        raise ValueError(f"revocation field {field!r} has too many parts")
+    return Revocation(time=when, reason=reason, invalidity_date=invalidity)
+
+
+class IndexSnapshot(Snapshot):
+    __slots__ = ("entries", "validity", "lines")
+
+    def __init__(self, entries: dict[int, StatusInfo], validity: timedelta, lines: int) -> None:
+        self.entries = entries
+        self.validity = validity
+        self.lines = lines
+
+    def status(self, serial: int) -> StatusInfo:
+        return self.entries.get(serial, UNKNOWN)
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        return now, now + self.validity
+
+    def summary(self) -> str:
+        revoked = sum(1 for s in self.entries.values() if s.status is CertStatus.REVOKED)
+        return f"index.txt: {len(self.entries)} serials, {revoked} revoked"
+
+
+def parse_index(text: str, validity: timedelta, where: str = "index.txt") -> IndexSnapshot:
+    entries: dict[int, StatusInfo] = {}
+    n = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        n += 1
+        fields = line.split("\t")
+        if len(fields) < 4:
+            raise StatusDataError(f"{where}:{lineno}: expected 6 tab-separated fields, found {len(fields)}")
+        flag, expiry, revocation, serial_hex = fields[0], fields[1], fields[2], fields[3]
+        try:
+            parse_time(expiry)
+            serial = int(serial_hex, 16)
+            if flag in ("V", "E"):
+                info = GOOD
+            elif flag == "R":
+                info = StatusInfo(CertStatus.REVOKED, parse_revocation(revocation))
+            else:
+                raise ValueError(f"unknown flag {flag!r} (expected V, R or E)")
+        except ValueError as e:
+            raise StatusDataError(f"{where}:{lineno}: {e}") from None
+        # A serial listed twice: revoked wins (never answer good for something revoked).
+        if info is GOOD and serial in entries:
+            continue
+        entries[serial] = info
+    return IndexSnapshot(entries, validity, n)
+
+
+class IndexTxtSource(FileStatusSource):
+    kind = "index"
+
+    def __init__(self, name: str, path: Path, validity: timedelta, check_interval: float = 5.0) -> None:
+        super().__init__(name, [path], check_interval)
+        self.path = path
+        self.validity = validity
+
+    def parse(self) -> IndexSnapshot:
+        try:
+            raw = self.path.read_bytes()
+        except OSError as e:
+            raise StatusDataError(f"cannot read {self.path}: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # subjects in odd encodings must not stop status answers
+        return parse_index(text, self.validity, str(self.path))

@@ -1,0 +1,150 @@
+"""CRL status source: verification, statuses under each unissued policy, stale CRLs, reloads."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from frontend.status.base import StatusDataError
+from frontend.status.crl import EPOCH, CrlSource, parse_serial_list
+from shared.ocsp.errors import TryLater
+from shared.ocsp.types import CertStatus, RevocationReason
+from tests.unit.frontend_pki import NOW, TestCA, crl_without_next_update, write
+
+KC = x509.ReasonFlags.key_compromise
+
+
+@pytest.fixture(scope="module")
+def ca() -> TestCA:
+    return TestCA("CRL Test CA")
+
+
+def revoked_list() -> list:
+    return [(0x10, NOW - timedelta(days=2), KC, NOW - timedelta(days=3)),
+            (0x11, NOW - timedelta(days=1), None, None),
+            (0x12, NOW - timedelta(days=1), x509.ReasonFlags.certificate_hold, None),
+            (0x13, NOW - timedelta(days=1), x509.ReasonFlags.remove_from_crl, None)]
+
+
+def source(tmp_path: Path, ca: TestCA, crl: bytes, unissued: str, issued: str | None = None) -> CrlSource:
+    path = write(tmp_path / "crl.der", crl)
+    issued_path = write(tmp_path / "issued.txt", issued) if issued is not None else None
+    src = CrlSource("test", path, ca.der, unissued=unissued, issued_serials=issued_path, check_interval=0.1)
+    src.load_now()
+    return src
+
+
+@pytest.mark.parametrize("pem", [False, True])
+def test_revoked_entries(tmp_path: Path, ca: TestCA, pem: bool) -> None:
+    src = source(tmp_path, ca, ca.crl(revoked_list(), pem=pem), "unknown")
+    snap = src.current()
+    r = snap.status(0x10)
+    assert r.status is CertStatus.REVOKED and r.revocation is not None
+    assert r.revocation.reason is RevocationReason.KEY_COMPROMISE
+    assert r.revocation.time == NOW - timedelta(days=2)
+    assert r.revocation.invalidity_date == NOW - timedelta(days=3)
+    r = snap.status(0x11)
+    assert r.revocation is not None and r.revocation.reason is None and r.revocation.invalidity_date is None
+    r = snap.status(0x12)
+    assert r.revocation is not None and r.revocation.reason is RevocationReason.CERTIFICATE_HOLD
+    # removeFromCRL is not a revocation.
+    assert snap.status(0x13).status is CertStatus.UNKNOWN
+    assert snap.window(NOW) == (NOW, NOW + timedelta(days=1))
+
+
+@pytest.mark.parametrize("unissued,issued,serial,expected", [
+    # Without an issued list, everything not on the CRL gets the policy.
+    ("unknown", None, 0x99, CertStatus.UNKNOWN),
+    ("good", None, 0x99, CertStatus.GOOD),
+    ("revoked", None, 0x99, CertStatus.REVOKED),
+    # With one, listed serials are good and others get the policy.
+    ("unknown", "# issued\n20\n0x21 # comment\n\n2:2\n", 0x20, CertStatus.GOOD),
+    ("unknown", "20\n21\n", 0x21, CertStatus.GOOD),
+    ("unknown", "20\n", 0x99, CertStatus.UNKNOWN),
+    ("revoked", "20\n", 0x99, CertStatus.REVOKED),
+    ("good", "20\n", 0x99, CertStatus.GOOD),
+    # Revoked wins over the issued list.
+    ("good", "10\n", 0x10, CertStatus.REVOKED),
+])
+def test_unissued_policy(tmp_path: Path, ca: TestCA, unissued: str, issued: str | None, serial: int,
+                         expected: CertStatus) -> None:
+    src = source(tmp_path, ca, ca.crl(revoked_list()), unissued, issued)
+    info = src.current().status(serial)
+    assert info.status is expected
+    if expected is CertStatus.REVOKED and serial == 0x99:
+        # RFC 6960 2.2 extended revoked.
+        assert info.revocation is not None
+        assert info.revocation.time == EPOCH
+        assert info.revocation.reason is RevocationReason.CERTIFICATE_HOLD
+
+
+def test_serial_list() -> None:
+    assert parse_serial_list("0A\n# x\n0x0b\n0c:0d # y\n") == {0xA, 0xB, 0xC0D}
+    with pytest.raises(StatusDataError):
+        parse_serial_list("0A\nzz\n")
+
+
+def test_stale_crl_answers_try_later(tmp_path: Path, ca: TestCA) -> None:
+    src = source(tmp_path, ca, ca.crl([], next_update=NOW + timedelta(hours=1)), "unknown")
+    src.current().window(NOW + timedelta(minutes=59))
+    with pytest.raises(TryLater):
+        src.current().window(NOW + timedelta(hours=1))
+
+
+def test_refused_crls(tmp_path: Path, ca: TestCA) -> None:
+    other = TestCA("Other CA")
+    good = ca.crl(revoked_list())
+    cases = {
+        "wrong signer": ca.crl([], signer=other),
+        "wrong issuer": other.crl([]),
+        "no nextUpdate": crl_without_next_update(ca),
+        "garbage": b"not a crl",
+        "corrupt": good[:-5] + bytes(5),
+        "truncated": good[:50],
+    }
+    for what, data in cases.items():
+        path = write(tmp_path / f"{what}.der", data)
+        src = CrlSource("t", path, ca.der, unissued="unknown")
+        with pytest.raises(StatusDataError):
+            src.load_now()
+            pytest.fail(what)
+
+
+def test_broken_new_crl_keeps_last_good(tmp_path: Path, ca: TestCA) -> None:
+    src = source(tmp_path, ca, ca.crl(revoked_list(), pem=True), "good")
+    path = tmp_path / "crl.der"
+    good_pem = path.read_bytes()
+
+    async def go() -> None:
+        # The integration test's corruption: a few characters changed, signature no longer verifies.
+        path.write_bytes(good_pem.replace(b"A", b"B", 3))
+        assert not await src.refresh(force=True)
+        assert src.current().status(0x10).status is CertStatus.REVOKED
+        # A CRL from a different key: refused as well.
+        path.write_bytes(ca.crl([], signer=TestCA("Evil")))
+        assert not await src.refresh()
+        assert src.current().status(0x10).status is CertStatus.REVOKED
+        # A good new CRL replaces it.
+        path.write_bytes(ca.crl([(0x50, NOW, KC, None)], this_update=NOW + timedelta(minutes=1)))
+        assert await src.refresh()
+        snap = src.current()
+        assert snap.status(0x10).status is CertStatus.GOOD and snap.status(0x50).status is CertStatus.REVOKED
+        assert snap.window(NOW + timedelta(minutes=2))[0] == NOW + timedelta(minutes=1)
+
+    asyncio.run(go())
+
+
+def test_issued_list_change_reloads(tmp_path: Path, ca: TestCA) -> None:
+    src = source(tmp_path, ca, ca.crl([]), "unknown", "20\n")
+    assert src.current().status(0x21).status is CertStatus.UNKNOWN
+
+    async def go() -> None:
+        write(tmp_path / "issued.txt", "20\n21\n")
+        assert await src.refresh()
+
+    asyncio.run(go())
+    assert src.current().status(0x21).status is CertStatus.GOOD

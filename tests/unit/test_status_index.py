@@ -1,0 +1,154 @@
+"""OpenSSL index.txt status source: parsing, statuses, reload keeping the last good data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from frontend.status.base import StatusDataError
+from frontend.status.index_txt import IndexTxtSource, parse_index, parse_revocation, parse_time
+from shared.ocsp.errors import TryLater
+from shared.ocsp.types import CertStatus, RevocationReason
+
+UTC = timezone.utc
+H = timedelta(hours=1)
+
+
+def line(flag: str, serial: str, rev: str = "", expiry: str = "301231235959Z") -> str:
+    return "\t".join([flag, expiry, rev, serial, "unknown", f"/CN=leaf {serial}"]) + "\n"
+
+
+INDEX = (
+    line("V", "1000")
+    + line("R", "1001", "250102030405Z,keyCompromise")
+    + line("E", "1002", expiry="200101000000Z")
+    + line("R", "1003", "250102030405Z")
+    + line("R", "1004", "250102030405Z,keyTime,20241231000000Z")
+    + line("R", "1005", "250102030405Z,CAkeyTime,20241230000000Z")
+    + line("R", "1006", "250102030405Z,holdInstruction,1.2.840.10040.2.2")
+    + line("R", "1007", "20510102030405Z,SUPERSEDED")
+    + line("R", "1008", "250102030405Z,cessationOfOperation")
+    + line("V", "00FF")
+)
+
+
+@pytest.mark.parametrize("serial,status,reason", [
+    (0x1000, CertStatus.GOOD, None),
+    (0x1001, CertStatus.REVOKED, RevocationReason.KEY_COMPROMISE),
+    (0x1002, CertStatus.GOOD, None),  # expired, never revoked: still good (RFC 6960)
+    (0x1003, CertStatus.REVOKED, None),
+    (0x1004, CertStatus.REVOKED, RevocationReason.KEY_COMPROMISE),
+    (0x1005, CertStatus.REVOKED, RevocationReason.CA_COMPROMISE),
+    (0x1006, CertStatus.REVOKED, RevocationReason.CERTIFICATE_HOLD),
+    (0x1007, CertStatus.REVOKED, RevocationReason.SUPERSEDED),
+    (0x1008, CertStatus.REVOKED, RevocationReason.CESSATION_OF_OPERATION),
+    (0xFF, CertStatus.GOOD, None),
+    (0x2000, CertStatus.UNKNOWN, None),
+    (-1, CertStatus.UNKNOWN, None),
+])
+def test_statuses(serial: int, status: CertStatus, reason: RevocationReason | None) -> None:
+    snap = parse_index(INDEX, H)
+    info = snap.status(serial)
+    assert info.status is status
+    if status is CertStatus.REVOKED:
+        assert info.revocation is not None and info.revocation.reason == reason
+    else:
+        assert info.revocation is None
+
+
+def test_revocation_details() -> None:
+    snap = parse_index(INDEX, H)
+    r = snap.status(0x1004).revocation
+    assert r is not None
+    assert r.time == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert r.invalidity_date == datetime(2024, 12, 31, tzinfo=UTC)
+    r7 = snap.status(0x1007).revocation
+    assert r7 is not None and r7.time == datetime(2051, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_window_is_now_plus_validity() -> None:
+    snap = parse_index(INDEX, timedelta(minutes=30))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert snap.window(now) == (now, now + timedelta(minutes=30))
+
+
+@pytest.mark.parametrize("text", ["99\n", "1\t2\t3\n", "A\t301231235959Z\t\t10\tunknown\t/CN=x\n",
+                                  line("R", "10", ""), line("R", "10", "250102030405Z,badReason"),
+                                  line("R", "10", "250102030405Z,keyTime"), line("V", "XYZ"),
+                                  line("V", "10", expiry="2030")])
+def test_bad_lines_fail_the_file(text: str) -> None:
+    with pytest.raises(StatusDataError):
+        parse_index(line("V", "1") + text, H)
+
+
+def test_duplicate_serial_revoked_wins() -> None:
+    snap = parse_index(line("R", "10", "250102030405Z") + line("V", "10"), H)
+    assert snap.status(0x10).status is CertStatus.REVOKED
+    snap = parse_index(line("V", "10") + line("R", "10", "250102030405Z"), H)
+    assert snap.status(0x10).status is CertStatus.REVOKED
+
+
+def test_time_formats() -> None:
+    assert parse_time("491231235959Z").year == 2049
+    assert parse_time("500101000000Z").year == 1950
+    assert parse_revocation("250102030405Z").reason is None
+
+
+def test_reload_keeps_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "index.txt"
+    path.write_text(line("V", "10"))
+    src = IndexTxtSource("ca", path, H, check_interval=0.1)
+    with pytest.raises(TryLater):
+        src.current()
+    src.load_now()
+    changes: list[str] = []
+    src.on_change(lambda s: changes.append(s.name))
+    assert src.current().status(0x10).status is CertStatus.GOOD
+
+    async def go() -> None:
+        assert not await src.refresh()  # unchanged
+        path.write_text(line("R", "10", "250102030405Z,superseded"))
+        assert await src.refresh()
+        assert src.current().status(0x10).status is CertStatus.REVOKED
+        # A broken file: the last good data stays, and no listener fires.
+        path.write_text(line("V", "10") + "garbage\n")
+        assert not await src.refresh()
+        assert src.current().status(0x10).status is CertStatus.REVOKED
+        assert src.last_error
+        assert not await src.refresh()  # the same broken file is not re-parsed every check
+        # Forced (SIGHUP) with the same content re-reads it.
+        path.write_text(line("R", "10", "250102030405Z,superseded") + line("V", "11"))
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert await src.refresh(force=True)
+        assert src.current().status(0x11).status is CertStatus.GOOD
+        # Deleted file: keep the data.
+        path.unlink()
+        assert not await src.refresh()
+        assert src.current().status(0x11).status is CertStatus.GOOD
+
+    asyncio.run(go())
+    assert changes == ["ca", "ca"]
+
+
+def test_watch_picks_up_changes(tmp_path: Path) -> None:
+    path = tmp_path / "index.txt"
+    path.write_text(line("V", "10"))
+    src = IndexTxtSource("ca", path, H, check_interval=0.05)
+    src.load_now()
+
+    async def go() -> None:
+        task = asyncio.create_task(src.watch())
+        path.write_text(line("R", "10", "250102030405Z") + "\n")
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if src.current().status(0x10).status is CertStatus.REVOKED:
+                break
+        task.cancel()
+        assert src.current().status(0x10).status is CertStatus.REVOKED
+
+    asyncio.run(go())
