@@ -1,0 +1,84 @@
+"""Signed-response cache: expiry, bounds, per-CA invalidation, responder generations."""
+
+from __future__ import annotations
+
+from frontend.cache import ResponseCache
+
+
+def put(c: ResponseCache, key: bytes, *, ca: str = "a", tu: int = 1000, nu: int = 5000, gen: int | None = None,
+        now: float = 1000):
+    return c.put(key, b"der-" + key, b"H: v\r\n", ca=ca, this_update=tu, next_update=nu, generation=gen, now=now)
+
+
+def test_hit_and_expiry_at_next_update() -> None:
+    c = ResponseCache(10, max_age=10**6)
+    put(c, b"k")
+    e = c.get(b"k", now=4999)
+    assert e is not None and e.der == b"der-k" and e.headers == b"H: v\r\n" and e.next_update == 5000
+    assert c.get(b"k", now=5000) is None
+    assert len(c) == 0
+    assert c.get(b"missing", now=0) is None
+
+
+def test_expiry_capped_by_max_age() -> None:
+    c = ResponseCache(10, max_age=100)
+    put(c, b"k", tu=1000, nu=5000)
+    assert c.get(b"k", now=1099) is not None
+    assert c.get(b"k", now=1100) is None
+
+
+def test_already_expired_not_stored() -> None:
+    c = ResponseCache(10, max_age=100)
+    assert put(c, b"k", tu=0, nu=50, now=1000) is None
+    assert len(c) == 0
+
+
+def test_bounded_fifo() -> None:
+    c = ResponseCache(3, max_age=10**6)
+    for k in (b"1", b"2", b"3", b"4"):
+        put(c, k)
+    assert len(c) == 3
+    assert c.get(b"1", now=1000) is None
+    assert c.get(b"4", now=1000) is not None
+    put(c, b"4")  # replacing an entry evicts nothing
+    assert len(c) == 3 and c.get(b"2", now=1000) is not None
+
+
+def test_disabled() -> None:
+    c = ResponseCache(0, max_age=100)
+    assert put(c, b"k") is None and len(c) == 0
+
+
+def test_invalidate_per_ca() -> None:
+    c = ResponseCache(10, max_age=10**6)
+    put(c, b"a1", ca="a")
+    put(c, b"a2", ca="a")
+    put(c, b"b1", ca="b")
+    assert c.invalidate("a") == 2
+    assert c.get(b"a1", now=1000) is None and c.get(b"b1", now=1000) is not None
+    assert c.invalidate() == 1 and len(c) == 0
+
+
+def test_generation_change_drops_ca() -> None:
+    c = ResponseCache(10, max_age=10**6)
+    put(c, b"a1", ca="a", gen=1)
+    put(c, b"b1", ca="b", gen=7)
+    put(c, b"a2", ca="a", gen=1)
+    assert len(c) == 3
+    put(c, b"a3", ca="a", gen=2)  # the responder of CA a was replaced
+    assert c.get(b"a1", now=1000) is None and c.get(b"a2", now=1000) is None
+    assert c.get(b"a3", now=1000) is not None and c.get(b"b1", now=1000) is not None
+
+
+def test_hit_is_cheap() -> None:
+    import time
+
+    c = ResponseCache(1000, max_age=10**6, clock=time.time)
+    put(c, b"x" * 100, nu=2**40, tu=2**40 - 10, now=0)
+    key = b"x" * 100
+    n = 100000
+    t = time.perf_counter()
+    for _ in range(n):
+        c.get(key)
+    per = (time.perf_counter() - t) / n
+    assert per < 20e-6, per
