@@ -1,0 +1,258 @@
+"""frontend.toml and the frontend's part of each ca.d/*.toml, validated before anything starts.
+
+Every fault is a ``ConfigError(file, key, message)``. The ``[responder]`` table of a CA file is the
+signer's and is ignored here (its keys are not even looked at).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from shared.config import ConfigError, Section
+from shared.ocsp.types import HashAlgorithm
+
+_HASH_NAMES = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA256,
+               "sha384": HashAlgorithm.SHA384, "sha512": HashAlgorithm.SHA512}
+UNISSUED_CHOICES = ("unknown", "revoked", "good")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 2560
+    # Requests are served under this prefix ("/ocsp/" when a proxy forwards /ocsp/... unchanged).
+    path_prefix: str = "/"
+    # Largest POST body / decoded GET request accepted; larger POSTs get 413. Real requests are
+    # a few hundred bytes; RFC 5019-style clients stay far below 10000.
+    max_request_bytes: int = 10000
+    # Largest request line + headers; larger gets 431 and the connection closed.
+    max_header_bytes: int = 8192
+    # Most CertIDs in one request (each costs a status lookup and a SingleResponse to sign).
+    max_cert_ids: int = 64
+    # CertID hash algorithms served; others get "unauthorized".
+    allowed_hashes: tuple[HashAlgorithm, ...] = tuple(HashAlgorithm)
+    # A keep-alive connection with no request in progress is closed after this long.
+    idle_timeout: float = 30.0
+    # A request must arrive completely (headers and body) within this long of its first byte.
+    request_timeout: float = 10.0
+    # On SIGTERM, in-flight requests get this long to finish.
+    shutdown_grace: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SignerClientConfig:
+    # One or more signer addresses (host:port or unix:/path); with several, calls are spread
+    # over them and a call that finds one unavailable is retried on the next.
+    addresses: tuple[str, ...] = ("127.0.0.1:50051",)
+    # Deadline of one Sign call. An RSA-2048 signature in SoftHSM takes about 1 ms; the
+    # deadline covers queueing in a busy signer. Past it the client gets tryLater.
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    # Signed responses kept for nonce-less requests (about 2 KB each). 0 disables the cache.
+    max_entries: int = 10000
+    # An entry lives until min(nextUpdate, thisUpdate + max_age); also caps HTTP max-age.
+    max_age: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    source: str  # "index" | "crl"
+    path: Path
+    # index: nextUpdate = thisUpdate + validity. (crl: the CRL's own thisUpdate/nextUpdate.)
+    validity: timedelta
+    # How often the files are checked for changes (stat); SIGHUP forces a re-read.
+    check_interval: timedelta
+    # crl: optional list of issued serials (hex, one a line, '#' comments).
+    issued_serials: Path | None = None
+    # crl: status of serials not known to be issued ("unknown" | "revoked" | "good").
+    unissued: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaConfig:
+    name: str
+    file: Path
+    ca_cert_path: Path
+    ca_cert_der: bytes
+    status: StatusConfig
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendConfig:
+    file: Path
+    ca_dir: Path
+    listen: ListenConfig
+    signer: SignerClientConfig
+    cache: CacheConfig
+    cas: tuple[CaConfig, ...]
+
+
+def _seconds(d: timedelta) -> float:
+    return d.total_seconds()
+
+
+def load_certificate(sec: Section, key: str) -> tuple[Path, bytes]:
+    """Read a PEM or DER certificate named by ``key``; returns (path, DER)."""
+    path = sec.path(key)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise sec.error(key, f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        if b"-----BEGIN" in data:
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        der = cert.public_bytes(Encoding.DER)
+    except ValueError as e:
+        raise sec.error(key, f"{path} is not a PEM or DER certificate: {e}") from None
+    return path, der
+
+
+def _listen(sec: Section) -> ListenConfig:
+    d = ListenConfig()
+    host = sec.str("host", d.host)
+    port = sec.int("port", d.port, minimum=0, maximum=65535)
+    prefix = sec.str("path_prefix", d.path_prefix)
+    if not prefix.startswith("/"):
+        raise sec.error("path_prefix", f"must start with '/', not {prefix!r}")
+    if "?" in prefix or "#" in prefix or "%" in prefix:
+        raise sec.error("path_prefix", "must be a plain path (no '?', '#' or '%')")
+    if not prefix.endswith("/"):
+        prefix += "/"
+    if prefix.startswith("/-/"):
+        raise sec.error("path_prefix", "'/-/' is reserved for the responder's own endpoints")
+    max_request = sec.int("max_request_bytes", d.max_request_bytes, minimum=100, maximum=1_000_000)
+    max_header = sec.int("max_header_bytes", d.max_header_bytes, minimum=1024, maximum=1_000_000)
+    max_ids = sec.int("max_cert_ids", d.max_cert_ids, minimum=1, maximum=1000)
+    names = sec.str_list("allowed_hashes", None)
+    hashes = d.allowed_hashes
+    if names is not None:
+        if not names:
+            raise sec.error("allowed_hashes", "must name at least one of sha1, sha256, sha384, sha512")
+        picked = []
+        for n in names:
+            alg = _HASH_NAMES.get(n.lower().replace("-", ""))
+            if alg is None:
+                raise sec.error("allowed_hashes", f"{n!r} is not one of sha1, sha256, sha384, sha512")
+            if alg not in picked:
+                picked.append(alg)
+        hashes = tuple(picked)
+    idle = sec.duration("idle_timeout", timedelta(seconds=d.idle_timeout), minimum=timedelta(seconds=1))
+    req = sec.duration("request_timeout", timedelta(seconds=d.request_timeout), minimum=timedelta(seconds=1))
+    grace = sec.duration("shutdown_grace", timedelta(seconds=d.shutdown_grace))
+    return ListenConfig(host=host, port=port, path_prefix=prefix, max_request_bytes=max_request,
+                        max_header_bytes=max_header, max_cert_ids=max_ids, allowed_hashes=hashes,
+                        idle_timeout=_seconds(idle), request_timeout=_seconds(req),
+                        shutdown_grace=_seconds(grace))
+
+
+def _check_address(sec: Section, key: str, address: str) -> None:
+    if address.startswith("unix:"):
+        if len(address) <= len("unix:"):
+            raise sec.error(key, "unix: needs a socket path (unix:/run/ocsp/signer.sock)")
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise sec.error(key, f"{address!r} is not host:port or unix:/path")
+
+
+def _signer(sec: Section) -> SignerClientConfig:
+    d = SignerClientConfig()
+    if sec.has("address") and sec.has("addresses"):
+        raise sec.error("addresses", "give either address or addresses, not both")
+    if sec.has("addresses"):
+        addresses = sec.str_list("addresses")
+        if not addresses:
+            raise sec.error("addresses", "must name at least one signer")
+        for a in addresses:
+            _check_address(sec, "addresses", a)
+        addrs = tuple(addresses)
+    else:
+        a = sec.str("address", d.addresses[0])
+        _check_address(sec, "address", a)
+        addrs = (a,)
+    timeout = sec.duration("timeout", timedelta(seconds=d.timeout), minimum=timedelta(milliseconds=10),
+                           maximum=timedelta(minutes=5))
+    return SignerClientConfig(addresses=addrs, timeout=_seconds(timeout))
+
+
+def _cache(sec: Section) -> CacheConfig:
+    d = CacheConfig()
+    return CacheConfig(
+        max_entries=sec.int("max_entries", d.max_entries, minimum=0, maximum=10_000_000),
+        max_age=sec.duration("max_age", d.max_age, minimum=timedelta(seconds=1)),
+    )
+
+
+def _status(sec: Section) -> StatusConfig:
+    source = sec.choice("source", ("index", "crl"))
+    path = sec.path("path")
+    if not path.exists():
+        raise sec.error("path", f"{path} does not exist")
+    check = sec.duration("check_interval", timedelta(seconds=5), minimum=timedelta(milliseconds=100))
+    if source == "index":
+        validity = sec.duration("validity", timedelta(hours=1), minimum=timedelta(minutes=1))
+        for key in ("issued_serials", "unissued"):
+            if sec.has(key):
+                sec.ignore(key)
+                raise sec.error(key, "only for source = \"crl\" (an index.txt knows what was issued)")
+        return StatusConfig(source=source, path=path, validity=validity, check_interval=check)
+    if sec.has("validity"):
+        sec.ignore("validity")
+        raise sec.error("validity", "only for source = \"index\" (a CRL carries its own thisUpdate/nextUpdate)")
+    issued = sec.path("issued_serials", None)
+    if issued is not None and not issued.exists():
+        raise sec.error("issued_serials", f"{issued} does not exist")
+    if not sec.has("unissued"):
+        raise sec.error("unissued", "is required for source = \"crl\": choose the status of serials not "
+                                    "known to be issued: \"unknown\", \"revoked\" (RFC 6960 2.2) or \"good\"")
+    unissued = sec.choice("unissued", UNISSUED_CHOICES)
+    return StatusConfig(source=source, path=path, validity=timedelta(0), check_interval=check,
+                        issued_serials=issued, unissued=unissued)
+
+
+def load_ca_file(path: Path) -> CaConfig:
+    sec = Section.load(path)
+    name = sec.str("name", path.stem)
+    ca_path, der = load_certificate(sec, "ca_cert")
+    sec.ignore("responder")
+    status = _status(sec.section("status", required=True))
+    sec.finish()
+    return CaConfig(name=name, file=path, ca_cert_path=ca_path, ca_cert_der=der, status=status)
+
+
+def load_frontend_config(path: str | Path) -> FrontendConfig:
+    file = Path(path)
+    sec = Section.load(file)
+    ca_dir = sec.path("ca_dir")
+    if not ca_dir.is_dir():
+        raise sec.error("ca_dir", f"{ca_dir} is not a directory")
+    listen = _listen(sec.section("listen"))
+    signer = _signer(sec.section("signer"))
+    cache = _cache(sec.section("cache"))
+    sec.finish()
+
+    cas: list[CaConfig] = []
+    names: dict[str, Path] = {}
+    certs: dict[bytes, Path] = {}
+    for ca_file in sorted(ca_dir.glob("*.toml")):
+        ca = load_ca_file(ca_file)
+        if ca.name in names:
+            raise ConfigError(ca_file, "name", f"{ca.name!r} is also the name of {names[ca.name]}")
+        if ca.ca_cert_der in certs:
+            raise ConfigError(ca_file, "ca_cert", f"the same CA certificate is configured in {certs[ca.ca_cert_der]}")
+        names[ca.name] = ca_file
+        certs[ca.ca_cert_der] = ca_file
+        cas.append(ca)
+    if not cas:
+        raise ConfigError(file, "ca_dir", f"no *.toml CA files in {ca_dir}")
+    return FrontendConfig(file=file, ca_dir=ca_dir, listen=listen, signer=signer, cache=cache, cas=tuple(cas))

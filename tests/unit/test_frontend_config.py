@@ -1,0 +1,90 @@
+"""frontend.config: defaults, CA files, and errors that name the file and key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from frontend.config import load_frontend_config
+from shared.config import ConfigError
+from shared.ocsp.types import HashAlgorithm
+from tests.unit.frontend_pki import TestCA, write
+
+
+@pytest.fixture(scope="module")
+def ca() -> TestCA:
+    return TestCA("Config CA")
+
+
+def setup(tmp: Path, ca: TestCA, frontend: str = "", cafile: str | None = None) -> Path:
+    (tmp / "ca.d").mkdir(exist_ok=True)
+    write(tmp / "ca.pem", ca.pem)
+    write(tmp / "index.txt", "")
+    write(tmp / "crl.pem", b"")
+    if cafile is None:
+        cafile = 'ca_cert = "../ca.pem"\n[responder]\ncert = "x"\n[status]\nsource = "index"\npath = "../index.txt"\n'
+    write(tmp / "ca.d" / "one.toml", cafile)
+    return write(tmp / "frontend.toml", 'ca_dir = "ca.d"\n' + frontend)
+
+
+def test_defaults(tmp_path: Path, ca: TestCA) -> None:
+    cfg = load_frontend_config(setup(tmp_path, ca))
+    assert cfg.listen.host == "127.0.0.1" and cfg.listen.port == 2560 and cfg.listen.path_prefix == "/"
+    assert cfg.listen.max_request_bytes == 10000 and cfg.listen.max_cert_ids == 64
+    assert cfg.listen.allowed_hashes == tuple(HashAlgorithm)
+    assert cfg.signer.addresses == ("127.0.0.1:50051",) and cfg.signer.timeout == 2.0
+    assert cfg.cache.max_entries == 10000 and cfg.cache.max_age == timedelta(hours=1)
+    (one,) = cfg.cas
+    assert one.name == "one" and one.ca_cert_der == ca.der
+    assert one.status.source == "index" and one.status.validity == timedelta(hours=1)
+    assert one.status.path == tmp_path / "ca.d" / "../index.txt"
+
+
+def test_full(tmp_path: Path, ca: TestCA) -> None:
+    fe = ('[listen]\nport = 0\npath_prefix = "/ocsp"\nallowed_hashes = ["sha256", "SHA-384"]\n'
+          '[signer]\naddresses = ["unix:/run/s.sock", "10.0.0.1:50051"]\ntimeout = "500ms"\n'
+          '[cache]\nmax_entries = 5\nmax_age = "10m"\n')
+    cafile = ('name = "x"\nca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n'
+              'unissued = "revoked"\n')
+    cfg = load_frontend_config(setup(tmp_path, ca, fe, cafile))
+    assert cfg.listen.path_prefix == "/ocsp/" and cfg.listen.port == 0
+    assert cfg.listen.allowed_hashes == (HashAlgorithm.SHA256, HashAlgorithm.SHA384)
+    assert cfg.signer.addresses == ("unix:/run/s.sock", "10.0.0.1:50051") and cfg.signer.timeout == 0.5
+    assert cfg.cas[0].status.unissued == "revoked" and cfg.cas[0].status.issued_serials is None
+
+
+@pytest.mark.parametrize("frontend,cafile,key", [
+    ("[listen]\nprot = 1\n", None, "listen.prot"),
+    ("[listen]\npath_prefix = \"ocsp\"\n", None, "listen.path_prefix"),
+    ("[listen]\nallowed_hashes = [\"md5\"]\n", None, "listen.allowed_hashes"),
+    ("[signer]\naddress = \"nohostport\"\n", None, "signer.address"),
+    ("[signer]\naddress = \"a:1\"\naddresses = [\"b:2\"]\n", None, "signer.addresses"),
+    ("[cache]\nmax_age = \"soon\"\n", None, "cache.max_age"),
+    ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n', "status.unissued"),
+    ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\nunissued = "maybe"\n',
+     "status.unissued"),
+    ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "index"\npath = "../index.txt"\nunissued = "good"\n',
+     "status.unissued"),
+    ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "ldap"\npath = "../index.txt"\n', "status.source"),
+    ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "index"\npath = "../nope.txt"\n', "status.path"),
+    ("", 'ca_cert = "../index.txt"\n[status]\nsource = "index"\npath = "../index.txt"\n', "ca_cert"),
+    ("", 'ca_cert = "../ca.pem"\n', "status"),
+    ("", 'ca_cert = "../ca.pem"\nextra = 1\n[status]\nsource = "index"\npath = "../index.txt"\n', "extra"),
+])
+def test_errors_name_file_and_key(tmp_path: Path, ca: TestCA, frontend: str, cafile: str | None, key: str) -> None:
+    path = setup(tmp_path, ca, frontend, cafile)
+    with pytest.raises(ConfigError) as e:
+        load_frontend_config(path)
+    assert e.value.key == key, str(e.value)
+    expected_file = path if cafile is None else tmp_path / "ca.d" / "one.toml"
+    assert e.value.file == str(expected_file)
+
+
+def test_empty_ca_dir(tmp_path: Path, ca: TestCA) -> None:
+    path = setup(tmp_path, ca)
+    (tmp_path / "ca.d" / "one.toml").unlink()
+    with pytest.raises(ConfigError) as e:
+        load_frontend_config(path)
+    assert e.value.key == "ca_dir"
