@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.integration.conftest import ROOT, SOFTHSM_MODULE, tool
+from tests.integration.conftest import ROOT, SOFTHSM_MODULE, free_port, tool, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -293,6 +295,9 @@ LAYOUT = [
 ]
 
 
+DEMO_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) -> tuple[Path, Ctl]:
     # A token directory of its own: the demo token must be created from scratch here.
@@ -303,7 +308,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, st
     env = dict(softhsm_env, SOFTHSM2_CONF=str(conf))
     d = tmp_path_factory.mktemp("ctl-demo")
     c = Ctl(dir=d, env=env, pin_file=d / "token.pin", so_pin_file=d / "so.pin")
-    c.run("demo", "setup", "--dir", str(d), "--http-port", "2999")
+    c.run("demo", "setup", "--dir", str(d), "--http-port", str(DEMO_PORT))
     return d, c
 
 
@@ -318,7 +323,7 @@ def test_demo_setup_layout_and_idempotent(demo_dir: tuple[Path, Ctl]) -> None:
     for f in ("token.pin", "so.pin", "rsa-ca/ca-key.pem", "ec-ca/ca-key.pem"):
         assert (d / f).stat().st_mode & 0o077 == 0, f
     before = snapshot(d)
-    r = c.run("demo", "setup", "--dir", str(d), "--http-port", "2999")
+    r = c.run("demo", "setup", "--dir", str(d), "--http-port", str(DEMO_PORT))
     assert "nothing changed" in r.stdout
     assert snapshot(d) == before
 
@@ -337,7 +342,7 @@ def test_demo_pki_verifies(demo_dir: tuple[Path, Ctl]) -> None:
         assert responder.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
         leaf = x509.load_pem_x509_certificate((d / ca / "leaf-good.pem").read_bytes())
         aia = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
-        assert [a.access_location.value for a in aia] == ["http://127.0.0.1:2999/"]
+        assert [a.access_location.value for a in aia] == [f"http://127.0.0.1:{DEMO_PORT}/"]
     ca_keys = {ca: x509.load_pem_x509_certificate((d / ca / "ca.pem").read_bytes()).public_key()
                for ca in ("rsa-ca", "ec-ca")}
     assert ca_keys["rsa-ca"].key_size == 2048  # type: ignore[union-attr]
@@ -373,7 +378,7 @@ def test_demo_configs(demo_dir: tuple[Path, Ctl]) -> None:
     assert signer["listen"]["address"] == f"unix:{d / 'run' / 'signer.sock'}"
     assert Path(signer["ca_dir"]).is_absolute()
     frontend = tomllib.loads((d / "etc/frontend.toml").read_text())
-    assert frontend["listen"]["port"] == 2999
+    assert frontend["listen"]["port"] == DEMO_PORT
     assert frontend["signer"]["address"] == signer["listen"]["address"]
     rsa = tomllib.loads((d / "etc/ca.d/demo-rsa.toml").read_text())
     assert rsa["status"]["source"] == "index" and rsa["status"]["path"] == str(d / "rsa-ca/index.txt")
@@ -472,7 +477,7 @@ def test_demo_revoke(demo_dir: tuple[Path, Ctl]) -> None:
               check=False)
     assert r.returncode == 1 and "unknown revocation reason" in r.stderr
     # A later setup keeps the runtime revocations.
-    c.run("demo", "setup", "--dir", str(d), "--http-port", "2999")
+    c.run("demo", "setup", "--dir", str(d), "--http-port", str(DEMO_PORT))
     assert "leaf-good3.pem: revoked" in openssl_index_status(d, "leaf-good3.pem")
     assert x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes()).get_revoked_certificate_by_serial_number(
         serial) is not None
@@ -500,3 +505,43 @@ def test_example_configs_load(demo_dir: tuple[Path, Ctl], tmp_path: Path) -> Non
     signer = load_signer_config(tmp_path / "signer.toml")
     assert [r.name for r in signer.responders] == ["example-ca"]
     assert signer.responders[0].key_label == "example-responder"
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_demo_serve(demo_dir: tuple[Path, Ctl], stop_signal: int) -> None:
+    """`demo serve` starts both programs, prints commands that work, and stops both on a signal."""
+    d, c = demo_dir
+    proc = subprocess.Popen([tool("ocspctl"), "demo", "serve", "--dir", str(d)], env=c.env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out: list[str] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda s=s, acc=acc: acc.extend(iter(s.readline, "")), daemon=True)
+               for s, acc in ((proc.stdout, out), (proc.stderr, err))]
+    for t in readers:
+        t.start()
+    try:
+        def ready() -> bool:
+            assert proc.poll() is None, "".join(out + err)
+            return any(line.startswith("try:") for line in out)
+
+        wait_until(ready, 60, "demo serve to be ready")
+        wait_until(lambda: sum(line.startswith("  openssl ocsp") for line in out) == 6, 5, "the commands")
+        commands = [line.split() for line in out if line.startswith("  openssl ocsp")]
+        for argv, expected in zip(commands[:3], ("good", "revoked", "unknown")):
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            assert "Response verify OK" in r.stdout + r.stderr, r.stdout + r.stderr
+            assert f"leaf-{expected}.pem: {expected}" in r.stdout
+        proc.send_signal(stop_signal)
+        assert proc.wait(30) == 0, "".join(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for t in readers:
+        t.join(5)
+    assert any(line.startswith("stopped") for line in out)
+    # Both children are gone: nothing listens on the port any more.
+    import socket
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", DEMO_PORT)) != 0
