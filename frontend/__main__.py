@@ -1,0 +1,135 @@
+"""ocsp-frontend --config FILE [--check]: wiring only.
+
+Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passing --check; 2 for a configuration
+or status-data fault found at start-up, printed as ``ocsp-frontend: <file>: <key>: <message>``.
+SIGHUP re-reads every CA's status data (a bad new file keeps the last good data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from frontend.cache import ResponseCache
+from frontend.config import CaConfig, FrontendConfig, load_frontend_config
+from frontend.server import CaEntry, FrontendServer, OcspApp
+from frontend.signer_client import SignerClient
+from frontend.status.base import FileStatusSource, StatusDataError
+from frontend.status.crl import CrlSource
+from frontend.status.index_txt import IndexTxtSource
+from shared.config import ConfigError
+from shared.ocsp.certid import IssuerIndex
+
+log = logging.getLogger("frontend")
+
+
+def make_source(ca: CaConfig) -> FileStatusSource:
+    st = ca.status
+    interval = st.check_interval.total_seconds()
+    if st.source == "index":
+        return IndexTxtSource(ca.name, st.path, st.validity, interval)
+    assert st.unissued is not None
+    return CrlSource(ca.name, st.path, ca.ca_cert_der, unissued=st.unissued,
+                     issued_serials=st.issued_serials, check_interval=interval)
+
+
+def load_cas(cfg: FrontendConfig) -> IssuerIndex[CaEntry]:
+    """Build every CA's status source and load its data once; faults are ConfigErrors."""
+    index: IssuerIndex[CaEntry] = IssuerIndex()
+    for ca in cfg.cas:
+        source = make_source(ca)
+        try:
+            source.load_now()
+        except StatusDataError as e:
+            raise ConfigError(ca.file, "status.path", str(e)) from None
+        try:
+            index.add(ca.ca_cert_der, CaEntry(ca.name, source))
+        except ValueError as e:
+            raise ConfigError(ca.file, "ca_cert", f"{e} (another CA file names the same issuer)") from None
+    return index
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
+    loop = asyncio.get_running_loop()
+    signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout)
+    cache = ResponseCache(cfg.cache.max_entries, cfg.cache.max_age.total_seconds())
+    app = OcspApp(issuers=issuers, signer=signer, cache=cache, listen=cfg.listen)
+    server = FrontendServer(app, cfg.listen)
+    host, port = await server.start()
+    log.info("listening on %s", _url(host, port))
+    print(f"listening on {_url(host, port)}", flush=True)
+
+    sources = [ca.source for ca in issuers.values()]
+    watchers = [loop.create_task(s.watch(), name=f"watch-{s.name}") for s in sources]
+    stop = asyncio.Event()
+
+    async def reload_all() -> None:
+        log.info("SIGHUP: re-reading status data")
+        await asyncio.gather(*(s.refresh(force=True) for s in sources), return_exceptions=True)
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        t = loop.create_task(reload_all())
+        reloads.add(t)
+        t.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await server.stop()
+        for t in [*watchers, *reloads]:
+            t.cancel()
+        await asyncio.gather(*watchers, *reloads, return_exceptions=True)
+        await signer.close()
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ocsp-frontend", description="Keyless OCSP HTTP frontend")
+    parser.add_argument("--config", required=True, help="frontend.toml")
+    parser.add_argument("--check", action="store_true", help="validate config and status data, then exit")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_frontend_config(args.config)
+        issuers = load_cas(cfg)
+    except ConfigError as e:
+        print(f"ocsp-frontend: {e}", file=sys.stderr, flush=True)
+        return 2
+    if args.check:
+        names = ", ".join(ca.name for ca in cfg.cas)
+        print(f"ocsp-frontend: {args.config}: OK ({len(cfg.cas)} CAs: {names})", flush=True)
+        return 0
+
+    import uvloop
+
+    try:
+        uvloop.run(serve(cfg, issuers))
+    except OSError as e:
+        print(f"ocsp-frontend: {args.config}: listen: cannot listen on {cfg.listen.host}:{cfg.listen.port}: "
+              f"{e.strerror or e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

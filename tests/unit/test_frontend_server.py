@@ -1,0 +1,459 @@
+"""The real HTTP server in-process (127.0.0.1, port 0) with a fake signer.
+
+Covers POST/GET/prefixes, the cache, OCSP error mapping, and HTTP behaviour: 413, 405, 411, bad
+HTTP, keep-alive, pipelining order, HTTP/1.0, HEAD and the health endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import socket
+import threading
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from frontend.cache import ResponseCache
+from frontend.config import ListenConfig
+from frontend.server import CaEntry, FrontendServer, OcspApp, build_issuers
+from frontend.signer_client import SignResult
+from frontend.status.crl import CrlSource
+from frontend.status.index_txt import IndexTxtSource
+from shared.clock import FakeClock
+from shared.ocsp.errors import OCSPError, TryLater
+from shared.ocsp.response import error_response
+from shared.ocsp.types import HashAlgorithm, ResponseStatus, SingleStatus
+from tests.unit.frontend_pki import NOW, TestCA, write
+
+MALFORMED = error_response(ResponseStatus.MALFORMED_REQUEST)
+UNAUTHORIZED = error_response(ResponseStatus.UNAUTHORIZED)
+TRY_LATER = error_response(ResponseStatus.TRY_LATER)
+INTERNAL = error_response(ResponseStatus.INTERNAL_ERROR)
+
+
+class FakeSigner:
+    """Returns a canned 'response': JSON of what it was asked to sign, so tests can read it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[SingleStatus], bytes | None]] = []
+        self.fail: BaseException | None = None
+        self.delay = 0.0
+        self.generation = 1
+
+    async def sign(self, statuses: Sequence[SingleStatus], nonce: bytes | None) -> SignResult:
+        self.calls.append((list(statuses), nonce))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        out = [{"serial": s.cert_id.serial_int, "status": s.status.value,
+                "reason": s.revocation.reason.name if s.revocation and s.revocation.reason is not None else None,
+                "this_update": int(s.this_update.timestamp()), "next_update": int(s.next_update.timestamp())}
+               for s in statuses]
+        return SignResult(json.dumps({"statuses": out, "nonce": nonce.hex() if nonce else None}).encode(),
+                          self.generation, "fp")
+
+
+def index_line(flag: str, serial: int, rev: str = "") -> str:
+    return "\t".join([flag, "301231235959Z", rev, format(serial, "X"), "unknown", "/CN=x"]) + "\n"
+
+
+class Env:
+    def __init__(self, tmp: Path, listen: ListenConfig) -> None:
+        self.a = TestCA("Index CA")
+        self.b = TestCA("CRL CA")
+        self.other = TestCA("Not Served CA")
+        self.index = write(tmp / "index.txt", index_line("V", 0x100) + index_line("R", 0x101, "250101000000Z,keyCompromise"))
+        self.crl = write(tmp / "crl.der", self.b.crl([(0x201, NOW, x509.ReasonFlags.superseded, None)],
+                                                    next_update=NOW + timedelta(days=1)))
+        self.src_a = IndexTxtSource("a", self.index, timedelta(hours=1))
+        self.src_b = CrlSource("b", self.crl, self.b.der, unissued="good")
+        self.src_a.load_now()
+        self.src_b.load_now()
+        self.signer = FakeSigner()
+        self.clock = FakeClock(NOW + timedelta(minutes=1))
+        self.cache = ResponseCache(100, 3600.0, clock=lambda: self.clock.now().timestamp())
+        self.listen = listen
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: FrontendServer = self.call(self._start())
+        self.port = self.server.address[1]
+
+    async def _start(self) -> FrontendServer:
+        issuers = build_issuers([(self.a.der, CaEntry("a", self.src_a)), (self.b.der, CaEntry("b", self.src_b))])
+        app = OcspApp(issuers=issuers, signer=self.signer, cache=self.cache, listen=self.listen, clock=self.clock)
+        server = FrontendServer(app, self.listen)
+        await server.start()
+        return server
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def close(self) -> None:
+        self.call(self.server.stop(0.5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    def request(self, ca: TestCA, serial: int, *, nonce: bytes | None = None,
+                algorithm: hashes.HashAlgorithm = hashes.SHA1()) -> bytes:
+        b = ocsp.OCSPRequestBuilder().add_certificate(ca.leaf(serial), ca.cert, algorithm)
+        if nonce is not None:
+            b = b.add_extension(x509.OCSPNonce(nonce), critical=False)
+        return b.build().public_bytes(serialization.Encoding.DER)
+
+    def post(self, body: bytes, path: str = "/", headers: dict[str, str] | None = None
+             ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("POST", path, body=body,
+                         headers=headers if headers is not None else {"Content-Type": "application/ocsp-request"})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def get(self, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+
+def b64path(der: bytes, prefix: str = "/") -> str:
+    return prefix + urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path, ListenConfig(port=0, max_request_bytes=2000, idle_timeout=30, request_timeout=10))
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def env_prefix(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path, ListenConfig(port=0, path_prefix="/ocsp/", allowed_hashes=(HashAlgorithm.SHA1,
+                                                                                    HashAlgorithm.SHA256)))
+    yield e
+    e.close()
+
+
+def statuses(body: bytes) -> list[dict[str, Any]]:
+    return json.loads(body)["statuses"]
+
+
+# -- the OCSP pipeline ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("serial,status,reason", [(0x100, "good", None), (0x101, "revoked", "KEY_COMPROMISE"),
+                                                  (0x102, "unknown", None)])
+def test_post_index_ca(env: Env, serial: int, status: str, reason: str | None) -> None:
+    code, headers, body = env.post(env.request(env.a, serial))
+    assert code == 200 and headers["content-type"] == "application/ocsp-response"
+    (s,) = statuses(body)
+    assert (s["serial"], s["status"], s["reason"]) == (serial, status, reason)
+    now = int(env.clock.now().timestamp())
+    assert s["this_update"] == now and s["next_update"] == now + 3600
+
+
+def test_crl_ca_times_from_crl(env: Env) -> None:
+    code, _, body = env.post(env.request(env.b, 0x201))
+    (s,) = statuses(body)
+    assert s["status"] == "revoked" and s["reason"] == "SUPERSEDED"
+    assert s["this_update"] == int(NOW.timestamp()) and s["next_update"] == int((NOW + timedelta(days=1)).timestamp())
+    (s,) = statuses(env.post(env.request(env.b, 0x999))[2])
+    assert s["status"] == "good"  # unissued = "good" chosen in this setup
+
+
+def test_stale_crl_try_later(env: Env) -> None:
+    env.clock.advance(timedelta(days=2))
+    code, headers, body = env.post(env.request(env.b, 0x201))
+    assert code == 200 and body == TRY_LATER
+    assert "max-age" not in headers["cache-control"]
+    assert not env.signer.calls
+
+
+def test_cache_hit_skips_signer_and_has_headers(env: Env) -> None:
+    der = env.request(env.a, 0x100)
+    first = env.post(der)
+    second = env.post(der)
+    assert len(env.signer.calls) == 1
+    assert first[2] == second[2]
+    h = second[1]
+    assert h["cache-control"].endswith("public, no-transform, must-revalidate")
+    assert h["cache-control"].startswith("max-age=")
+    assert 0 < int(h["cache-control"].split("=")[1].split(",")[0]) <= 3600
+    assert h["etag"].startswith('"') and len(h["etag"]) == 66
+    assert "expires" in h and "last-modified" in h and "date" in h
+
+
+def test_get_and_prefix(env: Env, env_prefix: Env) -> None:
+    der = env.request(env.a, 0x100)
+    code, headers, body = env.get(b64path(der))
+    assert code == 200 and statuses(body)[0]["status"] == "good" and "etag" in headers
+    der = env_prefix.request(env_prefix.a, 0x101)
+    code, _, body = env_prefix.get(b64path(der, "/ocsp/"))
+    assert code == 200 and statuses(body)[0]["status"] == "revoked"
+    # Unpadded URL-safe base64 too.
+    code, _, body = env_prefix.get("/ocsp/" + base64.urlsafe_b64encode(der).decode().rstrip("="))
+    assert statuses(body)[0]["status"] == "revoked"
+    # Outside the prefix: 404; the prefix itself: malformedRequest.
+    assert env_prefix.get(b64path(der, "/other/"))[0] == 404
+    assert env_prefix.get("/ocsp")[2] == MALFORMED
+    # POST under the prefix.
+    assert statuses(env_prefix.post(der, "/ocsp")[2])[0]["status"] == "revoked"
+
+
+def test_hash_not_allowed_unauthorized(env_prefix: Env) -> None:
+    der = env_prefix.request(env_prefix.a, 0x100, algorithm=hashes.SHA512())
+    assert env_prefix.post(der)[2] == UNAUTHORIZED
+    der = env_prefix.request(env_prefix.a, 0x100, algorithm=hashes.SHA256())
+    assert statuses(env_prefix.post(der)[2])[0]["status"] == "good"
+
+
+def test_nonce_not_cached(env: Env) -> None:
+    der = env.request(env.a, 0x100, nonce=b"\x01" * 16)
+    for _ in range(2):
+        code, headers, body = env.post(der)
+        assert json.loads(body)["nonce"]
+        assert "max-age" not in headers["cache-control"] and "no-store" in headers["cache-control"]
+        assert "etag" not in headers
+    assert len(env.signer.calls) == 2
+
+
+@pytest.mark.parametrize("body", [b"", b"\x30\x03\x02\x01\x00", b"not der", b"\x30\x80" * 100])
+def test_malformed(env: Env, body: bytes) -> None:
+    code, headers, answer = env.post(body)
+    assert code == 200 and answer == MALFORMED
+    assert "max-age" not in headers["cache-control"]
+
+
+def test_bad_get_is_malformed(env: Env) -> None:
+    assert env.get("/not%20base64!!")[2] == MALFORMED
+
+
+def test_unknown_issuer_and_mixed_cas_unauthorized(env: Env) -> None:
+    assert env.post(env.request(env.other, 0x100))[2] == UNAUTHORIZED
+    from asn1crypto import ocsp as aocsp
+
+    one = aocsp.OCSPRequest.load(env.request(env.a, 0x100))["tbs_request"]["request_list"][0]
+    two = aocsp.OCSPRequest.load(env.request(env.b, 0x201))["tbs_request"]["request_list"][0]
+    mixed = aocsp.OCSPRequest({"tbs_request": {"request_list": [one, two]}}).dump()
+    code, headers, body = env.post(mixed)
+    assert body == UNAUTHORIZED and "max-age" not in headers["cache-control"]
+    same = aocsp.OCSPRequest({"tbs_request": {"request_list": [one, one]}}).dump()
+    assert len(statuses(env.post(same)[2])) == 2
+    assert len(env.signer.calls) == 1
+
+
+@pytest.mark.parametrize("error,expected", [(TryLater("down"), TRY_LATER), (RuntimeError("bug"), INTERNAL),
+                                            (OCSPError("x"), INTERNAL)])
+def test_signer_errors(env: Env, error: BaseException, expected: bytes) -> None:
+    env.signer.fail = error
+    code, headers, body = env.post(env.request(env.a, 0x100))
+    assert code == 200 and body == expected
+    # Not cached: the next request goes to the signer again.
+    env.signer.fail = None
+    assert statuses(env.post(env.request(env.a, 0x100))[2])[0]["status"] == "good"
+
+
+def test_reload_drops_cached_answers(env: Env) -> None:
+    der = env.request(env.a, 0x100)
+    assert statuses(env.post(der)[2])[0]["status"] == "good"
+    write(env.index, index_line("R", 0x100, "250101000000Z,superseded"))
+    assert env.call(env.src_a.refresh(force=True))
+    (s,) = statuses(env.post(der)[2])
+    assert s["status"] == "revoked" and s["reason"] == "SUPERSEDED"
+
+
+def test_responder_generation_change_drops_cache(env: Env) -> None:
+    der = env.request(env.a, 0x100)
+    env.post(der)
+    env.signer.generation = 2
+    env.post(env.request(env.a, 0x101))  # the signer reports a new responder for CA a
+    env.post(der)
+    assert len(env.signer.calls) == 3
+
+
+# -- HTTP --------------------------------------------------------------------------------------------------
+
+
+def raw(env: Env, data: bytes, *, shut: bool = False, timeout: float = 5) -> bytes:
+    with socket.create_connection(("127.0.0.1", env.port), timeout=timeout) as s:
+        s.sendall(data)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            try:
+                c = s.recv(65536)
+            except TimeoutError:
+                break
+            if not c:
+                break
+            chunks.append(c)
+        return b"".join(chunks)
+
+
+def split_responses(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines[1:])}
+        n = int(headers.get(b"content-length", b"0"))
+        out.append((lines[0], headers, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+def post_bytes(body: bytes, extra: bytes = b"") -> bytes:
+    return (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\nContent-Length: %d\r\n%s\r\n"
+            % (len(body), extra)) + body
+
+
+def test_health(env: Env) -> None:
+    code, headers, body = env.get("/-/health")
+    assert (code, body) == (200, b"ok\n")
+    assert env.get("/-/other")[0] == 404
+    assert env.get("/-/health", "HEAD")[2] == b""
+
+
+def test_head_has_no_body(env: Env) -> None:
+    der = env.request(env.a, 0x100)
+    data = raw(env, b"HEAD " + b64path(der).encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and rest == b""
+    assert b"Content-Length: " in head
+
+
+def test_413_and_close(env: Env) -> None:
+    data = raw(env, post_bytes(b"\x30" * 3000) + post_bytes(env.request(env.a, 0x100)))
+    (resp,) = split_responses(data)  # the second request is never answered: the connection closed
+    assert resp[0].startswith(b"HTTP/1.1 413") and resp[1][b"connection"] == b"close"
+
+
+def test_413_chunked(env: Env) -> None:
+    chunk = b"\x30" * 1500
+    body = b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2 + b"0\r\n\r\n"
+    data = raw(env, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    assert data.startswith(b"HTTP/1.1 413")
+
+
+def test_411_without_length(env: Env) -> None:
+    data = raw(env, b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 411")
+
+
+def test_405(env: Env) -> None:
+    code, headers, _ = env.get("/", "PUT")
+    assert code == 405 and headers["allow"] == "GET, HEAD, POST"
+    assert env.get("/", "DELETE")[0] == 405
+
+
+def test_bad_http_400_and_close(env: Env) -> None:
+    data = raw(env, b"GARBAGE\x00\x01 not http\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 400") and b"Connection: close" in data
+
+
+def test_header_limit(env: Env) -> None:
+    data = raw(env, b"GET /-/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 431")
+
+
+def test_keep_alive(env: Env) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=5)
+    try:
+        for serial in (0x100, 0x101, 0x100):
+            conn.request("POST", "/", body=env.request(env.a, serial))
+            r = conn.getresponse()
+            assert r.status == 200 and r.getheader("connection") is None
+            assert statuses(r.read())[0]["serial"] == serial
+        conn.request("GET", "/-/health")
+        assert conn.getresponse().read() == b"ok\n"
+    finally:
+        conn.close()
+
+
+def test_pipelining_keeps_order(env: Env) -> None:
+    env.signer.delay = 0.1  # the first (signed) answer is the slowest; it must still come first
+    cached = env.request(env.a, 0x100)
+    env.post(cached)
+    env.signer.calls.clear()
+    reqs = (post_bytes(env.request(env.a, 0x101, nonce=b"n" * 8))
+            + b"GET /-/health HTTP/1.1\r\nHost: x\r\n\r\n"
+            + post_bytes(cached)
+            + post_bytes(b"junk")
+            + b"GET " + b64path(env.request(env.b, 0x201)).encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            + post_bytes(cached, b"Connection: close\r\n"))
+    out = split_responses(raw(env, reqs))
+    assert [r[0][:12] for r in out] == [b"HTTP/1.1 200"] * 6
+    assert statuses(out[0][2])[0]["serial"] == 0x101
+    assert out[1][2] == b"ok\n"
+    assert statuses(out[2][2])[0]["serial"] == 0x100
+    assert out[3][2] == MALFORMED
+    assert statuses(out[4][2])[0]["serial"] == 0x201
+    assert statuses(out[5][2])[0]["serial"] == 0x100 and out[5][1][b"connection"] == b"close"
+
+
+def test_http10_closes(env: Env) -> None:
+    data = raw(env, b"GET /-/health HTTP/1.0\r\n\r\n", timeout=3)
+    assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data and data.endswith(b"ok\n")
+
+
+def test_idle_and_slow_clients_are_closed(tmp_path: Path) -> None:
+    e = Env(tmp_path, ListenConfig(port=0, idle_timeout=1, request_timeout=1))
+    try:
+        with socket.create_connection(("127.0.0.1", e.port), timeout=5) as s:
+            assert s.recv(100) == b""  # idle: closed by the server
+        with socket.create_connection(("127.0.0.1", e.port), timeout=5) as s:
+            s.sendall(b"GET /-/health HTTP/1.1\r\n")  # never finishes its headers
+            assert s.recv(100).startswith(b"HTTP/1.1 408")
+    finally:
+        e.close()
+
+
+def test_concurrent_identical_misses_share_one_signature(env: Env) -> None:
+    env.signer.delay = 0.2
+    der = env.request(env.a, 0x100)
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(env.post(der)[2])) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and len(env.signer.calls) == 1
+
+
+def test_unexpected_bug_gives_internal_error(env: Env) -> None:
+    # A status snapshot that blows up (a bug, not an OCSPError): internalError, connection kept.
+    env.src_a.current().entries = None  # type: ignore[attr-defined, assignment]
+    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=5)
+    try:
+        conn.request("POST", "/", body=env.request(env.a, 0x100))
+        assert conn.getresponse().read() == INTERNAL
+        conn.request("GET", "/-/health")
+        assert conn.getresponse().read() == b"ok\n"
+    finally:
+        conn.close()
+
+
+def test_listen_config_replace_keeps_defaults() -> None:
+    assert replace(ListenConfig(), port=0).max_request_bytes == 10000
