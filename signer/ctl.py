@@ -44,6 +44,7 @@ from asn1crypto import x509 as asn1_x509
 
 PROG = "ocspctl"
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+TIME_FMT = "%Y-%m-%d %H:%M:%SZ"
 
 
 class CtlError(Exception):
@@ -308,7 +309,8 @@ def store_certificate(token: Any, label: str, cert_der: bytes) -> None:
         except pkcs11.PKCS11Error:
             key_id = b""
         try:
-            old = list(session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}))
+            query = {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}
+            old = list(session.get_objects(query))
             template = {
                 Attribute.CLASS: ObjectClass.CERTIFICATE,
                 Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
@@ -326,7 +328,8 @@ def store_certificate(token: Any, label: str, cert_der: bytes) -> None:
             for obj in old:
                 obj.destroy()
         except pkcs11.PKCS11Error as e:
-            raise CtlError(f"cannot store the certificate in token {token.label!r}: {type(e).__name__}") from None
+            raise CtlError(f"cannot store the certificate in token {token.label!r}: "
+                           f"{type(e).__name__}") from None
 
 
 def token_certificates(token: Any, label: str) -> list[bytes]:
@@ -465,9 +468,10 @@ def check_responder_certificate(cert: Any, ca: Any, token_spki: bytes, key_label
         problems.append(f"the certificate's signature does not verify with the CA key "
                         f"({ca.subject.rfc4514_string()}): it was not issued by this CA")
     if now < cert.not_valid_before_utc:
-        problems.append(f"the certificate is not valid yet (notBefore {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ})")
+        problems.append(f"the certificate is not valid yet "
+                        f"(notBefore {cert.not_valid_before_utc:{TIME_FMT}})")
     if now > cert.not_valid_after_utc:
-        problems.append(f"the certificate has expired (notAfter {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ})")
+        problems.append(f"the certificate has expired (notAfter {cert.not_valid_after_utc:{TIME_FMT}})")
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
@@ -632,7 +636,10 @@ def _ensure_ca(d: Path, spec: DemoCA, now: dt.datetime, log: list[str]) -> tuple
         if _same_public_key(_spki(cert.public_key()), _spki(key.public_key())):
             return cert, key
         raise CtlError(f"{cert_path} and {key_path} do not belong together; remove {d} to start over")
-    key = rsa.generate_private_key(65537, 2048) if spec.key == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    if spec.key == "rsa":
+        key: Any = rsa.generate_private_key(65537, 2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
     name = _name(spec.subject_cn)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (x509.CertificateBuilder()
@@ -726,7 +733,8 @@ def issue_leaf(ca_cert: Any, ca_key: Any, cn: str, ocsp_url: str, now: dt.dateti
             .add_extension(_key_usage(digital_signature=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
-                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]), critical=False)
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]),
+                critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(_aki(ca_cert), critical=False)
             .sign(ca_key, _hash_for(ca_key)))
@@ -747,7 +755,8 @@ class IndexEntry:
     subject: str  # /K=V/K=V
 
     def line(self) -> str:
-        return "\t".join((self.status, self.expiry, self.revocation, self.serial, self.filename, self.subject))
+        fields = (self.status, self.expiry, self.revocation, self.serial, self.filename, self.subject)
+        return "\t".join(fields)
 
 
 def index_time(t: dt.datetime) -> str:
@@ -764,7 +773,8 @@ def openssl_oneline(name: Any) -> str:
     """X509_NAME_oneline's form of a simple name: /O=.../CN=... (short names, DER order)."""
     from cryptography.x509.oid import NameOID
 
-    short = {NameOID.COMMON_NAME: "CN", NameOID.ORGANIZATION_NAME: "O", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
+    short = {NameOID.COMMON_NAME: "CN", NameOID.ORGANIZATION_NAME: "O",
+             NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
              NameOID.COUNTRY_NAME: "C", NameOID.LOCALITY_NAME: "L", NameOID.STATE_OR_PROVINCE_NAME: "ST",
              NameOID.EMAIL_ADDRESS: "emailAddress"}
     return "".join(f"/{short.get(a.oid, a.oid.dotted_string)}={a.value}" for a in name)
@@ -969,7 +979,8 @@ def _ensure_responder(token: Any, ca_dir: Path, spec: DemoCA, ca_cert: Any, ca_k
             spki = token.public_key(spec.responder_label)
         else:
             spki = token.generate_key(spec.responder_label, spec.responder_spec)
-            log.append(f"generated {spec.responder_spec} key {spec.responder_label!r} in token {DEMO_TOKEN!r}")
+            log.append(f"generated {spec.responder_spec} key {spec.responder_label!r} "
+                       f"in token {DEMO_TOKEN!r}")
     except TokenError as e:
         raise CtlError(str(e)) from None
     path = ca_dir / "responder.pem"
@@ -1014,8 +1025,8 @@ def _record_index(ca_dir: Path, leaves: dict[str, Any], now: dt.datetime, log: l
             continue
         cert = leaves[stem]
         if cert.serial_number not in by_serial:
-            entry = IndexEntry("V", index_time(cert.not_valid_after_utc), "", index_serial(cert.serial_number),
-                               "unknown", openssl_oneline(cert.subject))
+            entry = IndexEntry("V", index_time(cert.not_valid_after_utc), "",
+                               index_serial(cert.serial_number), "unknown", openssl_oneline(cert.subject))
             entries.append(entry)
             by_serial[cert.serial_number] = entry
         if initial is not None and by_serial[cert.serial_number].status != "R":
@@ -1083,6 +1094,9 @@ def _default_signer_address(d: Path) -> str:
 def cmd_demo_setup(args: argparse.Namespace) -> int:
     d = args.dir.resolve()
     address = args.signer_address or _default_signer_address(d)
+    if address.startswith("unix:") and len(address.removeprefix("unix:").encode()) > 107:
+        raise CtlError(f"the signer socket path {address} is longer than a unix socket allows (107 bytes); "
+                       "use a shorter --dir or give --signer-address")
     log = demo_setup(d, args.http_port, address, args.module, args.crl_refresh)
     for line in log:
         say(f"  {line}")
@@ -1136,7 +1150,7 @@ def cmd_demo_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- demo serve -----------------------------------------------------------------------------------------------
+# -- demo serve --------------------------------------------------------------------------------
 
 
 class Child:
@@ -1147,8 +1161,8 @@ class Child:
         self.argv = argv
         self.tail: deque[str] = deque(maxlen=30)
         # Its own process group: Ctrl-C reaches ocspctl only, which then stops the children in order.
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     process_group=0)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, process_group=0)
         self._reader = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
         self._reader.start()
 
@@ -1223,7 +1237,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise CtlError(f"{path} does not exist; run `{PROG} demo setup --dir {path.parent.parent}` first") from None
+        raise CtlError(f"{path} does not exist; run `{PROG} demo setup --dir {path.parent.parent}` "
+                       "first") from None
     except tomllib.TOMLDecodeError as e:
         raise CtlError(f"{path}: not valid TOML: {e}") from None
 
@@ -1276,7 +1291,8 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
             say("try:")
             for line in _client_commands(d, url):
                 say(f"  {line}")
-            say(f"revoke while running: {PROG} demo revoke --dir {d} --ca ec --serial <HEX> --reason superseded")
+            say(f"revoke while running: {PROG} demo revoke --dir {d} --ca ec --serial <HEX> "
+                "--reason superseded")
         while not stop.is_set():
             for child in children:
                 if child.exited() is not None:
@@ -1290,7 +1306,7 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- argument parsing ------------------------------------------------------------------------------------------
+# -- argument parsing --------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1315,7 +1331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("csr", help="PKCS#10 request for a token key, signed in the token")
     add_token_options(p)
     p.add_argument("--label", required=True, help="label of the key pair")
-    p.add_argument("--subject", required=True, help='subject in OpenSSL form: "/CN=ocsp.example.com/O=Example"')
+    p.add_argument("--subject", required=True,
+                   help='subject in OpenSSL form: "/CN=ocsp.example.com/O=Example"')
     p.add_argument("--out", type=Path, help="write the PEM request here (default: standard output)")
     p.set_defaults(func=cmd_csr)
 

@@ -83,7 +83,7 @@ def ctl(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) -
     return c
 
 
-# -- a test CA, in software ------------------------------------------------------------------------------
+# -- a test CA, in software ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -92,8 +92,9 @@ class SoftCA:
     key: ec.EllipticCurvePrivateKey
     path: Path
 
-    def issue(self, public_key: object, *, eku: list[x509.ObjectIdentifier] | None = None, nocheck: bool = True,
-              not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> x509.Certificate:
+    def issue(self, public_key: object, *, eku: list[x509.ObjectIdentifier] | None = None,
+              nocheck: bool = True, not_before: dt.datetime | None = None,
+              not_after: dt.datetime | None = None) -> x509.Certificate:
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "responder")]))
                    .issuer_name(self.cert.subject).public_key(public_key)  # type: ignore[arg-type]
@@ -126,20 +127,22 @@ def write_cert(path: Path, cert: x509.Certificate) -> Path:
     return path
 
 
-# -- init-token, keygen, csr ----------------------------------------------------------------------------------
+# -- init-token, keygen, csr --------------------------------------------------------------------------------
 
 
 def test_init_token_is_idempotent(ctl: Ctl) -> None:
     r = ctl.run("init-token", "--label", TOKEN, "--pin-file", str(ctl.pin_file),
                 "--so-pin-file", str(ctl.so_pin_file))
     assert "already exists" in r.stdout
-    slots = subprocess.run(["softhsm2-util", "--show-slots"], env=ctl.env, capture_output=True, text=True).stdout
+    slots = subprocess.run(["softhsm2-util", "--show-slots"], env=ctl.env, capture_output=True,
+                           text=True).stdout
     assert [line.split(":", 1)[1].strip() for line in slots.splitlines()
             if line.strip().startswith("Label:")].count(TOKEN) == 1
 
 
 def test_pins_are_not_arguments(ctl: Ctl) -> None:
-    r = ctl.run("keygen", "--token-label", TOKEN, "--pin", "1234", "--label", "x", "--type", "p256", check=False)
+    r = ctl.run("keygen", "--token-label", TOKEN, "--pin", "1234", "--label", "x", "--type", "p256",
+                check=False)
     assert r.returncode == 2
 
 
@@ -180,7 +183,8 @@ def test_csr_verifies_with_openssl(ctl: Ctl, spec: str, algorithm: str) -> None:
     csr = ctl.csr(label, "/C=DE/ST=Berlin/L=Berlin/O=Example\\/Test/OU=PKI/CN=ocsp.example.com"
                          "/emailAddress=pki@example.com")
     path = ctl.dir / f"{label}.csr"
-    r = subprocess.run(["openssl", "req", "-in", str(path), "-verify", "-noout"], capture_output=True, text=True)
+    r = subprocess.run(["openssl", "req", "-in", str(path), "-verify", "-noout"], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
     assert "verify OK" in r.stdout + r.stderr
     text = subprocess.run(["openssl", "req", "-in", str(path), "-noout", "-text"], capture_output=True,
@@ -188,7 +192,8 @@ def test_csr_verifies_with_openssl(ctl: Ctl, spec: str, algorithm: str) -> None:
     assert f"Signature Algorithm: {algorithm}" in text
     assert csr.is_signature_valid
     assert csr.subject.rfc4514_string() == \
-        "1.2.840.113549.1.9.1=pki@example.com,CN=ocsp.example.com,OU=PKI,O=Example/Test,L=Berlin,ST=Berlin,C=DE"
+        "1.2.840.113549.1.9.1=pki@example.com,CN=ocsp.example.com,OU=PKI,O=Example/Test,L=Berlin," \
+        "ST=Berlin,C=DE"
     eku = csr.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.OCSP_SIGNING]
 
@@ -206,7 +211,10 @@ def test_csr_unknown_key(ctl: Ctl) -> None:
     assert "no-such-key" in r.stderr
 
 
-# -- install-cert ----------------------------------------------------------------------------------------------
+# -- install-cert -------------------------------------------------------------------------------------------
+
+
+Installable = tuple[SoftCA, SoftCA, object]
 
 
 @pytest.fixture(scope="module")
@@ -223,14 +231,16 @@ def token_cert_objects(ctl: Ctl, label: str) -> list[str]:
     """)  # type: ignore[return-value]
 
 
-def install(ctl: Ctl, ca: SoftCA, cert: x509.Certificate, name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+def install(ctl: Ctl, ca: SoftCA, cert: x509.Certificate,
+            name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = ctl.dir / f"installed-{name}.pem"
-    r = ctl.run("install-cert", *ctl.token_args(), "--label", "inst", "--cert", str(write_cert(ctl.dir / name, cert)),
+    cert_path = write_cert(ctl.dir / name, cert)
+    r = ctl.run("install-cert", *ctl.token_args(), "--label", "inst", "--cert", str(cert_path),
                 "--ca", str(ca.path), "--out", str(out), check=False)
     return r, out
 
 
-def test_install_cert_accepts_matching_and_replaces(ctl: Ctl, installable: tuple[SoftCA, SoftCA, object]) -> None:
+def test_install_cert_accepts_matching_and_replaces(ctl: Ctl, installable: Installable) -> None:
     ca, _, public_key = installable
     for n in range(2):
         cert = ca.issue(public_key)
@@ -242,7 +252,7 @@ def test_install_cert_accepts_matching_and_replaces(ctl: Ctl, installable: tuple
         assert token_cert_objects(ctl, "inst") == [cert.public_bytes(serialization.Encoding.DER).hex()]
 
 
-def test_install_cert_warns_without_nocheck(ctl: Ctl, installable: tuple[SoftCA, SoftCA, object]) -> None:
+def test_install_cert_warns_without_nocheck(ctl: Ctl, installable: Installable) -> None:
     ca, _, public_key = installable
     r, out = install(ctl, ca, ca.issue(public_key, nocheck=False), "nocheck.pem")
     assert r.returncode == 0, r.stderr
@@ -256,15 +266,17 @@ REFUSALS: list[tuple[str, Callable[[SoftCA, SoftCA, object], x509.Certificate], 
     ("other-ca", lambda ca, other, pk: other.issue(pk), "is not the CA"),
     ("expired", lambda ca, other, pk: ca.issue(pk, not_before=NOW - dt.timedelta(days=30),
                                                not_after=NOW - dt.timedelta(days=1)), "expired"),
-    ("not-yet-valid", lambda ca, other, pk: ca.issue(pk, not_before=NOW + dt.timedelta(days=1)), "not valid yet"),
+    ("not-yet-valid", lambda ca, other, pk: ca.issue(pk, not_before=NOW + dt.timedelta(days=1)),
+     "not valid yet"),
     ("no-eku", lambda ca, other, pk: ca.issue(pk, eku=[]), "OCSPSigning"),
     ("wrong-eku", lambda ca, other, pk: ca.issue(pk, eku=[ExtendedKeyUsageOID.SERVER_AUTH]), "OCSPSigning"),
 ]
 
 
 @pytest.mark.parametrize("name,make,message", REFUSALS, ids=[r[0] for r in REFUSALS])
-def test_install_cert_refuses(ctl: Ctl, installable: tuple[SoftCA, SoftCA, object], name: str,
-                              make: Callable[[SoftCA, SoftCA, object], x509.Certificate], message: str) -> None:
+def test_install_cert_refuses(ctl: Ctl, installable: Installable, name: str,
+                              make: Callable[[SoftCA, SoftCA, object], x509.Certificate],
+                              message: str) -> None:
     ca, other, public_key = installable
     before = token_cert_objects(ctl, "inst")
     r, out = install(ctl, ca, make(ca, other, public_key), f"{name}.pem")
@@ -274,7 +286,7 @@ def test_install_cert_refuses(ctl: Ctl, installable: tuple[SoftCA, SoftCA, objec
     assert token_cert_objects(ctl, "inst") == before
 
 
-def test_install_cert_forged_signature(ctl: Ctl, installable: tuple[SoftCA, SoftCA, object]) -> None:
+def test_install_cert_forged_signature(ctl: Ctl, installable: Installable) -> None:
     # Same issuer name as the CA, signed by another key: the name matches, the signature does not.
     ca, _, public_key = installable
     impostor = SoftCA(ca.cert, ec.generate_private_key(ec.SECP256R1()), ca.path)
@@ -283,14 +295,14 @@ def test_install_cert_forged_signature(ctl: Ctl, installable: tuple[SoftCA, Soft
     assert "does not verify" in r.stderr
 
 
-# -- demo setup ------------------------------------------------------------------------------------------------
+# -- demo setup ---------------------------------------------------------------------------------------------
 
 LAYOUT = [
     "token.pin", "so.pin",
     *(f"rsa-ca/{f}" for f in ("ca.pem", "ca-key.pem", "responder.pem", "index.txt", "leaf-good.pem",
                               "leaf-revoked.pem", "leaf-unknown.pem", "leaf-good2.pem")),
-    *(f"ec-ca/{f}" for f in ("ca.pem", "ca-key.pem", "responder.pem", "crl.pem", "issued.txt", "leaf-good.pem",
-                             "leaf-revoked.pem", "leaf-unknown.pem", "leaf-good2.pem")),
+    *(f"ec-ca/{f}" for f in ("ca.pem", "ca-key.pem", "responder.pem", "crl.pem", "issued.txt",
+                             "leaf-good.pem", "leaf-revoked.pem", "leaf-unknown.pem", "leaf-good2.pem")),
     "etc/frontend.toml", "etc/signer.toml", "etc/ca.d/demo-rsa.toml", "etc/ca.d/demo-ec.toml",
 ]
 
@@ -304,7 +316,8 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, st
     base = tmp_path_factory.mktemp("ctl-demo-hsm")
     (base / "tokens").mkdir()
     conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\n"
+                    "log.level = ERROR\n")
     env = dict(softhsm_env, SOFTHSM2_CONF=str(conf))
     d = tmp_path_factory.mktemp("ctl-demo")
     c = Ctl(dir=d, env=env, pin_file=d / "token.pin", so_pin_file=d / "so.pin")
@@ -360,8 +373,10 @@ def test_demo_responder_keys_in_token(demo_dir: tuple[Path, Ctl]) -> None:
         out = {{}}
         for label in ("demo-rsa-responder", "demo-ec-responder"):
             priv = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
-            certs = list(session.get_objects({{Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}}))
-            out[label] = [priv.key_type.name, priv[Attribute.SENSITIVE], priv[Attribute.EXTRACTABLE], len(certs)]
+            query = {{Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}}
+            certs = list(session.get_objects(query))
+            out[label] = [priv.key_type.name, priv[Attribute.SENSITIVE], priv[Attribute.EXTRACTABLE],
+                          len(certs)]
         print(json.dumps(out))
     """)], env=c.env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -374,7 +389,8 @@ def test_demo_configs(demo_dir: tuple[Path, Ctl]) -> None:
 
     d, _ = demo_dir
     signer = tomllib.loads((d / "etc/signer.toml").read_text())
-    assert signer["token"] == {"module": SOFTHSM_MODULE, "label": "ocsp-demo", "pin_file": str(d / "token.pin")}
+    assert signer["token"] == {"module": SOFTHSM_MODULE, "label": "ocsp-demo",
+                               "pin_file": str(d / "token.pin")}
     assert signer["listen"]["address"] == f"unix:{d / 'run' / 'signer.sock'}"
     assert Path(signer["ca_dir"]).is_absolute()
     frontend = tomllib.loads((d / "etc/frontend.toml").read_text())
@@ -422,7 +438,8 @@ def openssl_index_status(d: Path, leaf: str) -> str:
 
 
 @pytest.mark.parametrize("leaf,expected", [("leaf-good.pem", "good"), ("leaf-revoked.pem", "revoked"),
-                                           ("leaf-unknown.pem", "unknown"), ("leaf-superseded.pem", "revoked")])
+                                           ("leaf-unknown.pem", "unknown"),
+                                           ("leaf-superseded.pem", "revoked")])
 def test_openssl_reads_demo_index(demo_dir: tuple[Path, Ctl], leaf: str, expected: str) -> None:
     d, _ = demo_dir
     out = openssl_index_status(d, leaf)
@@ -437,12 +454,14 @@ def test_demo_crl_and_issued(demo_dir: tuple[Path, Ctl]) -> None:
     crl = x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes())
     assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     assert crl.next_update_utc - crl.last_update_utc == dt.timedelta(days=7)
-    reasons = {rc.serial_number: rc.extensions.get_extension_for_class(x509.CRLReason).value.reason for rc in crl}
+    reasons = {rc.serial_number: rc.extensions.get_extension_for_class(x509.CRLReason).value.reason
+               for rc in crl}
     assert reasons[serial_of(d / "ec-ca/leaf-revoked.pem")] == x509.ReasonFlags.key_compromise
     assert reasons[serial_of(d / "ec-ca/leaf-superseded.pem")] == x509.ReasonFlags.superseded
     assert reasons[serial_of(d / "ec-ca/leaf-ceased.pem")] == x509.ReasonFlags.cessation_of_operation
     issued = {int(x, 16) for x in (d / "ec-ca/issued.txt").read_text().split()}
-    assert serial_of(d / "ec-ca/leaf-good.pem") in issued and serial_of(d / "ec-ca/leaf-revoked.pem") in issued
+    assert serial_of(d / "ec-ca/leaf-good.pem") in issued
+    assert serial_of(d / "ec-ca/leaf-revoked.pem") in issued
     assert serial_of(d / "ec-ca/leaf-unknown.pem") not in issued
     r = subprocess.run(["openssl", "crl", "-in", str(d / "ec-ca/crl.pem"), "-CAfile", str(d / "ec-ca/ca.pem"),
                         "-noout"], capture_output=True, text=True)
@@ -453,7 +472,8 @@ def test_demo_revoke(demo_dir: tuple[Path, Ctl]) -> None:
     d, c = demo_dir
     # RSA: index.txt, then OpenSSL's responder agrees.
     serial = serial_of(d / "rsa-ca/leaf-good3.pem")
-    c.run("demo", "revoke", "--dir", str(d), "--ca", "rsa", "--serial", f"{serial:x}", "--reason", "superseded")
+    c.run("demo", "revoke", "--dir", str(d), "--ca", "rsa", "--serial", f"{serial:x}",
+          "--reason", "superseded")
     assert "leaf-good3.pem: revoked" in openssl_index_status(d, "leaf-good3.pem")
     again = c.run("demo", "revoke", "--dir", str(d), "--ca", "rsa", "--serial", f"{serial:X}")
     assert "already revoked" in again.stdout
@@ -466,12 +486,14 @@ def test_demo_revoke(demo_dir: tuple[Path, Ctl]) -> None:
     number = lambda crl: crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number  # noqa: E731
     assert number(new) == number(old) + 1
     assert {rc.serial_number for rc in new} == {rc.serial_number for rc in old} | {serial}
-    assert new.get_revoked_certificate_by_serial_number(serial).extensions.get_extension_for_class(  # type: ignore
-        x509.CRLReason).value.reason == x509.ReasonFlags.cessation_of_operation
+    entry = new.get_revoked_certificate_by_serial_number(serial)
+    assert entry is not None
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.cessation_of_operation
     # Not issued / bad reason: refused.
     unknown = serial_of(d / "ec-ca/leaf-unknown.pem")
-    for ca, extra in (("ec", []), ("rsa", [])):
-        r = c.run("demo", "revoke", "--dir", str(d), "--ca", ca, "--serial", f"{unknown:X}", *extra, check=False)
+    for ca in ("ec", "rsa"):
+        r = c.run("demo", "revoke", "--dir", str(d), "--ca", ca, "--serial", f"{unknown:X}", check=False)
         assert r.returncode == 1 and "never issued" in r.stderr
     r = c.run("demo", "revoke", "--dir", str(d), "--ca", "ec", "--serial", f"{serial:X}", "--reason", "bogus",
               check=False)
@@ -479,8 +501,8 @@ def test_demo_revoke(demo_dir: tuple[Path, Ctl]) -> None:
     # A later setup keeps the runtime revocations.
     c.run("demo", "setup", "--dir", str(d), "--http-port", str(DEMO_PORT))
     assert "leaf-good3.pem: revoked" in openssl_index_status(d, "leaf-good3.pem")
-    assert x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes()).get_revoked_certificate_by_serial_number(
-        serial) is not None
+    crl = x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
 
 
 def test_example_configs_load(demo_dir: tuple[Path, Ctl], tmp_path: Path) -> None:
@@ -511,8 +533,8 @@ def test_example_configs_load(demo_dir: tuple[Path, Ctl], tmp_path: Path) -> Non
 def test_demo_serve(demo_dir: tuple[Path, Ctl], stop_signal: int) -> None:
     """`demo serve` starts both programs, prints commands that work, and stops both on a signal."""
     d, c = demo_dir
-    proc = subprocess.Popen([tool("ocspctl"), "demo", "serve", "--dir", str(d)], env=c.env, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([tool("ocspctl"), "demo", "serve", "--dir", str(d)], env=c.env, cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: list[str] = []
     err: list[str] = []
     readers = [threading.Thread(target=lambda s=s, acc=acc: acc.extend(iter(s.readline, "")), daemon=True)
