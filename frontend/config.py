@@ -208,7 +208,8 @@ def _status(sec: Section) -> StatusConfig:
         return StatusConfig(source=source, path=path, validity=validity, check_interval=check)
     if sec.has("validity"):
         sec.ignore("validity")
-        raise sec.error("validity", "only for source = \"index\" (a CRL carries its own thisUpdate/nextUpdate)")
+        raise sec.error("validity",
+                        "only for source = \"index\" (a CRL carries its own thisUpdate/nextUpdate)")
     issued = sec.path("issued_serials", None)
     if issued is not None and not issued.exists():
         raise sec.error("issued_serials", f"{issued} does not exist")
@@ -249,7 +250,8 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
         if ca.name in names:
             raise ConfigError(ca_file, "name", f"{ca.name!r} is also the name of {names[ca.name]}")
         if ca.ca_cert_der in certs:
-            raise ConfigError(ca_file, "ca_cert", f"the same CA certificate is configured in {certs[ca.ca_cert_der]}")
+            raise ConfigError(ca_file, "ca_cert",
+                              f"the same CA certificate is configured in {certs[ca.ca_cert_der]}")
         names[ca.name] = ca_file
         certs[ca.ca_cert_der] = ca_file
         cas.append(ca)

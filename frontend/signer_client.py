@@ -65,7 +65,8 @@ def to_proto(statuses: Sequence[SingleStatus], request_id: str, nonce: bytes | N
     for s in statuses:
         cid = s.cert_id
         item = pb.SingleStatus(
-            cert_id=pb.CertId(hash_algorithm=_HASHES[cid.hash_algorithm], issuer_name_hash=cid.issuer_name_hash,
+            cert_id=pb.CertId(hash_algorithm=_HASHES[cid.hash_algorithm],
+                              issuer_name_hash=cid.issuer_name_hash,
                               issuer_key_hash=cid.issuer_key_hash, serial_number=cid.serial),
             status=_STATUSES[s.status],
             this_update=int(s.this_update.timestamp()),

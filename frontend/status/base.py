@@ -131,7 +131,8 @@ class FileStatusSource(ABC):
             except Exception as e:  # noqa: BLE001 - keep the last good data, whatever went wrong
                 self._failed_stamps = stamps
                 self.last_error = str(e) or type(e).__name__
-                kept = "keeping the last good data" if self._snapshot is not None else "no data to answer from"
+                kept = ("keeping the last good data" if self._snapshot is not None
+                        else "no data to answer from")
                 log.error("%s: status reload of %s FAILED, %s: %s", self.name,
                           ", ".join(map(str, self.files)), kept, self.last_error)
                 return False

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from frontend.cache import ResponseCache
+from frontend.cache import Entry, ResponseCache
 
 
-def put(c: ResponseCache, key: bytes, *, ca: str = "a", tu: int = 1000, nu: int = 5000, gen: int | None = None,
-        now: float = 1000):
-    return c.put(key, b"der-" + key, b"H: v\r\n", ca=ca, this_update=tu, next_update=nu, generation=gen, now=now)
+def put(c: ResponseCache, key: bytes, *, ca: str = "a", tu: int = 1000, nu: int = 5000,
+        gen: int | None = None, now: float = 1000) -> Entry | None:
+    return c.put(key, b"der-" + key, b"H: v\r\n", ca=ca, this_update=tu, next_update=nu, generation=gen,
+                 now=now)
 
 
 def test_hit_and_expiry_at_next_update() -> None:

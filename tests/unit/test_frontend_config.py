@@ -24,7 +24,8 @@ def setup(tmp: Path, ca: TestCA, frontend: str = "", cafile: str | None = None) 
     write(tmp / "index.txt", "")
     write(tmp / "crl.pem", b"")
     if cafile is None:
-        cafile = 'ca_cert = "../ca.pem"\n[responder]\ncert = "x"\n[status]\nsource = "index"\npath = "../index.txt"\n'
+        cafile = ('ca_cert = "../ca.pem"\n[responder]\ncert = "x"\n'
+                  '[status]\nsource = "index"\npath = "../index.txt"\n')
     write(tmp / "ca.d" / "one.toml", cafile)
     return write(tmp / "frontend.toml", 'ca_dir = "ca.d"\n' + frontend)
 
@@ -73,7 +74,8 @@ def test_full(tmp_path: Path, ca: TestCA) -> None:
     ("", 'ca_cert = "../ca.pem"\n', "status"),
     ("", 'ca_cert = "../ca.pem"\nextra = 1\n[status]\nsource = "index"\npath = "../index.txt"\n', "extra"),
 ])
-def test_errors_name_file_and_key(tmp_path: Path, ca: TestCA, frontend: str, cafile: str | None, key: str) -> None:
+def test_errors_name_file_and_key(tmp_path: Path, ca: TestCA, frontend: str, cafile: str | None,
+                                  key: str) -> None:
     path = setup(tmp_path, ca, frontend, cafile)
     with pytest.raises(ConfigError) as e:
         load_frontend_config(path)

@@ -59,7 +59,8 @@ class FakeSigner:
         if self.fail is not None:
             raise self.fail
         out = [{"serial": s.cert_id.serial_int, "status": s.status.value,
-                "reason": s.revocation.reason.name if s.revocation and s.revocation.reason is not None else None,
+                "reason": s.revocation.reason.name
+                if s.revocation and s.revocation.reason is not None else None,
                 "this_update": int(s.this_update.timestamp()), "next_update": int(s.next_update.timestamp())}
                for s in statuses]
         return SignResult(json.dumps({"statuses": out, "nonce": nonce.hex() if nonce else None}).encode(),
@@ -75,7 +76,8 @@ class Env:
         self.a = TestCA("Index CA")
         self.b = TestCA("CRL CA")
         self.other = TestCA("Not Served CA")
-        self.index = write(tmp / "index.txt", index_line("V", 0x100) + index_line("R", 0x101, "250101000000Z,keyCompromise"))
+        self.index = write(tmp / "index.txt",
+                           index_line("V", 0x100) + index_line("R", 0x101, "250101000000Z,keyCompromise"))
         self.crl = write(tmp / "crl.der", self.b.crl([(0x201, NOW, x509.ReasonFlags.superseded, None)],
                                                     next_update=NOW + timedelta(days=1)))
         self.src_a = IndexTxtSource("a", self.index, timedelta(hours=1))
@@ -93,8 +95,10 @@ class Env:
         self.port = self.server.address[1]
 
     async def _start(self) -> FrontendServer:
-        issuers = build_issuers([(self.a.der, CaEntry("a", self.src_a)), (self.b.der, CaEntry("b", self.src_b))])
-        app = OcspApp(issuers=issuers, signer=self.signer, cache=self.cache, listen=self.listen, clock=self.clock)
+        issuers = build_issuers([(self.a.der, CaEntry("a", self.src_a)),
+                                 (self.b.der, CaEntry("b", self.src_b))])
+        app = OcspApp(issuers=issuers, signer=self.signer, cache=self.cache, listen=self.listen,
+                      clock=self.clock)
         server = FrontendServer(app, self.listen)
         await server.start()
         return server
@@ -120,7 +124,8 @@ class Env:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
             conn.request("POST", path, body=body,
-                         headers=headers if headers is not None else {"Content-Type": "application/ocsp-request"})
+                         headers=headers if headers is not None
+                         else {"Content-Type": "application/ocsp-request"})
             r = conn.getresponse()
             return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
         finally:
@@ -177,7 +182,8 @@ def test_crl_ca_times_from_crl(env: Env) -> None:
     code, _, body = env.post(env.request(env.b, 0x201))
     (s,) = statuses(body)
     assert s["status"] == "revoked" and s["reason"] == "SUPERSEDED"
-    assert s["this_update"] == int(NOW.timestamp()) and s["next_update"] == int((NOW + timedelta(days=1)).timestamp())
+    assert s["this_update"] == int(NOW.timestamp())
+    assert s["next_update"] == int((NOW + timedelta(days=1)).timestamp())
     (s,) = statuses(env.post(env.request(env.b, 0x999))[2])
     assert s["status"] == "good"  # unissued = "good" chosen in this setup
 
@@ -325,8 +331,8 @@ def split_responses(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]
 
 
 def post_bytes(body: bytes, extra: bytes = b"") -> bytes:
-    return (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\nContent-Length: %d\r\n%s\r\n"
-            % (len(body), extra)) + body
+    return (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+            b"Content-Length: %d\r\n%s\r\n" % (len(body), extra)) + body
 
 
 def test_health(env: Env) -> None:
@@ -355,6 +361,19 @@ def test_413_chunked(env: Env) -> None:
     body = b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2 + b"0\r\n\r\n"
     data = raw(env, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
     assert data.startswith(b"HTTP/1.1 413")
+
+
+def test_expect_100_continue(env: Env) -> None:
+    der = env.request(env.a, 0x100)
+    with socket.create_connection(("127.0.0.1", env.port), timeout=5) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(der))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(der)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and statuses(split_responses(data)[0][2])[0]["serial"] == 0x100
 
 
 def test_411_without_length(env: Env) -> None:
