@@ -292,52 +292,16 @@ def _same_public_key(spki_a: bytes, spki_b: bytes) -> bool:
 
 
 def store_certificate(token: Any, label: str, cert_der: bytes) -> None:
-    """Store ``cert_der`` as a CKO_CERTIFICATE labelled ``label``, replacing older ones of that label.
+    from signer.token import TokenError
 
-    Pkcs11Token has no certificate API, so this borrows its session under its lock (every
-    PKCS#11 call must hold it). The object gets the private key's CKA_ID, the usual way tools
-    (pkcs11-tool, p11-kit) pair a certificate with its key.
-    """
-    import pkcs11
-    from pkcs11 import Attribute, CertificateType, ObjectClass
-
-    cert = asn1_x509.Certificate.load(cert_der)
-    with token._lock:
-        session = token._session
-        try:
-            key_id = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)[Attribute.ID]
-        except pkcs11.PKCS11Error:
-            key_id = b""
-        try:
-            query = {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}
-            old = list(session.get_objects(query))
-            template = {
-                Attribute.CLASS: ObjectClass.CERTIFICATE,
-                Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: False,
-                Attribute.LABEL: label,
-                Attribute.VALUE: cert_der,
-                Attribute.SUBJECT: cert.subject.dump(),
-                Attribute.ISSUER: cert.issuer.dump(),
-                Attribute.SERIAL_NUMBER: cert["tbs_certificate"]["serial_number"].dump(),
-            }
-            if key_id:
-                template[Attribute.ID] = key_id
-            session.create_object(template)
-            for obj in old:
-                obj.destroy()
-        except pkcs11.PKCS11Error as e:
-            raise CtlError(f"cannot store the certificate in token {token.label!r}: "
-                           f"{type(e).__name__}") from None
+    try:
+        token.store_certificate(label, cert_der)
+    except TokenError as e:
+        raise CtlError(str(e)) from None
 
 
 def token_certificates(token: Any, label: str) -> list[bytes]:
-    from pkcs11 import Attribute, ObjectClass
-
-    with token._lock:
-        objs = token._session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label})
-        return [bytes(o[Attribute.VALUE]) for o in objs]
+    return token.certificates(label)
 
 
 # -- init-token / keygen / csr ---------------------------------------------------------------------

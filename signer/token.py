@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from asn1crypto import keys
+from asn1crypto import core, keys, x509
 
 from signer.mechanisms import KEY_SPECS, SignatureAlgorithm, sign_with_key
 
@@ -140,8 +140,10 @@ class Pkcs11Token:
             pub = self._key(key_label, "public")
             if pub.key_type == KeyType.RSA:
                 rsa = keys.RSAPublicKey.load(encode_rsa_public_key(pub))
+                # RSA's AlgorithmIdentifier carries explicit NULL parameters (RFC 3279 2.3.1),
+                # so these bytes equal the SPKI in a certificate for the same key.
                 return keys.PublicKeyInfo({
-                    "algorithm": {"algorithm": "rsa", "parameters": None},
+                    "algorithm": {"algorithm": "rsa", "parameters": core.Null()},
                     "public_key": rsa,
                 }).dump()
             if pub.key_type == KeyType.EC:
@@ -198,6 +200,53 @@ class Pkcs11Token:
             self._keys.pop(("private", key_label), None)
             self._keys.pop(("public", key_label), None)
         return self.public_key(key_label)
+
+    # -- certificates ------------------------------------------------------------
+    def store_certificate(self, label: str, cert_der: bytes) -> None:
+        """Store a CKO_CERTIFICATE labelled ``label``, replacing older ones of that label.
+
+        The object gets the private key's CKA_ID, the usual way tools (pkcs11-tool, p11-kit)
+        pair a certificate with its key.
+        """
+        import pkcs11
+        from pkcs11 import Attribute, CertificateType, ObjectClass
+
+        cert = x509.Certificate.load(cert_der)
+        with self._lock:
+            try:
+                key_id = self._key(label, "private")[Attribute.ID]
+            except (TokenError, pkcs11.PKCS11Error):
+                key_id = b""
+            try:
+                query = {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}
+                old = list(self._session.get_objects(query))
+                template = {
+                    Attribute.CLASS: ObjectClass.CERTIFICATE,
+                    Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: False,
+                    Attribute.LABEL: label,
+                    Attribute.VALUE: cert_der,
+                    Attribute.SUBJECT: cert.subject.dump(),
+                    Attribute.ISSUER: cert.issuer.dump(),
+                    Attribute.SERIAL_NUMBER: cert["tbs_certificate"]["serial_number"].dump(),
+                }
+                if key_id:
+                    template[Attribute.ID] = key_id
+                self._session.create_object(template)
+                for obj in old:
+                    obj.destroy()
+            except pkcs11.PKCS11Error as e:
+                raise TokenError(f"cannot store the certificate in token {self.label!r}: "
+                                 f"{type(e).__name__}") from None
+
+    def certificates(self, label: str) -> list[bytes]:
+        """DER of every certificate object labelled ``label``."""
+        from pkcs11 import Attribute, ObjectClass
+
+        with self._lock:
+            objs = self._session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label})
+            return [bytes(o[Attribute.VALUE]) for o in objs]
 
     # -- signing -----------------------------------------------------------------
     def sign(self, key_label: str, algorithm: SignatureAlgorithm, data: bytes) -> bytes:
