@@ -142,6 +142,26 @@ def test_layout_records_and_checkpoints(tmp_path: Path) -> None:
     assert report.writers[0].records == 12 and report.writers[0].checkpoints == 3
 
 
+def test_record_encoding_round_trips() -> None:
+    from signer.audit import decode_record, encode_record
+
+    odd = AuditRecord(time=datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
+                      client='CN="fe",O=Ex\\ample \u00e9\u2603\n', request_id="\x00\x1f\"", issuer_name="ca/\u0416",
+                      issuer_id="id", statuses=(SignedStatus("00ff", "revoked"), SignedStatus("1", "unknown")),
+                      nonce=False, responder_fingerprint="0" * 64, key_label="k\t", generation=7,
+                      response_sha256="f" * 64)
+    line = encode_record(odd, "w.1", 42, b"\x07" * 32)
+    obj = json.loads(line)
+    assert line == json.dumps(obj, separators=(",", ":")).encode()  # what json.dumps would write
+    writer, index, prev, back = decode_record(obj)
+    assert (writer, index, prev) == ("w.1", 42, b"\x07" * 32) and back == odd
+    with pytest.raises(ValueError):
+        AuditRecord(**{**{f: getattr(odd, f) for f in odd.__dataclass_fields__}, "response_sha256": "F" * 64})
+    with pytest.raises(ValueError):
+        AuditRecord(**{**{f: getattr(odd, f) for f in odd.__dataclass_fields__},
+                       "statuses": (SignedStatus("0x1", "good"),)})
+
+
 def test_verify_accepts_pem_key_and_certificate(tmp_path: Path) -> None:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
