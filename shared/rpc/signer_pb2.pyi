@@ -86,16 +86,26 @@ class RespondersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Responder(_message.Message):
-    __slots__ = ("issuer_certificate", "responder_certificate", "generation", "name")
+    __slots__ = ("issuer_certificate", "responder_certificate", "generation", "name", "not_before", "not_after", "expires_in", "responder_fingerprint", "key_label")
     ISSUER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     RESPONDER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    RESPONDER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    KEY_LABEL_FIELD_NUMBER: _ClassVar[int]
     issuer_certificate: bytes
     responder_certificate: bytes
     generation: int
     name: str
-    def __init__(self, issuer_certificate: _Optional[bytes] = ..., responder_certificate: _Optional[bytes] = ..., generation: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+    not_before: int
+    not_after: int
+    expires_in: int
+    responder_fingerprint: str
+    key_label: str
+    def __init__(self, issuer_certificate: _Optional[bytes] = ..., responder_certificate: _Optional[bytes] = ..., generation: _Optional[int] = ..., name: _Optional[str] = ..., not_before: _Optional[int] = ..., not_after: _Optional[int] = ..., expires_in: _Optional[int] = ..., responder_fingerprint: _Optional[str] = ..., key_label: _Optional[str] = ...) -> None: ...
 
 class RespondersReply(_message.Message):
     __slots__ = ("responders",)
@@ -114,3 +124,49 @@ class HealthReply(_message.Message):
     serving: bool
     detail: str
     def __init__(self, serving: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResponderState(_message.Message):
+    __slots__ = ("issuers", "generation")
+    ISSUERS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    issuers: _containers.RepeatedCompositeFieldContainer[IssuerGeneration]
+    generation: int
+    def __init__(self, issuers: _Optional[_Iterable[_Union[IssuerGeneration, _Mapping]]] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class IssuerGeneration(_message.Message):
+    __slots__ = ("name", "issuer_sha256", "generation", "responder_fingerprint")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RESPONDER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    issuer_sha256: bytes
+    generation: int
+    responder_fingerprint: str
+    def __init__(self, name: _Optional[str] = ..., issuer_sha256: _Optional[bytes] = ..., generation: _Optional[int] = ..., responder_fingerprint: _Optional[str] = ...) -> None: ...
+
+class RotateRequest(_message.Message):
+    __slots__ = ("ca", "certificate", "key_label")
+    CA_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    KEY_LABEL_FIELD_NUMBER: _ClassVar[int]
+    ca: str
+    certificate: bytes
+    key_label: str
+    def __init__(self, ca: _Optional[str] = ..., certificate: _Optional[bytes] = ..., key_label: _Optional[str] = ...) -> None: ...
+
+class RotateReply(_message.Message):
+    __slots__ = ("generation", "responder_fingerprint", "key_label", "notes")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RESPONDER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    KEY_LABEL_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    responder_fingerprint: str
+    key_label: str
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, generation: _Optional[int] = ..., responder_fingerprint: _Optional[str] = ..., key_label: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class SignerStub:
                 request_serializer=signer__pb2.HealthRequest.SerializeToString,
                 response_deserializer=signer__pb2.HealthReply.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/ocsp.signer.v1.Signer/Watch',
+                request_serializer=signer__pb2.WatchRequest.SerializeToString,
+                response_deserializer=signer__pb2.ResponderState.FromString,
+                _registered_method=True)
 
 
 class SignerServicer:
@@ -82,6 +87,15 @@ class SignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Responder changes as they happen: first the current state of every issuer,
+        then the whole state again after every change (rotation, SIGHUP reload).
+        The stream lasts until the signer stops; clients reconnect by themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +113,11 @@ def add_SignerServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=signer__pb2.HealthRequest.FromString,
                     response_serializer=signer__pb2.HealthReply.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=signer__pb2.WatchRequest.FromString,
+                    response_serializer=signer__pb2.ResponderState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +201,127 @@ class Signer:
             '/ocsp.signer.v1.Signer/Health',
             signer__pb2.HealthRequest.SerializeToString,
             signer__pb2.HealthReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ocsp.signer.v1.Signer/Watch',
+            signer__pb2.WatchRequest.SerializeToString,
+            signer__pb2.ResponderState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """Administration. Served on the admin unix socket ([admin] socket), and on the
+    main listener only to client identities in [admin] allowed_clients; every
+    other caller gets PERMISSION_DENIED.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Rotate = channel.unary_unary(
+                '/ocsp.signer.v1.Admin/Rotate',
+                request_serializer=signer__pb2.RotateRequest.SerializeToString,
+                response_deserializer=signer__pb2.RotateReply.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Administration. Served on the admin unix socket ([admin] socket), and on the
+    main listener only to client identities in [admin] allowed_clients; every
+    other caller gets PERMISSION_DENIED.
+    """
+
+    def Rotate(self, request, context):
+        """Replace the responder certificate of one CA (renewal), or certificate and
+        token key (re-key), after checking the candidate: it is the key's
+        certificate, issued by the CA, valid now, with id-kp-OCSPSigning.
+        Signatures in flight finish with the old responder; later ones use the new.
+        The new certificate is written to the CA's responder.cert file (and a new
+        key_label to its ca.d file), so a restart keeps it.
+        Errors:
+        PERMISSION_DENIED   not an admin caller
+        NOT_FOUND           no CA of that name
+        INVALID_ARGUMENT    not a certificate, or a bad key label
+        FAILED_PRECONDITION the candidate was refused (the message says why), or
+        it could not be persisted; the old responder stays
+        UNAVAILABLE         token not ready
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Rotate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rotate,
+                    request_deserializer=signer__pb2.RotateRequest.FromString,
+                    response_serializer=signer__pb2.RotateReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ocsp.signer.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ocsp.signer.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Administration. Served on the admin unix socket ([admin] socket), and on the
+    main listener only to client identities in [admin] allowed_clients; every
+    other caller gets PERMISSION_DENIED.
+    """
+
+    @staticmethod
+    def Rotate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ocsp.signer.v1.Admin/Rotate',
+            signer__pb2.RotateRequest.SerializeToString,
+            signer__pb2.RotateReply.FromString,
             options,
             channel_credentials,
             insecure,
