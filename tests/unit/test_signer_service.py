@@ -442,11 +442,18 @@ def _bytes_fields(message: Any, seen: set[str]) -> set[str]:
 
 def test_no_rpc_takes_bytes_to_sign() -> None:
     service = pb.DESCRIPTOR.services_by_name["Signer"]
-    assert {m.name for m in service.methods} == {"Sign", "Responders", "Health"}
+    assert {m.name for m in service.methods} == {"Sign", "Responders", "Health", "Watch"}
     found: set[str] = set()
     for method in service.methods:
         found |= _bytes_fields(method.input_type, set())
     assert found == ALLOWED_BYTES
+    # Admin takes one bytes field: a certificate that is checked and installed, never signed.
+    admin = pb.DESCRIPTOR.services_by_name["Admin"]
+    assert {m.name for m in admin.methods} == {"Rotate"}
+    found = set()
+    for method in admin.methods:
+        found |= _bytes_fields(method.input_type, set())
+    assert found == {"ocsp.signer.v1.RotateRequest.certificate"}
 
 
 def test_policy_bounds_the_allowed_bytes(tmp_path: Path) -> None:
