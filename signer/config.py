@@ -17,10 +17,19 @@ each responder certificate checked against its CA. Errors name the file and the 
     max_validity = "7d"             # longest nextUpdate - thisUpdate the signer will sign
     max_clock_skew = "5m"           # how far ahead of our clock thisUpdate/revocationTime may be
     max_cert_ids = 64               # most SingleResponses in one signed response
+    expiry_warning = "30d"          # warn (log + metric) when a responder certificate expires sooner
+    [admin]                         # optional: ocspctl rotate and other Admin RPCs
+    socket = "/run/ocsp/admin.sock" # unix socket for Admin RPCs (default: none)
+    socket_mode = "0600"            # its permissions: "0600" (owner) or "0660" (+ group)
+    allowed_clients = []            # mTLS client identities allowed Admin RPCs on the main listener
+    [metrics]                       # optional
+    address = "127.0.0.1:9103"      # Prometheus text exposition on http://ADDRESS/metrics (default: off)
 """
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -31,10 +40,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shared.config import ConfigError, Section
+from shared.tls import parse_allowed
+from signer.tls_config import TlsConfig, load_tls
 
 DEFAULT_MAX_VALIDITY = timedelta(days=7)
 DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_MAX_CERT_IDS = 64
+DEFAULT_EXPIRY_WARNING = timedelta(days=30)
 # A sanity bound, not a policy: RFC 6960 puts no limit on requestList, we do.
 MAX_CERT_IDS_LIMIT = 1000
 
@@ -64,6 +76,36 @@ class PolicyConfig:
     max_validity: timedelta = DEFAULT_MAX_VALIDITY
     max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
     max_cert_ids: int = DEFAULT_MAX_CERT_IDS
+    # A responder certificate expiring sooner than this is logged (WARNING) and flagged in metrics.
+    expiry_warning: timedelta = DEFAULT_EXPIRY_WARNING
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    # Unix socket serving the Admin RPCs (ocspctl rotate); None = no admin socket.
+    socket: Path | None = None
+    # Permissions of that socket: 0o600 (the signer's user) or 0o660 (and its group).
+    socket_mode: int = 0o600
+    # Verified mTLS client identities (shared.tls form: "cn:ocsp-admin") allowed Admin RPCs on the main
+    # listener; empty = none (then only the admin socket).
+    allowed_clients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # host:port of a Prometheus text endpoint (/metrics); None = off.
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    dir: Path
+    key_label: str  # the token key that signs checkpoints
+    writer_id: str  # one hash chain per writer (per signer process)
+    checkpoint_every: int = 1000
+    checkpoint_interval: timedelta = timedelta(seconds=60)
+    max_file_bytes: int = 64 << 20
+    group_window: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +119,7 @@ class ResponderConfig:
     key_label: str
     responder_id: str  # "key" or "name"
     include_cert: bool
+    cert_path: Path | None = None  # where ``cert`` was read from (rotation writes the new one there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +130,10 @@ class SignerConfig:
     token: TokenConfig
     policy: PolicyConfig
     responders: tuple[ResponderConfig, ...]
+    audit: AuditConfig
+    admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tls: TlsConfig | None = None  # [tls]: mTLS on the listener; None = plaintext (unix/loopback only)
 
 
 def load_signer_config(path: str | Path) -> SignerConfig:
@@ -96,12 +143,16 @@ def load_signer_config(path: str | Path) -> SignerConfig:
     listen = _listen(sec.section("listen", required=True))
     token = _token(sec.section("token", required=True))
     policy = _policy(sec.section("policy"))
+    admin = _admin(sec.section("admin"))
+    metrics = _metrics(sec.section("metrics"))
+    audit = _audit(sec.section("audit", required=True))
+    tls = load_tls(sec.section("tls")) if sec.has("tls") else None
     sec.finish()
     if not ca_dir.is_dir():
         raise sec.error("ca_dir", f"{ca_dir} is not a directory")
     responders = _responders(sec, ca_dir)
     return SignerConfig(file=sec.file, ca_dir=ca_dir, listen=listen, token=token, policy=policy,
-                        responders=responders)
+                        responders=responders, audit=audit, admin=admin, metrics=metrics, tls=tls)
 
 
 # -- signer.toml -------------------------------------------------------------------
@@ -165,6 +216,56 @@ def _policy(sec: Section) -> PolicyConfig:
         max_validity=sec.duration("max_validity", DEFAULT_MAX_VALIDITY, minimum=timedelta(seconds=1)),
         max_clock_skew=sec.duration("max_clock_skew", DEFAULT_MAX_CLOCK_SKEW, maximum=timedelta(hours=1)),
         max_cert_ids=sec.int("max_cert_ids", DEFAULT_MAX_CERT_IDS, minimum=1, maximum=MAX_CERT_IDS_LIMIT),
+        expiry_warning=sec.duration("expiry_warning", DEFAULT_EXPIRY_WARNING),
+    )
+
+
+def _admin(sec: Section) -> AdminConfig:
+    sock = sec.path("socket", None)
+    if sock is not None and not sock.parent.is_dir():
+        raise sec.error("socket", f"directory {sock.parent} of the socket does not exist")
+    if sock is not None and len(str(sock).encode()) > 107:
+        raise sec.error("socket", f"{sock} is longer than a unix socket path may be (107 bytes)")
+    modes = {"0600": 0o600, "0660": 0o660}
+    mode = modes[sec.choice("socket_mode", tuple(modes), "0600")]
+    allowed: list[str] = []
+    for entry in sec.str_list("allowed_clients", []):
+        try:
+            allowed.append(parse_allowed(entry))
+        except ValueError as e:
+            raise sec.error("allowed_clients", str(e)) from None
+    return AdminConfig(socket=sock, socket_mode=mode, allowed_clients=tuple(allowed))
+
+
+def _metrics(sec: Section) -> MetricsConfig:
+    address = sec.str("address", None)
+    if address is not None:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise sec.error("address", f"{address!r} is not host:port")
+    return MetricsConfig(address=address)
+
+
+_WRITER_ID = re.compile(r"[A-Za-z0-9._]{1,64}")
+
+
+def _audit(sec: Section) -> AuditConfig:
+    directory = sec.path("dir")
+    if directory.exists() and not directory.is_dir():
+        raise sec.error("dir", f"{directory} is not a directory")
+    default_writer = re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname())[:64] or "signer"
+    writer_id = sec.str("writer_id", default_writer)
+    if not _WRITER_ID.fullmatch(writer_id):
+        raise sec.error("writer_id", "1 to 64 of A-Z a-z 0-9 . _")
+    return AuditConfig(
+        dir=directory,
+        key_label=sec.str("key_label"),
+        writer_id=writer_id,
+        checkpoint_every=sec.int("checkpoint_every", 1000, minimum=1, maximum=1_000_000),
+        checkpoint_interval=sec.duration("checkpoint_interval", timedelta(seconds=60),
+                                         minimum=timedelta(seconds=1), maximum=timedelta(days=1)),
+        max_file_bytes=sec.int("max_file_bytes", 64 << 20, minimum=4096),
+        group_window=sec.duration("group_window", timedelta(0), maximum=timedelta(milliseconds=100)),
     )
 
 
@@ -209,7 +310,7 @@ def _ca_file(path: Path) -> ResponderConfig:
     check_responder_cert(rsec, "cert", ca, cert)
     return ResponderConfig(
         file=path, name=name, ca_cert=ca.public_bytes(_DER), cert=cert.public_bytes(_DER),
-        key_label=key_label, responder_id=responder_id, include_cert=include_cert)
+        key_label=key_label, responder_id=responder_id, include_cert=include_cert, cert_path=cert_path)
 
 
 _DER = Encoding.DER

@@ -884,6 +884,11 @@ pin_file = {_toml_str(d / "token.pin")}
 [policy]
 max_validity = "7d"
 max_clock_skew = "5m"
+
+[audit]
+dir = {_toml_str(d / "audit")}
+key_label = {_toml_str(DEMO_AUDIT_LABEL)}
+writer_id = "demo"
 """,
         etc / "frontend.toml": f"""\
 # ocsp-frontend configuration of the demo PKI (written by `ocspctl demo setup`).
@@ -1021,6 +1026,23 @@ def _record_crl(ca_dir: Path, ca_cert: Any, ca_key: Any, leaves: dict[str, Any],
         log.append(f"issued CRL number {number + 1} at {crl_path}")
 
 
+DEMO_AUDIT_LABEL = "demo-audit"
+
+
+def _ensure_audit_key(token: Any, d: Path, log: list[str]) -> None:
+    """The key that signs audit checkpoints, in the token; its public key for auditors in D/audit/."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+
+    if not token.has_key(DEMO_AUDIT_LABEL):
+        token.generate_key(DEMO_AUDIT_LABEL, "p256")
+        log.append(f"generated p256 audit key {DEMO_AUDIT_LABEL!r} in token {DEMO_TOKEN!r}")
+    public = load_der_public_key(token.public_key(DEMO_AUDIT_LABEL))
+    path = d / "audit-key.pem"
+    if write_if_changed(path, public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)):
+        log.append(f"wrote {path} (verify the audit log with: ocspctl audit verify {d / 'audit'}/*.jsonl "
+                   f"--pubkey {path})")
+
+
 def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_refresh: bool) -> list[str]:
     log: list[str] = []
     d.mkdir(parents=True, exist_ok=True)
@@ -1043,6 +1065,7 @@ def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_re
                 _record_index(ca_dir, leaves, now, log)
             else:
                 _record_crl(ca_dir, ca_cert, ca_key, leaves, now, crl_refresh, log)
+        _ensure_audit_key(token, d, log)
     finally:
         token.close()
     for path, text in demo_configs(d, http_port, signer_address, module).items():
@@ -1310,6 +1333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a demo PKI on a SoftHSM token").add_subparsers(
         dest="demo_command", required=True, metavar="DEMO_COMMAND")
+    sub.add_parser("audit", help="verify or search the audit log: ocspctl audit {verify,show} --help",
+                   add_help=False)
     p = demo.add_parser("setup", help="create (or complete) the demo PKI; idempotent")
     p.add_argument("--dir", type=Path, required=True, help="demo directory")
     p.add_argument("--http-port", type=int, default=2560, help="frontend port, also in leaf AIA URLs (2560)")
@@ -1333,6 +1358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["audit"]:  # its own parser: signer.audit_cli
+        from signer.audit_cli import audit_main
+
+        return audit_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -46,6 +46,11 @@ class Responder:
         """What goes in BasicOCSPResponse.certs."""
         return (self.cert,) if self.include_cert else ()
 
+    @property
+    def issuer_id(self) -> str:
+        """Stable issuer id for the audit log: SHA-256 of the CA certificate DER, hex."""
+        return hashlib.sha256(self.issuer_cert).hexdigest()
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ResponderSet:

@@ -8,8 +8,10 @@ second signing thread would not sign faster anyway. Parallelism comes from more 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,9 +22,12 @@ from shared.config import ConfigError
 from shared.ocsp.response import build_response_data, signed_response
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
+from signer.audit import AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus
+from signer.admin import RotationRuntime
 from signer.config import SignerConfig
 from signer.policy import Policy, PolicyError
 from signer.responders import ResponderSet, load_responders
+from signer.tls import add_port, transport_interceptors, transport_summary
 from signer.token import Pkcs11Token, Token, TokenError, read_pin
 
 log = logging.getLogger("ocsp-signer")
@@ -51,56 +56,89 @@ def open_token(config: SignerConfig) -> Pkcs11Token:
         raise ConfigError(config.file, key, msg) from None
 
 
+def client_identity(context: grpc.aio.ServicerContext) -> str:
+    """Who is calling, for the audit log: the verified TLS client certificate's CN (or first SAN),
+    else the transport peer (a local Unix socket, or a plaintext loopback connection)."""
+    try:
+        auth = context.auth_context()
+    except Exception:
+        auth = {}
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        values = auth.get(key) or []
+        if values:
+            return values[0].decode("utf-8", "replace")
+    peer = context.peer() or "unknown"
+    return peer if peer.startswith(("unix", "ipv4", "ipv6")) else "unknown"
+
+
 class SignerService(pb_grpc.SignerServicer):
     def __init__(self, *, responders: ResponderSet, token: Token, policy: Policy, clock: Clock,
-                 executor: ThreadPoolExecutor, token_name: str = "") -> None:
+                 executor: ThreadPoolExecutor, audit: AuditLog, token_name: str = "") -> None:
         # Replaced as a whole (rotation); each RPC reads it once.
         self.responders = responders
         self.token = token
         self.policy = policy
         self.clock = clock
         self.executor = executor
+        self.audit = audit
         self.token_name = token_name
         self.serving = True
+        self.rotation: Any = None  # signer.rotation.Rotator, set by serve(); serves Watch
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         code: grpc.StatusCode
         try:
-            return await self._sign(request)
+            return await self._sign(request, client_identity(context))
         except PolicyError as e:
             code, message = e.code, e.message
         except TokenError as e:
             log.error("token: %s", e)
             code, message = grpc.StatusCode.UNAVAILABLE, f"token not available: {e}"
+        except AuditUnavailable as e:
+            # Fail closed: the signature exists but is not durably logged, so it never leaves.
+            log.error("audit log not writable, refusing to sign: %s", e.reason)
+            code, message = grpc.StatusCode.UNAVAILABLE, f"audit log not writable: {e.reason}"
         except Exception:
             log.exception("Sign failed (request_id %r)", request.request_id)
             code, message = grpc.StatusCode.INTERNAL, "internal error in the signer (logged)"
         await context.abort(code, message)
         raise AssertionError("unreachable")  # abort raises
 
-    async def _sign(self, request: pb.SignRequest) -> pb.SignReply:
+    async def _sign(self, request: pb.SignRequest, client: str) -> pb.SignReply:
         if not self.serving:
             raise PolicyError(grpc.StatusCode.UNAVAILABLE, "the signer is shutting down")
         job = self.policy.check(request, self.responders)
         r = job.responder
-        tbs = build_response_data(responder_id=r.responder_id, produced_at=self.clock.now(),
+        produced_at = self.clock.now()
+        tbs = build_response_data(responder_id=r.responder_id, produced_at=produced_at,
                                   statuses=job.statuses, nonce=job.nonce)
         loop = asyncio.get_running_loop()
         signature = await loop.run_in_executor(self.executor, self.token.sign, r.key_label, r.algorithm, tbs)
         der = signed_response(tbs, r.algorithm.value, signature, r.certs)
-        # ---- AUDIT HOOK (next issue) -------------------------------------------------------------
-        # Invariant: every signature is appended (and fsynced) to the audit log before the response
-        # leaves the signer. Append (job.request_id, r.name, r.generation, tbs, signature) here and
-        # raise PolicyError(FAILED_PRECONDITION, ...) if the append fails: fail closed, no reply.
-        # -------------------------------------------------------------------------------------------
+        # Invariant: the signature is durably in the audit log before the response leaves the
+        # signer; append() raises AuditUnavailable otherwise, and Sign() then replies with an error.
+        await self.audit.append(AuditRecord(
+            time=produced_at, client=client, request_id=job.request_id, issuer_name=r.name,
+            issuer_id=r.issuer_id,
+            statuses=tuple(SignedStatus(st.cert_id.serial.hex(), st.status.value) for st in job.statuses),
+            nonce=job.nonce is not None, responder_fingerprint=r.fingerprint, key_label=r.key_label,
+            generation=r.generation, response_sha256=hashlib.sha256(der).hexdigest()))
         return pb.SignReply(ocsp_response=der, generation=r.generation, responder_fingerprint=r.fingerprint)
 
     async def Responders(self, request: pb.RespondersRequest,
                          context: grpc.aio.ServicerContext) -> pb.RespondersReply:
         return pb.RespondersReply(responders=[
             pb.Responder(issuer_certificate=r.issuer_cert, responder_certificate=r.cert,
-                         generation=r.generation, name=r.name)
+                         generation=r.generation, name=r.name, not_before=int(r.not_before.timestamp()),
+                         not_after=int(r.not_after.timestamp()),
+                         expires_in=int((r.not_after - self.clock.now()).total_seconds()),
+                         responder_fingerprint=r.fingerprint, key_label=r.key_label)
             for r in self.responders])
+
+    async def Watch(self, request: pb.WatchRequest,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponderState]:
+        async for state in self.rotation.watch():
+            yield state
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:
         if not self.serving:
@@ -117,10 +155,17 @@ class SignerServer:
         self.server = server
         self.service = service
         self._owns_token = owns_token
+        self.rotation: RotationRuntime | None = None
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE) -> None:
         self.service.serving = False
+        if self.rotation is not None:
+            await self.rotation.stop()  # ends Watch streams, which would otherwise hold the grace
         await self.server.stop(grace)
+        try:
+            await self.service.audit.close()  # a final checkpoint covering every record
+        except AuditUnavailable as e:
+            log.error("audit log: final checkpoint failed: %s", e.reason)
         loop = asyncio.get_running_loop()
         if self._owns_token and isinstance(self.service.token, Pkcs11Token):
             await loop.run_in_executor(self.service.executor, self.service.token.close)
@@ -128,6 +173,28 @@ class SignerServer:
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+async def open_audit(config: SignerConfig, token: Token, clock: Clock, executor: ThreadPoolExecutor) -> AuditLog:
+    """Open (resume) this writer's audit chain, with checkpoints signed by the audit key in the token.
+
+    The signer does not start without it: invariant 3 (never sign unlogged) starts here.
+    """
+    a = config.audit
+    loop = asyncio.get_running_loop()
+    try:
+        checkpoint_signer = await loop.run_in_executor(executor, Pkcs11CheckpointSigner, token, a.key_label)
+    except TokenError as e:
+        raise ConfigError(config.file, "audit.key_label", str(e)) from None
+    except ValueError as e:  # algorithm_for_key: an unsupported key type
+        raise ConfigError(config.file, "audit.key_label", f"unusable audit key: {e}") from None
+    try:
+        return await AuditLog.open(a.dir, writer_id=a.writer_id, signer=checkpoint_signer,
+                                   checkpoint_every=a.checkpoint_every, checkpoint_interval=a.checkpoint_interval,
+                                   max_file_bytes=a.max_file_bytes, clock=clock, executor=executor,
+                                   group_window=a.group_window.total_seconds())
+    except AuditUnavailable as e:
+        raise ConfigError(config.file, "audit.dir", f"audit log unusable: {e.reason}") from None
 
 
 def _bound_address(config: SignerConfig, port: int) -> str:
@@ -153,6 +220,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
         if token is None:
             token = await loop.run_in_executor(executor, open_token, config)
         responders = await loop.run_in_executor(executor, load_responders, config, token)
+        audit = await open_audit(config, token, clock, executor)
     except BaseException:
         if owns_token and token is not None and isinstance(token, Pkcs11Token):
             token.close()
@@ -165,16 +233,17 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
                         r.name, r.not_before, r.not_after)
 
     service = SignerService(responders=responders, token=token, policy=Policy(config.policy, clock),
-                            clock=clock, executor=executor,
+                            clock=clock, executor=executor, audit=audit,
                             token_name=str(getattr(token, "label", "") or ""))
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(interceptors=transport_interceptors(config), options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ])
     pb_grpc.add_SignerServicer_to_server(service, server)
     wrapper = SignerServer(server, service, owns_token=owns_token)
+    wrapper.rotation = RotationRuntime.attach(server, service, config, token, executor, clock)
     try:
-        port = server.add_insecure_port(config.listen.address)
+        port = add_port(server, config)
     except RuntimeError as e:
         await wrapper.stop(None)
         raise ConfigError(config.file, "listen.address",
@@ -183,9 +252,14 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
         await wrapper.stop(None)
         raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}")
     await server.start()
+    try:
+        await wrapper.rotation.start()
+    except ConfigError:
+        await wrapper.stop(None)
+        raise
     address = _bound_address(config, port)
-    log.info("serving on %s: %d responders (%s), token %r", address, len(responders),
-             ", ".join(f"{r.name}: {r.algorithm.value}" for r in responders), service.token_name)
+    log.info("serving on %s (%s): %d responders (%s), token %r", address, transport_summary(config),
+             len(responders), ", ".join(f"{r.name}: {r.algorithm.value}" for r in responders), service.token_name)
     return wrapper, address
 
 
@@ -202,6 +276,8 @@ async def run(config: SignerConfig) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if server.rotation is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.rotation.on_sighup)
     await stopping.wait()
     log.info("%s: stopping (grace %ss)", received[0].name, SHUTDOWN_GRACE)
     await server.stop(SHUTDOWN_GRACE)

@@ -140,7 +140,8 @@ def write_setup(base: Path, cas: list[Ca], *, responder_extra: dict[str, str] | 
     conf = base / "signer.toml"
     conf.write_text(f'ca_dir = "ca.d"\n{signer_extra}[listen]\naddress = "{address}"\n'
                     '[token]\nmodule = "module.so"\nlabel = "test"\npin_file = "token.pin"\n'
-                    '[policy]\nmax_validity = "7d"\nmax_clock_skew = "5m"\n')
+                    '[policy]\nmax_validity = "7d"\nmax_clock_skew = "5m"\n'
+                    f'[audit]\ndir = "audit"\nkey_label = "{AUDIT_LABEL}"\nwriter_id = "test"\n')
     return conf
 
 
@@ -167,15 +168,22 @@ class FakeToken:
         if self.fail is not None:
             raise self.fail
         key = self.keys[key_label]
-        self.signed.append(data)
+        if key_label != AUDIT_LABEL:  # audit checkpoints are counted by the audit tests
+            self.signed.append(data)
         if algorithm is SignatureAlgorithm.RSA_SHA256:
             return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
         h = hashes.SHA256() if algorithm is SignatureAlgorithm.ECDSA_SHA256 else hashes.SHA384()
         return key.sign(data, ec.ECDSA(h))
 
 
+AUDIT_LABEL = "audit-key"
+AUDIT_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
 def token_for(*cas: Ca) -> FakeToken:
-    return FakeToken({ca.key_label: ca.responder_key for ca in cas})
+    keys = {ca.key_label: ca.responder_key for ca in cas}
+    keys[AUDIT_LABEL] = AUDIT_KEY
+    return FakeToken(keys)
 
 
 Scenario = Callable[[pb_grpc.SignerStub], Awaitable[None]]

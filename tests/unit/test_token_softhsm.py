@@ -167,7 +167,8 @@ def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path,
     conf = base / "signer.toml"
     conf.write_text(f'ca_dir = "ca.d"\n[listen]\naddress = "unix:{base / "s.sock"}"\n'
                     f'[token]\nmodule = "{softhsm.module}"\nlabel = "{softhsm.label}"\n'
-                    'pin_file = "token.pin"\n')
+                    'pin_file = "token.pin"\n'
+                    f'[audit]\ndir = "audit"\nkey_label = "{label}"\n')
     return conf, ca, responder
 
 
