@@ -497,7 +497,8 @@ class AuditLog:
         await self._enqueue(record)
 
     async def checkpoint(self) -> str | None:
-        """Write a checkpoint now if records are uncovered; return the newest checkpoint note."""
+        """Write a checkpoint now if records are uncovered (or the log has none yet); return the
+        newest checkpoint note."""
         if self._signer is None:
             return None
         await self._enqueue(None)
@@ -587,7 +588,9 @@ class AuditLog:
         checkpointing = self._signer is not None
         for record, _ in batch:
             if record is None:
-                if st.uncovered:
+                # An explicit checkpoint; on a writer that has none yet (a new log) this is the
+                # genesis checkpoint, so an honest log always carries at least one signed note.
+                if st.uncovered or st.checkpoint_note is None:
                     await self._add_checkpoint(st, segments, now)
                 continue
             if checkpointing and st.uncovered and (
@@ -636,7 +639,11 @@ class AuditLog:
         except Exception as e:  # a token error: no checkpoint, so no records either
             raise AuditUnavailable(f"cannot sign an audit checkpoint: {e}") from None
         note = cpt.sign_note(body, origin_for(self._writer), self._signer.public_key_spki, signature)
-        self._put(st, segments, _checkpoint_line(self._writer, st.rng.size, note))
+        line = _checkpoint_line(self._writer, st.rng.size, note)
+        if st.path is None:  # the genesis checkpoint of a new log opens its first file
+            self._place(st, segments, line, now, now.astimezone(timezone.utc).date())
+        else:
+            self._put(st, segments, line)
         st.uncovered, st.uncovered_since, st.checkpoint_note = 0, None, note
 
     # -- file I/O (on the log's thread) -----------------------------------------------------------------

@@ -189,10 +189,15 @@ async def open_audit(config: SignerConfig, token: Token, clock: Clock, executor:
     except ValueError as e:  # algorithm_for_key: an unsupported key type
         raise ConfigError(config.file, "audit.key_label", f"unusable audit key: {e}") from None
     try:
-        return await AuditLog.open(a.dir, writer_id=a.writer_id, signer=checkpoint_signer,
-                                   checkpoint_every=a.checkpoint_every, checkpoint_interval=a.checkpoint_interval,
-                                   max_file_bytes=a.max_file_bytes, clock=clock, executor=executor,
-                                   group_window=a.group_window.total_seconds())
+        audit = await AuditLog.open(a.dir, writer_id=a.writer_id, signer=checkpoint_signer,
+                                    checkpoint_every=a.checkpoint_every, checkpoint_interval=a.checkpoint_interval,
+                                    max_file_bytes=a.max_file_bytes, clock=clock, executor=executor,
+                                    group_window=a.group_window.total_seconds())
+        # A new log starts with a signed (genesis) checkpoint, and this also proves the directory
+        # is writable before the first request: records are then never without a signed anchor
+        # before them, and a verifier can tell "not yet checkpointed" from "checkpoints stripped".
+        await audit.checkpoint()
+        return audit
     except AuditUnavailable as e:
         raise ConfigError(config.file, "audit.dir", f"audit log unusable: {e.reason}") from None
 

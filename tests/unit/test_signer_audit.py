@@ -127,3 +127,17 @@ def test_audit_table_is_required(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_signer_config(conf)
     assert info.value.key == "audit"
+
+
+def test_new_log_starts_with_a_signed_checkpoint(tmp_path: Path) -> None:
+    ca = make_ca("alpha")
+    conf = write_setup(tmp_path, [ca])
+
+    async def main() -> None:
+        server, _ = await serve(load_signer_config(conf), token=token_for(ca), clock=FakeClock(NOW))
+        await server.stop(None)
+
+    asyncio.run(main())
+    files = audit_files(conf)
+    assert files and '"checkpoint"' in files[0].read_text()
+    assert verify(files, AUDIT_SPKI).ok
