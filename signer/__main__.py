@@ -20,9 +20,9 @@ log = logging.getLogger(PROG)
 
 
 def check_plaintext_allowed(config: SignerConfig) -> None:
-    """Until mTLS lands, gRPC is plaintext: only a unix socket or a loopback address may listen."""
+    """Without a [tls] table gRPC is plaintext: only a unix socket or a loopback address may listen."""
     listen = config.listen
-    if listen.kind == "unix":
+    if listen.kind == "unix" or config.tls is not None:
         return
     host = listen.host or ""
     loopback = host == "localhost"
@@ -67,10 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             _check(config)
             return 0
+        from signer.handshake_log import prepare_grpc_environment, stop_capture
+
+        prepare_grpc_environment(tls=config.tls is not None)  # before grpc is imported
         from signer.service import run
 
-        log.warning("gRPC on %s is plaintext (no mTLS configured)", config.listen.address)
-        asyncio.run(run(config))
+        if config.tls is None:
+            log.warning("gRPC on %s is plaintext (no [tls] table: no mTLS)", config.listen.address)
+        try:
+            asyncio.run(run(config))
+        finally:
+            stop_capture()
         return 0
     except ConfigError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
