@@ -59,7 +59,13 @@ def _url(host: str, port: int) -> str:
 
 async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     loop = asyncio.get_running_loop()
-    signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout)
+    signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls)
+    if cfg.signer.tls is None:
+        log.warning("gRPC to the signer (%s) is plaintext: no tls_ca/tls_cert/tls_key in [signer]",
+                    ", ".join(cfg.signer.addresses))
+    else:
+        log.info("gRPC to the signer (%s) over mTLS: signer CA %s, client certificate %s",
+                 ", ".join(cfg.signer.addresses), cfg.signer.tls.ca, cfg.signer.tls.cert)
     cache = ResponseCache(cfg.cache.max_entries, cfg.cache.max_age.total_seconds())
     app = OcspApp(issuers=issuers, signer=signer, cache=cache, listen=cfg.listen)
     server = FrontendServer(app, cfg.listen)

@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from frontend.tls import SignerTls, load_signer_tls
 from shared.config import ConfigError, Section
 from shared.ocsp.types import HashAlgorithm
 
@@ -52,6 +53,9 @@ class SignerClientConfig:
     # Deadline of one Sign call. An RSA-2048 signature in SoftHSM takes about 1 ms; the
     # deadline covers queueing in a busy signer. Past it the client gets tryLater.
     timeout: float = 2.0
+    # mTLS (frontend.tls): the signer's CA, our client certificate and key; None = plaintext, which
+    # only a unix socket or loopback address may use.
+    tls: SignerTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +184,10 @@ def _signer(sec: Section) -> SignerClientConfig:
         a = sec.str("address", d.addresses[0])
         _check_address(sec, "address", a)
         addrs = (a,)
+    tls = load_signer_tls(sec, addrs, "addresses" if sec.has("addresses") else "address")
     timeout = sec.duration("timeout", timedelta(seconds=d.timeout), minimum=timedelta(milliseconds=10),
                            maximum=timedelta(minutes=5))
-    return SignerClientConfig(addresses=addrs, timeout=_seconds(timeout))
+    return SignerClientConfig(addresses=addrs, timeout=_seconds(timeout), tls=tls)
 
 
 def _cache(sec: Section) -> CacheConfig:

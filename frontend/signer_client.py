@@ -7,7 +7,7 @@
   fail at once with UNAVAILABLE (-> tryLater, or the next address) instead of waiting out the deadline.
 - Short reconnect backoff (at most ~1 s), so a signer that comes back is used again within a
   second or two, without restarting the frontend.
-- Channels are made in one function, ``make_channel`` (mTLS will be added there).
+- Channels are made in one function, ``make_channel``: mTLS when configured (frontend.tls).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 
+from frontend.tls import SignerTls
 from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
 from shared.ocsp.types import CertStatus, HashAlgorithm, SingleStatus
 from shared.rpc import signer_pb2 as pb
@@ -55,9 +56,11 @@ class SignResult:
     responder_fingerprint: str
 
 
-def make_channel(address: str) -> aio.Channel:
-    """The one place channels are created (plaintext for now; mTLS goes here)."""
-    return aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def make_channel(address: str, tls: SignerTls | None = None) -> aio.Channel:
+    """The one place channels are created: mTLS with ``tls`` (frontend.tls), else plaintext."""
+    if tls is None:
+        return aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return aio.secure_channel(address, tls.credentials(), options=[*CHANNEL_OPTIONS, *tls.options()])
 
 
 def to_proto(statuses: Sequence[SingleStatus], request_id: str, nonce: bytes | None) -> pb.SignRequest:
@@ -98,11 +101,12 @@ def map_error(e: grpc.RpcError) -> OCSPError:
 
 
 class SignerClient:
-    def __init__(self, addresses: Sequence[str], timeout: float) -> None:
+    def __init__(self, addresses: Sequence[str], timeout: float, tls: SignerTls | None = None) -> None:
         if not addresses:
             raise ValueError("at least one signer address")
         self.addresses = tuple(addresses)
         self.timeout = timeout
+        self.tls = tls
         self._channels: list[aio.Channel] = []
         self._stubs: list[signer_pb2_grpc.SignerStub] = []
         self._next = itertools.count()
@@ -113,7 +117,7 @@ class SignerClient:
         # Channels belong to the running event loop, so they are made on first use.
         if not self._channels:
             for a in self.addresses:
-                ch = make_channel(a)
+                ch = make_channel(a, self.tls)
                 self._channels.append(ch)
                 self._stubs.append(signer_pb2_grpc.SignerStub(ch))
 

@@ -45,14 +45,14 @@ def test_defaults(tmp_path: Path, ca: TestCA) -> None:
 
 def test_full(tmp_path: Path, ca: TestCA) -> None:
     fe = ('[listen]\nport = 0\npath_prefix = "/ocsp"\nallowed_hashes = ["sha256", "SHA-384"]\n'
-          '[signer]\naddresses = ["unix:/run/s.sock", "10.0.0.1:50051"]\ntimeout = "500ms"\n'
+          '[signer]\naddresses = ["unix:/run/s.sock", "127.0.0.2:50051"]\ntimeout = "500ms"\n'
           '[cache]\nmax_entries = 5\nmax_age = "10m"\n')
     cafile = ('name = "x"\nca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n'
               'unissued = "revoked"\n')
     cfg = load_frontend_config(setup(tmp_path, ca, fe, cafile))
     assert cfg.listen.path_prefix == "/ocsp/" and cfg.listen.port == 0
     assert cfg.listen.allowed_hashes == (HashAlgorithm.SHA256, HashAlgorithm.SHA384)
-    assert cfg.signer.addresses == ("unix:/run/s.sock", "10.0.0.1:50051") and cfg.signer.timeout == 0.5
+    assert cfg.signer.addresses == ("unix:/run/s.sock", "127.0.0.2:50051") and cfg.signer.timeout == 0.5
     assert cfg.cas[0].status.unissued == "revoked" and cfg.cas[0].status.issued_serials is None
 
 
