@@ -4,7 +4,7 @@
     ocspctl keygen       --token-label L --pin-file F --label KEY --type rsa2048|rsa3072|p256|p384
     ocspctl csr          --token-label L --pin-file F --label KEY --subject "/CN=.../O=..." [--out FILE]
     ocspctl install-cert --token-label L --pin-file F --label KEY --cert FILE --ca CAFILE [--out PATH]
-    ocspctl demo setup   --dir D [--http-port 2560] [--signer-address unix:D/run/signer.sock] [--crl-refresh]
+    ocspctl demo setup   --dir D [--http-port 2560] [--signer-address 127.0.0.1:50051] [--crl-refresh]
     ocspctl demo revoke  --dir D --ca rsa|ec --serial HEX [--reason keyCompromise]
     ocspctl demo serve   --dir D
 
@@ -867,7 +867,10 @@ def _toml_str(value: str | Path) -> str:
 
 
 def demo_configs(d: Path, http_port: int, signer_address: str, module: str) -> dict[Path, str]:
+    from signer.demo_tls import frontend_tls_toml, signer_tls_toml
+
     etc = d / "etc"
+    signer_tls, frontend_tls = signer_tls_toml(d, signer_address), frontend_tls_toml(d, signer_address)
     files = {
         etc / "signer.toml": f"""\
 # ocsp-signer configuration of the demo PKI (written by `ocspctl demo setup`).
@@ -875,7 +878,7 @@ ca_dir = {_toml_str(etc / "ca.d")}
 
 [listen]
 address = {_toml_str(signer_address)}
-
+{signer_tls}
 [token]
 module = {_toml_str(module)}
 label = {_toml_str(DEMO_TOKEN)}
@@ -903,7 +906,7 @@ max_request_bytes = 10000
 [signer]
 address = {_toml_str(signer_address)}
 timeout = "2s"
-""",
+{frontend_tls}""",
     }
     for spec in DEMO_CAS.values():
         ca_dir = d / spec.dir_name
@@ -1068,6 +1071,9 @@ def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_re
         _ensure_audit_key(token, d, log)
     finally:
         token.close()
+    from signer.demo_tls import ensure_transport_pki
+
+    ensure_transport_pki(d, now, log)  # mTLS between frontend and signer (used for host:port addresses)
     for path, text in demo_configs(d, http_port, signer_address, module).items():
         if write_if_changed(path, text.encode()):
             log.append(f"wrote {path}")
@@ -1075,7 +1081,7 @@ def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_re
 
 
 def _default_signer_address(d: Path) -> str:
-    return f"unix:{d / 'run' / 'signer.sock'}"
+    return "127.0.0.1:50051"  # TCP loopback with mTLS; a unix: address keeps plaintext
 
 
 def cmd_demo_setup(args: argparse.Namespace) -> int:
@@ -1180,13 +1186,17 @@ class Child:
         self._reader.join(2)
 
 
-def _signer_serving(address: str) -> bool:
+def _signer_serving(address: str, frontend_toml: Path | None = None) -> bool:
+    """The signer answers Health; over mTLS with the frontend's certificate when frontend.toml has one."""
     import grpc
 
     from shared.rpc import signer_pb2, signer_pb2_grpc
+    from signer.demo_tls import health_credentials
 
+    tls = health_credentials(frontend_toml) if frontend_toml is not None else None
     try:
-        with grpc.insecure_channel(address) as channel:
+        with (grpc.secure_channel(address, tls[0], options=tls[1]) if tls else
+              grpc.insecure_channel(address)) as channel:
             reply = signer_pb2_grpc.SignerStub(channel).Health(signer_pb2.HealthRequest(), timeout=1)
             return bool(reply.serving)
     except grpc.RpcError:
@@ -1267,7 +1277,7 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
     try:
         signer = Child("ocsp-signer", [program("ocsp-signer"), "--config", str(signer_toml)])
         children.append(signer)
-        _wait_ready(signer, lambda: _signer_serving(signer_address), args.timeout, stop)
+        _wait_ready(signer, lambda: _signer_serving(signer_address, frontend_toml), args.timeout, stop)
         if not stop.is_set():
             frontend = Child("ocsp-frontend", [program("ocsp-frontend"), "--config", str(frontend_toml)])
             children.append(frontend)
@@ -1338,7 +1348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = demo.add_parser("setup", help="create (or complete) the demo PKI; idempotent")
     p.add_argument("--dir", type=Path, required=True, help="demo directory")
     p.add_argument("--http-port", type=int, default=2560, help="frontend port, also in leaf AIA URLs (2560)")
-    p.add_argument("--signer-address", help="signer gRPC address (default unix:DIR/run/signer.sock)")
+    p.add_argument("--signer-address",
+                   help="signer gRPC address (default 127.0.0.1:50051, with mTLS; unix:PATH = plaintext)")
     p.add_argument("--module", default=DEFAULT_MODULE, help=f"PKCS#11 module (default {DEFAULT_MODULE})")
     p.add_argument("--crl-refresh", action="store_true", help="re-issue the EC CA's CRL even if still fresh")
     p.set_defaults(func=cmd_demo_setup)

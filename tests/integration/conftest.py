@@ -143,13 +143,17 @@ def demo(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) 
     return demo
 
 
-def signer_healthy(address: str) -> bool:
+def signer_healthy(address: str, frontend_toml: Path | None = None) -> bool:
+    """Health answers serving; over mTLS as the frontend when its frontend.toml has tls keys."""
     import grpc
 
     from shared.rpc import signer_pb2, signer_pb2_grpc
+    from signer.demo_tls import health_credentials
 
+    tls = health_credentials(frontend_toml) if frontend_toml is not None else None
     try:
-        with grpc.insecure_channel(address) as channel:
+        with (grpc.secure_channel(address, tls[0], options=tls[1]) if tls else
+              grpc.insecure_channel(address)) as channel:
             reply = signer_pb2_grpc.SignerStub(channel).Health(signer_pb2.HealthRequest(), timeout=1)
             return bool(reply.serving)
     except grpc.RpcError:
@@ -171,7 +175,8 @@ def http_healthy(port: int) -> bool:
 def signer(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     logs = tmp_path_factory.mktemp("logs")
     p = Process("ocsp-signer", [tool("ocsp-signer"), "--config", str(demo.path("etc", "signer.toml"))],
-                demo.env, lambda: signer_healthy(demo.signer_address), logs / "signer.log")
+                demo.env, lambda: signer_healthy(demo.signer_address, demo.path("etc", "frontend.toml")),
+                logs / "signer.log")
     p.start()
     yield p
     p.stop()

@@ -304,10 +304,18 @@ LAYOUT = [
     *(f"ec-ca/{f}" for f in ("ca.pem", "ca-key.pem", "responder.pem", "crl.pem", "issued.txt",
                              "leaf-good.pem", "leaf-revoked.pem", "leaf-unknown.pem", "leaf-good2.pem")),
     "etc/frontend.toml", "etc/signer.toml", "etc/ca.d/demo-rsa.toml", "etc/ca.d/demo-ec.toml",
+    *(f"tls/{f}" for f in ("ca.pem", "ca-key.pem", "signer.pem", "signer-key.pem", "frontend.pem",
+                           "frontend-key.pem", "admin.pem", "admin-key.pem")),
 ]
 
 
 DEMO_PORT = free_port()
+SIGNER_ADDRESS = f"127.0.0.1:{free_port()}"  # TCP loopback: the demo's signer speaks mTLS
+
+
+def demo_setup_args(d: Path) -> list[str]:
+    return ["demo", "setup", "--dir", str(d), "--http-port", str(DEMO_PORT),
+            "--signer-address", SIGNER_ADDRESS]
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +329,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, st
     env = dict(softhsm_env, SOFTHSM2_CONF=str(conf))
     d = tmp_path_factory.mktemp("ctl-demo")
     c = Ctl(dir=d, env=env, pin_file=d / "token.pin", so_pin_file=d / "so.pin")
-    c.run("demo", "setup", "--dir", str(d), "--http-port", str(DEMO_PORT))
+    c.run(*demo_setup_args(d))
     return d, c
 
 
@@ -333,10 +341,11 @@ def test_demo_setup_layout_and_idempotent(demo_dir: tuple[Path, Ctl]) -> None:
     d, c = demo_dir
     for f in LAYOUT:
         assert (d / f).is_file(), f
-    for f in ("token.pin", "so.pin", "rsa-ca/ca-key.pem", "ec-ca/ca-key.pem"):
+    for f in ("token.pin", "so.pin", "rsa-ca/ca-key.pem", "ec-ca/ca-key.pem", "tls/ca-key.pem",
+              "tls/signer-key.pem", "tls/frontend-key.pem", "tls/admin-key.pem"):
         assert (d / f).stat().st_mode & 0o077 == 0, f
     before = snapshot(d)
-    r = c.run("demo", "setup", "--dir", str(d), "--http-port", str(DEMO_PORT))
+    r = c.run(*demo_setup_args(d))
     assert "nothing changed" in r.stdout
     assert snapshot(d) == before
 
@@ -391,11 +400,17 @@ def test_demo_configs(demo_dir: tuple[Path, Ctl]) -> None:
     signer = tomllib.loads((d / "etc/signer.toml").read_text())
     assert signer["token"] == {"module": SOFTHSM_MODULE, "label": "ocsp-demo",
                                "pin_file": str(d / "token.pin")}
-    assert signer["listen"]["address"] == f"unix:{d / 'run' / 'signer.sock'}"
+    assert signer["listen"]["address"] == SIGNER_ADDRESS
+    assert signer["tls"] == {"cert": str(d / "tls/signer.pem"), "key": str(d / "tls/signer-key.pem"),
+                             "client_ca": str(d / "tls/ca.pem"),
+                             "allowed_clients": ["cn:ocsp-frontend", "cn:ocsp-admin"]}
     assert Path(signer["ca_dir"]).is_absolute()
     frontend = tomllib.loads((d / "etc/frontend.toml").read_text())
     assert frontend["listen"]["port"] == DEMO_PORT
     assert frontend["signer"]["address"] == signer["listen"]["address"]
+    assert {k: v for k, v in frontend["signer"].items() if k.startswith("tls_")} == {
+        "tls_ca": str(d / "tls/ca.pem"), "tls_cert": str(d / "tls/frontend.pem"),
+        "tls_key": str(d / "tls/frontend-key.pem")}
     rsa = tomllib.loads((d / "etc/ca.d/demo-rsa.toml").read_text())
     assert rsa["status"]["source"] == "index" and rsa["status"]["path"] == str(d / "rsa-ca/index.txt")
     assert rsa["responder"]["key_label"] == "demo-rsa-responder"
@@ -499,7 +514,7 @@ def test_demo_revoke(demo_dir: tuple[Path, Ctl]) -> None:
               check=False)
     assert r.returncode == 1 and "unknown revocation reason" in r.stderr
     # A later setup keeps the runtime revocations.
-    c.run("demo", "setup", "--dir", str(d), "--http-port", str(DEMO_PORT))
+    c.run(*demo_setup_args(d))
     assert "leaf-good3.pem: revoked" in openssl_index_status(d, "leaf-good3.pem")
     crl = x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
