@@ -87,7 +87,9 @@ class RecordParser:
     """Groups core's output lines into records and finds the failed handshakes (sans-IO).
 
     ``feed(line)`` returns the records that the line completed; ``flush()`` the pending one.
-    A record is one absl-prefixed line plus the lines without a prefix that follow it.
+    A record is one absl-prefixed line; a handshaker record also takes the lines without a prefix
+    that follow it (core prints the error's source trace and the channel args there). Other lines
+    are not core's and pass through as they are.
     """
 
     def __init__(self) -> None:
@@ -97,8 +99,8 @@ class RecordParser:
 
     def feed(self, line: str) -> list[tuple[str, str, str]]:
         m = _ABSL.match(line)
-        if m is None and self._lines:
-            self._lines.append(line)
+        if m is None and self._lines and self._source == "handshaker.cc":
+            self._lines.append(line)  # its error and channel args span lines
             return []
         done = self.flush()
         if m is None:
@@ -144,8 +146,8 @@ class GrpcLogCapture:
         self._read_fd = r
         # Python's stderr (and the logging handlers writing to it) keep the original descriptor.
         old = sys.stderr
-        new = open(os.dup(self._orig_fd), "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
-                   errors="backslashreplace")
+        encoding = getattr(old, "encoding", None) or "utf-8"
+        new = open(os.dup(self._orig_fd), "w", buffering=1, encoding=encoding, errors="backslashreplace")
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream in (old, sys.__stderr__):
                 handler.setStream(new)
