@@ -40,7 +40,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shared.config import ConfigError, Section
-from shared.tls import parse_allowed
 from signer.tls_config import TlsConfig, load_tls
 
 DEFAULT_MAX_VALIDITY = timedelta(days=7)
@@ -228,6 +227,8 @@ def _admin(sec: Section) -> AdminConfig:
         raise sec.error("socket", f"{sock} is longer than a unix socket path may be (107 bytes)")
     modes = {"0600": 0o600, "0660": 0o660}
     mode = modes[sec.choice("socket_mode", tuple(modes), "0600")]
+    from shared.tls import parse_allowed
+
     allowed: list[str] = []
     for entry in sec.str_list("allowed_clients", []):
         try:

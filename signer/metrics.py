@@ -1,0 +1,75 @@
+"""A minimal Prometheus text endpoint for the signer (``[metrics] address``): GET /metrics.
+
+Gauges are computed at scrape time from the current responder set and the clock, so there is
+nothing to update on the signing path.
+
+    ocsp_signer_responder_generation{ca}          generation of the CA's current responder
+    ocsp_signer_responder_not_after_seconds{ca}   notAfter of its certificate (Unix time)
+    ocsp_signer_responder_expiry_seconds{ca}      seconds until notAfter (negative once expired)
+    ocsp_signer_responder_expiring{ca}            1 within [policy] expiry_warning of notAfter (or past it)
+    ocsp_signer_rotations_total{kind,result}      rotate (Admin RPC) / reload (SIGHUP): ok, refused, unchanged
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from signer.rotation import Rotator
+
+log = logging.getLogger("ocsp-signer")
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(rotator: Rotator) -> str:
+    now = rotator.clock.now()
+    warn = rotator.expiry_warning.total_seconds()
+    lines = []
+    series: dict[str, list[str]] = {
+        "ocsp_signer_responder_generation": [],
+        "ocsp_signer_responder_not_after_seconds": [],
+        "ocsp_signer_responder_expiry_seconds": [],
+        "ocsp_signer_responder_expiring": [],
+    }
+    for r in rotator.current:
+        ca = f'{{ca="{_label(r.name)}"}}'
+        left = (r.not_after - now).total_seconds()
+        series["ocsp_signer_responder_generation"].append(f"{ca} {r.generation}")
+        series["ocsp_signer_responder_not_after_seconds"].append(f"{ca} {int(r.not_after.timestamp())}")
+        series["ocsp_signer_responder_expiry_seconds"].append(f"{ca} {int(left)}")
+        series["ocsp_signer_responder_expiring"].append(f"{ca} {1 if left <= warn else 0}")
+    for name, values in series.items():
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(f"{name}{v}" for v in values)
+    lines.append("# TYPE ocsp_signer_rotations_total counter")
+    for (kind, result), n in sorted(rotator.counts.items()):
+        lines.append(f'ocsp_signer_rotations_total{{kind="{kind}",result="{result}"}} {n}')
+    return "\n".join(lines) + "\n"
+
+
+async def start_metrics(address: str, rotator: Rotator) -> asyncio.AbstractServer:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            target = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+            if head.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics":
+                body, status = render(rotator).encode(), b"200 OK"
+            else:
+                body, status = b"not found\n", b"404 Not Found"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, int(port))
+    log.info("metrics on http://%s/metrics", address)
+    return server

@@ -1,0 +1,493 @@
+"""Responder rotation while the signer runs: renewal (same key, new certificate) and re-keying (a new
+key in the token, new certificate), per CA.
+
+Two triggers, one path:
+
+- ``Rotator.rotate(ca, cert, key_label)`` (the Admin Rotate RPC, ``ocspctl rotate``): checks the
+  candidate, persists it (the certificate to the CA's ``responder.cert`` file, a new ``key_label`` to
+  its ca.d file) so a restart keeps it, then swaps.
+- ``Rotator.reload()`` (SIGHUP): re-reads signer.toml and the ca.d ``[responder]`` tables, checks every
+  responder that changed, and swaps them all, or none (a refused reload changes nothing).
+
+A candidate is accepted only when the token holds its key (same SubjectPublicKeyInfo; for a re-key the
+new label must exist), it is issued by the CA (signature), valid now, and carries id-kp-OCSPSigning
+(or is the CA certificate itself, as the config allows). A refused candidate leaves the current
+responder signing.
+
+The swap is one assignment of ``service.responders`` to a new immutable ``ResponderSet``. Each Sign
+RPC reads that reference once, so a signature in flight finishes with the responder (key label,
+certificate, generation) it started with, and every later one uses the new. Old keys stay in the
+token. Every change gets a new generation (the set's counter plus one), which reaches the frontends
+on each SignReply and through the Watch stream, so they retire answers cached from the old responder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from shared.clock import Clock
+from shared.config import ConfigError
+from shared.rpc import signer_pb2 as pb
+from signer.config import ResponderConfig, SignerConfig, load_signer_config
+from signer.responders import Responder, ResponderSet, load_responder
+from signer.token import Token, TokenError
+
+log = logging.getLogger("ocsp-signer")
+
+EXPIRY_CHECK_INTERVAL = 3600.0  # seconds between expiry checks (each logs expiring responders)
+MAX_KEY_LABEL = 128
+TIME_FMT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class RotationError(Exception):
+    """A refused rotation; ``code`` is the gRPC status the Admin caller gets."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- the candidate check (pure) ----------------------------------------------------------------------
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _canonical_spki(spki_der: bytes) -> bytes | None:
+    try:
+        return load_der_public_key(spki_der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except ValueError:
+        return None
+
+
+def load_certificate_bytes(data: bytes) -> x509.Certificate:
+    """One certificate, PEM or DER. Raises ValueError."""
+    if b"-----BEGIN" in data:
+        certs = x509.load_pem_x509_certificates(data)
+        if len(certs) != 1:
+            raise ValueError(f"{len(certs)} certificates; expected exactly one")
+        return certs[0]
+    return x509.load_der_x509_certificate(data)
+
+
+def candidate_problems(ca: x509.Certificate, cert: x509.Certificate, token_spki: bytes, key_label: str,
+                       now: datetime) -> list[str]:
+    """Why ``cert`` cannot answer for ``ca`` with the token key ``key_label``; empty when it can."""
+    problems: list[str] = []
+    cert_spki = _spki(cert)
+    if _canonical_spki(token_spki) != cert_spki:
+        problems.append(f"its public key (SHA-256 {hashlib.sha256(cert_spki).hexdigest()[:16]}…) is not the "
+                        f"token key {key_label!r} (SHA-256 {hashlib.sha256(token_spki).hexdigest()[:16]}…)")
+    is_ca_itself = cert == ca
+    if not is_ca_itself:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except ValueError:
+            problems.append(f"it is not issued by the CA: its issuer is {cert.issuer.rfc4514_string()}, the CA "
+                            f"is {ca.subject.rfc4514_string()}")
+        except (InvalidSignature, TypeError):
+            problems.append(f"its signature does not verify with the key of the CA "
+                            f"({ca.subject.rfc4514_string()}): it was not issued by this CA")
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now < not_before:
+        problems.append(f"it is not valid yet (notBefore {not_before:{TIME_FMT}})")
+    if now > not_after:
+        problems.append(f"it has expired (notAfter {not_after:{TIME_FMT}})")
+    if not is_ca_itself:
+        try:
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+                problems.append("its extendedKeyUsage lacks id-kp-OCSPSigning (RFC 6960 4.2.2.2)")
+        except x509.ExtensionNotFound:
+            problems.append("it has no extendedKeyUsage with id-kp-OCSPSigning (RFC 6960 4.2.2.2)")
+        except ValueError as e:
+            problems.append(f"its extensions cannot be read: {e}")
+    return problems
+
+
+# -- persisting an RPC rotation ----------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a torn one; the mode of the old file is kept."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_KEY_LABEL_LINE = re.compile(r"""^(\s*key_label\s*=\s*)("(?:[^"\\\n]|\\.)*"|'[^'\n]*')""")
+
+
+def with_key_label(text: str, new_label: str) -> str | None:
+    """``text`` (a ca.d file) with ``[responder] key_label`` set to ``new_label``, comments and layout
+    kept; None when the file is written in a form this edit does not handle (inline or dotted tables).
+    The result is re-parsed: it must differ from the original in that one value only."""
+    lines = text.splitlines(keepends=True)
+    table = ""
+    hits = 0
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            table = stripped.split("#", 1)[0].strip()
+            continue
+        if table == "[responder]":
+            m = _KEY_LABEL_LINE.match(line)
+            if m:
+                lines[i] = m.group(1) + _toml_str(new_label) + line[m.end():]
+                hits += 1
+    if hits != 1:
+        return None
+    out = "".join(lines)
+    try:
+        before, after = tomllib.loads(text), tomllib.loads(out)
+    except tomllib.TOMLDecodeError:
+        return None
+    expected = dict(before)
+    expected["responder"] = dict(before.get("responder", {}), key_label=new_label)
+    return out if after == expected else None
+
+
+# -- the rotator ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RotateResult:
+    responder: Responder
+    notes: tuple[str, ...]
+
+
+class Rotator:
+    """Owns changes to ``service.responders``: RPC rotations, SIGHUP reloads, Watch streams, expiry."""
+
+    def __init__(self, *, service: Any, config: SignerConfig, token: Token, executor: Executor,
+                 clock: Clock, reader: Callable[[Path], SignerConfig] = load_signer_config) -> None:
+        self.service = service  # has a ``responders`` attribute, read once per RPC
+        self.config = config
+        self.token = token
+        self.executor = executor  # the one pkcs11 thread
+        self.clock = clock
+        self.reader = reader
+        self.expiry_warning: timedelta = config.policy.expiry_warning
+        self._lock = asyncio.Lock()
+        self._watchers: set[asyncio.Queue[pb.ResponderState | None]] = set()
+        self._closed = False
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.counts: dict[tuple[str, str], int] = {}  # (kind, result) -> n, for metrics
+
+    @property
+    def current(self) -> ResponderSet:
+        return self.service.responders  # type: ignore[no-any-return]
+
+    def _count(self, kind: str, result: str) -> None:
+        self.counts[(kind, result)] = self.counts.get((kind, result), 0) + 1
+
+    # -- RPC rotation ----------------------------------------------------------------------------------
+    async def rotate(self, ca_name: str, cert_data: bytes, key_label: str = "") -> RotateResult:
+        async with self._lock:
+            try:
+                result = await self._rotate(ca_name, cert_data, key_label)
+            except RotationError as e:
+                self._count("rotate", "refused")
+                log.error("rotation of CA %r refused: %s", ca_name, e.message)
+                raise
+            self._count("rotate", "ok")
+            return result
+
+    async def _rotate(self, ca_name: str, cert_data: bytes, key_label: str) -> RotateResult:
+        current = self.current
+        old = next((r for r in current if r.name == ca_name), None)
+        rc = next((c for c in self.config.responders if c.name == ca_name), None)
+        if old is None or rc is None:
+            known = ", ".join(repr(r.name) for r in current) or "none"
+            raise RotationError(grpc.StatusCode.NOT_FOUND, f"no CA named {ca_name!r} (configured: {known})")
+        try:
+            cert = load_certificate_bytes(cert_data)
+        except ValueError as e:
+            raise RotationError(grpc.StatusCode.INVALID_ARGUMENT, f"not a PEM or DER certificate: {e}") from None
+        label = key_label or old.key_label
+        if len(label) > MAX_KEY_LABEL or not label.isprintable():
+            raise RotationError(grpc.StatusCode.INVALID_ARGUMENT, "key_label: not a printable label of "
+                                f"1..{MAX_KEY_LABEL} characters")
+        new_rc = dataclasses.replace(rc, cert=cert.public_bytes(Encoding.DER), key_label=label)
+        if new_rc.cert == rc.cert and label == rc.key_label:
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"CA {ca_name!r} already uses this certificate and key {label!r}")
+        responder = await self._checked(new_rc, current.generation + 1)
+        notes = await asyncio.get_running_loop().run_in_executor(None, self._persist, rc, new_rc)
+        self._swap([new_rc], [responder], f"rotation of {ca_name!r} (Admin RPC)")
+        return RotateResult(responder, tuple(notes))
+
+    async def _checked(self, rc: ResponderConfig, generation: int) -> Responder:
+        """The Responder for ``rc`` after the candidate check; RotationError saying why not."""
+        loop = asyncio.get_running_loop()
+        try:
+            token_spki = await loop.run_in_executor(self.executor, self.token.public_key, rc.key_label)
+            has_key = getattr(self.token, "has_key", None)
+            if has_key is not None and not await loop.run_in_executor(self.executor, has_key, rc.key_label):
+                raise TokenError(f"no private key labelled {rc.key_label!r} in the token")
+        except TokenError as e:
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"refusing the new responder of CA {rc.name!r}: {e}") from None
+        ca = x509.load_der_x509_certificate(rc.ca_cert)
+        cert = x509.load_der_x509_certificate(rc.cert)
+        problems = candidate_problems(ca, cert, token_spki, rc.key_label, self.clock.now())
+        if problems:
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"refusing the new responder certificate of CA {rc.name!r} "
+                                f"(serial {cert.serial_number:X}): " + "; ".join(problems))
+        try:
+            return await loop.run_in_executor(self.executor, load_responder, rc, self.token, generation)
+        except ConfigError as e:
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION, e.message) from None
+        except TokenError as e:
+            raise RotationError(grpc.StatusCode.UNAVAILABLE, f"token: {e}") from None
+
+    @staticmethod
+    def _persist(old: ResponderConfig, new: ResponderConfig) -> list[str]:
+        """Write the new certificate (and key label) where the config names them. Blocking."""
+        if old.cert_path is None:
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"the responder.cert path of CA {old.name!r} is not known; not rotating")
+        if old.cert == old.ca_cert:
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{old.file}: responder.cert is the CA certificate itself; give the responder "
+                                "its own certificate file (edit the ca.d file and send SIGHUP)")
+        cert_path = old.cert_path
+        try:
+            pem_file = b"-----BEGIN" in cert_path.read_bytes()
+        except OSError:
+            pem_file = True
+        cert = x509.load_der_x509_certificate(new.cert)
+        data = cert.public_bytes(Encoding.PEM if pem_file else Encoding.DER)
+        ca_text: str | None = None
+        if new.key_label != old.key_label:
+            try:
+                ca_text = with_key_label(old.file.read_text(), new.key_label)
+            except OSError as e:
+                ca_text = None
+                why = e.strerror or str(e)
+            else:
+                why = "responder.key_label is not a plain key = \"value\" line in the [responder] table"
+            if ca_text is None:
+                raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"cannot update {old.file} ({why}); edit responder.cert and "
+                                    f"responder.key_label there and send SIGHUP instead")
+        notes = []
+        try:
+            write_atomic(cert_path, data)
+            notes.append(f"wrote the new responder certificate to {cert_path}")
+            if ca_text is not None:
+                write_atomic(old.file, ca_text.encode())
+                notes.append(f"set responder.key_label = {new.key_label!r} in {old.file}")
+        except OSError as e:
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"cannot write {e.filename or cert_path}: {e.strerror or e}; nothing was "
+                                "switched (the running responder would not survive a restart). Fix the "
+                                "permissions, or install the files yourself and send SIGHUP") from None
+        return notes
+
+    # -- SIGHUP reload ---------------------------------------------------------------------------------
+    async def reload(self) -> bool:
+        """Re-read the config; swap every changed responder after checking it, or none. True if swapped."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            try:
+                new_config = await loop.run_in_executor(None, self.reader, self.config.file)
+            except ConfigError as e:
+                self._count("reload", "refused")
+                log.error("SIGHUP: reload refused, responders unchanged: %s", e)
+                return False
+            old_rcs = {rc.name: rc for rc in self.config.responders}
+            current = {r.name: r for r in self.current}
+            generation = self.current.generation + 1
+            changed: list[ResponderConfig] = []
+            problems: list[str] = []
+            built: dict[str, Responder] = {}
+            for rc in new_config.responders:
+                if old_rcs.get(rc.name) == rc and rc.name in current:
+                    continue
+                try:
+                    built[rc.name] = await self._checked(rc, generation)
+                    changed.append(rc)
+                except RotationError as e:
+                    problems.append(f"{rc.file}: {e.message}")
+            removed = sorted(set(current) - {rc.name for rc in new_config.responders})
+            if problems:
+                self._count("reload", "refused")
+                for p in problems:
+                    log.error("SIGHUP: %s", p)
+                log.error("SIGHUP: reload refused (%d problem%s), responders unchanged (generation %d)",
+                          len(problems), "" if len(problems) == 1 else "s", self.current.generation)
+                return False
+            outside = dataclasses.replace(new_config, responders=self.config.responders) != self.config
+            if outside:
+                log.warning("SIGHUP: only the ca.d [responder] tables are reloaded; other changes in %s "
+                            "(listen, token, policy, admin, ...) need a restart", self.config.file)
+            if not changed and not removed:
+                self._count("reload", "unchanged")
+                log.info("SIGHUP: responders unchanged (generation %d)", self.current.generation)
+                return False
+            order = [rc.name for rc in new_config.responders]
+            responders = [built.get(name) or current[name] for name in order]
+            self.config = dataclasses.replace(self.config, responders=new_config.responders)
+            what = ", ".join([*(repr(rc.name) for rc in changed), *(f"{n!r} removed" for n in removed)])
+            self._install(ResponderSet.of(responders, generation), f"SIGHUP reload ({what})")
+            self._count("reload", "ok")
+            return True
+
+    # -- the swap ----------------------------------------------------------------------------------------
+    def _swap(self, rcs: list[ResponderConfig], responders: list[Responder], why: str) -> None:
+        by_name = {r.name: r for r in responders}
+        new_set = ResponderSet.of([by_name.get(r.name, r) for r in self.current],
+                                  max(r.generation for r in responders))
+        names = {rc.name for rc in rcs}
+        self.config = dataclasses.replace(
+            self.config, responders=tuple(next(n for n in rcs if n.name == rc.name) if rc.name in names else rc
+                                          for rc in self.config.responders))
+        self._install(new_set, why)
+
+    def _install(self, new_set: ResponderSet, why: str) -> None:
+        old = {r.name: r for r in self.current}
+        self.service.responders = new_set  # the switch: one reference assignment
+        for r in new_set:
+            o = old.get(r.name)
+            if o is not None and o is r:
+                continue
+            log.info("%s: CA %r now signs with responder generation %d (was %s): key %r, certificate "
+                     "SHA-256 %s, valid %s to %s", why, r.name, r.generation,
+                     o.generation if o is not None else "none", r.key_label, r.fingerprint,
+                     f"{r.not_before:{TIME_FMT}}", f"{r.not_after:{TIME_FMT}}")
+        self._notify()
+        self.check_expiry()
+
+    # -- Watch ---------------------------------------------------------------------------------------------
+    def state(self) -> pb.ResponderState:
+        rs = self.current
+        return pb.ResponderState(generation=rs.generation, issuers=[
+            pb.IssuerGeneration(name=r.name, issuer_sha256=hashlib.sha256(r.issuer_cert).digest(),
+                                generation=r.generation, responder_fingerprint=r.fingerprint)
+            for r in rs])
+
+    def _notify(self) -> None:
+        state = self.state()
+        for q in self._watchers:
+            _replace(q, state)
+
+    async def watch(self) -> AsyncIterator[pb.ResponderState]:
+        """The current state, then the whole state after each change, until ``close()``."""
+        q: asyncio.Queue[pb.ResponderState | None] = asyncio.Queue(maxsize=1)
+        if self._closed:
+            return
+        self._watchers.add(q)
+        try:
+            yield self.state()
+            while True:
+                item = await q.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            self._watchers.discard(q)
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    # -- expiry --------------------------------------------------------------------------------------------
+    def check_expiry(self) -> list[Responder]:
+        """Log every responder certificate that expires within ``expiry_warning`` (or has expired)."""
+        now = self.clock.now()
+        expiring = []
+        for r in self.current:
+            left = r.not_after - now
+            if left <= timedelta(0):
+                log.error("responder certificate of CA %r expired at %s: its requests fail (tryLater) until "
+                          "it is rotated (ocspctl rotate)", r.name, f"{r.not_after:{TIME_FMT}}")
+                expiring.append(r)
+            elif left <= self.expiry_warning:
+                log.warning("responder certificate of CA %r expires in %s (at %s), within the expiry_warning "
+                            "of %s: rotate it (ocspctl rotate)", r.name, _days(left),
+                            f"{r.not_after:{TIME_FMT}}", _days(self.expiry_warning))
+                expiring.append(r)
+        return expiring
+
+    def start(self) -> None:
+        self.check_expiry()
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expiry_loop(), name="expiry-check")
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            self.check_expiry()
+
+    def close(self) -> None:
+        """End every Watch stream (the signer is stopping) and the expiry checks."""
+        self._closed = True
+        for q in self._watchers:
+            _replace(q, None)
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+
+
+def _replace(q: asyncio.Queue[Any], item: Any) -> None:
+    """Put ``item``, dropping an undelivered older state: each state is complete, the latest suffices."""
+    while True:
+        try:
+            q.put_nowait(item)
+            return
+        except asyncio.QueueFull:
+            try:
+                q.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+
+
+def _days(d: timedelta) -> str:
+    seconds = int(d.total_seconds())
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
