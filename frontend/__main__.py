@@ -18,6 +18,7 @@ from frontend.cache import ResponseCache
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
 from frontend.server import CaEntry, FrontendServer, OcspApp
 from frontend.signer_client import SignerClient
+from frontend.watch import ResponderWatch
 from frontend.status.base import FileStatusSource, StatusDataError
 from frontend.status.crl import CrlSource
 from frontend.status.index_txt import IndexTxtSource
@@ -66,7 +67,10 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     else:
         log.info("gRPC to the signer (%s) over mTLS: signer CA %s, client certificate %s",
                  ", ".join(cfg.signer.addresses), cfg.signer.tls.ca, cfg.signer.tls.cert)
-    cache = ResponseCache(cfg.cache.max_entries, cfg.cache.max_age.total_seconds())
+    cache = ResponseCache(cfg.cache.max_entries, cfg.cache.max_age.total_seconds(),
+                          rotation_grace=cfg.cache.rotation_grace.total_seconds())
+    responder_watch = ResponderWatch(signer.channels(), cache, [(ca.name, ca.ca_cert_der) for ca in cfg.cas])
+    responder_watch.start()
     app = OcspApp(issuers=issuers, signer=signer, cache=cache, listen=cfg.listen)
     server = FrontendServer(app, cfg.listen)
     host, port = await server.start()
@@ -99,6 +103,7 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
         for t in [*watchers, *reloads]:
             t.cancel()
         await asyncio.gather(*watchers, *reloads, return_exceptions=True)
+        await responder_watch.stop()
         await signer.close()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

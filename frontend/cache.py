@@ -6,7 +6,10 @@ spellings of the same request (another base64 padding, another hash algorithm) a
 each misses once.
 
 An entry lives until min(nextUpdate, thisUpdate + max_age) and is dropped when its CA's status data
-reloads, or when the signer reports a new responder generation for that CA. The size is bounded:
+reloads, or, ``rotation_grace`` seconds after the frontend learns that the CA's responder was replaced
+(a new generation on a SignReply or on the signer's Watch stream), when an older responder signed it.
+Until then it is still served: the old responder's answers stay valid for clients. Answers signed by a
+retired responder that arrive late (signed before the switch) are not cached. The size is bounded:
 at the limit the oldest insertion goes (FIFO, which for entries of similar lifetimes is close to
 LRU and costs nothing on a hit).
 """
@@ -25,15 +28,21 @@ class Entry:
     expires: float  # epoch seconds: the entry is not served at or after this
     next_update: int  # epoch seconds: nextUpdate of the answer (for HTTP max-age)
     ca: str
+    generation: int = 0  # the responder generation that signed it (0: not told)
 
 
 class ResponseCache:
-    def __init__(self, max_entries: int, max_age: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, max_entries: int, max_age: float, clock: Callable[[], float] = time.time,
+                 rotation_grace: float = 0.0) -> None:
         self.max_entries = max_entries
         self.max_age = max_age
         self.clock = clock
+        self.rotation_grace = rotation_grace
         self._entries: dict[bytes, Entry] = {}
         self._generations: dict[str, int] = {}
+        # CA -> when its entries from older responders go; _next_retire is the earliest of those.
+        self._retire_at: dict[str, float] = {}
+        self._next_retire = float("inf")
         self.hits = 0
         self.misses = 0
 
@@ -45,7 +54,15 @@ class ResponseCache:
         if entry is None:
             self.misses += 1
             return None
-        if (self.clock() if now is None else now) >= entry.expires:
+        if now is None:
+            now = self.clock()
+        if now >= self._next_retire:
+            self._retire_due(now)
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+        if now >= entry.expires:
             self._entries.pop(key, None)
             self.misses += 1
             return None
@@ -56,7 +73,9 @@ class ResponseCache:
             generation: int | None = None, now: float | None = None) -> Entry | None:
         """Store an answer; returns the entry, or None when it would expire at once."""
         if generation is not None:
-            self.note_generation(ca, generation)
+            self.note_generation(ca, generation, now=now)
+            if generation != self._generations.get(ca):
+                return None  # signed by a responder that has since been replaced
         if self.max_entries <= 0:
             return None
         expires = min(float(next_update), this_update + self.max_age)
@@ -66,17 +85,59 @@ class ResponseCache:
         if key not in entries:
             while len(entries) >= self.max_entries:
                 entries.pop(next(iter(entries)))
-        entry = Entry(der, headers, expires, next_update, ca)
+        entry = Entry(der, headers, expires, next_update, ca, generation or 0)
         entries[key] = entry
         return entry
 
-    def note_generation(self, ca: str, generation: int) -> None:
-        """The signer signed for ``ca`` with responder ``generation``; a change drops that CA's answers."""
+    def note_generation(self, ca: str, generation: int, now: float | None = None) -> None:
+        """A SignReply for ``ca`` came from responder ``generation``. A newer one than known means the
+        responder was replaced: answers of older ones go after the grace. An older one is an answer
+        signed before a switch we already know of, and changes nothing."""
         old = self._generations.get(ca)
-        if old != generation:
+        if old is None:
             self._generations[ca] = generation
-            if old is not None:
-                self.invalidate(ca)
+        elif generation > old:
+            self._changed(ca, generation, now)
+
+    def set_generation(self, ca: str, generation: int, now: float | None = None) -> None:
+        """The signer's own word (Watch) on ``ca``'s current responder generation. Authoritative, even
+        when lower than what we knew (a restarted signer counts from 1 again)."""
+        old = self._generations.get(ca)
+        if old is None:
+            self._generations[ca] = generation
+        elif generation != old:
+            self._changed(ca, generation, now)
+
+    def generation(self, ca: str) -> int | None:
+        return self._generations.get(ca)
+
+    def _changed(self, ca: str, generation: int, now: float | None) -> None:
+        self._generations[ca] = generation
+        if now is None:
+            now = self.clock()
+        if self.rotation_grace <= 0:
+            self._retire(ca, generation)
+            return
+        self._retire_at.setdefault(ca, now + self.rotation_grace)
+        self._next_retire = min(self._retire_at.values())
+
+    def _retire(self, ca: str, generation: int) -> int:
+        before = len(self._entries)
+        self._entries = {k: e for k, e in self._entries.items() if e.ca != ca or e.generation == generation}
+        return before - len(self._entries)
+
+    def _retire_due(self, now: float) -> None:
+        for ca, when in list(self._retire_at.items()):
+            if when <= now:
+                del self._retire_at[ca]
+                self._retire(ca, self._generations[ca])
+        self._next_retire = min(self._retire_at.values(), default=float("inf"))
+
+    def retire_due(self, now: float | None = None) -> None:
+        """Drop the answers whose grace has run out (``get`` does this too, on its way)."""
+        now = self.clock() if now is None else now
+        if now >= self._next_retire:
+            self._retire_due(now)
 
     def invalidate(self, ca: str | None = None) -> int:
         """Drop the answers of ``ca`` (all when None); returns how many went."""

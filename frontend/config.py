@@ -64,6 +64,9 @@ class CacheConfig:
     max_entries: int = 10000
     # An entry lives until min(nextUpdate, thisUpdate + max_age); also caps HTTP max-age.
     max_age: timedelta = timedelta(hours=1)
+    # After the signer replaces a CA's responder (rotation), cached answers signed by the old one are
+    # still served this long, then dropped; 0 = at once. A few seconds spreads the re-signing load.
+    rotation_grace: timedelta = timedelta(seconds=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,7 @@ def _cache(sec: Section) -> CacheConfig:
     return CacheConfig(
         max_entries=sec.int("max_entries", d.max_entries, minimum=0, maximum=10_000_000),
         max_age=sec.duration("max_age", d.max_age, minimum=timedelta(seconds=1)),
+        rotation_grace=sec.duration("rotation_grace", d.rotation_grace, maximum=timedelta(hours=1)),
     )
 
 

@@ -208,7 +208,8 @@ class OcspApp:
                   + b"".join(f"{k}: {v}\r\n".encode() for k, v in ohttp.validator_headers(body, tu, nu)))
         self.cache.note_generation(ca.name, result.generation)
         if key is not None and source.generation == generation:
-            self.cache.put(key, body, static, ca=ca.name, this_update=tu, next_update=nu)
+            self.cache.put(key, body, static, ca=ca.name, this_update=tu, next_update=nu,
+                           generation=result.generation)
         entry = Entry(body, static, 0.0, nu, ca.name)
         return body, self.hit_headers(entry, self.cache.clock())
 

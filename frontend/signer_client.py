@@ -121,6 +121,11 @@ class SignerClient:
                 self._channels.append(ch)
                 self._stubs.append(signer_pb2_grpc.SignerStub(ch))
 
+    def channels(self) -> list[tuple[str, aio.Channel]]:
+        """(address, channel) pairs, made on first use; frontend.watch streams over the same ones."""
+        self._ensure()
+        return list(zip(self.addresses, self._channels))
+
     async def sign(self, statuses: Sequence[SingleStatus], nonce: bytes | None) -> SignResult:
         """Have the signer sign ``statuses``; raises TryLater / Unauthorized / InternalError."""
         self._ensure()
