@@ -7,6 +7,8 @@
     ocspctl demo setup   --dir D [--http-port 2560] [--signer-address 127.0.0.1:50051] [--crl-refresh]
     ocspctl demo revoke  --dir D --ca rsa|ec --serial HEX [--reason keyCompromise]
     ocspctl demo serve   --dir D
+    ocspctl demo reissue-responder --dir D --ca rsa|ec [--rekey]
+    ocspctl rotate       --ca NAME --cert FILE [--key-label LABEL] [--config signer.toml | --socket PATH]
 
 PINs never appear on the command line: they come from a file (--pin-file) or an environment
 variable (--pin-env), and reach softhsm2-util through a pseudo-terminal, not its argv.
@@ -888,6 +890,9 @@ pin_file = {_toml_str(d / "token.pin")}
 max_validity = "7d"
 max_clock_skew = "5m"
 
+[admin]
+socket = {_toml_str(d / "run" / "admin.sock")}
+
 [audit]
 dir = {_toml_str(d / "audit")}
 key_label = {_toml_str(DEMO_AUDIT_LABEL)}
@@ -906,7 +911,10 @@ max_request_bytes = 10000
 [signer]
 address = {_toml_str(signer_address)}
 timeout = "2s"
-{frontend_tls}""",
+{frontend_tls}
+[cache]
+rotation_grace = "2s"
+""",
     }
     for spec in DEMO_CAS.values():
         ca_dir = d / spec.dir_name
@@ -1365,6 +1373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, required=True, help="demo directory")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each to be ready (30)")
     p.set_defaults(func=cmd_demo_serve)
+
+    from signer.rotate_cli import add_parsers
+
+    add_parsers(sub, demo)  # rotate, demo reissue-responder
     return parser
 
 
