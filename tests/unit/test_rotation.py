@@ -1,0 +1,248 @@
+"""signer.rotation with a fake token (software keys): the candidate check, RPC rotation (renewal and
+re-key, persisted), SIGHUP reloads (all or nothing), Watch states; and the frontend cache's grace."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from frontend.cache import ResponseCache
+from shared.clock import FakeClock
+from signer.admin import AdminService
+from signer.config import load_signer_config
+from signer.responders import load_responders
+from signer.rotation import RotationError, Rotator, candidate_problems, with_key_label
+from tests.unit.test_signer_service import NOW, Ca, make_ca, make_cert, new_key, token_for, write_setup
+
+
+def spki(key: Any) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def renewal(ca: Ca, **kw: Any) -> x509.Certificate:
+    """A new certificate for the CA's current responder key."""
+    kw.setdefault("eku", [ExtendedKeyUsageOID.OCSP_SIGNING])
+    return make_cert(f"{ca.name} OCSP 2", ca.responder_key, ca.cert, ca.key, ca=False, **kw)
+
+
+# -- the candidate check ------------------------------------------------------------------------------
+
+
+def test_candidate_problems() -> None:
+    a, b = make_ca("a"), make_ca("b")
+    good = renewal(a)
+    key = spki(a.responder_key)
+    assert candidate_problems(a.cert, good, key, "k", NOW) == []
+    assert candidate_problems(a.cert, a.cert, spki(a.key), "k", NOW) == []  # the CA itself answers
+    cases = {
+        "is not the token key": candidate_problems(a.cert, good, spki(new_key("p256")), "k", NOW),
+        "not issued by the CA": candidate_problems(b.cert, good, key, "k", NOW),
+        "has expired": candidate_problems(a.cert, renewal(a, not_after=NOW - timedelta(seconds=1)), key, "k", NOW),
+        "not valid yet": candidate_problems(a.cert, good, key, "k", NOW - timedelta(days=31)),
+        "lacks id-kp-OCSPSigning": candidate_problems(
+            a.cert, renewal(a, eku=[ExtendedKeyUsageOID.SERVER_AUTH]), key, "k", NOW),
+        "no extendedKeyUsage": candidate_problems(a.cert, renewal(a, eku=None), key, "k", NOW),
+    }
+    for expected, problems in cases.items():
+        assert len(problems) == 1 and expected in problems[0], (expected, problems)
+
+
+def test_with_key_label_keeps_the_rest() -> None:
+    text = '# the CA\nname = "x"\n[responder]\ncert = "r.pem"  # here\nkey_label = "old" # key\n[status]\n' \
+           'key_label = "not this one"\n'
+    out = with_key_label(text, 'new "one"')
+    assert out == text.replace('key_label = "old"', 'key_label = "new \\"one\\""')
+    assert with_key_label('responder.key_label = "old"\n', "new") is None  # dotted keys: not edited
+
+
+# -- the rotator ------------------------------------------------------------------------------------------
+
+
+class Env:
+    def __init__(self, tmp: Path, *cas: Ca) -> None:
+        self.cas = list(cas)
+        self.conf = write_setup(tmp, self.cas)
+        self.config = load_signer_config(self.conf)
+        self.token = token_for(*cas)
+        self.clock = FakeClock(NOW)
+        self.service = types.SimpleNamespace(responders=load_responders(self.config, self.token))
+        self.executor = ThreadPoolExecutor(1)
+        self.rotator = Rotator(service=self.service, config=self.config, token=self.token,
+                               executor=self.executor, clock=self.clock)
+
+    def responder(self, name: str) -> Any:
+        return next(r for r in self.service.responders if r.name == name)
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run(coro)
+
+
+def test_rotate_renewal_swaps_and_persists(tmp_path: Path) -> None:
+    a, b = make_ca("alpha"), make_ca("beta")
+    env = Env(tmp_path, a, b)
+    before = env.service.responders
+    new = renewal(a)
+
+    async def scenario() -> Any:
+        states = []
+        watch = env.rotator.watch()
+        states.append(await watch.__anext__())
+        result = await env.rotator.rotate("alpha", new.public_bytes(serialization.Encoding.PEM))
+        states.append(await watch.__anext__())
+        env.rotator.close()
+        async for s in watch:
+            states.append(s)
+        return result, states
+
+    result, states = env.run(scenario())
+    r = env.responder("alpha")
+    assert r is result.responder and r.cert == der(new) and r.generation == 2
+    assert r.key_label == a.key_label
+    assert env.responder("beta") is next(x for x in before if x.name == "beta")  # untouched, same generation 1
+    assert env.service.responders.generation == 2
+    # The set a Sign in flight read is unchanged: it finishes with the old certificate.
+    assert next(x for x in before if x.name == "alpha").cert == der(a.responder_cert)
+    assert (tmp_path / "alpha" / "responder.der").read_bytes() == der(new)  # DER file stays DER
+    assert [[(i.name, i.generation) for i in s.issuers] for s in states] == [
+        [("alpha", 1), ("beta", 1)], [("alpha", 2), ("beta", 1)]]
+    assert env.rotator.watchers == 0
+
+
+def test_rotate_rekey_updates_the_ca_file(tmp_path: Path) -> None:
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    key2 = new_key("p384")
+    env.token.keys["alpha-responder-2"] = key2
+    cert = make_cert("alpha OCSP p384", key2, a.cert, a.key, ca=False, eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
+    result = env.run(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))
+    r = env.responder("alpha")
+    assert r.key_label == "alpha-responder-2" and r.algorithm.value == "sha384_ecdsa"
+    assert any("key_label" in n for n in result.notes)
+    # What is on disk loads to the same responder: a restart does not roll back.
+    again = load_signer_config(env.conf).responders[0]
+    assert again.key_label == "alpha-responder-2" and again.cert == der(cert)
+
+
+@pytest.mark.parametrize("kind,code,text", [
+    ("unknown_ca", grpc.StatusCode.NOT_FOUND, "no CA named"),
+    ("garbage", grpc.StatusCode.INVALID_ARGUMENT, "not a PEM or DER certificate"),
+    ("no_such_key", grpc.StatusCode.FAILED_PRECONDITION, "no public key labelled"),
+    ("wrong_key", grpc.StatusCode.FAILED_PRECONDITION, "is not the token key"),
+    ("other_ca", grpc.StatusCode.FAILED_PRECONDITION, "not issued by"),
+    ("expired", grpc.StatusCode.FAILED_PRECONDITION, "has expired"),
+    ("no_ocsp_signing", grpc.StatusCode.FAILED_PRECONDITION, "id-kp-OCSPSigning"),
+    ("same", grpc.StatusCode.FAILED_PRECONDITION, "already uses"),
+])
+def test_rotate_refused_keeps_the_old_responder(tmp_path: Path, kind: str, code: grpc.StatusCode,
+                                                text: str) -> None:
+    a, b = make_ca("alpha"), make_ca("beta")
+    env = Env(tmp_path, a, b)
+    before = env.service.responders
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cert = {
+        "wrong_key": lambda: make_cert("x", new_key("p256"), a.cert, a.key, ca=False,
+                                       eku=[ExtendedKeyUsageOID.OCSP_SIGNING]),
+        "other_ca": lambda: make_cert("x", a.responder_key, b.cert, b.key, ca=False,
+                                      eku=[ExtendedKeyUsageOID.OCSP_SIGNING]),
+        "expired": lambda: renewal(a, not_after=NOW - timedelta(hours=1)),
+        "no_ocsp_signing": lambda: renewal(a, eku=[ExtendedKeyUsageOID.CLIENT_AUTH]),
+        "same": lambda: a.responder_cert,
+    }.get(kind, lambda: renewal(a))()
+    data = b"not a certificate" if kind == "garbage" else der(cert)
+    with pytest.raises(RotationError) as info:
+        env.run(env.rotator.rotate("nope" if kind == "unknown_ca" else "alpha", data,
+                                   "missing" if kind == "no_such_key" else ""))
+    assert info.value.code == code and text in info.value.message, info.value.message
+    assert env.service.responders is before
+    assert {p: p.read_bytes() for p in files} == files
+    assert env.rotator.counts[("rotate", "refused")] == 1
+
+
+def test_reload_swaps_changed_responders_only(tmp_path: Path) -> None:
+    a, b = make_ca("alpha"), make_ca("beta")
+    env = Env(tmp_path, a, b)
+    beta = env.responder("beta")
+    assert env.run(env.rotator.reload()) is False  # nothing changed
+    new = renewal(a)
+    (tmp_path / "alpha" / "responder.der").write_bytes(der(new))
+    assert env.run(env.rotator.reload()) is True
+    assert env.responder("alpha").cert == der(new) and env.responder("alpha").generation == 2
+    assert env.responder("beta") is beta
+
+
+def test_reload_is_all_or_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    a, b = make_ca("alpha"), make_ca("beta")
+    env = Env(tmp_path, a, b)
+    before = env.service.responders
+    (tmp_path / "alpha" / "responder.der").write_bytes(der(renewal(a)))  # good
+    (tmp_path / "beta" / "responder.der").write_bytes(der(renewal(b, not_after=NOW - timedelta(days=1))))  # bad
+    assert env.run(env.rotator.reload()) is False
+    assert env.service.responders is before
+    assert "has expired" in caplog.text and "reload refused" in caplog.text
+    (tmp_path / "beta" / "responder.der").write_bytes(b"garbage")  # a config error: refused as a whole
+    assert env.run(env.rotator.reload()) is False and env.service.responders is before
+
+
+def test_expiry_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env = Env(tmp_path, make_ca("alpha", responder_not_after=NOW + timedelta(days=10)), make_ca("beta"))
+    assert [r.name for r in env.rotator.check_expiry()] == ["alpha"]
+    assert "expires in 10.0 days" in caplog.text
+    env.clock.advance(timedelta(days=11))
+    assert [r.name for r in env.rotator.check_expiry()] == ["alpha"]
+    assert "expired at" in caplog.text
+
+
+def test_admin_needs_the_socket_or_an_allowed_identity(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_ca("alpha"))
+    ctx: Any = None
+    assert AdminService(env.rotator, trusted=True)._who(ctx) == "admin socket"
+    assert AdminService(env.rotator, trusted=False, identity=lambda c: ("cn:ocsp-admin",))._who(ctx) is None
+    frontend = AdminService(env.rotator, trusted=False, allowed_clients=["cn:ocsp-admin"],
+                            identity=lambda c: ("cn:ocsp-frontend", "spki:00"))
+    assert frontend._who(ctx) is None
+    admin = AdminService(env.rotator, trusted=False, allowed_clients=["cn:ocsp-admin"],
+                         identity=lambda c: ("cn:ocsp-admin",))
+    assert admin._who(ctx) == "client cn:ocsp-admin"
+
+
+# -- the frontend cache's side -----------------------------------------------------------------------------
+
+
+def put(c: ResponseCache, key: bytes, gen: int, now: float = 1000) -> Any:
+    return c.put(key, b"der", b"", ca="a", this_update=1000, next_update=9000, generation=gen, now=now)
+
+
+def test_cache_retires_old_responders_after_the_grace() -> None:
+    c = ResponseCache(10, max_age=10**6, rotation_grace=2.0)
+    put(c, b"k1", 1)
+    put(c, b"k2", 1)
+    c.set_generation("a", 2, now=1000)  # Watch: the responder was replaced
+    assert c.get(b"k1", now=1001.9) is not None  # still served within the grace
+    assert put(c, b"k3", 1, now=1001) is None  # signed by the old one before the switch: not cached
+    put(c, b"k2", 2, now=1001)  # re-signed by the new responder
+    assert c.get(b"k1", now=1002) is None and c.get(b"k2", now=1002) is not None
+    c.note_generation("a", 1, now=1003)  # a late reply of the old responder changes nothing
+    assert c.generation("a") == 2 and c.get(b"k2", now=1003) is not None
+    c.set_generation("a", 1, now=1004)  # a restarted signer counts from 1 again: authoritative
+    assert c.get(b"k2", now=1006) is None
+
+
+def test_cache_grace_zero_is_immediate() -> None:
+    c = ResponseCache(10, max_age=10**6, rotation_grace=0)
+    put(c, b"k1", 1)
+    c.note_generation("a", 2, now=1000)
+    assert c.get(b"k1", now=1000) is None
