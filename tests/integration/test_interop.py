@@ -30,7 +30,8 @@ TIMEOUT = 60
 
 
 def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, **kw)  # type: ignore[call-overload]
+    return subprocess.run(argv, capture_output=True, text=True,  # type: ignore[call-overload]
+                          timeout=TIMEOUT, **kw)
 
 
 def need(program: str) -> None:
@@ -80,7 +81,8 @@ def test_gnutls_ocsptool_trust_anchor_and_signer(demo: Demo, frontend: Process, 
     saved = tmp_path / "resp.der"
     r = ocsptool_ask(demo, ca, "revoked", nonce=True, extra=["--load-trust", str(demo.path(ca, "ca.pem")),
                                                                "--outfile", str(saved)])
-    assert r.returncode == 0 and "Verifying OCSP Response: Success." in r.stdout + r.stderr, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Verifying OCSP Response: Success." in out, out
     assert ocsp.load_der_ocsp_response(saved.read_bytes()).certificate_status == ocsp.OCSPCertStatus.REVOKED
 
     for option, cert in (("--load-trust", demo.path(ca, "ca.pem")),
@@ -109,7 +111,8 @@ def nssdb(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> str:
     assert r.returncode == 0, r.stderr
     for ca in CAS:
         # 'T' (trusted to issue client certificates) is what usage 0 (SSL client) needs; 'C' for the rest.
-        r = run(["certutil", "-A", "-d", db, "-n", ca, "-t", "CT,C,C", "-a", "-i", str(demo.path(ca, "ca.pem"))])
+        r = run(["certutil", "-A", "-d", db, "-n", ca, "-t", "CT,C,C", "-a",
+                 "-i", str(demo.path(ca, "ca.pem"))])
         assert r.returncode == 0, r.stderr
     return db
 
@@ -190,7 +193,8 @@ def _validate(demo: Demo, ca: str, which: str, *, certid_hash: str, nonce: bool)
             vc = ValidationContext(trust_roots=[root], allow_fetching=True, revocation_mode="hard-fail",
                                    fetchers=fetchers)
             try:
-                await CertificateValidator(leaf, validation_context=vc).async_validate_usage({"digital_signature"})
+                validator = CertificateValidator(leaf, validation_context=vc)
+                await validator.async_validate_usage({"digital_signature"})
             except Exception as e:  # noqa: BLE001 - returned for the test to judge
                 return e
             assert vc.ocsps, "validated without an OCSP response"
