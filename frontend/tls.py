@@ -77,8 +77,9 @@ def load_signer_tls(sec: Section, addresses: tuple[str, ...], address_key: str) 
             raise sec.error("server_name", "only with tls_ca, tls_cert and tls_key")
         remote = [a for a in addresses if not is_local_address(a)]
         if remote:
-            raise sec.error(address_key, f"{remote[0]} is not a unix socket or loopback address: plaintext gRPC "
-                                         "to the signer is refused; set tls_ca, tls_cert and tls_key (mTLS)")
+            raise sec.error(address_key, f"{remote[0]} is not a unix socket or loopback address: "
+                                         "plaintext gRPC to the signer is refused; set tls_ca, tls_cert "
+                                         "and tls_key (mTLS)")
         return None
     missing = [k for k in TLS_KEYS if k not in given]
     if missing:

@@ -113,7 +113,8 @@ def check_private_key(key_pem: bytes, cert: x509.Certificate, what: str) -> None
     if b"-----BEGIN" not in key_pem or b"PRIVATE KEY-----" not in key_pem:
         raise ValueError(f"{what} holds no PEM private key")
     if b"ENCRYPTED" in key_pem:
-        raise ValueError(f"{what} is encrypted; gRPC needs an unencrypted key (protect it by file permissions)")
+        raise ValueError(f"{what} is encrypted; gRPC needs an unencrypted key (protect it by file "
+                         "permissions)")
     try:
         key = load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as e:

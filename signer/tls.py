@@ -115,8 +115,8 @@ class ClientAuthInterceptor(aio.ServerInterceptor):
         assert peer is not None
         version = (auth.get("ssl_tls_version") or [b"?"])[0]
         if version != REQUIRED_TLS_VERSION:
-            log.warning("refused %s from %s (%s): %s, TLS 1.3 is required", method, peer_addr, peer.describe(),
-                        version.decode(errors="replace"))
+            log.warning("refused %s from %s (%s): %s, TLS 1.3 is required", method, peer_addr,
+                        peer.describe(), version.decode(errors="replace"))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "TLS 1.3 is required")
         allowed = self.tls.allowed_clients
         if allowed:
@@ -205,5 +205,5 @@ def transport_summary(config: Any) -> str:
     if tls is None:
         return "plaintext"
     who = ", ".join(tls.allowed_clients) if tls.allowed_clients else "any certificate it issued"
-    return (f"mTLS, TLS 1.3, certificate {tls.subject} until {tls.not_after:%Y-%m-%d}, client CA {tls.client_ca}, "
-            f"clients: {who}")
+    return (f"mTLS, TLS 1.3, certificate {tls.subject} until {tls.not_after:%Y-%m-%d}, "
+            f"client CA {tls.client_ca}, clients: {who}")

@@ -103,8 +103,8 @@ def load_tls(sec: Section) -> TlsConfig:
     leaf = chain[0]
     now = datetime.now(timezone.utc)
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
-        log.warning("%s: tls.cert: %s is not valid now (%s to %s): clients will refuse it", sec.file, cert_path,
-                    leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+        log.warning("%s: tls.cert: %s is not valid now (%s to %s): clients will refuse it", sec.file,
+                    cert_path, leaf.not_valid_before_utc, leaf.not_valid_after_utc)
     return TlsConfig(cert=cert_path, key=key_path, client_ca=ca_path, cert_pem=cert_pem, key_pem=key_pem,
                      client_ca_pem=ca_pem, allowed_clients=allowed,
                      subject=leaf.subject.rfc4514_string(), not_after=leaf.not_valid_after_utc)
