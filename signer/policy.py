@@ -189,6 +189,9 @@ def _cert_id(where: str, item: pb.SingleStatus) -> CertId:
     if not 1 <= len(c.serial_number) <= MAX_SERIAL_OCTETS:
         raise _invalid(f"{where}.cert_id.serial_number: {len(c.serial_number)} octets; "
                        f"1..{MAX_SERIAL_OCTETS} allowed")
+    sn = c.serial_number
+    if len(sn) > 1 and ((sn[0] == 0 and sn[1] < 0x80) or (sn[0] == 0xFF and sn[1] >= 0x80)):
+        raise _invalid(f"{where}.cert_id.serial_number: not a minimal (DER) INTEGER encoding")
     return CertId(algorithm, bytes(c.issuer_name_hash), bytes(c.issuer_key_hash), bytes(c.serial_number))
 
 

@@ -154,6 +154,9 @@ def _cert_id(cid: ocsp.CertId) -> CertId:
         raise MalformedRequest("empty CertID serialNumber")
     if len(serial) > MAX_SERIAL_OCTETS:
         raise MalformedRequest(f"CertID serialNumber longer than {MAX_SERIAL_OCTETS} octets")
+    if len(serial) > 1 and ((serial[0] == 0 and serial[1] < 0x80) or (serial[0] == 0xFF and serial[1] >= 0x80)):
+        # Not DER: echoing it would make the signed ResponseData non-DER, which clients reject.
+        raise MalformedRequest("CertID serialNumber is not minimally encoded (not DER)")
     return CertId(algorithm, name_hash, key_hash, serial)
 
 

@@ -56,7 +56,6 @@ OK = {
     "req-hash-params-absent.der": ([expected_cert_id(LEAF_SERIAL, "sha256")], None),
     "req-serial-20-octets.der": ([expected_cert_id(b"\x7f" + b"\xab" * 19)], None),
     "req-serial-negative.der": ([expected_cert_id(b"\xff\x01")], None),
-    "req-serial-non-minimal.der": ([expected_cert_id(b"\x00\x10\x01")], None),
     "req-nonce-1.der": ([expected_cert_id(LEAF_SERIAL)], wrapped_nonce(1)),
     "req-nonce-16.der": ([expected_cert_id(LEAF_SERIAL)], wrapped_nonce(16)),
     "req-nonce-32.der": ([expected_cert_id(LEAF_SERIAL)], wrapped_nonce(32)),
@@ -73,6 +72,7 @@ OK = {
 }
 
 MALFORMED = {
+    "req-serial-non-minimal.der": "not minimally encoded",
     "req-65-certs.der": "65 entries",
     "req-empty-list.der": "empty requestList",
     "req-md5.der": "unsupported CertID hash",

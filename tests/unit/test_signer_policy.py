@@ -128,6 +128,8 @@ CASES: list[Case] = [
      INVALID, "issuer_key_hash"),
     ("serial-empty", lambda: request(good(cert_id=cert_id(serial=b""))), INVALID, "serial_number"),
     ("serial-65", lambda: request(good(cert_id=cert_id(serial=b"\x01" * 65))), INVALID, "serial_number"),
+    ("serial-not-der", lambda: request(good(cert_id=cert_id(serial=b"\x00\x01"))), INVALID, "minimal"),
+    ("serial-not-der-neg", lambda: request(good(cert_id=cert_id(serial=b"\xff\x80"))), INVALID, "minimal"),
     # status
     ("status-unset", lambda: request(good(status=pb.CERT_STATUS_UNSPECIFIED)), INVALID, "status"),
     ("status-unknown-enum", lambda: request(good(status=42)), INVALID, "status"),
