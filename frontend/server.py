@@ -49,7 +49,7 @@ _CC_TAIL = (", " + ohttp.CACHEABLE_DIRECTIVES + "\r\n").encode()
 _REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found",
             405: b"Method Not Allowed", 408: b"Request Timeout", 411: b"Length Required",
             413: b"Content Too Large", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
-            500: b"Internal Server Error", 503: b"Service Unavailable"}
+            500: b"Internal Server Error", 501: b"Not Implemented", 503: b"Service Unavailable"}
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text) for code, text in _REASONS.items()}
 
 
@@ -241,6 +241,7 @@ class _Reject(Exception):
 
 
 _MAX_PIPELINE = 32
+LINGER = 2.0  # seconds a closing connection keeps draining the client's input
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -266,6 +267,7 @@ class HttpProtocol(asyncio.Protocol):
         self.content_length: bytes | None = None
         self.chunked = False
         self.expect_continue = False
+        self.hosts = 0
         self.in_message = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
@@ -301,13 +303,24 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrade is not supported\n")
+            # The request itself was answered (on_message_complete ran); we do not switch
+            # protocols (RFC 9110 7.8 lets a server ignore Upgrade), and the bytes after it are
+            # not HTTP/1.1, so close once the answers already queued are out.
+            if self.in_message:
+                self._fail(400, "protocol upgrade is not supported\n")
+            else:
+                self._push(b"", True)
+                self.closing = True
         except httptools.HttpParserError as e:
             cause = e.__cause__ or e.__context__
             if isinstance(cause, _Reject):
                 self._fail(cause.status, cause.text)
             else:
                 self._fail(400, "bad HTTP request\n")
+        except Exception:  # noqa: BLE001 - a bug here must cost this connection, not the server
+            log.exception("unexpected error reading a request")
+            if self.transport is not None:
+                self.transport.close()
 
     # -- httptools callbacks ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -328,11 +341,17 @@ class HttpProtocol(asyncio.Protocol):
         if n == 14 and name.lower() == b"content-length":
             self.content_length = value
         elif n == 17 and name.lower() == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":  # RFC 9112 6.1: a coding we do not implement
+                raise _Reject(501, "only the chunked transfer coding is supported\n")
             self.chunked = True
+        elif n == 4 and name.lower() == b"host":
+            self.hosts += 1
         elif n == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
+        if self.hosts > 1 or (self.hosts == 0 and self.parser.get_http_version() == "1.1"):
+            raise _Reject(400, "an HTTP/1.1 request needs exactly one Host header\n")  # RFC 9112 3.2
         if self.content_length is not None:
             try:
                 length = int(self.content_length)
@@ -438,9 +457,10 @@ class HttpProtocol(asyncio.Protocol):
                 item.cancel()
             return
         if not self.queue and isinstance(item, bytes):
-            transport.write(item)
+            if item:
+                transport.write(item)
             if close:
-                transport.close()
+                self._linger_close(transport)
             else:
                 self.deadline = self.loop.time() + self.server.listen.idle_timeout
             return
@@ -474,23 +494,47 @@ class HttpProtocol(asyncio.Protocol):
                 transport = self.transport
                 if transport is None:
                     return
-                transport.write(data)
+                if data:
+                    transport.write(data)
                 if close:
                     for rest, _ in self.queue:
                         if isinstance(rest, asyncio.Task):
                             rest.cancel()
                     self.queue.clear()
-                    transport.close()
+                    self._linger_close(transport)
                     return
                 self._update_reading()
             self.deadline = self.loop.time() + self.server.listen.idle_timeout
         finally:
             self.drainer = None
 
+    def _linger_close(self, transport: asyncio.Transport) -> None:
+        """Close after an answer without losing it: closing a socket with unread input makes the
+        kernel send a reset, which can destroy the answer in flight (RFC 9112 9.6). So send FIN,
+        keep reading (and discarding) until the client closes, and give up after LINGER seconds."""
+        self.closing = True
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        self.deadline = self.loop.time() + LINGER
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: let the transport close
+
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None:
             return
+        if self.closing and not self.queue:
+            return  # lingering: keep reading so the close is not a reset
         want_pause = self.write_paused or len(self.queue) >= _MAX_PIPELINE
         if want_pause and not self.paused:
             self.paused = True
@@ -502,7 +546,7 @@ class HttpProtocol(asyncio.Protocol):
     def check_deadline(self, now: float) -> None:
         if self.transport is None or now < self.deadline:
             return
-        if self.in_message and not self.queue:
+        if self.in_message and not self.queue and not self.closing:
             self._fail(408, "request not received in time\n")
         else:
             self.transport.close()

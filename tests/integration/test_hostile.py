@@ -376,9 +376,6 @@ def test_other_methods(demo: Demo, frontend: Process, wire: Wire, method: bytes)
     assert_alive(demo, frontend)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG frontend/server.py HttpProtocol.data_received: a request with "
-                   "Upgrade (or a CONNECT) is answered, then httptools raises HttpParserUpgrade and _fail "
-                   "queues a second, unsolicited 400 response on the same connection")
 @pytest.mark.parametrize("request_bytes", [
     b"GET /-/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
     b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",  # what `curl --http2 http://...` sends
@@ -649,12 +646,6 @@ def test_odd_serials_answered_unknown(demo: Demo, frontend: Process, content: by
     assert_alive(demo, frontend)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG shared/ocsp/request.py decode_request + shared/ocsp/response.py "
-                   "build_response_data: a CertID serialNumber that is a non-minimal INTEGER (BER, "
-                   "e.g. 02 02 00 01) is accepted and echoed byte-exact, so the signer signs a "
-                   "ResponseData that is not DER and "
-                   "strict parsers (cryptography) reject the whole response; expected malformedRequest or a "
-                   "canonical DER echo")
 @pytest.mark.parametrize("which", ["good", "unknown"])
 def test_non_minimal_serial_never_yields_non_der(demo: Demo, frontend: Process, which: str) -> None:
     real = load_cert(demo.path("rsa-ca", f"leaf-{which}.pem")).serial_number
@@ -668,22 +659,15 @@ def test_non_minimal_serial_never_yields_non_der(demo: Demo, frontend: Process, 
         assert resp.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
 
-# -- HTTP MUSTs the frontend does not (yet) enforce --------------------------------------------------------
+# -- HTTP MUSTs (RFC 9112) --------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG frontend/server.py HttpProtocol: an HTTP/1.1 request "
-                   "without a Host header, or with two, is served; RFC 9112 3.2: the server MUST answer "
-                   "400")
 @pytest.mark.parametrize("hosts", [b"", b"Host: a\r\nHost: b\r\n"], ids=["no-host", "two-hosts"])
 def test_host_header_required(demo: Demo, frontend: Process, wire: Wire, hosts: bytes) -> None:
     wire.send(b"GET /-/health HTTP/1.1\r\n" + hosts + b"\r\n")
     assert wire.response().status == 400
 
 
-@pytest.mark.xfail(strict=True, reason="BUG frontend/server.py HttpProtocol.on_header: any "
-                   "Transfer-Encoding is taken as plain chunked; 'Transfer-Encoding: gzip, chunked' is "
-                   "served with the gzip coding ignored (the body is parsed as if not gzipped); "
-                   "RFC 9112 6.1: 501 for a transfer coding the server does not understand")
 def test_unknown_transfer_coding_refused(demo: Demo, frontend: Process, wire: Wire) -> None:
     der = good_request(demo)
     wire.send(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
