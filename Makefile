@@ -21,6 +21,8 @@ test: venv softhsm
 bench: venv softhsm
 	$(BIN)/ocspctl demo setup --dir $(VAR)/demo
 	$(BIN)/python bench/http_bench.py --demo $(VAR)/demo
+	$(BIN)/python bench/signer_bench.py --demo $(VAR)/demo
+	$(BIN)/python bench/audit_bench.py
 
 # Debian packages: SoftHSM, the OpenSSL CLI, and the GnuTLS and NSS clients the tests use.
 system:
