@@ -75,7 +75,6 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     server = FrontendServer(app, cfg.listen)
     host, port = await server.start()
     log.info("listening on %s", _url(host, port))
-    print(f"listening on {_url(host, port)}", flush=True)
 
     sources = [ca.source for ca in issuers.values()]
     watchers = [loop.create_task(s.watch(), name=f"watch-{s.name}") for s in sources]
