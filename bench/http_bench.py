@@ -142,7 +142,7 @@ def main() -> int:
         signer = subprocess.Popen([str(bindir / "ocsp-signer"), "--config", str(demo / "etc" / "signer.toml")],
                                   env=env, stderr=subprocess.DEVNULL)
         procs.append(signer)
-        wait_until(lambda: signer_healthy(address), 30, "signer")
+        wait_until(lambda: signer_healthy(address, demo / "etc" / "frontend.toml"), 30, "signer")
         frontend = subprocess.Popen([str(bindir / "ocsp-frontend"), "--config",
                                      str(demo / "etc" / "frontend.toml")], env=env, stderr=subprocess.DEVNULL)
         procs.append(frontend)

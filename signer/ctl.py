@@ -29,7 +29,6 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -43,6 +42,8 @@ from asn1crypto import core as asn1_core
 from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
+
+from signer.files import write_atomic
 
 PROG = "ocspctl"
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -65,27 +66,7 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
+def write_if_changed(path: Path, data: bytes, mode: int | None = None) -> bool:
     try:
         if path.read_bytes() == data:
             return False
@@ -591,7 +572,6 @@ def _hash_for(key: Any) -> Any:
 
 def _ensure_ca(d: Path, spec: DemoCA, now: dt.datetime, log: list[str]) -> tuple[Any, Any]:
     """The CA certificate and software key, reused when both exist and belong together."""
-    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -606,25 +586,28 @@ def _ensure_ca(d: Path, spec: DemoCA, now: dt.datetime, log: list[str]) -> tuple
         key: Any = rsa.generate_private_key(65537, 2048)
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-    name = _name(spec.subject_cn)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(_serial())
-            .not_valid_before(now - BACKDATE).not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                         key_cert_sign=True, crl_sign=True, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .add_extension(ski, critical=False)
-            .sign(key, _hash_for(key)))
+    cert = self_signed_ca(key, spec.subject_cn, now)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     write_atomic(key_path, key_pem, 0o600)
     write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     log.append(f"created CA {spec.subject_cn!r} in {d}")
     return cert, key
+
+
+def self_signed_ca(key: Any, cn: str, now: dt.datetime) -> Any:
+    """A demo root: self-signed, CA:TRUE pathlen 0, keyCertSign+cRLSign, backdated, CA_VALIDITY long."""
+    from cryptography import x509
+
+    name = _name(cn)
+    return (x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(_serial())
+            .not_valid_before(now - BACKDATE).not_valid_after(now + CA_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, _hash_for(key)))
 
 
 def _spki(public_key: Any) -> bytes:
@@ -1194,7 +1177,7 @@ class Child:
         self._reader.join(2)
 
 
-def _signer_serving(address: str, frontend_toml: Path | None = None) -> bool:
+def signer_serving(address: str, frontend_toml: Path | None = None) -> bool:
     """The signer answers Health; over mTLS with the frontend's certificate when frontend.toml has one."""
     import grpc
 
@@ -1285,7 +1268,7 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
     try:
         signer = Child("ocsp-signer", [program("ocsp-signer"), "--config", str(signer_toml)])
         children.append(signer)
-        _wait_ready(signer, lambda: _signer_serving(signer_address, frontend_toml), args.timeout, stop)
+        _wait_ready(signer, lambda: signer_serving(signer_address, frontend_toml), args.timeout, stop)
         if not stop.is_set():
             frontend = Child("ocsp-frontend", [program("ocsp-frontend"), "--config", str(frontend_toml)])
             children.append(frontend)

@@ -48,12 +48,13 @@ class TransportFiles:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "OCSP Demo"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    from signer.ctl import _name as demo_name
+
+    return demo_name(cn)
 
 
 def _write_key(path: Path, key: Any) -> None:
-    from signer.ctl import write_atomic
+    from signer.files import write_atomic
 
     write_atomic(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                          serialization.NoEncryption()), 0o600)
@@ -72,23 +73,15 @@ def _load(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Any] | Non
 
 
 def _ensure_ca(files: TransportFiles, now: dt.datetime, log: list[str]) -> tuple[x509.Certificate, Any]:
-    from signer.ctl import write_atomic
+    from signer.files import write_atomic
 
     found = _load(files.ca, files.dir / "ca-key.pem")
     if found is not None and found[0].not_valid_after_utc - now > RENEW_BEFORE:
         return found
+    from signer.ctl import self_signed_ca
+
     key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("Demo transport CA")
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE).not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                         key_cert_sign=True, crl_sign=True, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = self_signed_ca(key, "Demo transport CA", now)
     _write_key(files.dir / "ca-key.pem", key)
     write_atomic(files.ca, cert.public_bytes(serialization.Encoding.PEM))
     log.append(f"created the demo transport CA in {files.dir}")
@@ -143,7 +136,7 @@ def _fits(cert: x509.Certificate, ca_cert: x509.Certificate, cn: str, server: bo
 
 def ensure_transport_pki(d: Path, now: dt.datetime, log: list[str]) -> TransportFiles:
     """Create or complete D/tls/ (see the module docstring); appends what it did to ``log``."""
-    from signer.ctl import write_atomic
+    from signer.files import write_atomic
 
     files = TransportFiles(d / "tls")
     files.dir.mkdir(parents=True, exist_ok=True)

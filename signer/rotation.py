@@ -27,9 +27,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import tomllib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -47,6 +45,7 @@ from shared.clock import Clock
 from shared.config import ConfigError
 from shared.rpc import signer_pb2 as pb
 from signer.config import ResponderConfig, SignerConfig, load_signer_config
+from signer.files import write_atomic
 from signer.responders import Responder, ResponderSet, load_responder
 from signer.token import Token, TokenError
 
@@ -126,33 +125,6 @@ def candidate_problems(ca: x509.Certificate, cert: x509.Certificate, token_spki:
 
 
 # -- persisting an RPC rotation ----------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a torn one; the mode of the old file is kept."""
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _toml_str(value: str) -> str:

@@ -145,19 +145,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) 
 
 def signer_healthy(address: str, frontend_toml: Path | None = None) -> bool:
     """Health answers serving; over mTLS as the frontend when its frontend.toml has tls keys."""
-    import grpc
+    from signer.ctl import signer_serving
 
-    from shared.rpc import signer_pb2, signer_pb2_grpc
-    from signer.demo_tls import health_credentials
-
-    tls = health_credentials(frontend_toml) if frontend_toml is not None else None
-    try:
-        with (grpc.secure_channel(address, tls[0], options=tls[1]) if tls else
-              grpc.insecure_channel(address)) as channel:
-            reply = signer_pb2_grpc.SignerStub(channel).Health(signer_pb2.HealthRequest(), timeout=1)
-            return bool(reply.serving)
-    except grpc.RpcError:
-        return False
+    return signer_serving(address, frontend_toml)
 
 
 def http_healthy(port: int) -> bool:
