@@ -104,7 +104,7 @@ class AuditConfig:
     checkpoint_every: int = 1000
     checkpoint_interval: timedelta = timedelta(seconds=60)
     max_file_bytes: int = 64 << 20
-    group_window: timedelta = timedelta(0)
+    group_window: timedelta = timedelta(milliseconds=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +266,8 @@ def _audit(sec: Section) -> AuditConfig:
         checkpoint_interval=sec.duration("checkpoint_interval", timedelta(seconds=60),
                                          minimum=timedelta(seconds=1), maximum=timedelta(days=1)),
         max_file_bytes=sec.int("max_file_bytes", 64 << 20, minimum=4096),
-        group_window=sec.duration("group_window", timedelta(0), maximum=timedelta(milliseconds=100)),
+        group_window=sec.duration("group_window", timedelta(milliseconds=2),
+                                  maximum=timedelta(milliseconds=100)),
     )
 
 
