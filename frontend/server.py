@@ -226,6 +226,21 @@ def http_response(status: int, header_lines: bytes, body: bytes, *, close: bool,
     return out if head else out + body
 
 
+def etag_matches(if_none_match: bytes, der: bytes) -> bool:
+    """If-None-Match against our strong ETag, with the weak comparison RFC 9110 13.1.2 asks for."""
+    value = if_none_match.strip()
+    if value == b"*":
+        return True
+    ours = ohttp.etag(der).encode()
+    for tag in value.split(b","):
+        tag = tag.strip()
+        if tag.startswith(b"W/"):
+            tag = tag[2:]
+        if tag == ours:
+            return True
+    return False
+
+
 def plain(status: int, text: str, *, close: bool, head: bool = False, extra: bytes = b"") -> bytes:
     body = text.encode()
     headers = (b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body)
@@ -268,6 +283,7 @@ class HttpProtocol(asyncio.Protocol):
         self.chunked = False
         self.expect_continue = False
         self.hosts = 0
+        self.if_none_match: bytes | None = None
         self.in_message = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
@@ -346,6 +362,8 @@ class HttpProtocol(asyncio.Protocol):
             self.chunked = True
         elif n == 4 and name.lower() == b"host":
             self.hosts += 1
+        elif n == 13 and name.lower() == b"if-none-match":
+            self.if_none_match = value
         elif n == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
 
@@ -418,7 +436,11 @@ class HttpProtocol(asyncio.Protocol):
         now = app.cache.clock()
         entry = app.cache.get(key, now)
         if entry is not None:
-            data = http_response(200, app.hit_headers(entry, now), entry.der, close=close, head=head, now=now)
+            if self.if_none_match is not None and method != b"POST" and etag_matches(self.if_none_match, entry.der):
+                # A cache revalidating what it holds (RFC 9110 13.1.2): headers, no body.
+                data = http_response(304, app.hit_headers(entry, now), b"", close=close, head=True, now=now)
+            else:
+                data = http_response(200, app.hit_headers(entry, now), entry.der, close=close, head=head, now=now)
             self._push(data, close)
             return
 

@@ -263,3 +263,27 @@ def test_responses_parse_with_asn1crypto_too(demo: Demo, frontend: Process) -> N
     tbs = parsed["response_bytes"]["response"].parsed["tbs_response_data"]
     assert tbs["responder_id"].name == "by_key"
     assert tbs["version"].native == "v1"
+
+
+def test_conditional_get_revalidates_with_304(demo: Demo, frontend: Process) -> None:
+    import base64
+    import http.client
+    import urllib.parse
+
+    der = build_request(leaf(demo, "ec-ca", "good3"), ca_cert(demo, "ec-ca"))
+    status, headers, body = get(demo.http_port, der)  # fills the cache
+    assert status == 200
+    etag = headers["etag"]
+    path = "/" + urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+    for tag, expected in [(etag, 304), (f"W/{etag}", 304), ('"0000", ' + etag, 304), ("*", 304),
+                          ('"not-it"', 200)]:
+        conn = http.client.HTTPConnection("127.0.0.1", demo.http_port, timeout=10)
+        conn.request("GET", path, headers={"If-None-Match": tag})
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        assert resp.status == expected, tag
+        if expected == 304:
+            assert data == b"" and resp.getheader("ETag") == etag
+        else:
+            assert data == body
