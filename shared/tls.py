@@ -104,22 +104,3 @@ def pem_certificates(data: bytes, what: str) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(data)
     except ValueError as e:
         raise ValueError(f"{what} is not a valid PEM certificate file: {e}") from None
-
-
-def check_private_key(key_pem: bytes, cert: x509.Certificate, what: str) -> None:
-    """The PEM private key is unencrypted and belongs to ``cert``. Raises ValueError."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    if b"-----BEGIN" not in key_pem or b"PRIVATE KEY-----" not in key_pem:
-        raise ValueError(f"{what} holds no PEM private key")
-    if b"ENCRYPTED" in key_pem:
-        raise ValueError(f"{what} is encrypted; gRPC needs an unencrypted key (protect it by file "
-                         "permissions)")
-    try:
-        key = load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{what} is not a usable private key: {e}") from None
-    mine = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    theirs = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    if mine != theirs:
-        raise ValueError(f"{what} does not belong to the certificate (different public key)")

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from shared.config import Section
-from shared.tls import check_private_key, parse_allowed, pem_certificates
+from shared.tls import parse_allowed, pem_certificates
 
 log = logging.getLogger("ocsp-signer")
 
@@ -108,3 +111,23 @@ def load_tls(sec: Section) -> TlsConfig:
     return TlsConfig(cert=cert_path, key=key_path, client_ca=ca_path, cert_pem=cert_pem, key_pem=key_pem,
                      client_ca_pem=ca_pem, allowed_clients=allowed,
                      subject=leaf.subject.rfc4514_string(), not_after=leaf.not_valid_after_utc)
+
+
+# In the signer, not in shared/: the DMZ side imports shared.tls and holds no key-handling code.
+def check_private_key(key_pem: bytes, cert: x509.Certificate, what: str) -> None:
+    """The PEM private key is unencrypted and belongs to ``cert``. Raises ValueError."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    if b"-----BEGIN" not in key_pem or b"PRIVATE KEY-----" not in key_pem:
+        raise ValueError(f"{what} holds no PEM private key")
+    if b"ENCRYPTED" in key_pem:
+        raise ValueError(f"{what} is encrypted; gRPC needs an unencrypted key (protect it by file "
+                         "permissions)")
+    try:
+        key = load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{what} is not a usable private key: {e}") from None
+    mine = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    theirs = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if mine != theirs:
+        raise ValueError(f"{what} does not belong to the certificate (different public key)")
