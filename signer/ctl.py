@@ -1042,10 +1042,19 @@ def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_re
     d.mkdir(parents=True, exist_ok=True)
     for sub in ("run", "etc/ca.d", *(s.dir_name for s in DEMO_CAS.values())):
         (d / sub).mkdir(parents=True, exist_ok=True)
+    new_pin = not (d / "token.pin").exists()
     pin = _ensure_pin_file(d / "token.pin", log)
     so_pin = _ensure_pin_file(d / "so.pin", log)
     if softhsm_init_token(DEMO_TOKEN, pin, so_pin):
         log.append(f"initialised SoftHSM token {DEMO_TOKEN!r}")
+    elif new_pin:
+        # The token outlived the demo directory that made it (its PIN file is gone): logging in
+        # would only fail on a wrong PIN, so say what to do instead (and leave no new PIN behind).
+        for name in ("token.pin", "so.pin"):
+            (d / name).unlink(missing_ok=True)
+        raise CtlError(f"SoftHSM token {DEMO_TOKEN!r} already exists, but {d / 'token.pin'} was just created, "
+                       f"so its PIN is lost: remove the token's directory (SOFTHSM2_CONF="
+                       f"{os.environ.get('SOFTHSM2_CONF', '?')} names it; with make: rm -rf var) and run again")
     token = open_token(module, DEMO_TOKEN, d / "token.pin", None)
     now = utcnow()
     url = f"http://127.0.0.1:{http_port}/"

@@ -350,6 +350,19 @@ def test_demo_setup_layout_and_idempotent(demo_dir: tuple[Path, Ctl]) -> None:
     assert snapshot(d) == before
 
 
+def test_demo_setup_explains_a_token_whose_pin_is_lost(demo_dir: tuple[Path, Ctl],
+                                                       tmp_path: Path) -> None:
+    """A second demo directory on the same token (the first one's PIN file elsewhere): a clear error
+    instead of a wrong-PIN login, and no new PIN file left behind to make the next try worse."""
+    _, c = demo_dir
+    other = tmp_path / "other"
+    for _ in range(2):
+        r = c.run(*demo_setup_args(other), check=False)
+        assert r.returncode == 1
+        assert "already exists" in r.stderr and "PIN is lost" in r.stderr, r.stderr
+        assert not (other / "token.pin").exists()
+
+
 def test_demo_pki_verifies(demo_dir: tuple[Path, Ctl]) -> None:
     d, _ = demo_dir
     for ca in ("rsa-ca", "ec-ca"):
