@@ -143,6 +143,14 @@ class SignerService(pb_grpc.SignerServicer):
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:
         if not self.serving:
             return pb.HealthReply(serving=False, detail="shutting down")
+        # Not serving while the last signature failed in the token or the audit log cannot be
+        # written: Sign would fail (both recover by themselves on the next successful attempt).
+        token_error = getattr(self.token, "last_error", None)
+        if token_error:
+            return pb.HealthReply(serving=False, detail=f"token: {token_error}")
+        audit_error = getattr(self.audit, "failure", None)
+        if audit_error:
+            return pb.HealthReply(serving=False, detail=f"audit log not writable: {audit_error}")
         rs = self.responders
         detail = f"token {self.token_name!r} logged in, {len(rs)} responders, generation {rs.generation}"
         return pb.HealthReply(serving=True, detail=detail)

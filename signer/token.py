@@ -81,15 +81,33 @@ class Pkcs11Token:
             raise TokenError(f"no token with {which} in {module}") from None
         except pkcs11.MultipleTokensReturned:
             raise TokenError(f"several tokens are labelled {token_label!r}; select by serial") from None
+        self._pin = pin  # kept to log in again after the HSM drops the session
+        self._session = self._open_session()
+        self.label = self._token.label
+        # The last token failure, None while the session works (Health reports it).
+        self.last_error: str | None = None
+
+    def _open_session(self) -> Any:
+        import pkcs11
+
         try:
-            self._session = self._token.open(user_pin=pin, rw=True)
+            return self._token.open(user_pin=self._pin, rw=True)
         except pkcs11.PinIncorrect:
             raise TokenError("the token refused the PIN (wrong PIN); not retrying, to avoid locking it") from None
         except pkcs11.PinLocked:
             raise TokenError("the token's user PIN is locked") from None
         except pkcs11.PKCS11Error as e:
             raise TokenError(f"cannot open a session on the token: {type(e).__name__}") from None
-        self.label = self._token.label
+
+    def _reopen(self) -> None:
+        """After a session-level failure (HSM restarted, session closed, logged out): a new session
+        and login, under the lock held by the caller. Raises TokenError when that fails too."""
+        self._keys.clear()
+        try:
+            self._session.close()
+        except Exception:  # noqa: BLE001 - the old session is gone either way
+            pass
+        self._session = self._open_session()
 
     def close(self) -> None:
         with self._lock:
@@ -114,6 +132,8 @@ class Pkcs11Token:
             raise TokenError(f"no {kind} key labelled {label!r} in token {self.label!r}") from None
         except pkcs11.MultipleObjectsReturned:
             raise TokenError(f"several {kind} keys are labelled {label!r} in token {self.label!r}") from None
+        except pkcs11.PKCS11Error as e:
+            raise TokenError(f"looking up {kind} key {label!r} failed: {type(e).__name__}") from None
         self._keys[(kind, label)] = key
         return key
 
@@ -253,10 +273,17 @@ class Pkcs11Token:
         import pkcs11
 
         with self._lock:
-            key = self._key(key_label, "private")
             try:
-                return sign_with_key(key, algorithm, data)
-            except pkcs11.PKCS11Error as e:
-                # A stale handle (key deleted/replaced) gets one fresh lookup.
-                self._keys.pop(("private", key_label), None)
-                raise TokenError(f"signing with {key_label!r} failed: {type(e).__name__}") from None
+                signature = sign_with_key(self._key(key_label, "private"), algorithm, data)
+            except (pkcs11.PKCS11Error, TokenError) as first:
+                # A stale key handle, or a session the HSM dropped (restart, logout): one retry on a
+                # fresh session and login. Nothing is retried beyond that.
+                try:
+                    self._reopen()
+                    signature = sign_with_key(self._key(key_label, "private"), algorithm, data)
+                except (pkcs11.PKCS11Error, TokenError) as e:
+                    cause = e if isinstance(e, TokenError) else f"{type(e).__name__}"
+                    self.last_error = f"signing with {key_label!r} failed: {cause} (first: {type(first).__name__})"
+                    raise TokenError(self.last_error) from None
+            self.last_error = None
+            return signature
