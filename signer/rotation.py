@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import os
 import re
 import tomllib
 from collections.abc import AsyncIterator, Callable
@@ -260,7 +261,12 @@ class Rotator:
 
     @staticmethod
     def _persist(old: ResponderConfig, new: ResponderConfig) -> list[str]:
-        """Write the new certificate (and key label) where the config names them. Blocking."""
+        """Write the new certificate (and key label) where the config names them. Blocking.
+
+        Both new contents are prepared and both target directories checked before anything is
+        written; the certificate goes first, and if the CA file cannot be written afterwards the old
+        certificate bytes are put back, so the files on disk always describe one consistent
+        responder (the running one, or the new one once this returns)."""
         if old.cert_path is None:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"the responder.cert path of CA {old.name!r} is not known; not rotating")
@@ -270,9 +276,13 @@ class Rotator:
                                 "its own certificate file (edit the ca.d file and send SIGHUP)")
         cert_path = old.cert_path
         try:
-            pem_file = b"-----BEGIN" in cert_path.read_bytes()
-        except OSError:
-            pem_file = True
+            old_cert_bytes: bytes | None = cert_path.read_bytes()
+        except FileNotFoundError:
+            old_cert_bytes = None
+        except OSError as e:
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"cannot read {cert_path}: {e.strerror or e}; nothing was switched") from None
+        pem_file = old_cert_bytes is None or b"-----BEGIN" in old_cert_bytes
         cert = x509.load_der_x509_certificate(new.cert)
         data = cert.public_bytes(Encoding.PEM if pem_file else Encoding.DER)
         ca_text: str | None = None
@@ -288,18 +298,51 @@ class Rotator:
                 raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                     f"cannot update {old.file} ({why}); edit responder.cert and "
                                     f"responder.key_label there and send SIGHUP instead")
+        # write_atomic creates a temporary file next to its target: both directories must allow it.
+        targets = [cert_path] + ([old.file] if ca_text is not None else [])
+        for target in targets:
+            if not os.access(target.parent, os.W_OK | os.X_OK):
+                raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"cannot write {target}: its directory {target.parent} is not writable by "
+                                    "the signer; nothing was written or switched (the running responder would "
+                                    "not survive a restart). Fix the permissions, or install the files "
+                                    "yourself and send SIGHUP")
         notes = []
         try:
             write_atomic(cert_path, data)
-            notes.append(f"wrote the new responder certificate to {cert_path}")
-            if ca_text is not None:
-                write_atomic(old.file, ca_text.encode())
-                notes.append(f"set responder.key_label = {new.key_label!r} in {old.file}")
         except OSError as e:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"cannot write {e.filename or cert_path}: {e.strerror or e}; nothing was "
                                 "switched (the running responder would not survive a restart). Fix the "
                                 "permissions, or install the files yourself and send SIGHUP") from None
+        notes.append(f"wrote the new responder certificate to {cert_path}")
+        if ca_text is not None:
+            try:
+                write_atomic(old.file, ca_text.encode())
+            except OSError as e:
+                why = f"cannot write {e.filename or old.file}: {e.strerror or e}"
+                try:
+                    if old_cert_bytes is None:
+                        cert_path.unlink(missing_ok=True)
+                    else:
+                        write_atomic(cert_path, old_cert_bytes)
+                except OSError as e2:
+                    log.critical("rotation of CA %r: %s, and restoring the old certificate in %s failed too "
+                                 "(%s): %s now holds the NEW certificate while %s still names key %r; a "
+                                 "restart or SIGHUP will refuse it until you put the old certificate back or "
+                                 "set responder.key_label = %r there", old.name, why, cert_path,
+                                 e2.strerror or e2, cert_path, old.file, old.key_label, new.key_label)
+                    raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                        f"{why}; restoring the old certificate in {cert_path} failed too "
+                                        f"({e2.strerror or e2}): the files on disk are INCONSISTENT (new "
+                                        f"certificate, old key_label {old.key_label!r}). Nothing was switched; "
+                                        f"put the old certificate back or set responder.key_label = "
+                                        f"{new.key_label!r} in {old.file}") from None
+                raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"{why}; the old certificate was restored in {cert_path} and nothing was "
+                                    "switched. Fix the permissions, or install the files yourself and send "
+                                    "SIGHUP") from None
+            notes.append(f"set responder.key_label = {new.key_label!r} in {old.file}")
         return notes
 
     # -- SIGHUP reload ---------------------------------------------------------------------------------

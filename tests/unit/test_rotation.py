@@ -4,6 +4,7 @@ re-key, persisted), SIGHUP reloads (all or nothing), Watch states; and the front
 from __future__ import annotations
 
 import asyncio
+import os
 import types
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -246,3 +247,58 @@ def test_cache_grace_zero_is_immediate() -> None:
     put(c, b"k1", 1)
     c.note_generation("a", 2, now=1000)
     assert c.get(b"k1", now=1000) is None
+
+
+# -- persisting: never half done ---------------------------------------------------------------------------
+
+
+def rekey_candidate(env: Env, a: Ca, label: str = "alpha-responder-2") -> x509.Certificate:
+    key2 = new_key("p384")
+    env.token.keys[label] = key2
+    return make_cert("alpha OCSP p384", key2, a.cert, a.key, ca=False, eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
+
+
+def test_rekey_ca_file_write_failure_restores_the_certificate(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import signer.rotation as rotation
+
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    cert = rekey_candidate(env, a)
+    before = env.service.responders
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real = rotation.write_atomic
+
+    def failing(path: Path, data: bytes, mode: int | None = None) -> None:
+        if str(path).endswith(".toml"):
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path, data, mode)
+
+    monkeypatch.setattr(rotation, "write_atomic", failing)
+    with pytest.raises(RotationError) as info:
+        env.run(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "old certificate was restored" in info.value.message, info.value.message
+    assert env.service.responders is before
+    assert {p: p.read_bytes() for p in files} == files  # the certificate file holds the old bytes again
+    load_responders(load_signer_config(env.conf), env.token)  # a restart still works
+
+
+def test_unwritable_ca_dir_is_refused_before_anything_is_written(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import signer.rotation as rotation
+
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    cert = rekey_candidate(env, a)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    writes: list[Path] = []
+    monkeypatch.setattr(rotation, "write_atomic", lambda path, data, mode=None: writes.append(path))
+    ca_d = tmp_path / "ca.d"
+    real_access = os.access
+    monkeypatch.setattr(rotation.os, "access", lambda p, m: Path(p) != ca_d and real_access(p, m))
+    with pytest.raises(RotationError) as info:
+        env.run(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))
+    assert "is not writable" in info.value.message and str(ca_d) in info.value.message
+    assert writes == [] and {p: p.read_bytes() for p in files} == files
+    assert env.responder("alpha").key_label == a.key_label
