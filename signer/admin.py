@@ -146,6 +146,7 @@ class RotationRuntime:
         self.rotator.close()
         if self.admin_server is not None:
             await self.admin_server.stop(1.0)
+        await self.rotator.drain()  # a rotation whose RPC was cancelled still finishes its swap
         if self.metrics_server is not None:
             self.metrics_server.close()
         for t in list(self._reloads):

@@ -189,6 +189,7 @@ class Rotator:
         self._watchers: set[asyncio.Queue[pb.ResponderState | None]] = set()
         self._closed = False
         self._expiry_task: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[RotateResult]] = set()  # persist+swap steps under way
         self.counts: dict[tuple[str, str], int] = {}  # (kind, result) -> n, for metrics
 
     @property
@@ -200,17 +201,43 @@ class Rotator:
 
     # -- RPC rotation ----------------------------------------------------------------------------------
     async def rotate(self, ca_name: str, cert_data: bytes, key_label: str = "") -> RotateResult:
-        async with self._lock:
+        """Check, persist and swap. The persist+swap step runs as a task the Rotator owns, shielded from
+        the caller: a cancelled RPC (client deadline, admin server stopping) cannot leave the files
+        written and the swap not done, and the lock stays held until that task has finished."""
+        await self._lock.acquire()
+        handed_off = False
+        try:
             try:
-                result = await self._rotate(ca_name, cert_data, key_label)
+                prepared = await self._prepare(ca_name, cert_data, key_label)
             except RotationError as e:
-                self._count("rotate", "refused")
-                log.error("rotation of CA %r refused: %s", ca_name, e.message)
+                self._refused(ca_name, e)
                 raise
-            self._count("rotate", "ok")
-            return result
+            task = asyncio.get_running_loop().create_task(self._commit(*prepared), name=f"rotate-{ca_name}")
+            handed_off = True  # the task releases the lock when it is done
+            self._commits.add(task)
+            task.add_done_callback(self._commit_done)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():
+                    log.warning("rotation of CA %r: the caller went away while it was being persisted; it "
+                                "completes anyway (rotations wait for it)", ca_name)
+                raise
+        finally:
+            if not handed_off:
+                self._lock.release()
 
-    async def _rotate(self, ca_name: str, cert_data: bytes, key_label: str) -> RotateResult:
+    def _refused(self, ca_name: str, e: RotationError) -> None:
+        self._count("rotate", "refused")
+        log.error("rotation of CA %r refused: %s", ca_name, e.message)
+
+    def _commit_done(self, task: asyncio.Task[RotateResult]) -> None:
+        self._commits.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a refusal was logged by _commit; the caller may be gone
+
+    async def _prepare(self, ca_name: str, cert_data: bytes,
+                       key_label: str) -> tuple[ResponderConfig, ResponderConfig, Responder]:
         current = self.current
         old = next((r for r in current if r.name == ca_name), None)
         rc = next((c for c in self.config.responders if c.name == ca_name), None)
@@ -230,9 +257,27 @@ class Rotator:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"CA {ca_name!r} already uses this certificate and key {label!r}")
         responder = await self._checked(new_rc, current.generation + 1)
-        notes = await asyncio.get_running_loop().run_in_executor(None, self._persist, rc, new_rc)
-        self._swap([new_rc], [responder], f"rotation of {ca_name!r} (Admin RPC)")
-        return RotateResult(responder, tuple(notes))
+        return rc, new_rc, responder
+
+    async def _commit(self, rc: ResponderConfig, new_rc: ResponderConfig, responder: Responder) -> RotateResult:
+        """Persist, then swap; runs to the end even when the RPC that asked for it is gone. Releases
+        the lock ``rotate`` took."""
+        try:
+            try:
+                notes = await asyncio.get_running_loop().run_in_executor(None, self._persist, rc, new_rc)
+            except RotationError as e:
+                self._refused(rc.name, e)
+                raise
+            self._swap([new_rc], [responder], f"rotation of {rc.name!r} (Admin RPC)")
+            self._count("rotate", "ok")
+            return RotateResult(responder, tuple(notes))
+        finally:
+            self._lock.release()
+
+    async def drain(self) -> None:
+        """Wait for rotations being persisted (the signer is stopping: let them finish their swap)."""
+        while self._commits:
+            await asyncio.gather(*self._commits, return_exceptions=True)
 
     async def _checked(self, rc: ResponderConfig, generation: int) -> Responder:
         """The Responder for ``rc`` after the candidate check; RotationError saying why not."""

@@ -302,3 +302,34 @@ def test_unwritable_ca_dir_is_refused_before_anything_is_written(tmp_path: Path,
     assert "is not writable" in info.value.message and str(ca_d) in info.value.message
     assert writes == [] and {p: p.read_bytes() for p in files} == files
     assert env.responder("alpha").key_label == a.key_label
+
+
+def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import signer.rotation as rotation
+
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    cert = rekey_candidate(env, a)
+    real = rotation.write_atomic
+
+    def slow(path: Path, data: bytes, mode: int | None = None) -> None:
+        time.sleep(0.3)  # a slow disk: the RPC's deadline passes while the files are written
+        real(path, data, mode)
+
+    monkeypatch.setattr(rotation, "write_atomic", slow)
+
+    async def scenario() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"), 0.1)
+        # The persist is still running: a concurrent rotation must wait for it, not interleave.
+        assert env.rotator._lock.locked()
+        await env.rotator.drain()
+        assert not env.rotator._lock.locked()
+
+    env.run(scenario())
+    assert env.responder("alpha").key_label == "alpha-responder-2"  # swapped, like the files
+    on_disk = load_signer_config(env.conf).responders[0]
+    assert on_disk.key_label == "alpha-responder-2" and on_disk.cert == der(cert)
+    assert env.rotator.counts[("rotate", "ok")] == 1
