@@ -14,6 +14,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
 from shared.config import ConfigError
@@ -79,10 +82,50 @@ def _normalised_spki(spki_der: bytes) -> bytes:
     return load_der_public_key(spki_der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Responder:
-    """Check the token holds the key for ``rc``'s certificate and build its Responder.
+# Signed through the token and verified against the certificate before a responder is used: the
+# token's public key object of a label matching the certificate says nothing about its private key.
+PAIR_PROBE = b"ocsp-signer: does this private key belong to the responder certificate?"
 
-    Raises ConfigError naming the CA file and key on any mismatch.
+
+def signature_verifies(public_key: Any, algorithm: SignatureAlgorithm, signature: bytes, data: bytes) -> bool:
+    """``signature`` (X.509 form, as the token returns it) over ``data`` verifies with ``public_key``."""
+    try:
+        if algorithm is SignatureAlgorithm.RSA_SHA256:
+            if not isinstance(public_key, rsa.RSAPublicKey):
+                return False
+            public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            if not isinstance(public_key, ec.EllipticCurvePublicKey):
+                return False
+            h = hashes.SHA256() if algorithm is SignatureAlgorithm.ECDSA_SHA256 else hashes.SHA384()
+            public_key.verify(signature, data, ec.ECDSA(h))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def check_key_pair(rc: ResponderConfig, cert: x509.Certificate, algorithm: SignatureAlgorithm,
+                   token: Token) -> None:
+    """The token's private key ``rc.key_label`` signs for ``cert``'s public key. Blocking (a token call:
+    run it on the token thread). Raises ConfigError naming ``responder.key_label``."""
+    try:
+        signature = token.sign(rc.key_label, algorithm, PAIR_PROBE)
+    except TokenError as e:
+        raise ConfigError(rc.file, "responder.key_label",
+                          f"cannot sign with the token's private key {rc.key_label!r}: {e}") from None
+    if not signature_verifies(cert.public_key(), algorithm, signature, PAIR_PROBE):
+        raise ConfigError(rc.file, "responder.key_label",
+                          f"the token's private key {rc.key_label!r} is not the pair of the responder "
+                          "certificate's key: a test signature made with it does not verify with the "
+                          "certificate (a leftover or colliding private key object under that label?); "
+                          "every response would carry an invalid signature")
+
+
+def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Responder:
+    """Check the token holds the key for ``rc``'s certificate (its public key object matches, and its
+    private key signs a probe that verifies with the certificate) and build its Responder.
+
+    Blocking: calls the token. Raises ConfigError naming the CA file and key on any mismatch.
     """
     cert = x509.load_der_x509_certificate(rc.cert)
     cert_spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
@@ -102,6 +145,7 @@ def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Respon
         raise ConfigError(rc.file, "responder.key_label",
                           f"the token's key {rc.key_label!r} is not the key of the responder certificate "
                           "(wrong label, or the certificate belongs to another key)")
+    check_key_pair(rc, cert, algorithm, token)
     return Responder(
         name=rc.name,
         issuer_cert=rc.ca_cert,

@@ -333,3 +333,20 @@ def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeyp
     on_disk = load_signer_config(env.conf).responders[0]
     assert on_disk.key_label == "alpha-responder-2" and on_disk.cert == der(cert)
     assert env.rotator.counts[("rotate", "ok")] == 1
+
+
+def test_rotation_refuses_a_private_key_that_is_not_the_pair(tmp_path: Path) -> None:
+    from tests.unit.test_signer_service import SplitKeyToken
+
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    cert = rekey_candidate(env, a)
+    env.token = SplitKeyToken(env.token.keys, private={"alpha-responder-2": new_key("p384")})
+    env.rotator.token = env.token
+    before = env.service.responders
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(RotationError) as info:
+        env.run(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not the pair" in info.value.message
+    assert env.service.responders is before and {p: p.read_bytes() for p in files} == files

@@ -35,6 +35,7 @@ from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer import __main__ as signer_main
 from signer.config import load_signer_config
 from signer.mechanisms import SignatureAlgorithm
+from signer import responders as signer_responders
 from signer.service import serve
 from signer.token import TokenError
 
@@ -168,7 +169,7 @@ class FakeToken:
         if self.fail is not None:
             raise self.fail
         key = self.keys[key_label]
-        if key_label != AUDIT_LABEL:  # audit checkpoints are counted by the audit tests
+        if key_label != AUDIT_LABEL and data != getattr(signer_responders, "PAIR_PROBE", None):  # audit checkpoints: the audit tests count them
             self.signed.append(data)
         if algorithm is SignatureAlgorithm.RSA_SHA256:
             return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
@@ -506,6 +507,40 @@ def test_token_key_must_match_certificate(tmp_path: Path) -> None:
         assert info.value.file == str(base / "ca.d" / "alpha.toml")
         assert info.value.key == "responder.key_label"
         assert "not the key of the responder certificate" in info.value.message
+
+    asyncio.run(main())
+
+
+@dataclass
+class SplitKeyToken(FakeToken):
+    """A token whose private key object under a label is not the pair of its public key object (a
+    leftover or colliding object): ``private`` overrides the key ``sign`` uses."""
+
+    private: dict[str, Any] = field(default_factory=dict)
+
+    def sign(self, key_label: str, algorithm: SignatureAlgorithm, data: bytes) -> bytes:
+        if key_label in self.private:
+            saved = self.keys[key_label]
+            self.keys[key_label] = self.private[key_label]
+            try:
+                return super().sign(key_label, algorithm, data)
+            finally:
+                self.keys[key_label] = saved
+        return super().sign(key_label, algorithm, data)
+
+
+def test_token_private_key_must_pair_with_certificate(tmp_path: Path) -> None:
+    base = short_dir(tmp_path)
+    ca = make_ca("alpha")
+    conf = write_setup(base, [ca])
+    token = SplitKeyToken(token_for(ca).keys, private={ca.key_label: new_key("p256")})
+
+    async def main() -> None:
+        with pytest.raises(ConfigError) as info:
+            await serve(load_signer_config(conf), token=token, clock=FakeClock(NOW))
+        assert info.value.key == "responder.key_label"
+        assert "not the pair of the responder certificate's key" in info.value.message
+        assert token.threads == {"pkcs11_0"}  # the probe ran on the token thread
 
     asyncio.run(main())
 
