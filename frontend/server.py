@@ -256,6 +256,7 @@ class _Reject(Exception):
 
 
 _MAX_PIPELINE = 32
+_FEED_SLICE = 16384  # bytes handed to the parser at once (see data_received)
 LINGER = 2.0  # seconds a closing connection keeps draining the client's input
 
 
@@ -272,6 +273,8 @@ class HttpProtocol(asyncio.Protocol):
         self.paused = False
         self.write_paused = False
         self.deadline = 0.0
+        self.headers_done = False  # the current message's head has been parsed
+        self.head_raw = 0  # raw bytes fed since the last message ended, while its head was incomplete
         self._reset()
 
     def _reset(self) -> None:
@@ -317,7 +320,29 @@ class HttpProtocol(asyncio.Protocol):
         if not self.in_message:
             self.deadline = self.loop.time() + self.server.listen.request_timeout
         try:
-            self.parser.feed_data(data)
+            # httptools collects a header name or value itself and calls on_header only once it is
+            # complete, so on_header's count alone would let one endless header value through (and
+            # copy it quadratically). So the raw bytes fed while a message's head is incomplete are
+            # counted here, before the parser sees them, and fed in slices: past max_head -> 431.
+            # (Bytes of a pipelined message's head in the slice where the previous message ends
+            # are not counted, so a head may exceed max_head by at most one slice.)
+            n = len(data)
+            pos = 0
+            while pos < n:
+                if self.headers_done:
+                    take = _FEED_SLICE
+                else:
+                    room = self.server.max_head - self.head_raw
+                    if room <= 0:
+                        self._fail(431, "request headers too large\n")
+                        return
+                    take = room if room < _FEED_SLICE else _FEED_SLICE
+                    self.head_raw += min(take, n - pos)
+                chunk = data if pos == 0 and take >= n else data[pos:pos + take]
+                pos += len(chunk)
+                self.parser.feed_data(chunk)
+                if self.closing:
+                    return
         except httptools.HttpParserUpgrade:
             # The request itself was answered (on_message_complete ran); we do not switch
             # protocols (RFC 9110 7.8 lets a server ignore Upgrade), and the bytes after it are
@@ -368,6 +393,7 @@ class HttpProtocol(asyncio.Protocol):
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
+        self.headers_done = True
         if self.hosts > 1 or (self.hosts == 0 and self.parser.get_http_version() == "1.1"):
             raise _Reject(400, "an HTTP/1.1 request needs exactly one Host header\n")  # RFC 9112 3.2
         if self.content_length is not None:
@@ -390,6 +416,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        self.headers_done = False
+        self.head_raw = 0
         parser = self.parser
         method = parser.get_method()
         close = not parser.should_keep_alive() or parser.get_http_version() != "1.1"
@@ -591,6 +619,8 @@ class FrontendServer:
         self.connections: set[HttpProtocol] = set()
         # A GET target may carry up to max_request_bytes of DER, base64'd and percent-encoded.
         self.max_url = 4 * listen.max_request_bytes + len(listen.path_prefix) + 1024
+        # Request line + header block: more raw bytes than this before the end of the head is a 431.
+        self.max_head = listen.max_header_bytes + self.max_url
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (listen.host, listen.port)
