@@ -99,6 +99,16 @@ class _RateLimitedLog:
 # -- the OCSP pipeline -----------------------------------------------------------------------------------
 
 
+class _Flight:
+    """A signature in progress that identical requests may wait for instead of signing again."""
+
+    __slots__ = ("future", "ca")
+
+    def __init__(self, future: asyncio.Future[tuple[bytes, bytes]]) -> None:
+        self.future = future
+        self.ca: str | None = None  # set once the request is decoded
+
+
 class OcspApp:
     """HTTP-free request handling: bytes in, (body, header lines) out."""
 
@@ -112,13 +122,17 @@ class OcspApp:
         self.allowed_hashes = frozenset(listen.allowed_hashes)
         self.max_age_cap = int(cache.max_age)
         self.prefix = listen.path_prefix.encode()
-        self._inflight: dict[bytes, asyncio.Future[tuple[bytes, bytes]]] = {}
+        self._inflight: dict[bytes, _Flight] = {}
         self._ratelog = _RateLimitedLog()
         for ca in issuers.values():
             ca.source.on_change(self._source_changed)
 
     def _source_changed(self, source: FileStatusSource) -> None:
         self.cache.invalidate(source.name)
+        # Signatures in flight for this CA were made from the old data: requests arriving from
+        # now on must not join them, they start their own.
+        for key in [k for k, f in self._inflight.items() if f.ca == source.name]:
+            del self._inflight[key]
 
     # cache hit: header lines for an entry
     def hit_headers(self, entry: Entry, now: float) -> bytes:
@@ -135,11 +149,13 @@ class OcspApp:
         return body, _CT_OCSP + b"Content-Length: %d\r\n" % len(body) + _NO_CACHE
 
     async def answer(self, der: bytes, key: bytes | None) -> tuple[bytes, bytes]:
-        """Answer one request; concurrent identical requests share one signature."""
+        """Answer one request; concurrent identical nonce-less requests share one signature, as long
+        as the CA's status data has not been reloaded since that signature was started."""
         if key is None:
             return await self._answer(der, None)
-        fut = self._inflight.get(key)
-        if fut is not None:
+        flight = self._inflight.get(key)
+        if flight is not None:
+            fut = flight.future
             try:
                 return await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -148,21 +164,27 @@ class OcspApp:
                     # The request we waited on was abandoned (its client went away): do our own.
                     return await self._answer(der, None)
                 raise
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        flight = _Flight(asyncio.get_running_loop().create_future())
+        self._inflight[key] = flight
+        fut = flight.future
         try:
-            result = await self._answer(der, key)
+            result = await self._answer(der, key, flight)
             fut.set_result(result)
             return result
         finally:
             # Only cancellation leaves without a result (_answer catches everything else).
             if not fut.done():
                 fut.cancel()
-            self._inflight.pop(key, None)
+            self._unshare(key, flight)
 
-    async def _answer(self, der: bytes, key: bytes | None) -> tuple[bytes, bytes]:
+    def _unshare(self, key: bytes, flight: _Flight) -> None:
+        """No later request joins ``flight`` (a reload may have put a newer one under ``key``)."""
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+
+    async def _answer(self, der: bytes, key: bytes | None, flight: _Flight | None = None) -> tuple[bytes, bytes]:
         try:
-            return await self._answer_or_raise(der, key)
+            return await self._answer_or_raise(der, key, flight)
         except OCSPError as e:
             if isinstance(e, TryLater):
                 self._ratelog(logging.WARNING, "trylater", "answering tryLater: %s", e)
@@ -175,7 +197,8 @@ class OcspApp:
             log.exception("unexpected error answering a request")
             return self.error_answer(ResponseStatus.INTERNAL_ERROR)
 
-    async def _answer_or_raise(self, der: bytes, key: bytes | None) -> tuple[bytes, bytes]:
+    async def _answer_or_raise(self, der: bytes, key: bytes | None,
+                               flight: _Flight | None = None) -> tuple[bytes, bytes]:
         request = decode_request(der, max_cert_ids=self.listen.max_cert_ids)
         ca: CaEntry | None = None
         for cid in request.cert_ids:
@@ -189,6 +212,12 @@ class OcspApp:
             elif found is not ca:
                 raise Unauthorized(f"one request names two CAs ({ca.name}, {found.name})")
         assert ca is not None  # decode_request rejects an empty requestList
+        if flight is not None and key is not None:
+            # Everything up to the Sign call runs without yielding, so no request has joined yet.
+            if request.nonce is not None:
+                self._unshare(key, flight)  # each nonce-bearing request gets its own signature
+            else:
+                flight.ca = ca.name  # a reload of this CA's data detaches it (_source_changed)
         source = ca.source
         generation = source.generation
         snapshot = source.current()

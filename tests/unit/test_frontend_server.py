@@ -485,6 +485,58 @@ def test_concurrent_identical_misses_share_one_signature(env: Env) -> None:
     assert len(set(results)) == 1 and len(env.signer.calls) == 1
 
 
+def _app(tmp_path: Path, signer: FakeSigner) -> tuple[OcspApp, TestCA, IndexTxtSource]:
+    ca = TestCA("In-flight CA")
+    src = IndexTxtSource("a", write(tmp_path / "index.txt", index_line("V", 0x100)), timedelta(hours=1))
+    src.load_now()
+    clock = FakeClock(NOW)
+    cache = ResponseCache(100, 3600.0, clock=lambda: clock.now().timestamp())
+    app = OcspApp(issuers=build_issuers([(ca.der, CaEntry("a", src))]), signer=signer, cache=cache,
+                  listen=ListenConfig(), clock=clock)
+    return app, ca, src
+
+
+def _req(ca: TestCA, serial: int, nonce: bytes | None = None) -> bytes:
+    b = ocsp.OCSPRequestBuilder().add_certificate(ca.leaf(serial), ca.cert, hashes.SHA1())
+    if nonce is not None:
+        b = b.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return b.build().public_bytes(serialization.Encoding.DER)
+
+
+def test_request_after_reload_does_not_join_older_signature(tmp_path: Path) -> None:
+    signer = FakeSigner()
+    signer.delay = 0.2
+    app, ca, src = _app(tmp_path, signer)
+    der = _req(ca, 0x100)
+
+    async def go() -> tuple[bytes, bytes, bytes]:
+        first = asyncio.create_task(app.answer(der, der))
+        joined = asyncio.create_task(app.answer(der, der))  # before the reload: may share
+        await asyncio.sleep(0.05)
+        write(src.path, index_line("R", 0x100, "260101000000Z,keyCompromise"))
+        assert await src.refresh(force=True)
+        later = asyncio.create_task(app.answer(der, der))  # after the reload: must not share
+        return (await first)[0], (await joined)[0], (await later)[0]
+
+    first, joined, later = asyncio.run(go())
+    assert statuses(first)[0]["status"] == "good" and joined == first
+    assert statuses(later)[0]["status"] == "revoked"
+    assert len(signer.calls) == 2
+
+
+def test_nonce_requests_never_share_a_signature(tmp_path: Path) -> None:
+    signer = FakeSigner()
+    signer.delay = 0.1
+    app, ca, _ = _app(tmp_path, signer)
+    der = _req(ca, 0x100, nonce=b"\x07" * 16)
+
+    async def go() -> None:
+        await asyncio.gather(*(app.answer(der, der) for _ in range(3)))
+
+    asyncio.run(go())
+    assert len(signer.calls) == 3
+
+
 def test_unexpected_bug_gives_internal_error(env: Env) -> None:
     # A status snapshot that blows up (a bug, not an OCSPError): internalError, connection kept.
     env.src_a.current().entries = None  # type: ignore[attr-defined, assignment]
