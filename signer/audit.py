@@ -25,7 +25,7 @@ is one compact JSON object; its ``type`` is one of:
                     <base64 Merkle root over records 0..size-1>
                     chain <base64 hash of record size-1>
                     time <RFC 3339 UTC>
-                    policy every=<N> interval=<seconds>
+                    policy every=<N> interval=<seconds, exact: 60 or 1.5>
 
                     — ocsp-audit/v1/<writer_id> <base64(key id || signature)>
 
@@ -262,10 +262,26 @@ class Policy:
     interval: timedelta
 
 
+_INTERVAL_RE = re.compile(r"(\d{1,9})(?:\.(\d{1,6}))?")
+
+
+def _interval_text(interval: timedelta) -> str:
+    """Seconds, exactly: whole seconds as an integer (``60``), else with up to 6 decimals (``1.5``)."""
+    whole, micro = divmod(interval // timedelta(microseconds=1), 1_000_000)
+    return str(whole) if not micro else f"{whole}.{micro:06d}".rstrip("0")
+
+
+def _parse_interval(text: str) -> timedelta:
+    m = _INTERVAL_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"bad interval {text!r}")
+    return timedelta(seconds=int(m[1]), microseconds=int((m[2] or "").ljust(6, "0")))
+
+
 def _checkpoint_body(writer: str, rng: CompactRange, head: bytes, now: datetime, policy: Policy) -> bytes:
     return cpt.Checkpoint(origin_for(writer), rng.size, rng.root(), (
         f"chain {_b64(head)}", f"time {_time_text(now)}",
-        f"policy every={policy.every} interval={int(policy.interval.total_seconds())}",
+        f"policy every={policy.every} interval={_interval_text(policy.interval)}",
     )).body()
 
 
@@ -278,7 +294,7 @@ def _checkpoint_extensions(c: cpt.Checkpoint) -> tuple[bytes, datetime, Policy]:
         head = base64.b64decode(ext["chain"], validate=True)
         when = _parse_time(ext["time"])
         fields = dict(part.split("=", 1) for part in ext["policy"].split())
-        policy = Policy(int(fields["every"]), timedelta(seconds=int(fields["interval"])))
+        policy = Policy(int(fields["every"]), _parse_interval(fields["interval"]))
     except (KeyError, ValueError, binascii.Error):
         raise ValueError("checkpoint lacks valid chain/time/policy extension lines") from None
     if len(head) != 32 or policy.every < 1 or policy.interval <= timedelta(0):

@@ -258,13 +258,17 @@ def _audit(sec: Section) -> AuditConfig:
     writer_id = sec.str("writer_id", default_writer)
     if not _WRITER_ID.fullmatch(writer_id):
         raise sec.error("writer_id", "1 to 64 of A-Z a-z 0-9 . _")
+    interval = sec.duration("checkpoint_interval", timedelta(seconds=60), minimum=timedelta(seconds=1),
+                            maximum=timedelta(days=1))
+    if interval % timedelta(seconds=1):
+        raise sec.error("checkpoint_interval", f"must be whole seconds (\"{int(interval.total_seconds())}s\" "
+                                               f"or \"{int(interval.total_seconds()) + 1}s\"), not {interval}")
     return AuditConfig(
         dir=directory,
         key_label=sec.str("key_label"),
         writer_id=writer_id,
         checkpoint_every=sec.int("checkpoint_every", 1000, minimum=1, maximum=1_000_000),
-        checkpoint_interval=sec.duration("checkpoint_interval", timedelta(seconds=60),
-                                         minimum=timedelta(seconds=1), maximum=timedelta(days=1)),
+        checkpoint_interval=interval,
         max_file_bytes=sec.int("max_file_bytes", 64 << 20, minimum=4096),
         group_window=sec.duration("group_window", timedelta(milliseconds=2),
                                   maximum=timedelta(milliseconds=100)),

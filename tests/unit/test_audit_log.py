@@ -705,3 +705,21 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert audit_main(["show", str(path), "--since", "yesterday"]) == 2
     assert audit_main(["frobnicate"]) == 2
     assert audit_main([]) == 2
+
+
+
+def test_sub_second_interval_is_written_exactly(tmp_path: Path) -> None:
+    async def go() -> None:
+        clock = FakeClock(START)
+        log = await open_log(tmp_path, clock, every=100, interval=timedelta(milliseconds=1500))
+        await log.checkpoint()
+        for i in range(3):
+            await log.append(rec(i, clock.now()))
+            clock.advance(timedelta(seconds=1))
+        await log.close()
+
+    asyncio.run(go())
+    (path,) = tmp_path.glob("audit-*.jsonl")
+    assert "interval=1.5" in path.read_text()
+    report = check(path, require_complete=True)
+    assert report.ok, [str(f) for f in report.failures]

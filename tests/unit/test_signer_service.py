@@ -589,6 +589,10 @@ CONFIG_CASES: list[tuple[str, Callable[[Path], Path], str, str]] = [
      "colour"),
     ("ca-cert-garbage", lambda b: _garbage_ca(b), "alpha.toml", "ca_cert"),
     ("no-ca-files", lambda b: _no_cas(b), "signer.toml", "ca_dir"),
+    ("sub-second-checkpoint-interval",
+     lambda b: _edit(write_setup(b, [make_ca("alpha")]), 'writer_id = "test"\n',
+                     'writer_id = "test"\ncheckpoint_interval = "1500ms"\n'),
+     "signer.toml", "audit.checkpoint_interval"),
 ]
 
 
