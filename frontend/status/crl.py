@@ -14,6 +14,11 @@ A CRL lists revocations only. For serials not on it, the per-CA ``unissued`` pol
 revocationTime 1970-01-01T00:00:00Z, reason certificateHold.
 
 Entries with reason removeFromCRL (meaningful only in delta CRLs) are not treated as revocations.
+
+A reload never goes back in time: a new CRL is refused (the loaded one stays, an ERROR says why)
+when its thisUpdate is older than the loaded CRL's, its CRLNumber is lower, or its nextUpdate has
+already passed while the loaded CRL is still valid. A stale mirror or a replayed old CRL could
+otherwise turn revoked certificates back into good ones.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_stale
+from shared.clock import Clock, SystemClock
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -50,16 +56,18 @@ def _whole(t: datetime) -> datetime:
 
 
 class CrlSnapshot(Snapshot):
-    __slots__ = ("name", "revoked", "issued", "unissued", "this_update", "next_update")
+    __slots__ = ("name", "revoked", "issued", "unissued", "this_update", "next_update", "number")
 
     def __init__(self, name: str, revoked: dict[int, StatusInfo], issued: frozenset[int] | None,
-                 unissued: StatusInfo, this_update: datetime, next_update: datetime) -> None:
+                 unissued: StatusInfo, this_update: datetime, next_update: datetime,
+                 number: int | None = None) -> None:
         self.name = name
         self.revoked = revoked
         self.issued = issued
         self.unissued = unissued
         self.this_update = this_update
         self.next_update = next_update
+        self.number = number  # CRLNumber, when the CRL has one
 
     def status(self, serial: int) -> StatusInfo:
         info = self.revoked.get(serial)
@@ -162,7 +170,8 @@ class CrlSource(FileStatusSource):
     kind = "crl"
 
     def __init__(self, name: str, path: Path, ca_cert_der: bytes, *, unissued: str,
-                 issued_serials: Path | None = None, check_interval: float = 5.0) -> None:
+                 issued_serials: Path | None = None, check_interval: float = 5.0,
+                 clock: Clock | None = None) -> None:
         files = [path] + ([issued_serials] if issued_serials is not None else [])
         super().__init__(name, files, check_interval)
         if unissued not in UNISSUED:
@@ -171,6 +180,7 @@ class CrlSource(FileStatusSource):
         self.issued_path = issued_serials
         self.ca = x509.load_der_x509_certificate(ca_cert_der)
         self.unissued = UNISSUED[unissued]
+        self.clock = clock or SystemClock()
 
     def parse(self) -> CrlSnapshot:
         try:
@@ -189,5 +199,33 @@ class CrlSource(FileStatusSource):
             issued = parse_serial_list(text, str(self.issued_path))
         next_update = crl.next_update_utc
         assert next_update is not None
-        return CrlSnapshot(self.name, revoked, issued, self.unissued,
-                           _whole(crl.last_update_utc), _whole(next_update))
+        snap = CrlSnapshot(self.name, revoked, issued, self.unissued,
+                           _whole(crl.last_update_utc), _whole(next_update), crl_number(crl))
+        loaded = self._snapshot
+        if isinstance(loaded, CrlSnapshot):
+            self._check_not_older(snap, loaded, where)
+        return snap
+
+    def _check_not_older(self, new: CrlSnapshot, loaded: CrlSnapshot, where: str) -> None:
+        """Refuse a CRL that would roll the loaded one back (StatusDataError says why)."""
+        if new.this_update < loaded.this_update:
+            raise StatusDataError(f"{where}: thisUpdate {_fmt(new.this_update)} is older than the loaded "
+                                  f"CRL's {_fmt(loaded.this_update)}; refusing to go back to an older CRL")
+        if new.number is not None and loaded.number is not None and new.number < loaded.number:
+            raise StatusDataError(f"{where}: CRLNumber {new.number} is lower than the loaded CRL's "
+                                  f"{loaded.number}; refusing to go back to an older CRL")
+        now = self.clock.now()
+        if new.next_update <= now < loaded.next_update:
+            raise StatusDataError(f"{where}: expired at {_fmt(new.next_update)} (nextUpdate passed) while the "
+                                  f"loaded CRL is valid until {_fmt(loaded.next_update)}")
+
+
+def _fmt(t: datetime) -> str:
+    return f"{t:%Y-%m-%dT%H:%M:%SZ}"
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return None

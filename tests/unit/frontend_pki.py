@@ -43,8 +43,10 @@ class TestCA:
 
     def crl(self, revoked: list[tuple[int, datetime, x509.ReasonFlags | None, datetime | None]], *,
             this_update: datetime = NOW, next_update: datetime | None = NOW + timedelta(days=1),
-            signer: TestCA | None = None, pem: bool = False) -> bytes:
+            signer: TestCA | None = None, pem: bool = False, number: int | None = None) -> bytes:
         b = x509.CertificateRevocationListBuilder().issuer_name(self.name).last_update(this_update)
+        if number is not None:
+            b = b.add_extension(x509.CRLNumber(number), critical=False)
         if next_update is not None:
             b = b.next_update(next_update)
         for serial, when, reason, invalidity in revoked:

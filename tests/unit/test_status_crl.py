@@ -148,3 +148,38 @@ def test_issued_list_change_reloads(tmp_path: Path, ca: TestCA) -> None:
 
     asyncio.run(go())
     assert src.current().status(0x21).status is CertStatus.GOOD
+
+
+def test_reload_refuses_rollback(tmp_path: Path, ca: TestCA, caplog: pytest.LogCaptureFixture) -> None:
+    from shared.clock import FakeClock
+
+    path = write(tmp_path / "crl.der", ca.crl([(0x50, NOW - timedelta(hours=1), KC, None)],
+                                              this_update=NOW - timedelta(hours=1), number=7))
+    src = CrlSource("t", path, ca.der, unissued="good", clock=FakeClock(NOW))
+    src.load_now()
+    older = {
+        "older thisUpdate": ca.crl([], this_update=NOW - timedelta(days=1), number=8),
+        "lower CRLNumber": ca.crl([], this_update=NOW - timedelta(hours=1), number=6),
+        "already expired": ca.crl([], this_update=NOW - timedelta(minutes=30),
+                                  next_update=NOW - timedelta(minutes=1), number=8),
+    }
+
+    async def go() -> None:
+        for what, data in older.items():
+            path.write_bytes(data)
+            caplog.clear()
+            assert not await src.refresh(force=True), what
+            assert src.current().status(0x50).status is CertStatus.REVOKED, what
+            (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert "FAILED, keeping the last good data" in record.getMessage(), what
+        assert "expired" in (src.last_error or "")
+        # The same CRL again (an issued list changed, a forced SIGHUP) and newer ones are fine.
+        path.write_bytes(ca.crl([(0x50, NOW - timedelta(hours=1), KC, None)],
+                                this_update=NOW - timedelta(hours=1), number=7))
+        assert await src.refresh(force=True)
+        path.write_bytes(ca.crl([], this_update=NOW, number=8))
+        assert await src.refresh(force=True)
+        assert src.current().status(0x50).status is CertStatus.GOOD
+
+    with caplog.at_level("ERROR", logger="frontend.status"):
+        asyncio.run(go())
