@@ -34,7 +34,10 @@ after every ``checkpoint_every`` records, before any record whose time is ``chec
 more after the first record no checkpoint covers yet, on ``checkpoint()``/``close()``, on ``open()``
 when a previous run left records uncovered, and from a timer when the log idles. The signed
 ``policy`` line tells the verifier those limits, so it can tell a checkpoint that was removed from
-one that was never due. Checkpoints are not chained: they do not need to be, being signed.
+one that was never due. Records are always covered by a checkpoint stating the policy they were
+written under: when the policy changes between runs, ``open()`` first covers the records the last run
+left (if any) under the old policy, then writes a checkpoint stating the new one, before any new
+record; the verifier checks each run against the policy of the checkpoint before it. Checkpoints are not chained: they do not need to be, being signed.
 
 Several signer processes each open their own writer (distinct ``writer_id``, e.g. host name and
 worker number) on the same directory: file names, records and checkpoint origins carry the writer
@@ -302,6 +305,15 @@ def _checkpoint_extensions(c: cpt.Checkpoint) -> tuple[bytes, datetime, Policy]:
     return head, when, policy
 
 
+def _note_policy(note: str) -> Policy | None:
+    """The policy a checkpoint note states (not verified: the writer resuming its own log), or None."""
+    try:
+        body, _ = cpt.parse_note(note)
+        return _checkpoint_extensions(cpt.parse_checkpoint(body))[2]
+    except (cpt.CheckpointError, ValueError):
+        return None
+
+
 def _checkpoint_line(writer: str, size: int, note: str) -> bytes:
     return json.dumps({"type": "checkpoint", "writer": writer, "index": size, "note": note},
                       separators=(",", ":")).encode()
@@ -355,10 +367,13 @@ class _State:
     uncovered: int = 0
     uncovered_since: datetime | None = None
     checkpoint_note: str | None = None
+    # The policy the newest checkpoint states: the records after it were written under it.
+    checkpoint_policy: Policy | None = None
 
     def copy(self) -> _State:
         return _State(self.rng.copy(), self.head, self.seq, self.path, self.file_bytes, self.file_records,
-                      self.file_day, self.uncovered, self.uncovered_since, self.checkpoint_note)
+                      self.file_day, self.uncovered, self.uncovered_since, self.checkpoint_note,
+                      self.checkpoint_policy)
 
 
 @dataclass(slots=True)
@@ -422,13 +437,30 @@ def _scan(directory: Path, writer: str) -> _State:
                     if _want(obj, "index", int) == st.rng.size:
                         st.uncovered, st.uncovered_since = 0, None
                         st.checkpoint_note = _want(obj, "note", str)
+                        st.checkpoint_policy = _note_policy(st.checkpoint_note)
                 else:
                     raise ValueError("a file header in the middle of a file")
             except ValueError as e:
                 raise AuditUnavailable(f"{path}:{n}: {e}; refusing to extend a damaged log "
                                        "(run `ocspctl audit verify`, move the files aside)") from None
+        if st.checkpoint_note is None:  # none in the newest file: the last one is in an older file
+            st.checkpoint_note, st.checkpoint_policy = _last_checkpoint([p for _, p in names[:-1]])
         return st
     return _State()
+
+
+def _last_checkpoint(paths: list[Path]) -> tuple[str | None, Policy | None]:
+    """The newest checkpoint note (and its policy) in ``paths`` (oldest first)."""
+    for path in reversed(paths):
+        for raw in reversed(path.read_bytes().split(b"\n")):
+            if b'"type":"checkpoint"' not in raw:
+                continue
+            try:
+                note = _want(_parse_line(raw), "note", str)
+            except ValueError:
+                continue
+            return note, _note_policy(note)
+    return None, None
 
 
 class AuditLog:
@@ -486,7 +518,10 @@ class AuditLog:
             self._io_executor.shutdown(wait=False)
             raise
         if signer is not None:
-            if self._state.uncovered:
+            st = self._state
+            if st.uncovered or (st.checkpoint_note is not None and st.checkpoint_policy != self._policy):
+                # Records the last run left uncovered get a checkpoint under the policy they were written
+                # under; a changed policy gets a checkpoint of its own before any new record.
                 try:
                     await self.checkpoint()
                 except AuditUnavailable as e:
@@ -603,6 +638,8 @@ class AuditLog:
         every, interval = self._policy.every, self._policy.interval
         checkpointing = self._signer is not None
         for record, _ in batch:
+            if checkpointing and st.checkpoint_note is not None and st.checkpoint_policy != self._policy:
+                await self._adopt_policy(st, segments, now)
             if record is None:
                 # An explicit checkpoint; on a writer that has none yet (a new log) this is the
                 # genesis checkpoint, so an honest log always carries at least one signed note.
@@ -646,9 +683,21 @@ class AuditLog:
         segments[-1].chunks.append(line + b"\n")
         st.file_bytes += len(line) + 1
 
-    async def _add_checkpoint(self, st: _State, segments: list[_Segment], now: datetime) -> None:
+    async def _adopt_policy(self, st: _State, segments: list[_Segment], now: datetime) -> None:
+        """The policy changed since the last checkpoint (a restart with a new checkpoint_every or
+        checkpoint_interval): cover the records written under the old policy with a checkpoint stating
+        it, then state the new one, so a verifier checks every run against the policy it was written
+        under."""
+        if st.uncovered:
+            await self._add_checkpoint(st, segments, now, st.checkpoint_policy or self._policy)
+        if st.checkpoint_policy != self._policy:
+            await self._add_checkpoint(st, segments, now)
+
+    async def _add_checkpoint(self, st: _State, segments: list[_Segment], now: datetime,
+                              policy: Policy | None = None) -> None:
         assert self._signer is not None
-        body = _checkpoint_body(self._writer, st.rng, st.head, now, self._policy)
+        policy = policy or self._policy
+        body = _checkpoint_body(self._writer, st.rng, st.head, now, policy)
         try:
             signature = await asyncio.get_running_loop().run_in_executor(
                 self._token_executor, self._signer.sign, body)
@@ -660,7 +709,7 @@ class AuditLog:
             self._place(st, segments, line, now, now.astimezone(timezone.utc).date())
         else:
             self._put(st, segments, line)
-        st.uncovered, st.uncovered_since, st.checkpoint_note = 0, None, note
+        st.uncovered, st.uncovered_since, st.checkpoint_note, st.checkpoint_policy = 0, None, note, policy
 
     # -- file I/O (on the log's thread) -----------------------------------------------------------------
     def _close_fd(self) -> None:
@@ -922,7 +971,12 @@ class _StreamVerifier:
             self.fail(at, f"records #{first}..#{c.size - 1} do not match the checkpoint at {loc.path}:"
                       f"{loc.line}: one of them was altered after it was signed (and the hash chain "
                       "recomputed)", first, first, c.size - 1)
-        self._check_run(policy, scan=self.policy is None or policy != self.policy)
+        if self.policy is None:
+            # The first checkpoint seen: the run before it is checked against the policy it states.
+            self._check_run(policy, scan=True)
+        # Otherwise every record of the run was checked against the policy it was written under (the
+        # previous checkpoint's) as it came. A checkpoint stating another policy (the writer restarted
+        # with new limits) applies it to later records only.
         self.policy = policy
         self.checkpoints += 1
         self.anchored_size = c.size

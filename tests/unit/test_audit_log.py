@@ -707,6 +707,74 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert audit_main([]) == 2
 
 
+# -- the checkpoint policy changes between runs --------------------------------------------------------
+
+def _abandon(log: AuditLog) -> None:
+    """What a crash leaves: no final checkpoint, the files as they are (and the writer lock gone)."""
+    if log._ticker is not None:
+        log._ticker.cancel()
+    log._io_executor.shutdown(wait=True)
+    log._close_fd()
+    release = getattr(log, "_release_lock", None)
+    if release is not None:
+        release()
+
+
+@pytest.mark.parametrize("crash", [False, True])
+@pytest.mark.parametrize("first,second", [(5, 100), (100, 10)])
+def test_policy_change_between_runs_verifies(tmp_path: Path, crash: bool, first: int, second: int) -> None:
+    async def go() -> None:
+        clock = FakeClock(START)
+        log = await open_log(tmp_path, clock, every=first)
+        await log.checkpoint()
+        for i in range(23):
+            await log.append(rec(i))
+        if crash:
+            _abandon(log)
+        else:
+            await log.close()
+        log2 = await open_log(tmp_path, clock, every=second)  # the operator changed checkpoint_every
+        await log2.checkpoint()  # what the signer's open_audit does
+        for i in range(23, 60):
+            await log2.append(rec(i))
+        await log2.close()
+
+    asyncio.run(go())
+    report = verify(sorted(tmp_path.glob("audit-*.jsonl")), SIGNER.public_key_spki, require_complete=True)
+    assert report.ok, [str(f) for f in report.failures]
+    notes = [json.loads(x)["note"] for p in sorted(tmp_path.glob("audit-*.jsonl")) for x in lines_of(p)
+             if '"checkpoint"' in x]
+    policies = [next(e for e in parse_checkpoint(parse_note(n)[0]).extensions if e.startswith("policy"))
+                for n in notes]
+    switch = policies.index(f"policy every={second} interval=3600")
+    assert all(p == f"policy every={first} interval=3600" for p in policies[:switch])
+    assert all(p == f"policy every={second} interval=3600" for p in policies[switch:])
+
+
+def test_policy_change_still_catches_a_removed_checkpoint(tmp_path: Path) -> None:
+    async def go() -> None:
+        log = await open_log(tmp_path, every=5)
+        for i in range(7):
+            await log.append(rec(i))
+        await log.close()
+        log2 = await open_log(tmp_path, every=3)
+        for i in range(7, 14):
+            await log2.append(rec(i))
+        await log2.close()
+
+    asyncio.run(go())
+    (path,) = tmp_path.glob("audit-*.jsonl")
+    assert check(path, require_complete=True).ok
+    lines = lines_of(path)
+    kinds = [json.loads(x)["type"] for x in lines]
+    # the first checkpoint of the new run's records (after #7..#9, every=3)
+    at = [i for i, k in enumerate(kinds) if k == "checkpoint"][-3]
+    assert [json.loads(x).get("index") for x in lines[at - 3:at]] == [7, 8, 9]
+    del lines[at]
+    put_lines(path, lines)
+    line, message = only_failure(check(path))
+    assert "missing checkpoint" in message and line == at + 1
+
 
 def test_sub_second_interval_is_written_exactly(tmp_path: Path) -> None:
     async def go() -> None:
