@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,8 +34,12 @@ _HASHES = {HashAlgorithm.SHA1: pb.SHA1, HashAlgorithm.SHA256: pb.SHA256,
            HashAlgorithm.SHA384: pb.SHA384, HashAlgorithm.SHA512: pb.SHA512}
 _STATUSES = {CertStatus.GOOD: pb.GOOD, CertStatus.REVOKED: pb.REVOKED, CertStatus.UNKNOWN: pb.UNKNOWN}
 
+# INVALID_ARGUMENT is the signer's policy refusing what we asked (e.g. a thisUpdate ahead of its
+# clock): not the client's fault and not a bug, but a state an operator fixes, so tryLater (logged).
 TRY_LATER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                             grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED})
+                             grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             grpc.StatusCode.INVALID_ARGUMENT})
+POLICY_LOG_INTERVAL = 10.0  # seconds between two log lines about policy refusals
 # Codes after which another signer may well succeed.
 FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
@@ -112,6 +117,7 @@ class SignerClient:
         self._next = itertools.count()
         self._ids = itertools.count(1)
         self._prefix = f"fe{os.getpid()}-"
+        self._last_policy_log = -1e9
 
     def _ensure(self) -> None:
         # Channels belong to the running event loop, so they are made on first use.
@@ -140,6 +146,8 @@ class SignerClient:
             except grpc.RpcError as e:
                 last = map_error(e)
                 code = e.code() if hasattr(e, "code") else None
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    self._log_policy_refusal(last)
                 log.debug("%s (address %s)", last, self.addresses[(start + i) % n])
                 if code in FAILOVER_CODES and i + 1 < n:
                     continue
@@ -149,6 +157,12 @@ class SignerClient:
             return SignResult(bytes(reply.ocsp_response), reply.generation, reply.responder_fingerprint)
         assert last is not None
         raise last
+
+    def _log_policy_refusal(self, error: OCSPError) -> None:
+        now = time.monotonic()
+        if now - self._last_policy_log >= POLICY_LOG_INTERVAL:
+            self._last_policy_log = now
+            log.error("the signer's policy refused to sign (answering tryLater): %s", error)
 
     async def health(self) -> bool:
         self._ensure()

@@ -34,6 +34,11 @@ class StatusDataError(Exception):
     """A status file that cannot be used; the message is worded for the operator."""
 
 
+class NotYetValid(StatusDataError):
+    """Data that may become usable without changing (a CRL issued ahead of our clock): retried at
+    every check instead of waiting for the file to change."""
+
+
 class Snapshot(ABC):
     """One immutable version of a CA's status data."""
 
@@ -73,6 +78,7 @@ class FileStatusSource(ABC):
         self._listeners: list[Callable[[FileStatusSource], None]] = []
         self._lock: asyncio.Lock | None = None
         self.last_error: str | None = None
+        self._last_retry_log = -1e9
 
     # -- subclass hooks ---------------------------------------------------------------------------
     @abstractmethod
@@ -129,8 +135,14 @@ class FileStatusSource(ABC):
             try:
                 snap = await loop.run_in_executor(None, self.parse)
             except Exception as e:  # noqa: BLE001 - keep the last good data, whatever went wrong
-                self._failed_stamps = stamps
-                self.last_error = str(e) or type(e).__name__
+                retry = isinstance(e, NotYetValid)
+                self._failed_stamps = None if retry else stamps
+                error = str(e) or type(e).__name__
+                now = time.monotonic()
+                if retry and error == self.last_error and now - self._last_retry_log < 60:
+                    return False  # the same refusal again: said less than a minute ago
+                self._last_retry_log = now
+                self.last_error = error
                 kept = ("keeping the last good data" if self._snapshot is not None
                         else "no data to answer from")
                 log.error("%s: status reload of %s FAILED, %s: %s", self.name,

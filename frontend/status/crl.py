@@ -15,6 +15,10 @@ revocationTime 1970-01-01T00:00:00Z, reason certificateHold.
 
 Entries with reason removeFromCRL (meaningful only in delta CRLs) are not treated as revocations.
 
+A CRL whose thisUpdate is more than ``MAX_CLOCK_SKEW`` ahead of this host's clock is refused (the
+signer would refuse every answer built from it): at start-up that is a status-data error, on a reload
+the last good CRL stays and the file is tried again at every check, so it is taken once its time has come.
+
 A reload never goes back in time: a new CRL is refused (the loaded one stays, an ERROR says why)
 when its thisUpdate is older than the loaded CRL's, its CRLNumber is lower, or its nextUpdate has
 already passed while the loaded CRL is still valid. A stale mirror or a replayed old CRL could
@@ -23,19 +27,22 @@ otherwise turn revoked certificates back into good ones.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
-from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_stale
+from frontend.status.base import (GOOD, UNKNOWN, FileStatusSource, NotYetValid, Snapshot, StatusDataError,
+                                  check_stale)
 from shared.clock import Clock, SystemClock
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 EXTENDED_REVOKED = StatusInfo(CertStatus.REVOKED, Revocation(EPOCH, RevocationReason.CERTIFICATE_HOLD))
 UNISSUED = {"unknown": UNKNOWN, "good": GOOD, "revoked": EXTENDED_REVOKED}
+# How far ahead of our clock a CRL's thisUpdate may be (the signer's policy.max_clock_skew default).
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 _REASONS = {
     x509.ReasonFlags.unspecified: RevocationReason.UNSPECIFIED,
@@ -201,6 +208,11 @@ class CrlSource(FileStatusSource):
         assert next_update is not None
         snap = CrlSnapshot(self.name, revoked, issued, self.unissued,
                            _whole(crl.last_update_utc), _whole(next_update), crl_number(crl))
+        now = self.clock.now()
+        if snap.this_update > now + MAX_CLOCK_SKEW:
+            raise NotYetValid(f"{where}: thisUpdate {_fmt(snap.this_update)} is in the future (this host's "
+                                  f"clock says {_fmt(now)}); the signer would refuse to sign answers from it "
+                                  "(check the clocks of the CA and this host)")
         loaded = self._snapshot
         if isinstance(loaded, CrlSnapshot):
             self._check_not_older(snap, loaded, where)

@@ -63,7 +63,7 @@ def test_to_proto() -> None:
 @pytest.mark.parametrize("code,error", [
     (grpc.StatusCode.UNAVAILABLE, TryLater), (grpc.StatusCode.DEADLINE_EXCEEDED, TryLater),
     (grpc.StatusCode.FAILED_PRECONDITION, TryLater), (grpc.StatusCode.RESOURCE_EXHAUSTED, TryLater),
-    (grpc.StatusCode.PERMISSION_DENIED, Unauthorized), (grpc.StatusCode.INVALID_ARGUMENT, InternalError),
+    (grpc.StatusCode.PERMISSION_DENIED, Unauthorized), (grpc.StatusCode.INVALID_ARGUMENT, TryLater),
     (grpc.StatusCode.INTERNAL, InternalError),
 ])
 def test_error_mapping(tmp_path: Path, code: grpc.StatusCode, error: type) -> None:
@@ -82,6 +82,30 @@ def test_error_mapping(tmp_path: Path, code: grpc.StatusCode, error: type) -> No
             await server.stop(None)
 
     asyncio.run(go())
+
+
+def test_policy_refusal_is_try_later_and_logged_rate_limited(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # INVALID_ARGUMENT is the signer's policy refusing (e.g. a CRL thisUpdate ahead of its clock):
+    # tryLater for the client, and the operator is told why, once per interval rather than per request.
+    async def go() -> None:
+        stand = Stand()
+        stand.abort_with = grpc.StatusCode.INVALID_ARGUMENT
+        address = f"unix:{tmp_path}/s.sock"
+        server = await start(address, stand)
+        client = SignerClient([address], 2.0)
+        try:
+            for _ in range(3):
+                with pytest.raises(TryLater):
+                    await client.sign(statuses(), None)
+        finally:
+            await client.close()
+            await server.stop(None)
+
+    with caplog.at_level("ERROR", logger="frontend.signer_client"):
+        asyncio.run(go())
+    (record,) = [r for r in caplog.records if r.name == "frontend.signer_client"]
+    assert "policy refused" in record.getMessage() and "INVALID_ARGUMENT: no" in record.getMessage()
 
 
 def test_dead_signer_fails_fast_then_recovers(tmp_path: Path) -> None:

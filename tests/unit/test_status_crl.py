@@ -183,3 +183,30 @@ def test_reload_refuses_rollback(tmp_path: Path, ca: TestCA, caplog: pytest.LogC
 
     with caplog.at_level("ERROR", logger="frontend.status"):
         asyncio.run(go())
+
+
+def test_future_this_update_refused(tmp_path: Path, ca: TestCA) -> None:
+    from shared.clock import FakeClock
+
+    clock = FakeClock(NOW)
+    path = write(tmp_path / "crl.der", ca.crl([], this_update=NOW + timedelta(hours=3)))
+    src = CrlSource("t", path, ca.der, unissued="good", clock=clock)
+    # At start-up: a status-data error naming the file.
+    with pytest.raises(StatusDataError, match=r"crl\.der: thisUpdate .* is in the future"):
+        src.load_now()
+    # A few minutes of skew are tolerated.
+    path.write_bytes(ca.crl([(0x50, NOW, KC, None)], this_update=NOW + timedelta(minutes=4)))
+    src.load_now()
+
+    async def go() -> None:
+        # On a reload: refused, the last good CRL stays.
+        path.write_bytes(ca.crl([], this_update=NOW + timedelta(hours=1)))
+        assert not await src.refresh(force=True)
+        assert "in the future" in (src.last_error or "")
+        assert src.current().status(0x50).status is CertStatus.REVOKED
+        assert not await src.refresh()  # the unchanged file is tried again at the next check
+        clock.advance(timedelta(hours=1))
+        assert await src.refresh()  # its time has come: taken without the file changing
+        assert src.current().status(0x50).status is CertStatus.GOOD
+
+    asyncio.run(go())
