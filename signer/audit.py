@@ -41,7 +41,8 @@ record; the verifier checks each run against the policy of the checkpoint before
 
 Several signer processes each open their own writer (distinct ``writer_id``, e.g. host name and
 worker number) on the same directory: file names, records and checkpoint origins carry the writer
-id, so each process's stream is verified on its own and no lock is shared between processes.
+id, so each process's stream is verified on its own. A writer holds ``<dir>/.audit-<writer_id>.lock``
+(flock) while open; a second process opening the same writer_id there is refused (``WriterBusy``).
 
 Durability
 ----------
@@ -59,6 +60,7 @@ import asyncio
 import base64
 import binascii
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -91,6 +93,28 @@ class AuditUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class WriterBusy(AuditUnavailable):
+    """Another process holds this writer_id's lock on the directory."""
+
+
+def _lock_writer(directory: Path, writer: str) -> int:
+    """Take ``<dir>/.audit-<writer>.lock`` (flock, exclusive, non-blocking) for the log's life: two
+    processes appending to one chain would corrupt it. The kernel drops the lock when the process dies."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f".audit-{writer}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WriterBusy(f"another process is writing the audit chain of writer_id {writer!r} in {directory} "
+                         f"(it holds {path}); give each signer process its own audit.writer_id") from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def origin_for(writer_id: str) -> str:
@@ -483,6 +507,7 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
+        self._lock_fd: int | None = None  # flock on <dir>/.audit-<writer_id>.lock, held until close()
         self.failure: str | None = None  # the last write failure, None once a write succeeds again
         self.commits = 0  # groups written (each one write+fsync per file touched)
         self._group_window = 0.0
@@ -510,11 +535,18 @@ class AuditLog:
         self._group_window = max(0.0, group_window)
         loop = asyncio.get_running_loop()
         try:
+            try:
+                self._lock_fd = await loop.run_in_executor(self._io_executor, _lock_writer, self._dir, writer_id)
+            except PermissionError as e:  # a read-only directory: no write can happen before the lock is taken
+                log.warning("audit: %s; the writer lock is taken before the first write",
+                            _os_reason(f"create the writer lock in {directory}", e))
             self._state = await loop.run_in_executor(self._io_executor, _scan, self._dir, writer_id)
         except OSError as e:
+            self._release_lock()
             self._io_executor.shutdown(wait=False)
             raise AuditUnavailable(_os_reason(f"read the audit log in {directory}", e)) from None
         except AuditUnavailable:
+            self._release_lock()
             self._io_executor.shutdown(wait=False)
             raise
         if signer is not None:
@@ -570,6 +602,18 @@ class AuditLog:
                 await asyncio.gather(self._task, return_exceptions=True)
             await asyncio.get_running_loop().run_in_executor(self._io_executor, self._close_fd)
             self._io_executor.shutdown(wait=True)
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.close(self._lock_fd)  # closing the only descriptor releases the flock
+            except OSError:
+                pass
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        self._release_lock()  # a log dropped without close() (its process is as good as dead)
 
     # -- group commit ---------------------------------------------------------------------------------
     def _enqueue(self, item: AuditRecord | None) -> asyncio.Future[None]:
@@ -728,6 +772,11 @@ class AuditLog:
         io = self._io
         done: list[_Segment] = []
         where = self._dir
+        if self._lock_fd is None and not self._closed:
+            try:
+                self._lock_fd = _lock_writer(self._dir, self._writer)
+            except OSError as e:
+                raise AuditUnavailable(_os_reason(f"write the audit log {self._dir} (writer lock)", e)) from None
         try:
             for seg in segments:
                 where = seg.path

@@ -22,7 +22,8 @@ from shared.config import ConfigError
 from shared.ocsp.response import build_response_data, signed_response
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
-from signer.audit import AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus
+from signer.audit import (AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus,
+                          WriterBusy)
 from signer.admin import RotationRuntime
 from signer.config import SignerConfig
 from signer.policy import Policy, PolicyError
@@ -206,6 +207,8 @@ async def open_audit(config: SignerConfig, token: Token, clock: Clock, executor:
         # before them, and a verifier can tell "not yet checkpointed" from "checkpoints stripped".
         await audit.checkpoint()
         return audit
+    except WriterBusy as e:
+        raise ConfigError(config.file, "audit.writer_id", e.reason) from None
     except AuditUnavailable as e:
         raise ConfigError(config.file, "audit.dir", f"audit log unusable: {e.reason}") from None
 

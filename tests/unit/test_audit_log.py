@@ -579,6 +579,7 @@ def test_crash_recovery(tmp_path: Path) -> None:
         log = await open_log(tmp_path)
         for i in range(7):
             await log.append(rec(i))
+        _abandon(log)
 
     asyncio.run(crash())
     (path,) = tmp_path.glob("audit-*.jsonl")
@@ -791,3 +792,21 @@ def test_sub_second_interval_is_written_exactly(tmp_path: Path) -> None:
     assert "interval=1.5" in path.read_text()
     report = check(path, require_complete=True)
     assert report.ok, [str(f) for f in report.failures]
+
+
+def test_one_process_per_writer_id(tmp_path: Path) -> None:
+    async def go() -> None:
+        log = await open_log(tmp_path)
+        other = await open_log(tmp_path, writer="w2")  # another writer_id shares the directory
+        with pytest.raises(AuditUnavailable, match="give each signer process its own audit.writer_id"):
+            await open_log(tmp_path)  # a second writer on w1's chain
+        await log.append(rec(0))
+        await log.close()
+        again = await open_log(tmp_path)  # released on close
+        await again.append(rec(1))
+        await again.close()
+        await other.close()
+
+    asyncio.run(go())
+    assert (tmp_path / ".audit-w1.lock").exists()
+    assert check(next(tmp_path.glob("audit-w1-*.jsonl")), require_complete=True).ok

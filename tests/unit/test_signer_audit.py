@@ -141,3 +141,24 @@ def test_new_log_starts_with_a_signed_checkpoint(tmp_path: Path) -> None:
     files = audit_files(conf)
     assert files and '"checkpoint"' in files[0].read_text()
     assert verify(files, AUDIT_SPKI).ok
+
+
+def test_second_signer_on_the_same_writer_id_is_a_config_error(tmp_path: Path) -> None:
+    ca = make_ca("alpha")
+    conf = write_setup(tmp_path, [ca])
+
+    async def main() -> None:
+        first, _ = await serve(load_signer_config(conf), token=token_for(ca), clock=FakeClock(NOW))
+        try:
+            (tmp_path / "other").mkdir()
+            other = write_setup(tmp_path / "other", [ca])  # its own socket, the same audit directory
+            text = other.read_text().replace('dir = "audit"', f'dir = "{tmp_path / "audit"}"')
+            other.write_text(text)
+            with pytest.raises(ConfigError) as info:
+                await serve(load_signer_config(other), token=token_for(ca), clock=FakeClock(NOW))
+            assert info.value.key == "audit.writer_id" and "own audit.writer_id" in info.value.message
+        finally:
+            await first.stop(None)
+
+    asyncio.run(main())
+    assert verify(audit_files(conf), AUDIT_SPKI, require_complete=True).ok
