@@ -58,16 +58,14 @@ def open_token(config: SignerConfig) -> Pkcs11Token:
 
 
 def client_identity(context: grpc.aio.ServicerContext) -> str:
-    """Who is calling, for the audit log: the verified TLS client certificate's CN (or first SAN),
-    else the transport peer (a local Unix socket, or a plaintext loopback connection)."""
-    try:
-        auth = context.auth_context()
-    except Exception:
-        auth = {}
-    for key in ("x509_common_name", "x509_subject_alternative_name"):
-        values = auth.get(key) or []
-        if values:
-            return values[0].decode("utf-8", "replace")
+    """Who is calling, for the audit log: with mTLS, the identity the client-identity interceptor let in
+    (the allow-listed ``cn:ocsp-frontend`` form, signer.tls); else the transport peer (a local Unix
+    socket, or a plaintext loopback connection)."""
+    from signer.tls import client_identity as tls_identity
+
+    identity = tls_identity(context)
+    if not identity.startswith("plaintext:"):
+        return identity
     peer = context.peer() or "unknown"
     return peer if peer.startswith(("unix", "ipv4", "ipv6")) else "unknown"
 

@@ -677,3 +677,32 @@ def test_plaintext_only_on_loopback(tmp_path: Path, address: str, ok: bool) -> N
         with pytest.raises(ConfigError) as info:
             signer_main.check_plaintext_allowed(cfg)
         assert info.value.key == "listen.address" and "plaintext" in info.value.message
+
+
+def test_audit_client_is_the_identity_the_interceptor_admitted() -> None:
+    import contextvars
+
+    import signer.tls
+    from signer.service import client_identity
+
+    class Ctx:
+        def __init__(self, auth: dict[str, list[bytes]], peer: str) -> None:
+            self.auth, self._peer = auth, peer
+
+        def auth_context(self) -> dict[str, list[bytes]]:
+            return self.auth
+
+        def peer(self) -> str:
+            return self._peer
+
+    tls_ctx = Ctx({"x509_common_name": [b"some-cn"], "x509_subject_alternative_name": [b"fe.internal"]},
+                  "ipv4:10.0.0.7:51684")
+
+    def admitted() -> str:
+        signer.tls._verified.set("dns:fe.internal")  # what the mTLS interceptor let in (allowed_clients)
+        return client_identity(tls_ctx)  # type: ignore[arg-type]
+
+    assert contextvars.copy_context().run(admitted) == "dns:fe.internal"
+    # Plaintext (unix socket or loopback): the transport peer, as before.
+    assert client_identity(Ctx({}, "unix:/run/ocsp/signer.sock")) == "unix:/run/ocsp/signer.sock"  # type: ignore[arg-type]
+    assert client_identity(Ctx({}, "ipv4:127.0.0.1:4000")) == "ipv4:127.0.0.1:4000"  # type: ignore[arg-type]
