@@ -5,7 +5,8 @@ lookup and one float comparison, before any ASN.1 parsing, so the answer costs a
 spellings of the same request (another base64 padding, another hash algorithm) are two entries;
 each misses once.
 
-An entry lives until min(nextUpdate, thisUpdate + max_age) and is dropped when its CA's status data
+An entry lives until min(nextUpdate, time of storing + max_age) (a CRL-backed answer's thisUpdate
+may be days old; it is cacheable all the same until its nextUpdate) and is dropped when its CA's status data
 reloads, or, ``rotation_grace`` seconds after the frontend learns that the CA's responder was replaced
 (a new generation on a SignReply or on the signer's Watch stream), when an older responder signed it.
 Until then it is still served: the old responder's answers stay valid for clients. Answers signed by a
@@ -78,8 +79,10 @@ class ResponseCache:
                 return None  # signed by a responder that has since been replaced
         if self.max_entries <= 0:
             return None
-        expires = min(float(next_update), this_update + self.max_age)
-        if expires <= (self.clock() if now is None else now):
+        if now is None:
+            now = self.clock()
+        expires = min(float(next_update), now + self.max_age)
+        if expires <= now:
             return None
         entries = self._entries
         if key not in entries:

@@ -28,6 +28,17 @@ def test_expiry_capped_by_max_age() -> None:
     assert c.get(b"k", now=1100) is None
 
 
+def test_old_this_update_still_cached_for_max_age() -> None:
+    # A CRL-backed answer: thisUpdate (the CRL's) long before now, nextUpdate days ahead.
+    c = ResponseCache(10, max_age=100)
+    assert put(c, b"k", tu=0, nu=5000, now=1000) is not None
+    assert c.get(b"k", now=1099) is not None
+    assert c.get(b"k", now=1100) is None
+    # ... and never past nextUpdate.
+    assert put(c, b"j", tu=0, nu=1050, now=1000) is not None
+    assert c.get(b"j", now=1049) is not None and c.get(b"j", now=1050) is None
+
+
 def test_already_expired_not_stored() -> None:
     c = ResponseCache(10, max_age=100)
     assert put(c, b"k", tu=0, nu=50, now=1000) is None

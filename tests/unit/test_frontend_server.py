@@ -210,6 +210,20 @@ def test_cache_hit_skips_signer_and_has_headers(env: Env) -> None:
     assert "expires" in h and "last-modified" in h and "date" in h
 
 
+def test_crl_answers_cached_when_crl_older_than_max_age(env: Env) -> None:
+    env.clock.advance(timedelta(hours=20))  # the CRL is 20 h old, max_age 1 h, nextUpdate in 4 h
+    der = env.request(env.b, 0x201)
+    first = env.post(der)
+    second = env.post(der)
+    assert len(env.signer.calls) == 1 and first[2] == second[2]
+    assert second[1]["cache-control"].startswith("max-age=3600,")
+    env.clock.advance(timedelta(hours=3, minutes=30))  # under 1 h before nextUpdate: max-age follows it
+    env.cache.invalidate()
+    left = int((NOW + timedelta(days=1) - env.clock.now()).total_seconds())
+    assert 0 < left < 3600
+    assert env.post(der)[1]["cache-control"].startswith(f"max-age={left},")
+
+
 def test_get_and_prefix(env: Env, env_prefix: Env) -> None:
     der = env.request(env.a, 0x100)
     code, headers, body = env.get(b64path(der))
