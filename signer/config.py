@@ -150,6 +150,10 @@ def load_signer_config(path: str | Path) -> SignerConfig:
     if not ca_dir.is_dir():
         raise sec.error("ca_dir", f"{ca_dir} is not a directory")
     responders = _responders(sec, ca_dir)
+    for rc in responders:
+        if rc.key_label == audit.key_label:
+            raise sec.error("audit.key_label", f"{audit.key_label!r} is also the responder key of CA {rc.name!r} "
+                                               f"({rc.file}): the audit key must be a key of its own")
     return SignerConfig(file=sec.file, ca_dir=ca_dir, listen=listen, token=token, policy=policy,
                         responders=responders, audit=audit, admin=admin, metrics=metrics, tls=tls)
 

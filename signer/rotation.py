@@ -246,13 +246,21 @@ class Rotator:
             raise RotationError(grpc.StatusCode.NOT_FOUND, f"no CA named {ca_name!r} (configured: {known})")
         try:
             cert = load_certificate_bytes(cert_data)
+            cert_der = cert.public_bytes(Encoding.DER)
         except ValueError as e:
             raise RotationError(grpc.StatusCode.INVALID_ARGUMENT, f"not a PEM or DER certificate: {e}") from None
+        except Exception as e:  # e.g. cryptography's UnsupportedAlgorithm: never an UNKNOWN to the caller
+            raise RotationError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"cannot use this certificate: {type(e).__name__}: {e}") from None
         label = key_label or old.key_label
         if len(label) > MAX_KEY_LABEL or not label.isprintable():
             raise RotationError(grpc.StatusCode.INVALID_ARGUMENT, "key_label: not a printable label of "
                                 f"1..{MAX_KEY_LABEL} characters")
-        new_rc = dataclasses.replace(rc, cert=cert.public_bytes(Encoding.DER), key_label=label)
+        if label == self.config.audit.key_label:
+            raise RotationError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"key_label {label!r} is the audit key (audit.key_label); a responder needs a "
+                                "key of its own")
+        new_rc = dataclasses.replace(rc, cert=cert_der, key_label=label)
         if new_rc.cert == rc.cert and label == rc.key_label:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"CA {ca_name!r} already uses this certificate and key {label!r}")
@@ -292,7 +300,12 @@ class Rotator:
                                 f"refusing the new responder of CA {rc.name!r}: {e}") from None
         ca = x509.load_der_x509_certificate(rc.ca_cert)
         cert = x509.load_der_x509_certificate(rc.cert)
-        problems = candidate_problems(ca, cert, token_spki, rc.key_label, self.clock.now())
+        try:
+            problems = candidate_problems(ca, cert, token_spki, rc.key_label, self.clock.now())
+        except Exception as e:  # an unsupported key or signature algorithm in the candidate
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"refusing the new responder certificate of CA {rc.name!r} (serial "
+                                f"{cert.serial_number:X}): it cannot be checked: {type(e).__name__}: {e}") from None
         if problems:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"refusing the new responder certificate of CA {rc.name!r} "

@@ -350,3 +350,32 @@ def test_rotation_refuses_a_private_key_that_is_not_the_pair(tmp_path: Path) -> 
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "not the pair" in info.value.message
     assert env.service.responders is before and {p: p.read_bytes() for p in files} == files
+
+
+def test_rotation_refuses_the_audit_key(tmp_path: Path) -> None:
+    from tests.unit.test_signer_service import AUDIT_LABEL
+
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    cert = make_cert("alpha OCSP audit", env.token.keys[AUDIT_LABEL], a.cert, a.key, ca=False,
+                     eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
+    with pytest.raises(RotationError) as info:
+        env.run(env.rotator.rotate("alpha", der(cert), AUDIT_LABEL))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "audit key" in info.value.message
+    assert env.responder("alpha").key_label == a.key_label
+
+
+def test_unsupported_certificate_is_invalid_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    import signer.rotation as rotation
+
+    env = Env(tmp_path, make_ca("alpha"))
+
+    def unsupported(data: bytes) -> x509.Certificate:
+        raise UnsupportedAlgorithm("unknown public key algorithm")
+
+    monkeypatch.setattr(rotation, "load_certificate_bytes", unsupported)
+    with pytest.raises(RotationError) as info:
+        env.run(env.rotator.rotate("alpha", b"0\x00"))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "UnsupportedAlgorithm" in info.value.message

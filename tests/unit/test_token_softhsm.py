@@ -143,6 +143,9 @@ def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path,
     token = softhsm.token()
     label = "proc-responder"
     spki = token.public_key(label) if token.has_key(label) else token.generate_key(label, "p256")
+    audit_label = "proc-audit"  # the audit key is a key of its own (key separation)
+    if not token.has_key(audit_label):
+        token.generate_key(audit_label, "p256")
     now = datetime.now(timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Process Test CA")])
@@ -168,7 +171,7 @@ def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path,
     conf.write_text(f'ca_dir = "ca.d"\n[listen]\naddress = "unix:{base / "s.sock"}"\n'
                     f'[token]\nmodule = "{softhsm.module}"\nlabel = "{softhsm.label}"\n'
                     'pin_file = "token.pin"\n'
-                    f'[audit]\ndir = "audit"\nkey_label = "{label}"\n')
+                    f'[audit]\ndir = "audit"\nkey_label = "{audit_label}"\n')
     return conf, ca, responder
 
 
