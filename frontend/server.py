@@ -285,6 +285,7 @@ class _Reject(Exception):
 
 
 _MAX_PIPELINE = 32
+_MAX_RUNNING = 8  # answers of one connection being worked on (signed) at the same time
 _FEED_SLICE = 16384  # bytes handed to the parser at once (see data_received)
 LINGER = 2.0  # seconds a closing connection keeps draining the client's input
 
@@ -298,6 +299,9 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.queue: deque[tuple[bytes | asyncio.Task[bytes], bool]] = deque()
         self.drainer: asyncio.Task[None] | None = None
+        # One read can hold hundreds of pipelined requests: each gets its task (answers stay in
+        # order), but at most _MAX_RUNNING of them run (and call the signer) at once.
+        self.running: asyncio.Semaphore | None = None
         self.closing = False
         self.paused = False
         self.write_paused = False
@@ -514,7 +518,11 @@ class HttpProtocol(asyncio.Protocol):
         self._push(task, close)
 
     async def _answer(self, der: bytes, key: bytes, close: bool, head: bool) -> bytes:
-        body, headers = await self.app.answer(der, key)
+        running = self.running
+        if running is None:
+            running = self.running = asyncio.Semaphore(_MAX_RUNNING)
+        async with running:
+            body, headers = await self.app.answer(der, key)
         return http_response(200, headers, body, close=close, head=head)
 
     def _ocsp_error(self, status: ResponseStatus, close: bool, head: bool) -> None:

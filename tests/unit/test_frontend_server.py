@@ -51,11 +51,18 @@ class FakeSigner:
         self.fail: BaseException | None = None
         self.delay = 0.0
         self.generation = 1
+        self.active = 0
+        self.max_active = 0  # most sign calls running at once
 
     async def sign(self, statuses: Sequence[SingleStatus], nonce: bytes | None) -> SignResult:
         self.calls.append((list(statuses), nonce))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.active -= 1
         if self.fail is not None:
             raise self.fail
         out = [{"serial": s.cert_id.serial_int, "status": s.status.value,
@@ -468,6 +475,17 @@ def test_pipelining_keeps_order(env: Env) -> None:
     assert out[3][2] == MALFORMED
     assert statuses(out[4][2])[0]["serial"] == 0x201
     assert statuses(out[5][2])[0]["serial"] == 0x100 and out[5][1][b"connection"] == b"close"
+
+
+def test_pipelined_misses_run_a_few_at_a_time(env: Env) -> None:
+    # 40 requests in one write: all answered, in order, but not 40 Sign calls at once.
+    env.signer.delay = 0.05
+    reqs = b"".join(post_bytes(env.request(env.a, 0x300 + i)) for i in range(39))
+    reqs += post_bytes(env.request(env.a, 0x300 + 39), b"Connection: close\r\n")
+    out = split_responses(raw(env, reqs))
+    assert [statuses(r[2])[0]["serial"] for r in out] == [0x300 + i for i in range(40)]
+    assert len(env.signer.calls) == 40
+    assert 1 < env.signer.max_active <= 8
 
 
 def test_http10_closes(env: Env) -> None:
