@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import signal
 import sys
 
 from shared.config import ConfigError
@@ -53,6 +54,9 @@ def _check(config: SignerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A SIGHUP before the reload handler is installed (systemctl reload during start-up) must not kill
+    # the process: ignored until signer.service.run installs the handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = argparse.ArgumentParser(
         prog=PROG, description="OCSP signer: signs typed statuses in a PKCS#11 token")
     parser.add_argument("--config", required=True, help="path to signer.toml")

@@ -709,3 +709,21 @@ def test_audit_client_is_the_identity_the_interceptor_admitted() -> None:
     # Plaintext (unix socket or loopback): the transport peer, as before.
     assert client_identity(Ctx({}, "unix:/run/ocsp/signer.sock")) == "unix:/run/ocsp/signer.sock"  # type: ignore[arg-type]
     assert client_identity(Ctx({}, "ipv4:127.0.0.1:4000")) == "ipv4:127.0.0.1:4000"  # type: ignore[arg-type]
+
+
+def test_sighup_is_ignored_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    seen: list[Any] = []
+
+    def load(path: str) -> Any:
+        seen.append(signal.getsignal(signal.SIGHUP))
+        raise ConfigError(Path(path), "ca_dir", "stop here")
+
+    previous = signal.getsignal(signal.SIGHUP)
+    monkeypatch.setattr(signer_main, "load_signer_config", load)
+    try:
+        assert signer_main.main(["--config", "x.toml"]) == 2
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert seen == [signal.SIG_IGN]
