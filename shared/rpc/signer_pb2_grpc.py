@@ -65,9 +65,9 @@ class SignerServicer:
         PERMISSION_DENIED   an issuer the signer is not configured for, or CertIDs
         that no single responder may answer
         INVALID_ARGUMENT    a field outside policy (times, reason, nonce length...)
-        FAILED_PRECONDITION the responder cannot sign now (expired certificate,
-        audit log not writable)
-        UNAVAILABLE         token not ready
+        FAILED_PRECONDITION the responder cannot sign now (expired certificate)
+        UNAVAILABLE         token not ready, or the audit log not writable (the
+        response was not released; the frontend answers tryLater)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
