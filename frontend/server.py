@@ -377,6 +377,8 @@ class HttpProtocol(asyncio.Protocol):
                 if self.closing:
                     return
         except httptools.HttpParserUpgrade:
+            if self.closing:
+                return
             # The request itself was answered (on_message_complete ran); we do not switch
             # protocols (RFC 9110 7.8 lets a server ignore Upgrade), and the bytes after it are
             # not HTTP/1.1, so close once the answers already queued are out.
@@ -397,17 +399,25 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.close()
 
     # -- httptools callbacks ---------------------------------------------------------------------------
+    # Once a message decided to close the connection, llhttp still parses whatever followed it in
+    # the same read: every callback ignores that (no answer, no task, no write after write_eof).
     def on_message_begin(self) -> None:
+        if self.closing:
+            return
         self._reset()
         self.in_message = True
         self.deadline = self.loop.time() + self.server.listen.request_timeout
 
     def on_url(self, url: bytes) -> None:
+        if self.closing:
+            return
         self.url += url
         if len(self.url) > self.server.max_url:
             raise _Reject(414, "request target too long\n")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.closing:
+            return
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > self.server.listen.max_header_bytes:
             raise _Reject(431, "request headers too large\n")
@@ -426,6 +436,8 @@ class HttpProtocol(asyncio.Protocol):
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
+        if self.closing:
+            return
         self.headers_done = True
         if self.hosts > 1 or (self.hosts == 0 and self.parser.get_http_version() == "1.1"):
             raise _Reject(400, "an HTTP/1.1 request needs exactly one Host header\n")  # RFC 9112 3.2
@@ -442,12 +454,16 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        if self.closing:
+            return
         self.body_len += len(body)
         if self.body_len > self.server.listen.max_request_bytes:
             raise _Reject(413, f"request body larger than {self.server.listen.max_request_bytes} bytes\n")
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.closing:
+            return
         self.in_message = False
         self.headers_done = False
         self.head_raw = 0

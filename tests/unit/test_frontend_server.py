@@ -493,6 +493,22 @@ def test_http10_closes(env: Env) -> None:
     assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data and data.endswith(b"ok\n")
 
 
+@pytest.mark.parametrize("first", [
+    b"GET /-/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",  # HTTP/1.0: answered, then closed
+    b"POST / HTTP/1.1\r\nHost: x\r\n\r\n",  # 411: answered, then closed
+    b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+])
+def test_nothing_after_a_closing_message(env: Env, first: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    # Requests pipelined after a message that closes the connection are neither answered nor signed.
+    miss = b"GET " + b64path(env.request(env.a, 0x100)).encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    with caplog.at_level("WARNING"):
+        out = split_responses(raw(env, first + miss + first + miss))
+        env.call(asyncio.sleep(0.2))
+    assert len(out) == 1 and out[0][1][b"connection"] == b"close"
+    assert not env.signer.calls
+    assert not [r for r in caplog.records if r.levelno >= 30], [r.getMessage() for r in caplog.records]
+
+
 def test_idle_and_slow_clients_are_closed(tmp_path: Path) -> None:
     e = Env(tmp_path, ListenConfig(port=0, idle_timeout=1, request_timeout=1))
     try:
