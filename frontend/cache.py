@@ -1,6 +1,7 @@
 """Signed-response cache for nonce-less requests, keyed by the raw request key.
 
-The key is the bytes the client sent: the POST body, or the GET request target. A hit is one dict
+The key is the bytes the client sent, tagged with their kind: b"P" + the POST body, or b"G" + the GET
+request target (HEAD shares GET's entries). A hit is one dict
 lookup and one float comparison, before any ASN.1 parsing, so the answer costs a few µs. Two
 spellings of the same request (another base64 padding, another hash algorithm) are two entries;
 each misses once.

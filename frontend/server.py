@@ -2,7 +2,7 @@
 
 Per request:
 
-    raw key (POST body / GET target) -> cache hit? -> answer at once (no ASN.1 parsing)
+    key (b"P" + POST body / b"G" + GET target) -> cache hit? -> answer at once (no ASN.1 parsing)
     miss: decode_request -> issuers known, one CA, hash allowed -> that CA's status snapshot
           -> signer Sign (typed fields) -> cache store (no nonce) -> answer
 
@@ -487,19 +487,22 @@ class HttpProtocol(asyncio.Protocol):
                 self._push(plain(411, "Content-Length required\n", close=True), True)
                 self.closing = True
                 return
-            key = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+            target = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+            # Cache keys say what they are: a POST body that spells a GET target is not that GET.
+            key = b"P" + target
             head = False
         elif method == b"GET" or method == b"HEAD":
             head = method == b"HEAD"
-            key = self.url
-            if key.startswith(b"/-/"):  # our own endpoints; '-' never starts a base64 DER request
-                if key.split(b"?", 1)[0] == HEALTH_PATH:
+            target = self.url
+            key = b"G" + target  # HEAD shares GET's answers
+            if target.startswith(b"/-/"):  # our own endpoints; '-' never starts a base64 DER request
+                if target.split(b"?", 1)[0] == HEALTH_PATH:
                     self._push(plain(200, "ok\n", close=close, head=head), close)
                 else:
                     self._push(plain(404, "not found\n", close=close, head=head), close)
                 return
-            if not key.startswith(app.prefix):
-                path = key.split(b"?", 1)[0]
+            if not target.startswith(app.prefix):
+                path = target.split(b"?", 1)[0]
                 if path + b"/" == app.prefix:
                     self._ocsp_error(ResponseStatus.MALFORMED_REQUEST, close, head)
                 else:
@@ -522,10 +525,10 @@ class HttpProtocol(asyncio.Protocol):
             return
 
         if method == b"POST":
-            der = key
+            der = target
         else:
             try:
-                der = ohttp.request_from_path(key, self.server.listen.path_prefix,
+                der = ohttp.request_from_path(target, self.server.listen.path_prefix,
                                               max_bytes=self.server.listen.max_request_bytes)
             except OCSPError as e:
                 self._ocsp_error(e.status, close, head)

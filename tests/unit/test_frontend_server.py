@@ -248,6 +248,15 @@ def test_get_and_prefix(env: Env, env_prefix: Env) -> None:
     assert statuses(env_prefix.post(der, "/ocsp")[2])[0]["status"] == "revoked"
 
 
+def test_post_body_spelling_a_get_target_is_not_that_get(env: Env) -> None:
+    path = b64path(env.request(env.a, 0x100))
+    code, _, body = env.get(path)
+    assert code == 200 and statuses(body)[0]["status"] == "good"
+    # The same bytes as a POST body are not a DER request: malformedRequest, not the cached answer.
+    assert env.post(path.encode())[2] == MALFORMED
+    assert env.get(path, "HEAD")[0] == 200 and len(env.signer.calls) == 1  # HEAD shares GET's entry
+
+
 def test_hash_not_allowed_unauthorized(env_prefix: Env) -> None:
     der = env_prefix.request(env_prefix.a, 0x100, algorithm=hashes.SHA512())
     assert env_prefix.post(der)[2] == UNAUTHORIZED
