@@ -13,7 +13,10 @@ A CRL lists revocations only. For serials not on it, the per-CA ``unissued`` pol
 ``unissued = "revoked"`` is RFC 6960 section 2.2's extended revoked answer: revoked,
 revocationTime 1970-01-01T00:00:00Z, reason certificateHold.
 
-Entries with reason removeFromCRL (meaningful only in delta CRLs) are not treated as revocations.
+An entry with reason removeFromCRL (RFC 5280: released from certificateHold; meaningful only in delta
+CRLs) is not a revocation: that serial is answered good (the CA's own CRL says it issued it and that
+it is not revoked), as an index.txt ``R`` line with that reason is. A revoking entry for the same
+serial wins.
 
 A CRL whose thisUpdate is more than ``MAX_CLOCK_SKEW`` ahead of this host's clock is refused (the
 signer would refuse every answer built from it): at start-up that is a status-data error, on a reload
@@ -91,8 +94,9 @@ class CrlSnapshot(Snapshot):
 
     def summary(self) -> str:
         issued = f", {len(self.issued)} issued serials" if self.issued is not None else ""
+        revoked = sum(1 for s in self.revoked.values() if s.status is CertStatus.REVOKED)
         return (f"CRL thisUpdate {self.this_update:%Y-%m-%dT%H:%M:%SZ}, nextUpdate "
-                f"{self.next_update:%Y-%m-%dT%H:%M:%SZ}, {len(self.revoked)} revoked{issued}")
+                f"{self.next_update:%Y-%m-%dT%H:%M:%SZ}, {revoked} revoked{issued}")
 
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
@@ -136,6 +140,7 @@ def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL") -> x509.
 
 def revoked_entries(crl: x509.CertificateRevocationList, where: str = "CRL") -> dict[int, StatusInfo]:
     out: dict[int, StatusInfo] = {}
+    released: set[int] = set()
     for entry in crl:
         reason = None
         invalidity = None
@@ -151,9 +156,12 @@ def revoked_entries(crl: x509.CertificateRevocationList, where: str = "CRL") -> 
                 raise StatusDataError(f"{where}: entry {entry.serial_number:x} has an unsupported critical "
                                       f"extension {ext.oid.dotted_string}")
         if reason is RevocationReason.REMOVE_FROM_CRL:
+            released.add(entry.serial_number)
             continue
         out[entry.serial_number] = StatusInfo(
             CertStatus.REVOKED, Revocation(_whole(entry.revocation_date_utc), reason, invalidity))
+    for serial in released:
+        out.setdefault(serial, GOOD)  # released from hold, unless also revoked
     return out
 
 

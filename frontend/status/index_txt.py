@@ -7,7 +7,8 @@ Each line has six tab-separated fields:
 - flag ``V`` (valid) and ``E`` (expired) answer **good**: RFC 6960 status says whether the CA revoked
   the certificate, not whether it is inside its validity period (relying parties check that
   themselves), and an expired certificate that was never revoked was never revoked.
-- flag ``R`` answers **revoked**. The revocation field is ``TIME[,REASON[,EXTRA]]`` where TIME is a
+- flag ``R`` answers **revoked**, except with reason removeFromCRL, which RFC 5280 defines as
+  "released from certificateHold": not revoked, so **good** (as a CRL entry with that reason is). The revocation field is ``TIME[,REASON[,EXTRA]]`` where TIME is a
   UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ). REASON is one of ``openssl ca``'s
   names (unspecified, keyCompromise, CACompromise, affiliationChanged, superseded,
   cessationOfOperation, certificateHold, removeFromCRL; compared without case), or one of the
@@ -123,7 +124,11 @@ def parse_index(text: str, validity: timedelta, where: str = "index.txt") -> Ind
             if flag in ("V", "E"):
                 info = GOOD
             elif flag == "R":
-                info = StatusInfo(CertStatus.REVOKED, parse_revocation(revocation))
+                rev = parse_revocation(revocation)
+                if rev.reason is RevocationReason.REMOVE_FROM_CRL:
+                    info = GOOD  # released from hold
+                else:
+                    info = StatusInfo(CertStatus.REVOKED, rev)
             else:
                 raise ValueError(f"unknown flag {flag!r} (expected V, R or E)")
         except ValueError as e:

@@ -51,8 +51,8 @@ def test_revoked_entries(tmp_path: Path, ca: TestCA, pem: bool) -> None:
     assert r.revocation is not None and r.revocation.reason is None and r.revocation.invalidity_date is None
     r = snap.status(0x12)
     assert r.revocation is not None and r.revocation.reason is RevocationReason.CERTIFICATE_HOLD
-    # removeFromCRL is not a revocation.
-    assert snap.status(0x13).status is CertStatus.UNKNOWN
+    # removeFromCRL is not a revocation: released from hold, good (whatever the unissued policy).
+    assert snap.status(0x13).status is CertStatus.GOOD
     assert snap.window(NOW) == (NOW, NOW + timedelta(days=1))
 
 
@@ -210,3 +210,9 @@ def test_future_this_update_refused(tmp_path: Path, ca: TestCA) -> None:
         assert src.current().status(0x50).status is CertStatus.GOOD
 
     asyncio.run(go())
+
+
+def test_remove_from_crl_does_not_undo_a_revocation(tmp_path: Path, ca: TestCA) -> None:
+    crl = ca.crl([(0x30, NOW, x509.ReasonFlags.remove_from_crl, None), (0x30, NOW, KC, None)])
+    src = source(tmp_path, ca, crl, "unknown")
+    assert src.current().status(0x30).status is CertStatus.REVOKED

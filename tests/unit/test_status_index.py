@@ -33,6 +33,7 @@ INDEX = (
     + line("R", "1007", "20510102030405Z,SUPERSEDED")
     + line("R", "1008", "250102030405Z,cessationOfOperation")
     + line("V", "00FF")
+    + line("R", "1009", "250102030405Z,removeFromCRL")
 )
 
 
@@ -47,6 +48,7 @@ INDEX = (
     (0x1007, CertStatus.REVOKED, RevocationReason.SUPERSEDED),
     (0x1008, CertStatus.REVOKED, RevocationReason.CESSATION_OF_OPERATION),
     (0xFF, CertStatus.GOOD, None),
+    (0x1009, CertStatus.GOOD, None),  # removeFromCRL: released from hold, not revoked (as in a CRL)
     (0x2000, CertStatus.UNKNOWN, None),
     (-1, CertStatus.UNKNOWN, None),
 ])
@@ -90,6 +92,9 @@ def test_duplicate_serial_revoked_wins() -> None:
     assert snap.status(0x10).status is CertStatus.REVOKED
     snap = parse_index(line("V", "10") + line("R", "10", "250102030405Z"), H)
     assert snap.status(0x10).status is CertStatus.REVOKED
+    for two in (line("R", "10", "250102030405Z,removeFromCRL") + line("R", "10", "250102030405Z,keyCompromise"),
+                line("R", "10", "250102030405Z,keyCompromise") + line("R", "10", "250102030405Z,removeFromCRL")):
+        assert parse_index(two, H).status(0x10).status is CertStatus.REVOKED
 
 
 def test_time_formats() -> None:
