@@ -168,7 +168,8 @@ def revoked_entries(crl: x509.CertificateRevocationList, where: str = "CRL") -> 
 def parse_serial_list(text: str, where: str = "issued_serials") -> frozenset[int]:
     """One hex serial a line ('0x' prefix and ':' separators allowed); '#' starts a comment."""
     serials: set[int] = set()
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): "\n" ends a line, nothing else
+        line = line.removesuffix("\r")
         item = line.split("#", 1)[0].strip().replace(":", "")
         if not item:
             continue

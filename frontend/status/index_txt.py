@@ -110,7 +110,10 @@ class IndexSnapshot(Snapshot):
 def parse_index(text: str, validity: timedelta, where: str = "index.txt") -> IndexSnapshot:
     entries: dict[int, StatusInfo] = {}
     n = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() would also split at U+0085, U+2028, \x0b, \x0c,
+    # \x1c-\x1e..., which a subject may contain (and which latin-1 decoding produces from 0x85).
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         n += 1

@@ -84,6 +84,7 @@ def test_unissued_policy(tmp_path: Path, ca: TestCA, unissued: str, issued: str 
 
 def test_serial_list() -> None:
     assert parse_serial_list("0A\n# x\n0x0b\n0c:0d # y\n") == {0xA, 0xB, 0xC0D}
+    assert parse_serial_list("0A\r\n0B # caf\u00e9\x85 \u2028 comment\r\n0C\n") == {0xA, 0xB, 0xC}
     with pytest.raises(StatusDataError):
         parse_serial_list("0A\nzz\n")
 

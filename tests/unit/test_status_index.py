@@ -157,3 +157,20 @@ def test_watch_picks_up_changes(tmp_path: Path) -> None:
         assert src.current().status(0x10).status is CertStatus.REVOKED
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("odd", ["\x85", "\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"])
+def test_only_newline_ends_a_line(odd: str) -> None:
+    text = ("\t".join(["V", "301231235959Z", "", "10", "unknown", f"/CN=odd{odd}name"]) + "\r\n"
+            + line("R", "11", "250102030405Z,keyCompromise"))
+    snap = parse_index(text, H)
+    assert snap.lines == 2
+    assert snap.status(0x10).status is CertStatus.GOOD and snap.status(0x11).status is CertStatus.REVOKED
+
+
+def test_latin1_subject_with_0x85(tmp_path: Path) -> None:
+    path = tmp_path / "index.txt"
+    path.write_bytes(b"V\t301231235959Z\t\t10\tunknown\t/CN=caf\xe9\x85\n" + line("V", "11").encode())
+    src = IndexTxtSource("ca", path, H)
+    src.load_now()
+    assert src.current().status(0x11).status is CertStatus.GOOD
