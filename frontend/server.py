@@ -493,7 +493,7 @@ class HttpProtocol(asyncio.Protocol):
             head = False
         elif method == b"GET" or method == b"HEAD":
             head = method == b"HEAD"
-            target = self.url
+            target = ohttp.origin_form(self.url)
             key = b"G" + target  # HEAD shares GET's answers
             if target.startswith(b"/-/"):  # our own endpoints; '-' never starts a base64 DER request
                 if target.split(b"?", 1)[0] == HEALTH_PATH:

@@ -40,6 +40,25 @@ _URLSAFE = bytes.maketrans(b"-_", b"+/")
 # -- GET ---------------------------------------------------------------------------------------------
 
 
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a request target. RFC 9112 3.2.2: a server MUST accept the absolute-form
+    (``http://host:port/path?query``, sent to proxies and by some clients), so its scheme and authority
+    are dropped; an origin-form target (``/path?query``) and anything else come back unchanged."""
+    if target[:1] == b"/":
+        return target
+    i = target.find(b"://")
+    if i <= 0 or target[:i].lower() not in (b"http", b"https"):
+        return target
+    rest = target[i + 3:]
+    for j, c in enumerate(rest):
+        if c == 0x2F:  # '/': the authority ends, the path begins
+            return rest[j:]
+        if c == 0x3F:  # '?': an empty path
+            return b"/" + rest[j:]
+    return b"/"
+
+
+
 def _der_length_ok(der: bytes) -> bool:
     """True when ``der`` is exactly one DER SEQUENCE (tag and length only; contents unchecked)."""
     if len(der) < 2 or der[0] != 0x30:

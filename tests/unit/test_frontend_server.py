@@ -257,6 +257,20 @@ def test_post_body_spelling_a_get_target_is_not_that_get(env: Env) -> None:
     assert env.get(path, "HEAD")[0] == 200 and len(env.signer.calls) == 1  # HEAD shares GET's entry
 
 
+def test_absolute_form_targets(env: Env, env_prefix: Env) -> None:
+    # RFC 9112 3.2.2: a server MUST accept "GET http://host/path HTTP/1.1".
+    for e, prefix in ((env, "/"), (env_prefix, "/ocsp/")):
+        der = e.request(e.a, 0x101)
+        data = raw(e, b"GET http://ocsp.example:80" + b64path(der, prefix).encode()
+                   + b" HTTP/1.1\r\nHost: ocsp.example\r\nConnection: close\r\n\r\n")
+        (resp,) = split_responses(data)
+        assert resp[0].startswith(b"HTTP/1.1 200") and statuses(resp[2])[0]["status"] == "revoked"
+        data = raw(e, b"POST http://ocsp.example" + prefix.encode() + b" HTTP/1.1\r\nHost: ocsp.example\r\n"
+                   b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(der) + der)
+        assert statuses(split_responses(data)[0][2])[0]["status"] == "revoked"
+    assert env.get("http://ocsp.example/-/health")[2] == b"ok\n"
+
+
 def test_hash_not_allowed_unauthorized(env_prefix: Env) -> None:
     der = env_prefix.request(env_prefix.a, 0x100, algorithm=hashes.SHA512())
     assert env_prefix.post(der)[2] == UNAUTHORIZED

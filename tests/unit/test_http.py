@@ -84,3 +84,16 @@ def test_uncacheable() -> None:
     h = dict(http.uncacheable_headers(0))
     assert "max-age" not in h["Cache-Control"] and "no-store" in h["Cache-Control"]
     assert h["Date"] == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+@pytest.mark.parametrize("target,expected", [
+    (b"/MEIw", b"/MEIw"),
+    (b"http://ocsp.example/MEIw%2Bx/y", b"/MEIw%2Bx/y"),
+    (b"HTTPS://ocsp.example:8080/ocsp/MEIw?x=1", b"/ocsp/MEIw?x=1"),
+    (b"http://ocsp.example", b"/"),
+    (b"http://ocsp.example?x", b"/?x"),
+    (b"*", b"*"),
+    (b"ftp://x/y", b"ftp://x/y"),
+])
+def test_origin_form(target: bytes, expected: bytes) -> None:
+    assert http.origin_form(target) == expected
