@@ -110,6 +110,12 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGHUP means "re-read the status data", but its handler exists only once serving; until then
+    # (loading large CRLs can take a while) the default action would kill the process.
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:  # not the main thread (an embedding test): nothing to protect
+        pass
     parser = argparse.ArgumentParser(prog="ocsp-frontend", description="Keyless OCSP HTTP frontend")
     parser.add_argument("--config", required=True, help="frontend.toml")
     parser.add_argument("--check", action="store_true", help="validate config and status data, then exit")

@@ -90,3 +90,25 @@ def test_empty_ca_dir(tmp_path: Path, ca: TestCA) -> None:
     with pytest.raises(ConfigError) as e:
         load_frontend_config(path)
     assert e.value.key == "ca_dir"
+
+
+def test_sighup_during_start_up_is_ignored(tmp_path: Path) -> None:
+    # A SIGHUP (e.g. a logrotate or a reload sent too early) while the frontend loads its
+    # configuration and status data must not kill it: it is ignored until the handler is in place.
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "import frontend.__main__ as m\n"
+        "from shared.config import ConfigError\n"
+        "def load(path):\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    raise ConfigError(path, 'ca_dir', 'still alive after SIGHUP')\n"
+        "m.load_frontend_config = load\n"
+        "sys.exit(m.main(['--config', 'x.toml']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "still alive after SIGHUP" in r.stderr
