@@ -394,50 +394,19 @@ def load_certificate(path: Path, what: str) -> Any:
 
 def check_responder_certificate(cert: Any, ca: Any, token_spki: bytes, key_label: str,
                                 now: dt.datetime) -> tuple[list[str], list[str]]:
-    """Problems (refuse) and warnings for installing ``cert`` as the responder cert of ``key_label``."""
+    """Problems (refuse) and warnings for installing ``cert`` as the responder cert of ``key_label``:
+    the signer's own candidate checks (the same ones rotation applies), plus advice."""
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-    from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    problems: list[str] = []
+    from signer.rotation import candidate_problems
+
+    problems = candidate_problems(ca, cert, token_spki, key_label, now)
     warnings: list[str] = []
-    cert_spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    if not _same_public_key(cert_spki, token_spki):
-        problems.append(f"the certificate's public key ({public_key_fingerprint(cert_spki)[:16]}…) is not "
-                        f"the token key {key_label!r} ({public_key_fingerprint(token_spki)[:16]}…)")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except ValueError:
-        problems.append(f"the certificate's issuer ({cert.issuer.rfc4514_string()}) is not the CA "
-                        f"({ca.subject.rfc4514_string()})")
-    except (InvalidSignature, TypeError):
-        problems.append(f"the certificate's signature does not verify with the CA key "
-                        f"({ca.subject.rfc4514_string()}): it was not issued by this CA")
-    if now < cert.not_valid_before_utc:
-        problems.append(f"the certificate is not valid yet "
-                        f"(notBefore {cert.not_valid_before_utc:{TIME_FMT}})")
-    if now > cert.not_valid_after_utc:
-        problems.append(f"the certificate has expired (notAfter {cert.not_valid_after_utc:{TIME_FMT}})")
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
-            problems.append("the certificate's extendedKeyUsage lacks id-kp-OCSPSigning "
-                            "(clients reject delegated responses without it, RFC 6960 4.2.2.2)")
-    except x509.ExtensionNotFound:
-        problems.append("the certificate has no extendedKeyUsage extension with id-kp-OCSPSigning "
-                        "(RFC 6960 4.2.2.2)")
     try:
         cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
     except x509.ExtensionNotFound:
         warnings.append("the certificate has no id-pkix-ocsp-nocheck extension: clients may try to check "
                         "the responder certificate's own revocation status (RFC 6960 4.2.2.2.1)")
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not ku.digital_signature:
-            problems.append("the certificate's keyUsage does not allow digitalSignature")
-    except x509.ExtensionNotFound:
-        pass
     return problems, warnings
 
 

@@ -122,6 +122,13 @@ def candidate_problems(ca: x509.Certificate, cert: x509.Certificate, token_spki:
             problems.append("it has no extendedKeyUsage with id-kp-OCSPSigning (RFC 6960 4.2.2.2)")
         except ValueError as e:
             problems.append(f"its extensions cannot be read: {e}")
+    try:
+        if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature:
+            problems.append("its keyUsage does not allow digitalSignature")
+    except x509.ExtensionNotFound:
+        pass
+    except ValueError:
+        pass  # reported above
     return problems
 
 

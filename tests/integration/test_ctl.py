@@ -263,7 +263,7 @@ def test_install_cert_warns_without_nocheck(ctl: Ctl, installable: Installable) 
 REFUSALS: list[tuple[str, Callable[[SoftCA, SoftCA, object], x509.Certificate], str]] = [
     ("other-key", lambda ca, other, pk: ca.issue(ec.generate_private_key(ec.SECP256R1()).public_key()),
      "is not the token key"),
-    ("other-ca", lambda ca, other, pk: other.issue(pk), "is not the CA"),
+    ("other-ca", lambda ca, other, pk: other.issue(pk), "not issued by the CA"),
     ("expired", lambda ca, other, pk: ca.issue(pk, not_before=NOW - dt.timedelta(days=30),
                                                not_after=NOW - dt.timedelta(days=1)), "expired"),
     ("not-yet-valid", lambda ca, other, pk: ca.issue(pk, not_before=NOW + dt.timedelta(days=1)),
