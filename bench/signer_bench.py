@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.http_bench import cpu_seconds  # noqa: E402
+
 CHILD = r"""
 import asyncio, sys
 sys.path.insert(0, sys.argv[3])
@@ -45,11 +47,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sign_requests(demo: Path, ca: str, count: int) -> list[object]:
