@@ -31,6 +31,7 @@ class Entry:
     next_update: int  # epoch seconds: nextUpdate of the answer (for HTTP max-age)
     ca: str
     generation: int = 0  # the responder generation that signed it (0: not told)
+    signer: str = ""  # the signer (address) that signed it: generations are counted per signer process
 
 
 class ResponseCache:
@@ -41,9 +42,11 @@ class ResponseCache:
         self.clock = clock
         self.rotation_grace = rotation_grace
         self._entries: dict[bytes, Entry] = {}
-        self._generations: dict[str, int] = {}
-        # CA -> when its entries from older responders go; _next_retire is the earliest of those.
-        self._retire_at: dict[str, float] = {}
+        # (CA, signer) -> that signer's current responder generation for the CA. Each signer process
+        # counts its own generations, so they are only ever compared within one signer.
+        self._generations: dict[tuple[str, str], int] = {}
+        # (CA, signer) -> when its entries from older responders go; _next_retire is the earliest.
+        self._retire_at: dict[tuple[str, str], float] = {}
         self._next_retire = float("inf")
         self.hits = 0
         self.misses = 0
@@ -72,11 +75,11 @@ class ResponseCache:
         return entry
 
     def put(self, key: bytes, der: bytes, headers: bytes, *, ca: str, this_update: int, next_update: int,
-            generation: int | None = None, now: float | None = None) -> Entry | None:
+            generation: int | None = None, now: float | None = None, signer: str = "") -> Entry | None:
         """Store an answer; returns the entry, or None when it would expire at once."""
         if generation is not None:
-            self.note_generation(ca, generation, now=now)
-            if generation != self._generations.get(ca):
+            self.note_generation(ca, generation, now=now, signer=signer)
+            if generation != self._generations.get((ca, signer)):
                 return None  # signed by a responder that has since been replaced
         if self.max_entries <= 0:
             return None
@@ -89,52 +92,55 @@ class ResponseCache:
         if key not in entries:
             while len(entries) >= self.max_entries:
                 entries.pop(next(iter(entries)))
-        entry = Entry(der, headers, expires, next_update, ca, generation or 0)
+        entry = Entry(der, headers, expires, next_update, ca, generation or 0, signer)
         entries[key] = entry
         return entry
 
-    def note_generation(self, ca: str, generation: int, now: float | None = None) -> None:
+    def note_generation(self, ca: str, generation: int, now: float | None = None, signer: str = "") -> None:
         """A SignReply for ``ca`` came from responder ``generation``. A newer one than known means the
         responder was replaced: answers of older ones go after the grace. An older one is an answer
         signed before a switch we already know of, and changes nothing."""
-        old = self._generations.get(ca)
+        old = self._generations.get((ca, signer))
         if old is None:
-            self._generations[ca] = generation
+            self._generations[(ca, signer)] = generation
         elif generation > old:
-            self._changed(ca, generation, now)
+            self._changed((ca, signer), generation, now)
 
-    def set_generation(self, ca: str, generation: int, now: float | None = None) -> None:
+    def set_generation(self, ca: str, generation: int, now: float | None = None, signer: str = "") -> None:
         """The signer's own word (Watch) on ``ca``'s current responder generation. Authoritative, even
         when lower than what we knew (a restarted signer counts from 1 again)."""
-        old = self._generations.get(ca)
+        old = self._generations.get((ca, signer))
         if old is None:
-            self._generations[ca] = generation
+            self._generations[(ca, signer)] = generation
         elif generation != old:
-            self._changed(ca, generation, now)
+            self._changed((ca, signer), generation, now)
 
-    def generation(self, ca: str) -> int | None:
-        return self._generations.get(ca)
+    def generation(self, ca: str, signer: str = "") -> int | None:
+        return self._generations.get((ca, signer))
 
-    def _changed(self, ca: str, generation: int, now: float | None) -> None:
-        self._generations[ca] = generation
+    def _changed(self, which: tuple[str, str], generation: int, now: float | None) -> None:
+        self._generations[which] = generation
         if now is None:
             now = self.clock()
         if self.rotation_grace <= 0:
-            self._retire(ca, generation)
+            self._retire(which, generation)
             return
-        self._retire_at.setdefault(ca, now + self.rotation_grace)
+        self._retire_at.setdefault(which, now + self.rotation_grace)
         self._next_retire = min(self._retire_at.values())
 
-    def _retire(self, ca: str, generation: int) -> int:
+    def _retire(self, which: tuple[str, str], generation: int) -> int:
+        """Drop ``which`` = (CA, signer)'s answers of other generations than ``generation``."""
+        ca, signer = which
         before = len(self._entries)
-        self._entries = {k: e for k, e in self._entries.items() if e.ca != ca or e.generation == generation}
+        self._entries = {k: e for k, e in self._entries.items()
+                         if e.ca != ca or e.signer != signer or e.generation == generation}
         return before - len(self._entries)
 
     def _retire_due(self, now: float) -> None:
-        for ca, when in list(self._retire_at.items()):
+        for which, when in list(self._retire_at.items()):
             if when <= now:
-                del self._retire_at[ca]
-                self._retire(ca, self._generations[ca])
+                del self._retire_at[which]
+                self._retire(which, self._generations[which])
         self._next_retire = min(self._retire_at.values(), default=float("inf"))
 
     def retire_due(self, now: float | None = None) -> None:

@@ -235,10 +235,10 @@ class OcspApp:
         tu, nu = int(this_update.timestamp()), int(next_update.timestamp())
         static = (_CT_OCSP + b"Content-Length: %d\r\n" % len(body)
                   + b"".join(f"{k}: {v}\r\n".encode() for k, v in ohttp.validator_headers(body, tu, nu)))
-        self.cache.note_generation(ca.name, result.generation)
+        self.cache.note_generation(ca.name, result.generation, signer=result.signer)
         if key is not None and source.generation == generation:
             self.cache.put(key, body, static, ca=ca.name, this_update=tu, next_update=nu,
-                           generation=result.generation)
+                           generation=result.generation, signer=result.signer)
         entry = Entry(body, static, 0.0, nu, ca.name)
         return body, self.hit_headers(entry, self.cache.clock())
 

@@ -59,6 +59,7 @@ class SignResult:
     der: bytes
     generation: int
     responder_fingerprint: str
+    signer: str = ""  # the address that signed (generations are counted per signer process)
 
 
 def make_channel(address: str, tls: SignerTls | None = None) -> aio.Channel:
@@ -154,7 +155,8 @@ class SignerClient:
                 raise last from None
             if not reply.ocsp_response:
                 raise InternalError("signer returned an empty response")
-            return SignResult(bytes(reply.ocsp_response), reply.generation, reply.responder_fingerprint)
+            return SignResult(bytes(reply.ocsp_response), reply.generation, reply.responder_fingerprint,
+                              self.addresses[(start + i) % n])
         assert last is not None
         raise last
 

@@ -53,13 +53,13 @@ class ResponderWatch:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    def apply(self, state: pb.ResponderState) -> None:
+    def apply(self, state: pb.ResponderState, address: str = "") -> None:
         for issuer in state.issuers:
             name = self.by_issuer.get(bytes(issuer.issuer_sha256))
             if name is None:
                 continue  # a CA the signer serves and we do not
-            old = self.cache.generation(name)
-            self.cache.set_generation(name, issuer.generation)
+            old = self.cache.generation(name, signer=address)
+            self.cache.set_generation(name, issuer.generation, signer=address)
             if old is not None and old != issuer.generation:
                 log.info("signer: CA %s now signs with responder generation %d (was %d, certificate SHA-256 "
                          "%s); cached answers of the old responder go within %ss", name, issuer.generation, old,
@@ -79,7 +79,7 @@ class ResponderWatch:
                         log.info("watching responder changes on the signer at %s", address)
                         lost_logged = False
                     backoff = MIN_BACKOFF
-                    self.apply(state)
+                    self.apply(state, address)
                 self.connected.discard(address)  # the signer ended the stream (it is stopping)
             except asyncio.CancelledError:
                 raise

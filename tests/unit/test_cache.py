@@ -94,3 +94,22 @@ def test_hit_is_cheap() -> None:
         c.get(key)
     per = (time.perf_counter() - t) / n
     assert per < 20e-6, per
+
+
+def test_generations_are_counted_per_signer() -> None:
+    """Two signer processes count generations independently (each restarts at 1): answers of both
+    are cached, and a rotation seen on one retires only that one's older answers."""
+    c = ResponseCache(10, max_age=10**6)
+    for i in range(4):  # replies alternate between a signer at generation 2 and one at generation 1
+        signer, gen = ("A", 2) if i % 2 == 0 else ("B", 1)
+        assert c.put(b"k%d" % i, b"d", b"", ca="a", this_update=1000, next_update=5000, generation=gen,
+                     now=1000, signer=signer) is not None
+    assert all(c.get(b"k%d" % i, now=1001) is not None for i in range(4))
+    c.set_generation("a", 3, now=1001, signer="A")  # A rotated: A's generation-2 answers go
+    assert c.get(b"k0", now=1002) is None and c.get(b"k2", now=1002) is None
+    assert c.get(b"k1", now=1002) is not None and c.get(b"k3", now=1002) is not None
+    # A late generation-2 answer from A is not cached any more; B's generation 1 still is.
+    assert c.put(b"late", b"d", b"", ca="a", this_update=1000, next_update=5000, generation=2, now=1002,
+                 signer="A") is None
+    assert c.put(b"b", b"d", b"", ca="a", this_update=1000, next_update=5000, generation=1, now=1002,
+                 signer="B") is not None
