@@ -230,12 +230,13 @@ class OcspApp:
                                          next_update=next_update, revocation=info.revocation))
         result = await self.signer.sign(statuses, request.nonce)
         body = result.der
+        # Every reply, nonce or not, tells which responder generation signs for this CA now.
+        self.cache.note_generation(ca.name, result.generation, signer=result.signer)
         if request.nonce is not None:
             return body, _CT_OCSP + b"Content-Length: %d\r\n" % len(body) + _NO_CACHE
         tu, nu = int(this_update.timestamp()), int(next_update.timestamp())
         static = (_CT_OCSP + b"Content-Length: %d\r\n" % len(body)
                   + b"".join(f"{k}: {v}\r\n".encode() for k, v in ohttp.validator_headers(body, tu, nu)))
-        self.cache.note_generation(ca.name, result.generation, signer=result.signer)
         if key is not None and source.generation == generation:
             self.cache.put(key, body, static, ca=ca.name, this_update=tu, next_update=nu,
                            generation=result.generation, signer=result.signer)
