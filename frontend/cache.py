@@ -143,12 +143,6 @@ class ResponseCache:
                 self._retire(which, self._generations[which])
         self._next_retire = min(self._retire_at.values(), default=float("inf"))
 
-    def retire_due(self, now: float | None = None) -> None:
-        """Drop the answers whose grace has run out (``get`` does this too, on its way)."""
-        now = self.clock() if now is None else now
-        if now >= self._next_retire:
-            self._retire_due(now)
-
     def invalidate(self, ca: str | None = None) -> int:
         """Drop the answers of ``ca`` (all when None); returns how many went."""
         before = len(self._entries)

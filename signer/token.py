@@ -137,11 +137,6 @@ class Pkcs11Token:
         self._keys[(kind, label)] = key
         return key
 
-    def forget_keys(self) -> None:
-        """Drop cached key handles (after keys were added or replaced)."""
-        with self._lock:
-            self._keys.clear()
-
     def has_key(self, label: str) -> bool:
         with self._lock:
             try:

@@ -24,8 +24,6 @@ from urllib.parse import unquote_to_bytes
 
 from shared.ocsp.errors import MalformedRequest
 
-OCSP_REQUEST_TYPE = "application/ocsp-request"
-OCSP_RESPONSE_TYPE = "application/ocsp-response"
 
 CACHEABLE_DIRECTIVES = "public, no-transform, must-revalidate"
 NOT_CACHEABLE = "no-cache, no-store, must-revalidate"
@@ -172,18 +170,3 @@ def validator_headers(response_der: bytes, this_update: datetime | int,
         ("Last-Modified", http_date(_epoch(this_update))),
         ("ETag", etag(response_der)),
     ]
-
-
-def cacheable_headers(response_der: bytes, *, this_update: datetime | int, next_update: datetime | int,
-                      now: datetime | int | float, max_age_cap: int | None = None) -> list[tuple[str, str]]:
-    """All caching headers of a successful, nonce-less answer sent at ``now``."""
-    return [
-        ("Date", http_date(_epoch(now))),
-        ("Cache-Control", cache_control(max_age(now, next_update, max_age_cap))),
-        *validator_headers(response_der, this_update, next_update),
-    ]
-
-
-def uncacheable_headers(now: datetime | int | float) -> list[tuple[str, str]]:
-    """Headers of an answer no cache may keep (nonce-bearing or error responses)."""
-    return [("Date", http_date(_epoch(now))), ("Cache-Control", NOT_CACHEABLE)]
