@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from frontend.tls import SignerTls, load_signer_tls
-from shared.config import ConfigError, Section
+from shared.config import ConfigError, Section, read_certificate
 from shared.ocsp.types import HashAlgorithm
 
 _HASH_NAMES = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA256,
@@ -104,24 +103,6 @@ class FrontendConfig:
 
 def _seconds(d: timedelta) -> float:
     return d.total_seconds()
-
-
-def load_certificate(sec: Section, key: str) -> tuple[Path, bytes]:
-    """Read a PEM or DER certificate named by ``key``; returns (path, DER)."""
-    path = sec.path(key)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise sec.error(key, f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        if b"-----BEGIN" in data:
-            cert = x509.load_pem_x509_certificate(data)
-        else:
-            cert = x509.load_der_x509_certificate(data)
-        der = cert.public_bytes(Encoding.DER)
-    except ValueError as e:
-        raise sec.error(key, f"{path} is not a PEM or DER certificate: {e}") from None
-    return path, der
 
 
 def _listen(sec: Section) -> ListenConfig:
@@ -233,7 +214,8 @@ def _status(sec: Section) -> StatusConfig:
 def load_ca_file(path: Path) -> CaConfig:
     sec = Section.load(path)
     name = sec.str("name", path.stem)
-    ca_path, der = load_certificate(sec, "ca_cert")
+    ca_path, ca_cert = read_certificate(sec, "ca_cert")
+    der = ca_cert.public_bytes(Encoding.DER)
     sec.ignore("responder")
     status = _status(sec.section("status", required=True))
     sec.finish()

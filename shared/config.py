@@ -185,3 +185,27 @@ class Section:
                 raise self.error(name, "unknown key (typo?)")
         for child in self._children:
             child.finish()
+
+
+def read_certificate(sec: Section, name: str) -> tuple[Path, Any]:
+    """The one certificate (PEM or DER) in the file the path key ``name`` names: (path, certificate).
+
+    Both halves read their CA and responder certificates through this, so a file the signer accepts is
+    one the frontend accepts too. A PEM file must hold exactly one certificate.
+    """
+    from cryptography import x509
+
+    path = sec.path(name)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise sec.error(name, f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+            if len(certs) != 1:
+                raise sec.error(name, f"{path} holds {len(certs)} certificates; expected exactly one")
+            return path, certs[0]
+        return path, x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise sec.error(name, f"{path} is not a PEM or DER certificate: {e}") from None

@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from shared.config import ConfigError, Section
+from shared.config import ConfigError, Section, read_certificate
 from signer.tls_config import TlsConfig, load_tls
 
 DEFAULT_MAX_VALIDITY = timedelta(days=7)
@@ -307,12 +307,10 @@ def _responders(top: Section, ca_dir: Path) -> tuple[ResponderConfig, ...]:
 def _ca_file(path: Path) -> ResponderConfig:
     sec = Section.load(path)
     name = sec.str("name", path.stem)
-    ca_path = sec.path("ca_cert")
-    ca = load_certificate(sec, "ca_cert", ca_path)
+    _, ca = read_certificate(sec, "ca_cert")
     sec.ignore("status")  # the frontend's table
     rsec = sec.section("responder", required=True)
-    cert_path = rsec.path("cert")
-    cert = load_certificate(rsec, "cert", cert_path)
+    cert_path, cert = read_certificate(rsec, "cert")
     key_label = rsec.str("key_label")
     responder_id = rsec.choice("responder_id", ("key", "name"), "key")
     include_cert = rsec.bool("include_cert", True)
@@ -328,23 +326,6 @@ _DER = Encoding.DER
 
 def _spki(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
-def load_certificate(sec: Section, name: str, path: Path) -> x509.Certificate:
-    """One certificate from a PEM or DER file."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise sec.error(name, f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-            if len(certs) != 1:
-                raise sec.error(name, f"{path} holds {len(certs)} certificates; expected exactly one")
-            return certs[0]
-        return x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise sec.error(name, f"{path} is not a PEM or DER certificate: {e}") from None
 
 
 def check_responder_cert(sec: Section, name: str, ca: x509.Certificate, cert: x509.Certificate) -> None:
