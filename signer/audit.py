@@ -394,6 +394,17 @@ class _State:
     # The policy the newest checkpoint states: the records after it were written under it.
     checkpoint_policy: Policy | None = None
 
+    def add_record(self, line: bytes, time: datetime) -> None:
+        """One record line joins the chain, the tree and the uncovered run. The writer and the resume
+        scan both go through here, so a resumed log continues exactly where the writer stopped."""
+        h = leaf_hash(line)
+        self.rng.append(h)
+        self.head = h
+        self.file_records += 1
+        if self.uncovered == 0:
+            self.uncovered_since = time
+        self.uncovered += 1
+
     def copy(self) -> _State:
         return _State(self.rng.copy(), self.head, self.seq, self.path, self.file_bytes, self.file_records,
                       self.file_day, self.uncovered, self.uncovered_since, self.checkpoint_note,
@@ -450,13 +461,7 @@ def _scan(directory: Path, writer: str) -> _State:
                     w, index, prev, record = decode_record(obj)
                     if w != writer or index != st.rng.size or prev != st.head:
                         raise ValueError("record does not continue the hash chain")
-                    h = leaf_hash(raw)
-                    st.rng.append(h)
-                    st.head = h
-                    st.file_records += 1
-                    if st.uncovered == 0:
-                        st.uncovered_since = record.time
-                    st.uncovered += 1
+                    st.add_record(raw, record.time)
                 elif obj["type"] == "checkpoint":
                     if _want(obj, "index", int) == st.rng.size:
                         st.uncovered, st.uncovered_since = 0, None
@@ -695,13 +700,7 @@ class AuditLog:
                 await self._add_checkpoint(st, segments, now)
             line = encode_record(record, self._writer, st.rng.size, st.head)
             self._place(st, segments, line, now, today)
-            h = leaf_hash(line)
-            st.rng.append(h)
-            st.head = h
-            st.file_records += 1
-            if st.uncovered == 0:
-                st.uncovered_since = record.time
-            st.uncovered += 1
+            st.add_record(line, record.time)
             if checkpointing and st.uncovered >= every:
                 await self._add_checkpoint(st, segments, now)
         if segments:
