@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 VAR := $(CURDIR)/var
 export SOFTHSM2_CONF := $(VAR)/softhsm2.conf
 
-SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli
+SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli go
 
 .PHONY: run test bench system venv softhsm proto check-proto clean
 
@@ -24,14 +24,16 @@ bench: venv softhsm
 	$(BIN)/python bench/signer_bench.py --demo $(VAR)/demo
 	$(BIN)/python bench/audit_bench.py
 
-# Debian packages: SoftHSM, the OpenSSL CLI, and the GnuTLS and NSS clients the tests use.
+# Debian packages: SoftHSM, the OpenSSL CLI, and the GnuTLS, NSS and Go (x/crypto/ocsp) clients the tests use.
 system:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing venv"; fi; \
+	if [ ! -d /usr/share/gocode/src/golang.org/x/crypto/ocsp ]; then missing="$$missing x/crypto"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    softhsm2 openssl libnss3-tools gnutls-bin python3-venv >/dev/null; \
+	    softhsm2 openssl libnss3-tools gnutls-bin python3-venv \
+	    golang-go golang-golang-x-crypto-dev >/dev/null; \
 	fi
 
 $(BIN)/activate: requirements.lock pyproject.toml | system

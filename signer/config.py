@@ -117,7 +117,9 @@ class ResponderConfig:
     cert: bytes  # responder certificate DER (may be the CA certificate itself)
     key_label: str
     responder_id: str  # "key" or "name"
-    include_cert: bool
+    # True/False as configured; None (not set): include it only for a delegated responder (see
+    # signer.responders.include_cert_for).
+    include_cert: bool | None
     cert_path: Path | None = None  # where ``cert`` was read from (rotation writes the new one there)
 
 
@@ -313,7 +315,7 @@ def _ca_file(path: Path) -> ResponderConfig:
     cert_path, cert = read_certificate(rsec, "cert")
     key_label = rsec.str("key_label")
     responder_id = rsec.choice("responder_id", ("key", "name"), "key")
-    include_cert = rsec.bool("include_cert", True)
+    include_cert = rsec.bool("include_cert", None)
     sec.finish()
     check_responder_cert(rsec, "cert", ca, cert)
     return ResponderConfig(

@@ -8,6 +8,7 @@ label and its generation belong together.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +27,8 @@ from shared.ocsp.types import IssuerKey
 from signer.config import ResponderConfig, SignerConfig
 from signer.mechanisms import SignatureAlgorithm, UnsupportedKey, algorithm_for_key
 from signer.token import Token, TokenError
+
+log = logging.getLogger("signer.responders")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -121,6 +124,21 @@ def check_key_pair(rc: ResponderConfig, cert: x509.Certificate, algorithm: Signa
                           "every response would carry an invalid signature")
 
 
+def include_cert_for(rc: ResponderConfig) -> bool:
+    """Whether BasicOCSPResponse.certs carries the responder certificate.
+
+    A delegated responder's certificate must be there (RFC 6960 4.2.2.2: clients cannot verify the
+    answer otherwise). When the CA signs its own answers, the client already holds that certificate
+    (it built the CertID from it), and some clients refuse the answer when it is there anyway:
+    golang.org/x/crypto/ocsp, used by Go servers for stapling, treats any certificate in ``certs`` as
+    a delegate and checks that the issuer signed it, which an intermediate CA's own certificate (signed
+    by its parent) fails. So unless the CA file says otherwise, the CA's own certificate is left out.
+    """
+    if rc.include_cert is not None:
+        return rc.include_cert
+    return rc.cert != rc.ca_cert
+
+
 def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Responder:
     """Check the token holds the key for ``rc``'s certificate (its public key object matches, and its
     private key signs a probe that verifies with the certificate) and build its Responder.
@@ -146,6 +164,11 @@ def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Respon
                           f"the token's key {rc.key_label!r} is not the key of the responder certificate "
                           "(wrong label, or the certificate belongs to another key)")
     check_key_pair(rc, cert, algorithm, token)
+    include = include_cert_for(rc)
+    if include and rc.cert == rc.ca_cert and not _self_signed(cert):
+        log.warning("%s: include_cert = true puts the CA's own certificate in every response; Go "
+                    "clients (golang.org/x/crypto/ocsp) reject such answers from an intermediate CA: "
+                    "leave include_cert unset (%s)", rc.name, rc.file)
     return Responder(
         name=rc.name,
         issuer_cert=rc.ca_cert,
@@ -153,12 +176,22 @@ def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Respon
         key_label=rc.key_label,
         algorithm=algorithm,
         responder_id=make_responder_id(rc.cert, rc.responder_id),
-        include_cert=rc.include_cert,
+        include_cert=include,
         generation=generation,
         fingerprint=hashlib.sha256(rc.cert).hexdigest(),
         not_before=cert.not_valid_before_utc.astimezone(timezone.utc),
         not_after=cert.not_valid_after_utc.astimezone(timezone.utc),
     )
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def load_responders(config: SignerConfig, token: Token, generation: int = 1) -> ResponderSet:

@@ -72,3 +72,14 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
         yield hsm
         if hsm._token is not None:
             hsm._token.close()
+
+
+@pytest.fixture(scope="session")
+def go_ocsp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Go's OCSP client, built once (tests/clients/go.py); fails when Go is missing (make system)."""
+    from tests.clients import go
+
+    try:
+        return go.build(tmp_path_factory.mktemp("go"))
+    except RuntimeError as e:
+        pytest.fail(str(e))

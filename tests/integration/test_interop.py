@@ -4,7 +4,8 @@ Each client here has its own ASN.1 code, its own request builder and its own ide
 answer is: GnuTLS ``ocsptool``, NSS (``vfychain`` through libpkix and ``ocspclnt`` through the
 classic OCSP code, both fetching from the leaf's AIA URL), pyhanko-certvalidator (a strict path
 validator that matches nonces, checks the ResponderID and the delegated responder's OCSPSigning EKU)
-and the ``openssl ocsp`` forms that test_end_to_end.py does not use.
+Go's golang.org/x/crypto/ocsp (what Go servers use for stapling; tests/clients/go.py), and the
+``openssl ocsp`` forms that test_end_to_end.py does not use.
 
 The commands are spelled out in full so that they can be pasted into the README.
 """
@@ -19,8 +20,9 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp
 
+from tests.clients import go
 from tests.integration.conftest import Demo, Process
-from tests.integration.ocsp_client import load_cert
+from tests.integration.ocsp_client import build_request, get, load_cert, post, random_nonce
 
 pytestmark = pytest.mark.integration
 
@@ -219,6 +221,25 @@ def test_pyhanko_certvalidator(demo: Demo, frontend: Process, ca: str, certid_ha
 
     unknown = _validate(demo, ca, "unknown", certid_hash=certid_hash, nonce=nonce)
     assert isinstance(unknown, InsufficientRevinfoError), repr(unknown)
+
+
+# -- Go (golang.org/x/crypto/ocsp) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ca", CAS)
+@pytest.mark.parametrize("method", ["POST", "GET"])
+@pytest.mark.parametrize("which", STATUSES)
+def test_go_x_crypto_ocsp(demo: Demo, frontend: Process, go_ocsp: Path, tmp_path: Path, ca: str,
+                          method: str, which: str) -> None:
+    """Go parses the answer with ParseResponse(der, issuer): it verifies the delegated responder's
+    certificate against the CA and the signature against that certificate."""
+    issuer = load_cert(demo.path(ca, "ca.pem"))
+    leaf = load_cert(pem_path(demo, ca, which))
+    der = build_request(leaf, issuer, nonce=random_nonce() if method == "POST" else None)
+    status, _, body = (post if method == "POST" else get)(demo.http_port, der)
+    assert status == 200
+    rc, text = go.judge(go_ocsp, body, demo.path(ca, "ca.pem").read_bytes(), tmp_path)
+    assert (rc, text) == (0, which), text
 
 
 # -- openssl ocsp forms not in test_end_to_end ----------------------------------------------------------
