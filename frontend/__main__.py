@@ -22,6 +22,7 @@ from frontend.watch import ResponderWatch
 from frontend.status.base import FileStatusSource, StatusDataError
 from frontend.status.crl import CrlSource
 from frontend.status.index_txt import IndexTxtSource
+from shared import logsafe
 from shared.config import ConfigError
 from shared.ocsp.certid import IssuerIndex
 
@@ -123,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsafe.install()  # names and paths from outside cannot forge log lines
     try:
         cfg = load_frontend_config(args.config)
         issuers = load_cas(cfg)

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 
+from shared import logsafe
 from shared.config import ConfigError
 from signer.config import SignerConfig, load_signer_config
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="validate the config, log in to the token, check every responder key; then exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"{PROG}: %(levelname)s: %(message)s")
+    logsafe.install()  # names from outside (client certificates, Admin calls) cannot forge log lines
 
     try:
         config = load_signer_config(args.config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -22,6 +23,7 @@ import grpc
 
 from shared.clock import Clock
 from shared.config import ConfigError
+from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer.config import AdminConfig, SignerConfig
@@ -29,6 +31,7 @@ from signer.rotation import RotationError, Rotator
 from signer.token import Token, TokenError
 
 log = logging.getLogger("ocsp-signer")
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about refused Admin calls
 
 Identity = Callable[[grpc.aio.ServicerContext], Iterable[str]]
 
@@ -49,6 +52,8 @@ class AdminService(pb_grpc.AdminServicer):
         self.trusted = trusted  # the admin unix socket: its file mode already decided
         self.allowed = frozenset(allowed_clients)
         self.identity = identity
+        # A caller retrying in a loop gets one line a minute, with a count, not one per call.
+        self._refusals = RateLimitedLog(log, REFUSAL_LOG_INTERVAL, time.monotonic)
 
     def _who(self, context: grpc.aio.ServicerContext) -> str | None:
         """Who may act, for the log; None when the caller is not an admin."""
@@ -62,7 +67,8 @@ class AdminService(pb_grpc.AdminServicer):
     async def Rotate(self, request: pb.RotateRequest, context: grpc.aio.ServicerContext) -> pb.RotateReply:
         who = self._who(context)
         if who is None:
-            log.warning("Admin Rotate refused: caller %s is not an admin", context.peer())
+            self._refusals.log(logging.WARNING, "Rotate", "Admin Rotate refused: caller %s is not an admin",
+                               context.peer())
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "Admin RPCs need the admin socket or a client identity in [admin] allowed_clients")
         log.info("Admin Rotate for CA %r from %s (key label %r)", request.ca, who,

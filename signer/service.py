@@ -41,7 +41,7 @@ def open_token(config: SignerConfig) -> Pkcs11Token:
     """Read the PIN and log in. Blocking. Raises ConfigError naming the signer.toml key at fault."""
     t = config.token
     try:
-        pin = read_pin(t.pin_file, t.pin_env)
+        pin = read_pin(t.pin_file, t.pin_env, consume=True)
     except TokenError as e:
         raise ConfigError(config.file, "token.pin_file" if t.pin_file else "token.pin_env", str(e)) from None
     try:

@@ -8,7 +8,9 @@ processes, each with its own C_Initialize, session and login.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any, Protocol
 from asn1crypto import core, keys, x509
 
 from signer.mechanisms import KEY_SPECS, SignatureAlgorithm, sign_with_key
+
+log = logging.getLogger("signer.token")
 
 
 class TokenError(Exception):
@@ -29,22 +33,35 @@ class Token(Protocol):
     def public_key(self, key_label: str) -> bytes: ...
 
 
-def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
-    """The user PIN, from a file (first line) or an environment variable; never from config text."""
+def read_pin(pin_file: Path | None, pin_env: str | None, *, consume: bool = False) -> str:
+    """The user PIN, from a file (first line) or an environment variable; never from config text.
+
+    A PIN file readable by group or others is used with a warning. ``consume``: remove the
+    environment variable once read (the signer does; one-shot tools need not)."""
     if pin_file is not None:
         try:
-            pin = pin_file.read_text().splitlines()[0].strip() if pin_file.stat().st_size else ""
+            st = pin_file.stat()
+            pin = pin_file.read_text().splitlines()[0].strip() if st.st_size else ""
         except OSError as e:
             raise TokenError(f"cannot read PIN file {pin_file}: {e.strerror or e}") from None
         except IndexError:
             pin = ""
         if not pin:
             raise TokenError(f"PIN file {pin_file} is empty")
+        if st.st_mode & 0o077:
+            log.warning("PIN file %s is readable or writable by group or others (mode %04o): whoever reads "
+                        "it can use every key in the token; make it 0400 or 0600, owned by the signer's "
+                        "user", pin_file, stat.S_IMODE(st.st_mode))
         return pin
     if pin_env is not None:
         pin = os.environ.get(pin_env, "")
         if not pin:
             raise TokenError(f"environment variable {pin_env} (the token PIN) is not set")
+        if consume:
+            # Out of the environment once read: not inherited by anything this process starts, and
+            # not in /proc/PID/environ's view of later lookups (the kernel's copy of the initial
+            # environment stays readable by the same user only).
+            os.environ.pop(pin_env, None)
         return pin
     raise TokenError("no PIN source: set token.pin_file or token.pin_env")
 

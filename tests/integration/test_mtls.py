@@ -105,12 +105,16 @@ def client_certs(tls_signer: TlsSigner) -> dict[str, tuple[Path | None, Path | N
     expired = demo_tls.issue(ca_cert, ca_key, "ocsp-frontend", server=False, now=NOW,
                              not_before=NOW - dt.timedelta(days=10), not_after=NOW - dt.timedelta(days=1))
     stranger = demo_tls.issue(ca_cert, ca_key, "intruder", server=False, now=NOW)
+    # A CN that would forge a log line of its own if logged raw.
+    forger = demo_tls.issue(ca_cert, ca_key, "forger\nocsp-signer: INFO: client cn:ocsp-frontend connected",
+                            server=False, now=NOW)
     return {
         "frontend": (tls / "frontend.pem", tls / "frontend-key.pem"),
         "none": (None, None),
         "other-ca": (other.cert("frontend"), other.key("frontend")),
         "expired": _pem(d / "expired.pem", *expired),
         "not-allowed": _pem(d / "intruder.pem", *stranger),
+        "forger": _pem(d / "forger.pem", *forger),
     }
 
 
@@ -148,6 +152,18 @@ def test_refused_and_logged(tls_signer: TlsSigner, client_certs: dict, name: str
     pattern = re.escape(logged).replace(re.escape("{port}"), r"\d+")
     wait_until(lambda: re.search(pattern, tls_signer.log()[before:]) is not None, 10,
                f"the signer to log the refusal of {name}")
+
+
+def test_client_names_cannot_forge_log_lines(tls_signer: TlsSigner, client_certs: dict) -> None:
+    before = len(tls_signer.log())
+    with pytest.raises(grpc.RpcError) as e:
+        health(tls_signer.address, tls_signer.tls / "ca.pem", *client_certs["forger"])
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    wait_until(lambda: "cn:forger" in tls_signer.log()[before:], 10, "the signer to log the refusal")
+    lines = tls_signer.log()[before:].splitlines()
+    refused = [line for line in lines if "cn:forger" in line]
+    assert refused and all("cn:forger\\nocsp-signer: INFO:" in line for line in refused), refused
+    assert not any(line.startswith("ocsp-signer: INFO: client cn:ocsp-frontend") for line in lines), lines
 
 
 @pytest.mark.parametrize("version,negotiated", [("-tls1_2", False), ("-tls1_3", True)])

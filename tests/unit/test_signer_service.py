@@ -127,6 +127,7 @@ def write_setup(base: Path, cas: list[Ca], *, responder_extra: dict[str, str] | 
     (base / "ca.d").mkdir(exist_ok=True)
     (base / "module.so").write_bytes(b"")  # never loaded: tests pass a FakeToken
     (base / "token.pin").write_text("1234\n")
+    (base / "token.pin").chmod(0o600)
     for ca in cas:
         d = base / ca.name
         d.mkdir(exist_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +117,29 @@ def test_read_pin_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         read_pin(None, "TEST_TOKEN_PIN")
 
 
+@pytest.mark.parametrize("mode,warned", [(0o600, False), (0o400, False), (0o640, True), (0o644, True),
+                                         (0o602, True)])
+def test_read_pin_file_mode(tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool) -> None:
+    f = tmp_path / "pin"
+    f.write_text("s3cret\n")
+    f.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="signer.token"):
+        assert read_pin(f, None) == "s3cret"
+    lines = [r.getMessage() for r in caplog.records if r.name == "signer.token"]
+    assert bool(lines) == warned, lines
+    if warned:
+        assert f"mode {mode:04o}" in lines[0] and str(f) in lines[0]
+
+
+def test_read_pin_env_consumed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signer takes the PIN out of its environment once read (nothing it starts inherits it)."""
+    monkeypatch.setenv("TEST_TOKEN_PIN", "from-env")
+    assert read_pin(None, "TEST_TOKEN_PIN") == "from-env"
+    assert os.environ["TEST_TOKEN_PIN"] == "from-env"  # one-shot tools leave it
+    assert read_pin(None, "TEST_TOKEN_PIN", consume=True) == "from-env"
+    assert "TEST_TOKEN_PIN" not in os.environ
+
+
 def test_wrong_pin_in_fresh_process(softhsm) -> None:
     """A fresh process (its own C_Initialize and login state) gets the same operator message."""
     code = ("from signer.token import Pkcs11Token, TokenError\n"
@@ -164,6 +189,7 @@ def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path,
     (base / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (base / "responder.pem").write_bytes(responder.public_bytes(serialization.Encoding.PEM))
     (base / "token.pin").write_text((pin or softhsm.pin) + "\n")
+    (base / "token.pin").chmod(0o600)
     (base / "ca.d" / "proc.toml").write_text(
         'ca_cert = "../ca.pem"\n[responder]\ncert = "../responder.pem"\n'
         f'key_label = "{label}"\n[status]\nsource = "index"\npath = "index.txt"\n')
