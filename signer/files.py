@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path | str, data: bytes, mode: int | None = None) -> None:
+def check_private_directory(directory: Path) -> None:
+    """Refuse a directory that group or others may write: someone else there could replace the file
+    between our write and its use, or plant a symlink under the name we write. PermissionError, whose
+    strerror says why (callers report ``cannot write PATH: <strerror>``)."""
+    st = os.stat(directory)
+    if st.st_mode & 0o022:
+        raise PermissionError(errno.EPERM, f"the directory {directory} is writable by group or others "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o}); make it writable by the signer's "
+                              "user only (e.g. chmod go-w)", str(directory))
+
+
+def write_atomic(path: Path | str, data: bytes, mode: int | None = None, *,
+                 private_dir: bool = False) -> None:
     """Replace ``path`` with ``data`` so readers see the old file or the new one, never a torn one.
 
     ``mode``: the new file's permissions; None keeps the old file's (0o644 for a new file). The data
-    and the directory entry are fsynced, so the new file survives a crash once this returns.
+    and the directory entry are fsynced, so the new file survives a crash once this returns. The
+    directory must not be writable by group or others when ``private_dir`` (``check_private_directory``:
+    what the signer process itself writes, e.g. a rotated responder certificate).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if private_dir:
+        check_private_directory(path.parent)
     if mode is None:
         try:
             mode = path.stat().st_mode & 0o777
@@ -22,11 +40,12 @@ def write_atomic(path: Path | str, data: bytes, mode: int | None = None) -> None
             mode = 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # On the descriptor, not the path: a name swapped for a symlink cannot redirect the chmod.
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -46,7 +46,7 @@ from shared.clock import Clock
 from shared.config import ConfigError
 from shared.rpc import signer_pb2 as pb
 from signer.config import ResponderConfig, SignerConfig, load_signer_config
-from signer.files import write_atomic
+from signer.files import check_private_directory, write_atomic
 from signer.responders import Responder, ResponderSet, load_responder
 from signer.token import Token, TokenError
 
@@ -372,9 +372,15 @@ class Rotator:
                                     "the signer; nothing was written or switched (the running responder would "
                                     "not survive a restart). Fix the permissions, or install the files "
                                     "yourself and send SIGHUP")
+            try:
+                check_private_directory(target.parent)
+            except OSError as e:
+                raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"refusing to write {target}: {e.strerror}; nothing was written or "
+                                    "switched") from None
         notes = []
         try:
-            write_atomic(cert_path, data)
+            write_atomic(cert_path, data, private_dir=True)
         except OSError as e:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"cannot write {e.filename or cert_path}: {e.strerror or e}; nothing was "
@@ -383,7 +389,7 @@ class Rotator:
         notes.append(f"wrote the new responder certificate to {cert_path}")
         if ca_text is not None:
             try:
-                write_atomic(old.file, ca_text.encode())
+                write_atomic(old.file, ca_text.encode(), private_dir=True)
             except OSError as e:
                 why = f"cannot write {e.filename or old.file}: {e.strerror or e}"
                 try:

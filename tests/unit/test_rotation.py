@@ -269,7 +269,7 @@ def test_rekey_ca_file_write_failure_restores_the_certificate(tmp_path: Path,
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     real = rotation.write_atomic
 
-    def failing(path: Path, data: bytes, mode: int | None = None) -> None:
+    def failing(path: Path, data: bytes, mode: int | None = None, **kw: Any) -> None:
         if str(path).endswith(".toml"):
             raise PermissionError(13, "Permission denied", str(path))
         real(path, data, mode)
@@ -293,7 +293,7 @@ def test_unwritable_ca_dir_is_refused_before_anything_is_written(tmp_path: Path,
     cert = rekey_candidate(env, a)
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     writes: list[Path] = []
-    monkeypatch.setattr(rotation, "write_atomic", lambda path, data, mode=None: writes.append(path))
+    monkeypatch.setattr(rotation, "write_atomic", lambda path, data, mode=None, **kw: writes.append(path))
     ca_d = tmp_path / "ca.d"
     real_access = os.access
     monkeypatch.setattr(rotation.os, "access", lambda p, m: Path(p) != ca_d and real_access(p, m))
@@ -302,6 +302,40 @@ def test_unwritable_ca_dir_is_refused_before_anything_is_written(tmp_path: Path,
     assert "is not writable" in info.value.message and str(ca_d) in info.value.message
     assert writes == [] and {p: p.read_bytes() for p in files} == files
     assert env.responder("alpha").key_label == a.key_label
+
+
+@pytest.mark.parametrize("which,mode", [("ca.d", 0o775), ("ca.d", 0o757), ("alpha", 0o777), ("alpha", 0o1777)])
+def test_group_or_world_writable_target_dir_is_refused(tmp_path: Path, which: str, mode: int) -> None:
+    """Someone else who may write there could swap our file or plant a symlink: refused before any write."""
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    cert = rekey_candidate(env, a)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    (tmp_path / which).chmod(mode)
+    with pytest.raises(RotationError) as info:
+        env.run(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "writable by group or others" in info.value.message and f"(mode {mode:04o})" in info.value.message
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert env.responder("alpha").key_label == a.key_label
+    (tmp_path / which).chmod(0o755)
+    env.run(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))  # and works once fixed
+    assert env.responder("alpha").key_label == "alpha-responder-2"
+
+
+def test_write_atomic_chmods_the_descriptor_not_the_name(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary name swapped for a symlink between write and chmod cannot get another file chmod'ed."""
+    from signer import files
+
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    victim.chmod(0o600)
+    monkeypatch.setattr(files.os, "chmod", lambda *a, **k: pytest.fail("chmod by path"))
+    files.write_atomic(tmp_path / "out.pem", b"data", 0o640, private_dir=True)
+    assert (tmp_path / "out.pem").read_bytes() == b"data"
+    assert (tmp_path / "out.pem").stat().st_mode & 0o777 == 0o640
+    assert victim.stat().st_mode & 0o777 == 0o600
 
 
 def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,7 +348,7 @@ def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeyp
     cert = rekey_candidate(env, a)
     real = rotation.write_atomic
 
-    def slow(path: Path, data: bytes, mode: int | None = None) -> None:
+    def slow(path: Path, data: bytes, mode: int | None = None, **kw: Any) -> None:
         time.sleep(0.3)  # a slow disk: the RPC's deadline passes while the files are written
         real(path, data, mode)
 
