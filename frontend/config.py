@@ -32,8 +32,9 @@ class ListenConfig:
     max_request_bytes: int = 10000
     # Largest request line + headers; larger gets 431 and the connection closed.
     max_header_bytes: int = 8192
-    # Most CertIDs in one request (each costs a status lookup and a SingleResponse to sign).
-    max_cert_ids: int = 64
+    # Most CertIDs in one request (each costs a status lookup, a SingleResponse to sign and its
+    # share of the audit record). Clients send one; keep it at or below the signer's max_cert_ids.
+    max_cert_ids: int = 8
     # CertID hash algorithms served; others get "unauthorized".
     allowed_hashes: tuple[HashAlgorithm, ...] = tuple(HashAlgorithm)
     # A keep-alive connection with no request in progress is closed after this long.

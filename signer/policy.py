@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 
 from shared.clock import Clock
+from shared.ocsp.certid import serial_problem
 from shared.ocsp.errors import OCSPError
 from shared.ocsp.request import nonce_length
 from shared.ocsp.types import (
@@ -30,7 +31,6 @@ from signer.responders import Responder, ResponderSet
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Latest time GeneralizedTime in our encoding (and datetime) can carry: 9999-12-31T23:59:59Z.
 MAX_TIME = 253402300799
-MAX_SERIAL_OCTETS = 64  # RFC 5280 4.1.2.2: at most 20 octets from conforming CAs; we allow slack.
 MIN_NONCE, MAX_NONCE = 1, 128  # RFC 9654
 MAX_REQUEST_ID = 256
 
@@ -186,12 +186,9 @@ def _cert_id(where: str, item: pb.SingleStatus) -> CertId:
         length = len(getattr(c, name))
         if length != size:
             raise _invalid(f"{where}.cert_id.{name}: {length} octets; {algorithm.name} gives {size}")
-    if not 1 <= len(c.serial_number) <= MAX_SERIAL_OCTETS:
-        raise _invalid(f"{where}.cert_id.serial_number: {len(c.serial_number)} octets; "
-                       f"1..{MAX_SERIAL_OCTETS} allowed")
-    sn = c.serial_number
-    if len(sn) > 1 and ((sn[0] == 0 and sn[1] < 0x80) or (sn[0] == 0xFF and sn[1] >= 0x80)):
-        raise _invalid(f"{where}.cert_id.serial_number: not a minimal (DER) INTEGER encoding")
+    problem = serial_problem(bytes(c.serial_number))
+    if problem is not None:
+        raise _invalid(f"{where}.cert_id.serial_number: {problem}")
     return CertId(algorithm, bytes(c.issuer_name_hash), bytes(c.issuer_key_hash), bytes(c.serial_number))
 
 

@@ -15,9 +15,30 @@ from asn1crypto import x509
 
 from shared.ocsp.types import CertId, HashAlgorithm, IssuerKey
 
-__all__ = ["IssuerIndex", "cert_id_for", "issuer_keys"]
+__all__ = ["MAX_SERIAL_VALUE_OCTETS", "IssuerIndex", "cert_id_for", "issuer_keys", "serial_problem"]
+
+# RFC 5280 4.1.2.2: conforming CAs use serial numbers of at most 20 octets. A positive value of 20
+# octets with its top bit set takes a 0x00 sign octet in DER, so the INTEGER contents may be 21.
+MAX_SERIAL_VALUE_OCTETS = 20
 
 T = TypeVar("T")
+
+
+def serial_problem(serial: bytes) -> str | None:
+    """Why ``serial`` (INTEGER content octets, as a CertID carries them) cannot be answered, or None.
+
+    Refused: empty; longer than RFC 5280 allows (a certificate no conforming CA issued, and every
+    octet of it would be echoed into a signed answer and its audit record); not minimally encoded
+    (echoing it would make the signed ResponseData non-DER, which clients reject)."""
+    if not serial:
+        return "empty serialNumber"
+    value = serial[1:] if len(serial) > 1 and serial[0] == 0 else serial
+    if len(value) > MAX_SERIAL_VALUE_OCTETS:
+        return (f"serialNumber of {len(value)} octets; RFC 5280 allows at most "
+                f"{MAX_SERIAL_VALUE_OCTETS}")
+    if len(serial) > 1 and ((serial[0] == 0 and serial[1] < 0x80) or (serial[0] == 0xFF and serial[1] >= 0x80)):
+        return "serialNumber is not minimally encoded (not DER)"
+    return None
 
 
 def _load(cert_der: bytes) -> x509.Certificate:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from asn1crypto import core, ocsp, x509
 
+from shared.ocsp.certid import serial_problem
 from shared.ocsp.errors import MalformedRequest
 from shared.ocsp.types import CertId, HashAlgorithm, ParsedRequest
 
@@ -16,7 +17,6 @@ __all__ = ["MAX_NONCE", "MIN_NONCE", "decode_request", "nonce_length"]
 
 MIN_NONCE = 1  # RFC 9654 2.1
 MAX_NONCE = 128
-MAX_SERIAL_OCTETS = 64  # RFC 5280 allows 20; leave room for non-conforming CAs, but stay bounded
 
 ID_PKIX_OCSP_NONCE = "1.3.6.1.5.5.7.48.1.2"
 ID_PKIX_OCSP_RESPONSE = "1.3.6.1.5.5.7.48.1.4"  # acceptable responses: we always answer basic
@@ -150,13 +150,9 @@ def _cert_id(cid: ocsp.CertId) -> CertId:
     if len(name_hash) != size or len(key_hash) != size:
         raise MalformedRequest(f"CertID hash length is not the {algorithm.value} digest size")
     serial = cid["serial_number"].contents
-    if not serial:
-        raise MalformedRequest("empty CertID serialNumber")
-    if len(serial) > MAX_SERIAL_OCTETS:
-        raise MalformedRequest(f"CertID serialNumber longer than {MAX_SERIAL_OCTETS} octets")
-    if len(serial) > 1 and ((serial[0] == 0 and serial[1] < 0x80) or (serial[0] == 0xFF and serial[1] >= 0x80)):
-        # Not DER: echoing it would make the signed ResponseData non-DER, which clients reject.
-        raise MalformedRequest("CertID serialNumber is not minimally encoded (not DER)")
+    problem = serial_problem(serial)
+    if problem is not None:
+        raise MalformedRequest(f"CertID {problem}")
     return CertId(algorithm, name_hash, key_hash, serial)
 
 

@@ -634,8 +634,8 @@ def _with_serial(der: bytes, content: bytes) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.parametrize("content", [b"\x00", b"\xff", b"\x01" * 21, b"\x01" * 60],
-                         ids=["zero", "negative", "21-octets", "60-octets"])
+@pytest.mark.parametrize("content", [b"\x00", b"\xff", b"\x01" * 20, b"\x00" + b"\xab" * 20],
+                         ids=["zero", "negative", "20-octets", "20-octets-and-sign"])
 def test_odd_serials_answered_unknown(demo: Demo, frontend: Process, content: bytes) -> None:
     der = _with_serial(good_request(demo), content)
     status, _, body = post(demo.http_port, der)
@@ -643,6 +643,18 @@ def test_odd_serials_answered_unknown(demo: Demo, frontend: Process, content: by
     assert resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
     assert resp.certificate_status == ocsp.OCSPCertStatus.UNKNOWN
     assert resp.serial_number == int.from_bytes(content, "big", signed=True)
+    assert_alive(demo, frontend)
+
+
+@pytest.mark.parametrize("content", [b"\x01" * 21, b"\x7f" + b"\xab" * 20, b"\x01" * 40],
+                         ids=["21-octets", "21-octets-of-value", "40-octets"])
+def test_overlong_serials_are_malformed(demo: Demo, frontend: Process, content: bytes) -> None:
+    """Longer than RFC 5280 allows: no conforming CA issued it, and every octet would be echoed into a
+    signed answer and its audit record (audit-disk amplification)."""
+    der = _with_serial(good_request(demo), content)
+    status, _, body = post(demo.http_port, der)
+    assert status == 200
+    assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     assert_alive(demo, frontend)
 
 

@@ -33,7 +33,7 @@ def setup(tmp: Path, ca: TestCA, frontend: str = "", cafile: str | None = None) 
 def test_defaults(tmp_path: Path, ca: TestCA) -> None:
     cfg = load_frontend_config(setup(tmp_path, ca))
     assert cfg.listen.host == "127.0.0.1" and cfg.listen.port == 2560 and cfg.listen.path_prefix == "/"
-    assert cfg.listen.max_request_bytes == 10000 and cfg.listen.max_cert_ids == 64
+    assert cfg.listen.max_request_bytes == 10000 and cfg.listen.max_cert_ids == 8
     assert cfg.listen.allowed_hashes == tuple(HashAlgorithm)
     assert cfg.signer.addresses == ("127.0.0.1:50051",) and cfg.signer.timeout == 2.0
     assert cfg.cache.max_entries == 10000 and cfg.cache.max_age == timedelta(hours=1)

@@ -657,7 +657,7 @@ def test_config_values(tmp_path: Path) -> None:
     assert cfg.token.pin_file == tmp_path / "token.pin" and cfg.token.pin_env is None
     assert cfg.policy.max_validity == timedelta(days=7)
     assert cfg.policy.max_clock_skew == timedelta(minutes=5)
-    assert cfg.policy.max_cert_ids == 64
+    assert cfg.policy.max_cert_ids == 8
     assert [r.name for r in cfg.responders] == ["alpha", "direct"]
     alpha = cfg.responders[0]
     assert alpha.responder_id == "key" and alpha.include_cert is False

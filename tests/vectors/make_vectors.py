@@ -194,6 +194,8 @@ def main() -> None:
     out["req-serial-empty.der"] = request([cert_id(ca, b"")])
     out["req-serial-65-octets.der"] = request([cert_id(ca, b"\x01" * 65)])
     out["req-serial-20-octets.der"] = request([cert_id(ca, b"\x7f" + b"\xab" * 19)])
+    out["req-serial-20-octets-sign.der"] = request([cert_id(ca, b"\x00" + b"\xab" * 20)])
+    out["req-serial-21-octets.der"] = request([cert_id(ca, b"\x7f" + b"\xab" * 20)])
     out["req-serial-negative.der"] = request([cert_id(ca, b"\xff\x01")])
     out["req-serial-non-minimal.der"] = request([cert_id(ca, b"\x00\x10\x01")])
     for n in (0, 1, 16, 32, 128, 129):
