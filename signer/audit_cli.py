@@ -123,9 +123,11 @@ def _discard_stdout() -> None:
 def _read_notes(paths: list[Path], option: str, spki: bytes) -> list[str]:
     notes = []
     for path in paths:
-        note = path.read_text()
         try:
+            note = path.read_bytes().decode()
             open_kept_checkpoint(note, spki)
+        except UnicodeDecodeError:
+            raise _Usage(f"ocspctl audit: {option} {path}: not a checkpoint note (not UTF-8 text)") from None
         except CheckpointError as e:
             raise _Usage(f"ocspctl audit: {option} {path}: {e}") from None
         notes.append(note)

@@ -1004,8 +1004,10 @@ def test_cli_retention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     foreign = tmp_path / "foreign.note"
     body, _ = parse_note(kept.read_text())
     foreign.write_text(sign_note(body, origin_for("w1"), OTHER.public_key_spki, OTHER.sign(body)))
+    binary = tmp_path / "binary.note"
+    binary.write_bytes(b"\xff\xfe\x00")
     for option in ("--from-checkpoint", "--checkpoint"):
-        for note in (junk, foreign, tmp_path / "missing.note"):
+        for note in (junk, foreign, binary, tmp_path / "missing.note", tmp_path):
             assert audit_main(["verify", *pruned, "--pubkey", key, option, str(note)]) == 2
             err = capsys.readouterr().err
             assert str(note) in err and "Traceback" not in err
