@@ -830,6 +830,7 @@ class Finding:
     index: int | None = None  # the record's index, when the finding is about one record
     first: int | None = None  # for a checkpoint mismatch: the records it covers that are suspect
     last: int | None = None
+    wrong_key: bool = False  # no checkpoint of this writer is signed by the key given (not tampering proper)
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
@@ -850,6 +851,7 @@ class Report:
     failures: tuple[Finding, ...]  # the first failure of each writer's stream
     warnings: tuple[Finding, ...]
     writers: tuple[WriterSummary, ...]
+    notes: tuple[Finding, ...] = ()  # facts worth knowing that are not a problem (records retired)
 
     @property
     def first_failure(self) -> Finding | None:
@@ -869,14 +871,18 @@ class _Loc:
 class _StreamVerifier:
     """One writer's stream, line by line; stops at the first failure."""
 
-    def __init__(self, writer: str, spki: bytes, trusted: dict[int, bytes], require_complete: bool) -> None:
+    def __init__(self, writer: str, spki: bytes, trusted: dict[int, bytes], require_complete: bool,
+                 start: tuple[int, bytes] | None = None, from_genesis: bool = False) -> None:
         self.writer = writer
         self.origin = origin_for(writer)
         self.spki = spki
         self.trusted = trusted
         self.require_complete = require_complete
+        self.start = start  # (size, root) of the kept checkpoint the log may begin at (retention)
+        self.from_genesis = from_genesis
         self.failure: Finding | None = None
         self.warnings: list[Finding] = []
+        self.notes: list[Finding] = []
         self.rng: CompactRange | None = None
         self.head = ZERO_HASH
         self.first_index = 0
@@ -919,9 +925,7 @@ class _StreamVerifier:
             self.fail(loc, f"bad file header: {e}")
         if self.rng is None:
             self.rng, self.head, self.first_index, self.seq = rng, head, rng.size, seq
-            if rng.size or seq != 1:
-                self.warn(loc, f"verification starts at file #{seq}, record #{rng.size}: earlier files "
-                          "were not given; the header's state is checked by the next checkpoint")
+            self._check_start(loc, seq, rng, head)
             return
         self._resolve_suspect(head, loc)
         if seq != self.seq + 1:
@@ -933,6 +937,55 @@ class _StreamVerifier:
         if rng != self.rng or head != self.head:
             self.fail(loc, f"file header does not continue the chain: it says {rng.size} records "
                       f"before it, the previous files hold {self.rng.size} (records deleted or inserted)")
+
+    def _check_start(self, loc: _Loc, seq: int, rng: CompactRange, head: bytes) -> None:
+        """Where the files given begin. A chain begins at genesis: file #1, no record before it, record
+        #0 linking to zero. A log pruned for retention begins later, at or before a checkpoint kept when
+        the older files were retired (``start``). The header's state itself is unsigned; the checkpoints
+        after it (kept or in the stream) are computed through it."""
+        size = rng.size
+        if size == 0 and head != ZERO_HASH:
+            self.fail(loc, "file header says no record precedes it but carries a chain head (record #0 "
+                      "links to 32 zero bytes)")
+        if self.start is not None:
+            n = self.start[0]
+            if size > n:
+                self.fail(loc, f"the files given begin at record #{size} (file #{seq}), after the kept "
+                          f"checkpoint of {n} records: records {_span(n, size - 1)} were deleted after it "
+                          "was kept", n, n, size - 1)
+            if size:
+                self.notes.append(Finding(
+                    loc.path, loc.line, self.writer,
+                    f"records {_span(0, size - 1)} precede file #{seq}: retired, as the kept checkpoint of "
+                    f"{n} records allows; records from #{size} on are checked against it"))
+        for n, root in self.trusted.items():
+            if n < size:
+                if self.start is not None:
+                    continue  # before the kept checkpoint (size >= this file's start): retired records
+                self.fail(loc, f"a trusted checkpoint covers {n} records, but the files given begin at "
+                          f"record #{size} (file #{seq}): records {_span(n, size - 1)} are missing (for a "
+                          "log pruned for retention, give the checkpoint kept then with --from-checkpoint)",
+                          n, n, size - 1)
+            if n == size and rng.root() != root:
+                self.fail(loc, f"file header does not match the trusted checkpoint of {n} records: the "
+                          "state it carries was altered")
+        if self.start is None and (size or seq != 1):
+            files = f"file{'s' if seq > 2 else ''} {_span(1, seq - 1)}" if seq > 1 else "earlier files"
+            if self.from_genesis and size:
+                self.fail(loc, f"the log does not begin at genesis: the oldest file given is file #{seq}, "
+                          f"which begins at record #{size}; records {_span(0, size - 1)} ({files}) are "
+                          "missing", 0, 0, size - 1)
+            if self.from_genesis:
+                self.fail(loc, f"the log does not begin at genesis: the oldest file given is file #{seq}; "
+                          f"{files} {'are' if seq > 2 else 'is'} missing (with the genesis checkpoint)")
+            if size:
+                self.warn(loc, f"verification starts at file #{seq}, record #{size}: earlier files were not "
+                          f"given, so the {size} records before it ({_span(0, size - 1)}) are not checked. "
+                          "If they were pruned for retention, prove it with --from-checkpoint NOTE (the "
+                          "checkpoint kept when they were pruned); --from-genesis makes this a failure")
+            else:
+                self.warn(loc, f"verification starts at file #{seq}: earlier files were not given ({files}, "
+                          "which held the genesis checkpoint); --from-genesis makes this a failure")
 
     def record(self, loc: _Loc, raw: bytes, obj: dict[str, Any]) -> None:
         try:
@@ -1057,6 +1110,10 @@ class _StreamVerifier:
             self.warn(loc, message, index)
 
 
+def _span(first: int, last: int) -> str:
+    return f"#{first}" if first == last else f"#{first}..#{last}"
+
+
 def _read_lines(path: Path) -> tuple[list[bytes], bool]:
     data = path.read_bytes()
     lines = data.split(b"\n")
@@ -1066,25 +1123,44 @@ def _read_lines(path: Path) -> tuple[list[bytes], bool]:
     return lines, torn
 
 
+def open_kept_checkpoint(note: str, spki: bytes) -> cpt.Checkpoint:
+    """A checkpoint note kept outside the log, provided its writer's signature verifies with ``spki``.
+    Raises CheckpointError otherwise."""
+    body, _ = cpt.parse_note(note)
+    return cpt.open_checkpoint(note, spki, cpt.parse_checkpoint(body).origin)
+
+
 def verify(paths: Iterable[Path | str], key: bytes | Path | str, *,
-           trusted_checkpoints: Iterable[str] = (), require_complete: bool = False) -> Report:
+           trusted_checkpoints: Iterable[str] = (), require_complete: bool = False,
+           from_genesis: bool = False, start_checkpoints: Iterable[str] = ()) -> Report:
     """Check every writer's hash chain and checkpoints in ``paths``.
 
     ``key``: the audit key as SPKI DER, a public key or certificate (PEM or DER), or a path to one.
     ``trusted_checkpoints``: checkpoint notes kept elsewhere (shipped off the host); the log must
     contain and match them, which makes truncation detectable. ``require_complete``: records not
-    covered by a checkpoint are a failure (for a writer that was closed cleanly), not a warning.
-    Raises OSError when a file cannot be read, CheckpointError when the key cannot be loaded.
+    covered by a checkpoint are a failure (for a writer that was closed cleanly), not a warning, and
+    the log must begin at genesis (``from_genesis``) unless a start checkpoint says where it begins.
+    ``from_genesis``: each writer's oldest file must be its file #1 (else the loss of the oldest
+    records is only a warning). ``start_checkpoints``: at most one note per writer, kept when the
+    writer's older files were pruned for retention: its files may begin at any record up to that
+    checkpoint's size, and must match it and extend it.
+    Raises OSError when a file cannot be read, CheckpointError when the key or a note cannot be
+    loaded or a note does not verify, ValueError for two start checkpoints of one writer.
     """
     if isinstance(key, (str, Path)):
         key = Path(key).read_bytes()
     spki = cpt.load_public_key(key)
     trusted: dict[str, dict[int, bytes]] = {}
     for note in trusted_checkpoints:
-        body, signatures = cpt.parse_note(note)
-        origin = cpt.parse_checkpoint(body).origin
-        c = cpt.open_checkpoint(note, spki, origin)
-        trusted.setdefault(origin, {})[c.size] = c.root
+        c = open_kept_checkpoint(note, spki)
+        trusted.setdefault(c.origin, {})[c.size] = c.root
+    starts: dict[str, tuple[int, bytes]] = {}
+    for note in start_checkpoints:
+        c = open_kept_checkpoint(note, spki)
+        if c.origin in starts:
+            raise ValueError(f"two start checkpoints for {c.origin}: give one per writer")
+        starts[c.origin] = (c.size, c.root)
+        trusted.setdefault(c.origin, {})[c.size] = c.root
 
     files: dict[str, list[tuple[int, str, list[bytes], bool]]] = {}
     broken: list[Finding] = []
@@ -1102,9 +1178,12 @@ def verify(paths: Iterable[Path | str], key: bytes | Path | str, *,
 
     failures: list[Finding] = list(broken)
     warnings: list[Finding] = []
+    notes: list[Finding] = []
     summaries: list[WriterSummary] = []
     for writer in sorted(files):
-        v = _StreamVerifier(writer, spki, trusted.get(origin_for(writer), {}), require_complete)
+        origin = origin_for(writer)
+        v = _StreamVerifier(writer, spki, trusted.get(origin, {}), require_complete, starts.get(origin),
+                            from_genesis or require_complete)
         chunks = sorted(files[writer], key=lambda f: f[0])
         torn_at: _Loc | None = None
         records = 0
@@ -1134,13 +1213,46 @@ def verify(paths: Iterable[Path | str], key: bytes | Path | str, *,
         except _Stop:
             pass
         if v.failure is not None:
-            failures.append(v.failure)
+            failures.append(_signed_by_another_key(writer, chunks, spki) or v.failure)
         warnings.extend(v.warnings)
+        notes.extend(v.notes)
         summaries.append(WriterSummary(writer, v.first_index, records, v.checkpoints, v.anchored_size or 0))
     for origin in trusted:
         if origin.removeprefix(f"{FORMAT}/") not in files:
             failures.append(Finding("-", 0, origin, "a trusted checkpoint names a writer with no files given"))
-    return Report(not failures, tuple(failures), tuple(warnings), tuple(summaries))
+    return Report(not failures, tuple(failures), tuple(warnings), tuple(summaries), tuple(notes))
+
+
+def _signed_by_another_key(writer: str, chunks: list[tuple[int, str, list[bytes], bool]],
+                           spki: bytes) -> Finding | None:
+    """For a stream that failed: when none of its checkpoints carries a signature by the key given (by
+    key id), the key is the likely culprit (or every checkpoint was re-signed), not one record. None
+    when some checkpoint is signed by that key (then the failure found stands) or there is none."""
+    origin = origin_for(writer)
+    wanted = cpt.key_id(origin, spki)
+    first: _Loc | None = None
+    count = 0
+    for _seq, name, lines, _torn in chunks:
+        for n, raw in enumerate(lines, start=1):
+            if b"checkpoint" not in raw:
+                continue
+            try:
+                obj = _parse_line(raw)
+                if obj["type"] != "checkpoint":
+                    continue
+                _, signatures = cpt.parse_note(_want(obj, "note", str))
+            except ValueError:  # CheckpointError included
+                continue
+            if any(s.name == origin and s.key_id == wanted for s in signatures):
+                return None
+            count += 1
+            first = first or _Loc(name, n)
+    if first is None:
+        return None
+    return Finding(first.path, first.line, writer,
+                   f"no checkpoint verifies with the public key given: all {count} checkpoints of writer "
+                   f"{writer!r} are signed by another key (the wrong key, or every checkpoint was re-signed)",
+                   wrong_key=True)
 
 
 # -- show -------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     ocspctl keygen       --token-label L --pin-file F --label KEY --type rsa2048|rsa3072|p256|p384
     ocspctl csr          --token-label L --pin-file F --label KEY --subject "/CN=.../O=..." [--out FILE]
     ocspctl install-cert --token-label L --pin-file F --label KEY --cert FILE --ca CAFILE [--out PATH]
+    ocspctl pubkey       --token-label L --pin-file F --label KEY [--out FILE]
     ocspctl demo setup   --dir D [--http-port 2560] [--signer-address 127.0.0.1:50051] [--crl-refresh]
     ocspctl demo revoke  --dir D --ca rsa|ec --serial HEX [--reason keyCompromise]
     ocspctl demo serve   --dir D
@@ -1309,6 +1310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", type=Path, required=True, help="the issuing CA certificate (PEM or DER)")
     p.add_argument("--out", type=Path, help="also write the certificate (PEM) here, atomically")
     p.set_defaults(func=cmd_install_cert)
+
+    from signer.pubkey_cli import add_parser as add_pubkey_parser
+
+    add_pubkey_parser(sub)  # pubkey
 
     demo = sub.add_parser("demo", help="a demo PKI on a SoftHSM token").add_subparsers(
         dest="demo_command", required=True, metavar="DEMO_COMMAND")

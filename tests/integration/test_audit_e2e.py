@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +13,15 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp
 
-from tests.integration.conftest import Demo, Process, wait_until
+from tests.integration.conftest import (
+    Demo,
+    Process,
+    free_port,
+    http_healthy,
+    signer_healthy,
+    tool,
+    wait_until,
+)
 from tests.integration.ocsp_client import build_request, load_cert, post, random_nonce
 
 pytestmark = pytest.mark.integration
@@ -78,3 +87,137 @@ def test_unwritable_log_means_try_later(demo: Demo, frontend: Process) -> None:
         return ask_fresh(demo)[0].response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
 
     wait_until(signs_again, 10, "the signer to sign again once the log is writable")
+
+
+# -- the audit key exported with `ocspctl pubkey`, and a wrong key -------------------------------------
+
+
+def export_audit_key(demo: Demo, out: Path) -> Path:
+    demo.ctl("pubkey", "--token-label", "ocsp-demo", "--pin-file", str(demo.path("token.pin")),
+             "--label", "demo-audit", "--out", str(out))
+    return out
+
+
+def test_pubkey_exports_the_key_that_verifies_the_log(demo: Demo, frontend: Process, tmp_path: Path) -> None:
+    ask_fresh(demo)
+    key = export_audit_key(demo, tmp_path / "audit.pem")
+    assert key.read_bytes() == demo.path("audit-key.pem").read_bytes()
+    ok = audit(demo, "verify", *map(str, log_files(demo)), "--pubkey", str(key))
+    assert ok.returncode == 0 and ok.stdout.endswith("OK\n"), ok.stdout + ok.stderr
+
+
+def test_wrong_key_is_named_not_tampering(demo: Demo, frontend: Process) -> None:
+    ask_fresh(demo)
+    responder = demo.path("rsa-ca", "responder.pem")  # a certificate, but not the audit key's
+    r = audit(demo, "verify", *map(str, log_files(demo)), "--cert", str(responder))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"no checkpoint verifies with the public key in {responder}: wrong --cert?" in r.stdout
+    assert "TAMPERING" not in r.stdout and "#-1" not in r.stdout and r.stderr == ""
+
+
+# -- a chain of several files: the oldest lost, or pruned for retention ------------------------------------
+
+
+def header_index(path: Path) -> int:
+    return json.loads(path.read_text().splitlines()[0])["index"]
+
+
+def checkpoints_in(path: Path) -> list[tuple[int, str]]:
+    objs = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(o["index"], o["note"]) for o in objs if o["type"] == "checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def chain(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A real signer (the demo's config, on its own socket, admin socket and audit chain, with the
+    smallest files allowed and a checkpoint every 5 records) behind a real frontend signs 40
+    responses, then stops cleanly: its chain spans several files."""
+    d = tmp_path_factory.mktemp("retention")
+    address = f"unix:{d / 'signer.sock'}"
+    text = demo.path("etc", "signer.toml").read_text()
+    text = re.sub(r"(?m)^address = .*$", f'address = "{address}"', text, count=1)
+    text = re.sub(r"(?m)^socket = .*$", f'socket = "{d / "admin.sock"}"', text)
+    text = re.sub(r"(?m)^dir = .*$", f'dir = "{d / "audit"}"', text)
+    small = 'writer_id = "retention"\nmax_file_bytes = 4096\ncheckpoint_every = 5'
+    text = re.sub(r"(?m)^writer_id = .*$", small, text)
+    (d / "signer.toml").write_text(text)
+    port = free_port()
+    text = demo.path("etc", "frontend.toml").read_text()
+    text = re.sub(r"(?m)^port = .*$", f"port = {port}", text, count=1)
+    text = re.sub(r"(?m)^address = .*$", f'address = "{address}"', text, count=1)
+    (d / "frontend.toml").write_text(text)
+    signer = Process("ocsp-signer", [tool("ocsp-signer"), "--config", str(d / "signer.toml")], demo.env,
+                     lambda: signer_healthy(address), d / "signer.log")
+    frontend = Process("ocsp-frontend", [tool("ocsp-frontend"), "--config", str(d / "frontend.toml")],
+                       demo.env, lambda: http_healthy(port), d / "frontend.log")
+    signer.start()
+    try:
+        frontend.start()
+        try:
+            issuer = load_cert(demo.path("rsa-ca", "ca.pem"))
+            leaf = load_cert(demo.path("rsa-ca", "leaf-good.pem"))
+            for _ in range(40):
+                body = post(port, build_request(leaf, issuer, nonce=random_nonce()))[2]
+                assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        finally:
+            frontend.stop()
+    finally:
+        assert signer.stop() == 0, signer.tail()
+    files = sorted((d / "audit").glob("audit-retention-*.jsonl"))
+    assert len(files) >= 6, [f.name for f in files]
+    return files
+
+
+def copies(files: list[Path], into: Path) -> list[str]:
+    into.mkdir()
+    for f in files:
+        shutil.copy(f, into / f.name)
+    return [str(into / f.name) for f in files]
+
+
+def test_deleting_the_oldest_file_is_detected(demo: Demo, chain: list[Path], tmp_path: Path) -> None:
+    key = str(export_audit_key(demo, tmp_path / "audit.pem"))
+    whole = audit(demo, "verify", *map(str, chain), "--pubkey", key, "--complete")
+    assert whole.returncode == 0 and "warn" not in whole.stdout, whole.stdout + whole.stderr
+    first = header_index(chain[1])  # the records of file #1
+    assert first > 0
+    rest = copies(chain[1:], tmp_path / "rest")
+    for flag in ("--complete", "--from-genesis"):
+        r = audit(demo, "verify", *rest, "--pubkey", key, flag)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"FAIL {rest[0]}:1: the log does not begin at genesis" in r.stdout
+        assert f"records #0..#{first - 1} (file #1) are missing" in r.stdout
+    r = audit(demo, "verify", *rest, "--pubkey", key)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"warn {rest[0]}:1: verification starts at file #2, record #{first}" in r.stdout
+    assert f"the {first} records before it (#0..#{first - 1}) are not checked" in r.stdout
+    assert "--from-checkpoint" in r.stdout
+
+
+def test_pruned_log_verifies_from_the_checkpoint_kept(demo: Demo, chain: list[Path], tmp_path: Path) -> None:
+    key = str(export_audit_key(demo, tmp_path / "audit.pem"))
+    # Retention: files #1 and #2 retired, keeping the first checkpoint of the oldest file kept.
+    size, note = next(c for f in chain[2:] for c in checkpoints_in(f))
+    kept = tmp_path / "kept.note"
+    kept.write_text(note)
+    pruned = copies(chain[2:], tmp_path / "pruned")
+    r = audit(demo, "verify", *pruned, "--pubkey", key, "--complete", "--from-checkpoint", str(kept))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warn" not in r.stdout
+    assert f"note {pruned[0]}:1: records #0..#{header_index(chain[2]) - 1} precede file #3: retired" in r.stdout
+    # Files lost after the checkpoint was kept: the files now begin past it.
+    later = header_index(chain[4])
+    assert later > size
+    r = audit(demo, "verify", *pruned[2:], "--pubkey", key, "--from-checkpoint", str(kept))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert (f"the files given begin at record #{later} (file #5), after the kept checkpoint of {size} records"
+            in r.stdout)
+    # A record lost from a later file.
+    victim = Path(pruned[3])
+    lines = victim.read_text().splitlines(keepends=True)
+    n = next(i for i, line in enumerate(lines) if '"type":"sig"' in line)
+    index = json.loads(lines[n])["index"]
+    victim.write_text("".join(lines[:n] + lines[n + 1:]))
+    r = audit(demo, "verify", *pruned, "--pubkey", key, "--from-checkpoint", str(kept))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"FAIL {victim}:" in r.stdout and f"#{index}" in r.stdout and "deleted" in r.stdout

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.integration.conftest import ROOT, SOFTHSM_MODULE, free_port, tool, wait_until
@@ -209,6 +209,51 @@ def test_csr_unknown_key(ctl: Ctl) -> None:
     r = ctl.run("csr", *ctl.token_args(), "--label", "no-such-key", "--subject", "/CN=x", check=False)
     assert r.returncode == 1
     assert "no-such-key" in r.stderr
+
+
+# -- pubkey -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["p256", "rsa2048"])
+def test_pubkey_prints_the_token_key(ctl: Ctl, spec: str) -> None:
+    label = f"pk-{spec}"
+    fingerprint = ctl.keygen(label, spec).stdout.split("public key SHA-256: ")[1].split()[0]
+    r = ctl.run("pubkey", *ctl.token_args(), "--label", label)
+    assert r.stdout.startswith("-----BEGIN PUBLIC KEY-----\n") and r.stderr == ""
+    printed = serialization.load_pem_public_key(r.stdout.encode())
+    der = printed.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    assert digest.finalize().hex() == fingerprint  # the key keygen made
+    # ... and the pair of the private key in the token: it verifies what the token signs.
+    csr = ctl.csr(label)
+    if spec == "p256":
+        printed.verify(csr.signature, csr.tbs_certrequest_bytes,  # type: ignore[call-arg,union-attr]
+                       ec.ECDSA(csr.signature_hash_algorithm))  # type: ignore[arg-type]
+    else:
+        printed.verify(csr.signature, csr.tbs_certrequest_bytes,  # type: ignore[call-arg,union-attr]
+                       padding.PKCS1v15(), csr.signature_hash_algorithm)  # type: ignore[arg-type]
+    # openssl reads it as the same key
+    o = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=r.stdout.encode(),
+                       capture_output=True, check=True)
+    assert o.stdout == der
+    # --out writes the same PEM and says where
+    out = ctl.dir / f"{label}.pub.pem"
+    w = ctl.run("pubkey", *ctl.token_args(), "--label", label, "--out", str(out))
+    assert out.read_text() == r.stdout
+    assert str(out) in w.stdout and fingerprint in w.stdout
+
+
+def test_pubkey_unknown_label(ctl: Ctl) -> None:
+    r = ctl.run("pubkey", *ctl.token_args(), "--label", "no-such-key", check=False)
+    assert r.returncode == 2
+    assert r.stderr == f"ocspctl: no key labelled 'no-such-key' in token {TOKEN!r}\n"
+    assert r.stdout == ""
+    out = ctl.dir / "never.pem"
+    r = ctl.run("pubkey", *ctl.token_args(), "--label", "no-such-key", "--out", str(out), check=False)
+    assert r.returncode == 2 and not out.exists()
+    r = ctl.run("pubkey", "--token-label", TOKEN, "--label", "x", check=False)  # no PIN source
+    assert r.returncode == 2 and "--pin-file" in r.stderr
 
 
 # -- install-cert -------------------------------------------------------------------------------------------
