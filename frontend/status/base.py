@@ -7,7 +7,8 @@ the data. Lookups are a dict lookup on the serial integer.
 Reloading: ``refresh()`` stats the watched files (cheap) and, when one changed (or when forced, as
 on SIGHUP), parses them in a worker thread, then swaps the snapshot in one assignment. A parse that
 fails leaves the previous snapshot in place and is logged at ERROR: a broken file never widens
-what is answered "good".
+what is answered "good". The files are stat'ed again after the read: when a stamp moved (a file written
+in place while we read it, or renamed over), nothing is installed and the next check reads again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class StatusDataError(Exception):
 class NotYetValid(StatusDataError):
     """Data that may become usable without changing (a CRL issued ahead of our clock): retried at
     every check instead of waiting for the file to change."""
+
+
+class ChangedWhileRead(StatusDataError):
+    """A watched file changed between the stat before the read and the one after: what was read may
+    be half old, half new. Not installed; the next check (or, at start-up, a retry) reads it again."""
 
 
 class Snapshot(ABC):
@@ -100,16 +106,33 @@ class FileStatusSource(ABC):
     def _stamps_now(self) -> list[FileStamp]:
         return [stamp(p) for p in self.files]
 
-    def load_now(self) -> None:
-        """Blocking first load (start-up): raises StatusDataError when the data is unusable."""
-        stamps = self._stamps_now()
-        try:
-            snap = self.parse()
-        except StatusDataError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any parser failure is a data error here
-            raise StatusDataError(f"{type(e).__name__}: {e}") from e
-        self._install(snap, stamps)
+    def _parse_unchanged(self, stamps: list[FileStamp]) -> Snapshot:
+        """``parse()``, then check the files still have the ``stamps`` taken before it (worker thread)."""
+        snap = self.parse()
+        if self._stamps_now() != stamps:
+            raise ChangedWhileRead(f"{', '.join(map(str, self.files))} changed while being read (written in "
+                                   "place?); reading again (replace status files atomically: write a "
+                                   "temporary file, then rename it)")
+        return snap
+
+    def load_now(self, attempts: int = 10, pause: float = 0.2) -> None:
+        """Blocking first load (start-up): raises StatusDataError when the data is unusable. A file that
+        changes while it is read is read again, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            stamps = self._stamps_now()
+            try:
+                snap = self._parse_unchanged(stamps)
+            except ChangedWhileRead:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(pause)  # the writer is still at it: give it a moment
+                continue
+            except StatusDataError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any parser failure is a data error here
+                raise StatusDataError(f"{type(e).__name__}: {e}") from e
+            self._install(snap, stamps)
+            return
 
     def _install(self, snap: Snapshot, stamps: list[FileStamp]) -> None:
         self._snapshot = snap
@@ -133,7 +156,11 @@ class FileStatusSource(ABC):
             if not force and (stamps == self._stamps or stamps == self._failed_stamps):
                 return False
             try:
-                snap = await loop.run_in_executor(None, self.parse)
+                snap = await loop.run_in_executor(None, self._parse_unchanged, stamps)
+            except ChangedWhileRead as e:
+                # Not a verdict on the data: nothing is remembered, the next check reads again.
+                log.warning("%s: %s", self.name, e)
+                return False
             except Exception as e:  # noqa: BLE001 - keep the last good data, whatever went wrong
                 retry = isinstance(e, NotYetValid)
                 self._failed_stamps = None if retry else stamps
@@ -174,6 +201,25 @@ class FileStatusSource(ABC):
 def describe(snap: Snapshot) -> str:
     text = getattr(snap, "summary", None)
     return text() if callable(text) else type(snap).__name__
+
+
+def check_shrink(where: str, what: str, new: int, loaded: int | None, max_shrink: float) -> None:
+    """Refuse data that lost more than ``max_shrink`` (a share, 0..1) of the ``loaded`` count: a copy cut
+    short at a line boundary looks like a valid file with entries missing. ``loaded`` is None at
+    start-up (nothing to compare with: the file is taken as it is)."""
+    if loaded is None or loaded <= 0 or new >= loaded:
+        return
+    lost = loaded - new
+    if lost > loaded * max_shrink:
+        raise StatusDataError(
+            f"{where}: has {new} {what} where the loaded data has {loaded}: {lost / loaded:.0%} fewer, more "
+            f"than status.max_shrink ({format_share(max_shrink)}) allows (a copy cut short?). If they "
+            "were removed on purpose, restart the frontend (start-up takes the file as it is) or raise "
+            "status.max_shrink")
+
+
+def format_share(share: float) -> str:
+    return f"{share * 100:g}%"
 
 
 def check_stale(name: str, now: datetime, next_update: datetime) -> None:
