@@ -21,6 +21,10 @@ _HASH_NAMES = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA256,
                "sha384": HashAlgorithm.SHA384, "sha512": HashAlgorithm.SHA512}
 UNISSUED_CHOICES = ("unknown", "revoked", "good")
 DEFAULT_MAX_SHRINK = 0.1
+# index: how long answers are valid. The CA/Browser Forum Baseline Requirements (4.9.10) want 8 h to
+# 10 d for publicly-trusted certificates; a day is the common choice (the frontend re-signs an answer
+# every cache.max_age, far inside it).
+DEFAULT_INDEX_VALIDITY = timedelta(hours=24)
 _SHARE = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 
 
@@ -209,7 +213,7 @@ def _status(sec: Section) -> StatusConfig:
     check = sec.duration("check_interval", timedelta(seconds=5), minimum=timedelta(milliseconds=100))
     max_shrink = _share(sec, "max_shrink", DEFAULT_MAX_SHRINK)
     if source == "index":
-        validity = sec.duration("validity", timedelta(hours=1), minimum=timedelta(minutes=1))
+        validity = sec.duration("validity", DEFAULT_INDEX_VALIDITY, minimum=timedelta(minutes=1))
         for key in ("issued_serials", "unissued"):
             if sec.has(key):
                 sec.ignore(key)

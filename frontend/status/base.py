@@ -19,7 +19,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from shared.ocsp.errors import TryLater
@@ -55,6 +55,11 @@ class Snapshot(ABC):
     @abstractmethod
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """(thisUpdate, nextUpdate) of an answer made at ``now``; TryLater when the data is stale."""
+
+    def interval(self) -> tuple[timedelta, str] | None:
+        """nextUpdate - thisUpdate of the answers, and where it comes from (for the operator); None
+        when unknown."""
+        return None
 
 
 FileStamp = tuple[int, int, int, int] | None  # (device, inode, size, mtime_ns); None = missing
@@ -132,6 +137,7 @@ class FileStatusSource(ABC):
             except Exception as e:  # noqa: BLE001 - any parser failure is a data error here
                 raise StatusDataError(f"{type(e).__name__}: {e}") from e
             self._install(snap, stamps)
+            warn_outside_br(self.name, snap)
             return
 
     def _install(self, snap: Snapshot, stamps: list[FileStamp]) -> None:
@@ -175,8 +181,11 @@ class FileStatusSource(ABC):
                 log.error("%s: status reload of %s FAILED, %s: %s", self.name,
                           ", ".join(map(str, self.files)), kept, self.last_error)
                 return False
+            old = self._snapshot
             self._install(snap, stamps)
             log.info("%s: status data reloaded (%s)", self.name, describe(snap))
+            if old is None or _length(old) != _length(snap):
+                warn_outside_br(self.name, snap)  # said at start-up, and again only when it changes
             return True
 
     async def watch(self) -> None:
@@ -201,6 +210,47 @@ class FileStatusSource(ABC):
 def describe(snap: Snapshot) -> str:
     text = getattr(snap, "summary", None)
     return text() if callable(text) else type(snap).__name__
+
+
+# CA/Browser Forum Baseline Requirements 4.9.10: for subscriber certificates, an OCSP response's
+# validity interval, "the difference in time between the thisUpdate and nextUpdate field, inclusive"
+# (so nextUpdate - thisUpdate + 1 s), must be at least eight hours and at most ten days.
+BR_MIN_INTERVAL = timedelta(hours=8)
+BR_MAX_INTERVAL = timedelta(days=10)
+
+
+def br_compliant(window: timedelta) -> bool:
+    """True when answers valid for ``window`` (nextUpdate - thisUpdate) meet BR 4.9.10."""
+    return BR_MIN_INTERVAL <= window + timedelta(seconds=1) <= BR_MAX_INTERVAL
+
+
+def warn_outside_br(name: str, snap: Snapshot) -> None:
+    known = snap.interval()
+    if known is None or br_compliant(known[0]):
+        return
+    window, source = known
+    log.warning("%s: answers are valid for %s (%s), outside the 8h..10d validity interval the CA/Browser "
+                "Forum Baseline Requirements (4.9.10, counting thisUpdate..nextUpdate inclusive) require for "
+                "publicly-trusted TLS certificates; a private PKI may choose so", name,
+                format_duration(window), source)
+
+
+def _length(snap: Snapshot) -> timedelta | None:
+    known = snap.interval()
+    return known[0] if known is not None else None
+
+
+def format_duration(d: timedelta) -> str:
+    """'1h', '24h', '7d', '1d 2h 3m 4s'."""
+    total = int(d.total_seconds())
+    if total == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, total = divmod(total, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return " ".join(parts)
 
 
 def check_shrink(where: str, what: str, new: int, loaded: int | None, max_shrink: float) -> None:

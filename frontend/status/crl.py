@@ -92,6 +92,9 @@ class CrlSnapshot(Snapshot):
         check_stale(self.name, now, self.next_update)
         return self.this_update, self.next_update
 
+    def interval(self) -> tuple[timedelta, str]:
+        return self.next_update - self.this_update, "the CRL's thisUpdate..nextUpdate, which answers carry"
+
     def summary(self) -> str:
         issued = f", {len(self.issued)} issued serials" if self.issued is not None else ""
         revoked = sum(1 for s in self.revoked.values() if s.status is CertStatus.REVOKED)

@@ -106,6 +106,9 @@ class IndexSnapshot(Snapshot):
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         return now, now + self.validity
 
+    def interval(self) -> tuple[timedelta, str]:
+        return self.validity, "status.validity"
+
     def summary(self) -> str:
         revoked = sum(1 for s in self.entries.values() if s.status is CertStatus.REVOKED)
         return f"index.txt: {len(self.entries)} serials, {revoked} revoked"

@@ -39,7 +39,7 @@ def test_defaults(tmp_path: Path, ca: TestCA) -> None:
     assert cfg.cache.max_entries == 10000 and cfg.cache.max_age == timedelta(hours=1)
     (one,) = cfg.cas
     assert one.name == "one" and one.ca_cert_der == ca.der
-    assert one.status.source == "index" and one.status.validity == timedelta(hours=1)
+    assert one.status.source == "index" and one.status.validity == timedelta(hours=24)
     assert one.status.path == tmp_path / "ca.d" / "../index.txt"
 
 
@@ -146,3 +146,15 @@ def test_max_shrink_needs_something_to_shrink(tmp_path: Path, ca: TestCA) -> Non
     with pytest.raises(ConfigError) as e:
         load_frontend_config(setup(tmp_path, ca, cafile=CRL_CA + 'max_shrink = "10%"\n'))
     assert e.value.key == "status.max_shrink" and "issued_serials" in str(e.value)
+
+
+def test_default_index_validity_meets_the_baseline_requirements(tmp_path: Path, ca: TestCA) -> None:
+    """BR 4.9.10: 8 h <= nextUpdate - thisUpdate + 1 s <= 10 d; and the signer's default admits it, and
+    the longest CRL window the BRs allow (10 days, 4.9.7)."""
+    from frontend.status.base import br_compliant
+    from signer.config import PolicyConfig
+
+    validity = load_frontend_config(setup(tmp_path, ca)).cas[0].status.validity
+    assert br_compliant(validity)
+    assert PolicyConfig().max_validity >= validity
+    assert PolicyConfig().max_validity >= timedelta(days=10)

@@ -296,3 +296,30 @@ def test_issued_list_shrink_limit_is_configurable(tmp_path: Path, ca: TestCA) ->
         return await src.refresh()
 
     assert asyncio.run(go())
+
+
+@pytest.mark.parametrize("window,warned", [(timedelta(days=1), False), (timedelta(days=7), False),
+                                           (timedelta(hours=4), True), (timedelta(days=14), True)])
+def test_crl_window_outside_the_brs_is_warned_about(tmp_path: Path, ca: TestCA, caplog: pytest.LogCaptureFixture,
+                                                    window: timedelta, warned: bool) -> None:
+    """A CRL-backed answer carries the CRL's thisUpdate..nextUpdate: warned about (never refused) at
+    start-up, and again when a new CRL's window has another length."""
+    crl = ca.crl([], this_update=NOW - timedelta(minutes=1), next_update=NOW - timedelta(minutes=1) + window)
+    with caplog.at_level("WARNING", logger="frontend.status"):
+        src = source(tmp_path, ca, crl, "unknown")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert "the CRL's thisUpdate..nextUpdate" in warnings[0] and "outside the 8h..10d" in warnings[0]
+
+    async def go(data: bytes) -> None:
+        write(tmp_path / "crl.der", data)
+        assert await src.refresh()
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="frontend.status"):
+        asyncio.run(go(ca.crl([], this_update=NOW, next_update=NOW + window)))  # same length: quiet
+        assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+        asyncio.run(go(ca.crl([], this_update=NOW + timedelta(seconds=1),
+                              next_update=NOW + timedelta(days=15))))  # another length, outside
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1

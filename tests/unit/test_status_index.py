@@ -276,7 +276,7 @@ def test_shrink_limit(tmp_path: Path, max_shrink: float, kept: int, accepted: bo
         assert asyncio.run(go()) is accepted
     assert len(src.current().entries) == (kept if accepted else 100)
     if not accepted:
-        (record,) = caplog.records
+        (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
         text = record.getMessage()
         assert f"has {kept} serials where the loaded data has 100" in text
         assert "status.max_shrink" in text and "restart the frontend" in text
@@ -341,3 +341,47 @@ def test_file_changing_while_read_at_start_up_is_read_again(tmp_path: Path) -> N
     always = _WrittenWhileRead("ca", path, H, times=100)
     with pytest.raises(StatusDataError, match="changed while being read"):
         always.load_now(attempts=3, pause=0)
+
+
+# -- the validity window and the CA/Browser Forum Baseline Requirements (issue 6.5) ------------------
+
+@pytest.mark.parametrize("validity,warned", [
+    (timedelta(hours=1), True),
+    (timedelta(hours=8) - timedelta(seconds=2), True),
+    (timedelta(hours=8) - timedelta(seconds=1), False),  # counted inclusively: exactly 8 h
+    (timedelta(hours=24), False),
+    (timedelta(days=10) - timedelta(seconds=1), False),
+    (timedelta(days=10), True),  # 10 d + 1 s, counted inclusively
+    (timedelta(days=30), True),
+])
+def test_start_up_warns_when_the_window_is_outside_the_brs(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                          validity: timedelta, warned: bool) -> None:
+    path = tmp_path / "index.txt"
+    path.write_text(FULL)
+    src = IndexTxtSource("ca-x", path, validity)
+    with caplog.at_level("WARNING", logger="frontend.status"):
+        src.load_now()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned:
+        (text,) = warnings
+        assert text.startswith("ca-x: answers are valid for ") and "(status.validity)" in text
+        assert "outside the 8h..10d" in text and "Baseline Requirements" in text
+    else:
+        assert warnings == []
+
+    async def go() -> None:
+        path.write_text(FULL + line("V", "13"))
+        assert await src.refresh()
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="frontend.status"):
+        asyncio.run(go())
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []  # said once, at start-up
+
+
+def test_warning_names_the_window() -> None:
+    from frontend.status.base import format_duration
+
+    assert format_duration(timedelta(hours=1)) == "1h"
+    assert format_duration(timedelta(days=10)) == "10d"
+    assert format_duration(timedelta(days=1, hours=2, minutes=3, seconds=4)) == "1d 2h 3m 4s"
