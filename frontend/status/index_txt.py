@@ -154,7 +154,7 @@ def parse_index(text: str, validity: timedelta, where: str = "index.txt") -> Ind
         entries[serial] = info
     if not entries:
         raise StatusDataError(f"{where}: has no entries; refusing to answer unknown for every serial (an "
-                              "index.txt lists every certificate the CA issued, its responder's included)")
+                              "index.txt lists every certificate the CA issued; cut short?)")
     return IndexSnapshot(entries, validity, n)
 
 
