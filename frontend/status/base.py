@@ -112,13 +112,22 @@ class FileStatusSource(ABC):
         return [stamp(p) for p in self.files]
 
     def _parse_unchanged(self, stamps: list[FileStamp]) -> Snapshot:
-        """``parse()``, then check the files still have the ``stamps`` taken before it (worker thread)."""
-        snap = self.parse()
+        """``parse()``, then check the files still have the ``stamps`` taken before it (worker thread).
+        A parse that failed on a file that changed meanwhile is a torn read too, not a verdict."""
+        try:
+            snap = self.parse()
+        except Exception as e:
+            if self._stamps_now() != stamps:
+                raise self._changed() from e
+            raise
         if self._stamps_now() != stamps:
-            raise ChangedWhileRead(f"{', '.join(map(str, self.files))} changed while being read (written in "
-                                   "place?); reading again (replace status files atomically: write a "
-                                   "temporary file, then rename it)")
+            raise self._changed()
         return snap
+
+    def _changed(self) -> ChangedWhileRead:
+        return ChangedWhileRead(f"{', '.join(map(str, self.files))} changed while being read (written in "
+                                "place?); reading again (replace status files atomically: write a "
+                                "temporary file, then rename it)")
 
     def load_now(self, attempts: int = 10, pause: float = 0.2) -> None:
         """Blocking first load (start-up): raises StatusDataError when the data is unusable. A file that

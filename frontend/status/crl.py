@@ -22,6 +22,11 @@ A CRL whose thisUpdate is more than ``MAX_CLOCK_SKEW`` ahead of this host's cloc
 signer would refuse every answer built from it): at start-up that is a status-data error, on a reload
 the last good CRL stays and the file is tried again at every check, so it is taken once its time has come.
 
+An ``issued_serials`` list cut short is refused as an index.txt is (a truncated list would turn issued
+serials into ``unissued`` answers): its last line must end with a newline, it must list at least one
+serial, and a reload must not lose more than ``max_shrink`` of the loaded list's serials. The CRL
+itself has no shrink rule: entries of expired certificates legitimately leave it.
+
 A reload never goes back in time: a new CRL is refused (the loaded one stays, an ERROR says why)
 when its thisUpdate is older than the loaded CRL's, its CRLNumber is lower, or its nextUpdate has
 already passed while the loaded CRL is still valid. A stale mirror or a replayed old CRL could

@@ -385,3 +385,38 @@ def test_warning_names_the_window() -> None:
     assert format_duration(timedelta(hours=1)) == "1h"
     assert format_duration(timedelta(days=10)) == "10d"
     assert format_duration(timedelta(days=1, hours=2, minutes=3, seconds=4)) == "1d 2h 3m 4s"
+
+
+class _CutWhileRead(IndexTxtSource):
+    """Reads a half-written file while its writer finishes it: the parse fails, the file has changed."""
+
+    whole: str | None = None
+
+    def parse(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().parse()
+        finally:
+            if self.whole is not None:
+                self.path.write_text(self.whole)
+                self.whole = None
+
+
+def test_failed_parse_of_a_file_changing_while_read_is_retried_not_failed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "index.txt"
+    path.write_text(FULL)
+    whole = FULL + line("R", "13", "250102030405Z")
+    src = _CutWhileRead("ca", path, H)
+    src.load_now()
+    path.write_text(whole[:-5])  # the writer is half-way
+    src.whole = whole
+
+    async def go() -> None:
+        with caplog.at_level("WARNING", logger="frontend.status"):
+            assert not await src.refresh()
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+        assert any("changed while being read" in r.getMessage() for r in caplog.records)
+        assert await src.refresh()  # not remembered as a failed file: read again, and whole now
+        assert src.current().status(0x13).status is CertStatus.REVOKED
+
+    asyncio.run(go())
