@@ -33,10 +33,10 @@ def make_source(ca: CaConfig) -> FileStatusSource:
     st = ca.status
     interval = st.check_interval.total_seconds()
     if st.source == "index":
-        return IndexTxtSource(ca.name, st.path, st.validity, interval)
+        return IndexTxtSource(ca.name, st.path, st.validity, interval, max_shrink=st.max_shrink)
     assert st.unissued is not None
     return CrlSource(ca.name, st.path, ca.ca_cert_der, unissued=st.unissued,
-                     issued_serials=st.issued_serials, check_interval=interval)
+                     issued_serials=st.issued_serials, check_interval=interval, max_shrink=st.max_shrink)
 
 
 def load_cas(cfg: FrontendConfig) -> IssuerIndex[CaEntry]:

@@ -14,7 +14,7 @@ each responder certificate checked against its CA. Errors name the file and the 
     label = "ocsp"                  # exactly one of label / serial
     pin_file = "/etc/ocsp/token.pin"   # exactly one of pin_file / pin_env
     [policy]
-    max_validity = "7d"             # longest nextUpdate - thisUpdate the signer will sign
+    max_validity = "10d"            # longest nextUpdate - thisUpdate the signer will sign
     max_clock_skew = "5m"           # how far ahead of our clock thisUpdate/revocationTime may be
     max_cert_ids = 8                # most SingleResponses in one signed response
     expiry_warning = "30d"          # warn (log + metric) when a responder certificate expires sooner
@@ -42,7 +42,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from shared.config import ConfigError, Section, read_certificate
 from signer.tls_config import TlsConfig, load_tls
 
-DEFAULT_MAX_VALIDITY = timedelta(days=7)
+# The CA/Browser Forum Baseline Requirements' longest: a subscriber CRL's nextUpdate may be 10 days
+# after its thisUpdate (4.9.7), and a CRL-backed answer carries the CRL's window.
+DEFAULT_MAX_VALIDITY = timedelta(days=10)
 DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_MAX_CERT_IDS = 8  # modest: each entry is echoed into the answer and its audit record
 DEFAULT_EXPIRY_WARNING = timedelta(days=30)

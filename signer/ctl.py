@@ -876,7 +876,7 @@ rotation_grace = "2s"
 [status]
 source = "index"
 path = {_toml_str(ca_dir / "index.txt")}
-validity = "1h"
+validity = "24h"   # how long answers are valid; the CA/Browser Forum BRs (4.9.10) want 8h..10d
 """
         else:
             status = f"""\

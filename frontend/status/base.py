@@ -7,7 +7,8 @@ the data. Lookups are a dict lookup on the serial integer.
 Reloading: ``refresh()`` stats the watched files (cheap) and, when one changed (or when forced, as
 on SIGHUP), parses them in a worker thread, then swaps the snapshot in one assignment. A parse that
 fails leaves the previous snapshot in place and is logged at ERROR: a broken file never widens
-what is answered "good".
+what is answered "good". The files are stat'ed again after the read: when a stamp moved (a file written
+in place while we read it, or renamed over), nothing is installed and the next check reads again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from shared.ocsp.errors import TryLater
@@ -39,6 +40,11 @@ class NotYetValid(StatusDataError):
     every check instead of waiting for the file to change."""
 
 
+class ChangedWhileRead(StatusDataError):
+    """A watched file changed between the stat before the read and the one after: what was read may
+    be half old, half new. Not installed; the next check (or, at start-up, a retry) reads it again."""
+
+
 class Snapshot(ABC):
     """One immutable version of a CA's status data."""
 
@@ -49,6 +55,11 @@ class Snapshot(ABC):
     @abstractmethod
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """(thisUpdate, nextUpdate) of an answer made at ``now``; TryLater when the data is stale."""
+
+    def interval(self) -> tuple[timedelta, str] | None:
+        """nextUpdate - thisUpdate of the answers, and where it comes from (for the operator); None
+        when unknown."""
+        return None
 
 
 FileStamp = tuple[int, int, int, int] | None  # (device, inode, size, mtime_ns); None = missing
@@ -100,16 +111,43 @@ class FileStatusSource(ABC):
     def _stamps_now(self) -> list[FileStamp]:
         return [stamp(p) for p in self.files]
 
-    def load_now(self) -> None:
-        """Blocking first load (start-up): raises StatusDataError when the data is unusable."""
-        stamps = self._stamps_now()
+    def _parse_unchanged(self, stamps: list[FileStamp]) -> Snapshot:
+        """``parse()``, then check the files still have the ``stamps`` taken before it (worker thread).
+        A parse that failed on a file that changed meanwhile is a torn read too, not a verdict."""
         try:
             snap = self.parse()
-        except StatusDataError:
+        except Exception as e:
+            if self._stamps_now() != stamps:
+                raise self._changed() from e
             raise
-        except Exception as e:  # noqa: BLE001 - any parser failure is a data error here
-            raise StatusDataError(f"{type(e).__name__}: {e}") from e
-        self._install(snap, stamps)
+        if self._stamps_now() != stamps:
+            raise self._changed()
+        return snap
+
+    def _changed(self) -> ChangedWhileRead:
+        return ChangedWhileRead(f"{', '.join(map(str, self.files))} changed while being read (written in "
+                                "place?); reading again (replace status files atomically: write a "
+                                "temporary file, then rename it)")
+
+    def load_now(self, attempts: int = 10, pause: float = 0.2) -> None:
+        """Blocking first load (start-up): raises StatusDataError when the data is unusable. A file that
+        changes while it is read is read again, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            stamps = self._stamps_now()
+            try:
+                snap = self._parse_unchanged(stamps)
+            except ChangedWhileRead:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(pause)  # the writer is still at it: give it a moment
+                continue
+            except StatusDataError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any parser failure is a data error here
+                raise StatusDataError(f"{type(e).__name__}: {e}") from e
+            self._install(snap, stamps)
+            warn_outside_br(self.name, snap)
+            return
 
     def _install(self, snap: Snapshot, stamps: list[FileStamp]) -> None:
         self._snapshot = snap
@@ -133,7 +171,11 @@ class FileStatusSource(ABC):
             if not force and (stamps == self._stamps or stamps == self._failed_stamps):
                 return False
             try:
-                snap = await loop.run_in_executor(None, self.parse)
+                snap = await loop.run_in_executor(None, self._parse_unchanged, stamps)
+            except ChangedWhileRead as e:
+                # Not a verdict on the data: nothing is remembered, the next check reads again.
+                log.warning("%s: %s", self.name, e)
+                return False
             except Exception as e:  # noqa: BLE001 - keep the last good data, whatever went wrong
                 retry = isinstance(e, NotYetValid)
                 self._failed_stamps = None if retry else stamps
@@ -148,8 +190,11 @@ class FileStatusSource(ABC):
                 log.error("%s: status reload of %s FAILED, %s: %s", self.name,
                           ", ".join(map(str, self.files)), kept, self.last_error)
                 return False
+            old = self._snapshot
             self._install(snap, stamps)
             log.info("%s: status data reloaded (%s)", self.name, describe(snap))
+            if old is None or _length(old) != _length(snap):
+                warn_outside_br(self.name, snap)  # said at start-up, and again only when it changes
             return True
 
     async def watch(self) -> None:
@@ -174,6 +219,66 @@ class FileStatusSource(ABC):
 def describe(snap: Snapshot) -> str:
     text = getattr(snap, "summary", None)
     return text() if callable(text) else type(snap).__name__
+
+
+# CA/Browser Forum Baseline Requirements 4.9.10: for subscriber certificates, an OCSP response's
+# validity interval, "the difference in time between the thisUpdate and nextUpdate field, inclusive"
+# (so nextUpdate - thisUpdate + 1 s), must be at least eight hours and at most ten days.
+BR_MIN_INTERVAL = timedelta(hours=8)
+BR_MAX_INTERVAL = timedelta(days=10)
+
+
+def br_compliant(window: timedelta) -> bool:
+    """True when answers valid for ``window`` (nextUpdate - thisUpdate) meet BR 4.9.10."""
+    return BR_MIN_INTERVAL <= window + timedelta(seconds=1) <= BR_MAX_INTERVAL
+
+
+def warn_outside_br(name: str, snap: Snapshot) -> None:
+    known = snap.interval()
+    if known is None or br_compliant(known[0]):
+        return
+    window, source = known
+    log.warning("%s: answers are valid for %s (%s), outside the 8h..10d validity interval the CA/Browser "
+                "Forum Baseline Requirements (4.9.10, counting thisUpdate..nextUpdate inclusive) require for "
+                "publicly-trusted TLS certificates; a private PKI may choose so", name,
+                format_duration(window), source)
+
+
+def _length(snap: Snapshot) -> timedelta | None:
+    known = snap.interval()
+    return known[0] if known is not None else None
+
+
+def format_duration(d: timedelta) -> str:
+    """'1h', '24h', '7d', '1d 2h 3m 4s'."""
+    total = int(d.total_seconds())
+    if total == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, total = divmod(total, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return " ".join(parts)
+
+
+def check_shrink(where: str, what: str, new: int, loaded: int | None, max_shrink: float) -> None:
+    """Refuse data that lost more than ``max_shrink`` (a share, 0..1) of the ``loaded`` count: a copy cut
+    short at a line boundary looks like a valid file with entries missing. ``loaded`` is None at
+    start-up (nothing to compare with: the file is taken as it is)."""
+    if loaded is None or loaded <= 0 or new >= loaded:
+        return
+    lost = loaded - new
+    if lost > loaded * max_shrink:
+        raise StatusDataError(
+            f"{where}: has {new} {what} where the loaded data has {loaded}: {lost / loaded:.0%} fewer, more "
+            f"than status.max_shrink ({format_share(max_shrink)}) allows (a copy cut short?). If they "
+            "were removed on purpose, restart the frontend (start-up takes the file as it is) or raise "
+            "status.max_shrink")
+
+
+def format_share(share: float) -> str:
+    return f"{share * 100:g}%"
 
 
 def check_stale(name: str, now: datetime, next_update: datetime) -> None:

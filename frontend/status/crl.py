@@ -22,6 +22,11 @@ A CRL whose thisUpdate is more than ``MAX_CLOCK_SKEW`` ahead of this host's cloc
 signer would refuse every answer built from it): at start-up that is a status-data error, on a reload
 the last good CRL stays and the file is tried again at every check, so it is taken once its time has come.
 
+An ``issued_serials`` list cut short is refused as an index.txt is (a truncated list would turn issued
+serials into ``unissued`` answers): its last line must end with a newline, it must list at least one
+serial, and a reload must not lose more than ``max_shrink`` of the loaded list's serials. The CRL
+itself has no shrink rule: entries of expired certificates legitimately leave it.
+
 A reload never goes back in time: a new CRL is refused (the loaded one stays, an ERROR says why)
 when its thisUpdate is older than the loaded CRL's, its CRLNumber is lower, or its nextUpdate has
 already passed while the loaded CRL is still valid. A stale mirror or a replayed old CRL could
@@ -37,7 +42,7 @@ from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from frontend.status.base import (GOOD, UNKNOWN, FileStatusSource, NotYetValid, Snapshot, StatusDataError,
-                                  check_stale)
+                                  check_shrink, check_stale)
 from shared.clock import Clock, SystemClock
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
 
@@ -91,6 +96,9 @@ class CrlSnapshot(Snapshot):
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         check_stale(self.name, now, self.next_update)
         return self.this_update, self.next_update
+
+    def interval(self) -> tuple[timedelta, str]:
+        return self.next_update - self.this_update, "the CRL's thisUpdate..nextUpdate, which answers carry"
 
     def summary(self) -> str:
         issued = f", {len(self.issued)} issued serials" if self.issued is not None else ""
@@ -166,9 +174,16 @@ def revoked_entries(crl: x509.CertificateRevocationList, where: str = "CRL") -> 
 
 
 def parse_serial_list(text: str, where: str = "issued_serials") -> frozenset[int]:
-    """One hex serial a line ('0x' prefix and ':' separators allowed); '#' starts a comment."""
+    """One hex serial a line ('0x' prefix and ':' separators allowed); '#' starts a comment.
+
+    A file cut short is refused, as an index.txt is: the last line must end with a newline, and a list
+    of no serials at all (every serial would get ``unissued``) is not a list."""
     serials: set[int] = set()
-    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): "\n" ends a line, nothing else
+    lines = text.split("\n")  # not splitlines(): "\n" ends a line, nothing else
+    if lines[-1]:
+        raise StatusDataError(f"{where}:{len(lines)}: the last line has no newline: the file is cut short "
+                              "(still being written?)")
+    for lineno, line in enumerate(lines, 1):
         line = line.removesuffix("\r")
         item = line.split("#", 1)[0].strip().replace(":", "")
         if not item:
@@ -179,6 +194,8 @@ def parse_serial_list(text: str, where: str = "issued_serials") -> frozenset[int
             serials.add(int(item, 16))
         except ValueError:
             raise StatusDataError(f"{where}:{lineno}: {line.strip()!r} is not a hex serial number") from None
+    if not serials:
+        raise StatusDataError(f"{where}: lists no serials; refusing to answer every serial as not issued")
     return frozenset(serials)
 
 
@@ -187,7 +204,7 @@ class CrlSource(FileStatusSource):
 
     def __init__(self, name: str, path: Path, ca_cert_der: bytes, *, unissued: str,
                  issued_serials: Path | None = None, check_interval: float = 5.0,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, max_shrink: float = 0.1) -> None:
         files = [path] + ([issued_serials] if issued_serials is not None else [])
         super().__init__(name, files, check_interval)
         if unissued not in UNISSUED:
@@ -197,6 +214,7 @@ class CrlSource(FileStatusSource):
         self.ca = x509.load_der_x509_certificate(ca_cert_der)
         self.unissued = UNISSUED[unissued]
         self.clock = clock or SystemClock()
+        self.max_shrink = max_shrink  # share of the loaded issued serials a reload may lose (0..1)
 
     def parse(self) -> CrlSnapshot:
         try:
@@ -213,6 +231,10 @@ class CrlSource(FileStatusSource):
             except (OSError, UnicodeDecodeError) as e:
                 raise StatusDataError(f"cannot read {self.issued_path}: {e}") from None
             issued = parse_serial_list(text, str(self.issued_path))
+            # No such rule for the CRL itself: entries of expired certificates legitimately drop off it.
+            loaded_issued = getattr(self._snapshot, "issued", None)
+            check_shrink(str(self.issued_path), "issued serials", len(issued),
+                         len(loaded_issued) if loaded_issued is not None else None, self.max_shrink)
         next_update = crl.next_update_utc
         assert next_update is not None
         snap = CrlSnapshot(self.name, revoked, issued, self.unissued,

@@ -19,7 +19,11 @@ Each line has six tab-separated fields:
   issued, so absence means "not issued by this CA" as far as we can know.
 
 A line that cannot be parsed fails the whole file (the previous data stays in use): skipping it
-could hide a revocation.
+could hide a revocation. So does anything that looks like a file cut short, since `openssl ca` always
+writes whole lines: a line without all six fields, a last line without its newline, a file with no
+entries at all (every serial would answer unknown), and, on a reload, a file that lost more than
+``max_shrink`` of the loaded file's serials (a copy cut at a line boundary; `openssl ca` never deletes a
+line, it only changes V to R or E).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError
+from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_shrink
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
 
 _REASONS = {
@@ -102,6 +106,9 @@ class IndexSnapshot(Snapshot):
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         return now, now + self.validity
 
+    def interval(self) -> tuple[timedelta, str]:
+        return self.validity, "status.validity"
+
     def summary(self) -> str:
         revoked = sum(1 for s in self.entries.values() if s.status is CertStatus.REVOKED)
         return f"index.txt: {len(self.entries)} serials, {revoked} revoked"
@@ -112,14 +119,19 @@ def parse_index(text: str, validity: timedelta, where: str = "index.txt") -> Ind
     n = 0
     # Lines end at "\n" only: str.splitlines() would also split at U+0085, U+2028, \x0b, \x0c,
     # \x1c-\x1e..., which a subject may contain (and which latin-1 decoding produces from 0x85).
-    for lineno, line in enumerate(text.split("\n"), 1):
+    lines = text.split("\n")
+    if lines[-1]:
+        raise StatusDataError(f"{where}:{len(lines)}: the last line has no newline: the file is cut short "
+                              "(still being written?)")
+    for lineno, line in enumerate(lines, 1):
         line = line.removesuffix("\r")
         if not line.strip():
             continue
         n += 1
         fields = line.split("\t")
-        if len(fields) < 4:
-            raise StatusDataError(f"{where}:{lineno}: expected 6 tab-separated fields, found {len(fields)}")
+        if len(fields) != 6:
+            raise StatusDataError(f"{where}:{lineno}: expected 6 tab-separated fields (flag, expiry, revocation, "
+                                  f"serial, file name, subject), found {len(fields)}")
         flag, expiry, revocation, serial_hex = fields[0], fields[1], fields[2], fields[3]
         try:
             parse_time(expiry)
@@ -140,16 +152,21 @@ def parse_index(text: str, validity: timedelta, where: str = "index.txt") -> Ind
         if info is GOOD and serial in entries:
             continue
         entries[serial] = info
+    if not entries:
+        raise StatusDataError(f"{where}: has no entries; refusing to answer unknown for every serial (an "
+                              "index.txt lists every certificate the CA issued; cut short?)")
     return IndexSnapshot(entries, validity, n)
 
 
 class IndexTxtSource(FileStatusSource):
     kind = "index"
 
-    def __init__(self, name: str, path: Path, validity: timedelta, check_interval: float = 5.0) -> None:
+    def __init__(self, name: str, path: Path, validity: timedelta, check_interval: float = 5.0, *,
+                 max_shrink: float = 0.1) -> None:
         super().__init__(name, [path], check_interval)
         self.path = path
         self.validity = validity
+        self.max_shrink = max_shrink  # share of the loaded serials a reload may lose (0..1)
 
     def parse(self) -> IndexSnapshot:
         try:
@@ -160,4 +177,8 @@ class IndexTxtSource(FileStatusSource):
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = raw.decode("latin-1")  # subjects in odd encodings must not stop status answers
-        return parse_index(text, self.validity, str(self.path))
+        snap = parse_index(text, self.validity, str(self.path))
+        loaded = self._snapshot
+        check_shrink(str(self.path), "serials", len(snap.entries),
+                     len(loaded.entries) if isinstance(loaded, IndexSnapshot) else None, self.max_shrink)
+        return snap

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Iterator
 from datetime import datetime
 from email.utils import formatdate
 from urllib.parse import unquote_to_bytes
@@ -31,6 +32,13 @@ NOT_CACHEABLE = "no-cache, no-store, must-revalidate"
 # A GET path longer than this cannot carry a request we would accept anyway (the server's
 # max_request_bytes applies to the decoded DER too); it bounds the work done on a path.
 MAX_PATH_CHARS = 64 * 1024
+
+# Where a GET request's base64 may begin: the whole remainder after the prefix, or its tail after one of
+# the first MAX_GET_CANDIDATES - 1 slashes. A proxy that forwards its own path (``/ocsp/<base64>``) to a
+# responder configured with prefix "/" adds one or two segments, not thousands; base64's own alphabet
+# has '/', so the request is found by going right from the start, never by splitting at every '/'. Each
+# candidate costs one decode of up to the whole path, so this bounds the work of any GET.
+MAX_GET_CANDIDATES = 4
 
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -84,13 +92,32 @@ def decode_b64_component(text: bytes) -> bytes:
         raise MalformedRequest("GET path is not base64") from None
 
 
+def _candidates(rest: bytes) -> Iterator[int]:
+    """Offsets in ``rest`` where the base64 request may begin: 0, then after each of the first
+    ``MAX_GET_CANDIDATES - 1`` slashes when what follows looks like the start of a DER SEQUENCE.
+
+    Offsets, not copies: the caller slices only the few it decodes, so the cost of any path is a few
+    passes over it, however many slashes it has."""
+    yield 0
+    start = 0
+    for _ in range(MAX_GET_CANDIDATES - 1):
+        i = rest.find(b"/", start)
+        if i < 0:
+            return
+        start = i + 1
+        # A base64 DER SEQUENCE begins with 'M' (0x30 -> 'M...'), possibly percent-encoded.
+        if rest.startswith(b"M", start) or rest[start:start + 3].upper() == b"%4D":
+            yield start
+
+
 def request_from_path(path: bytes | str, prefix: str = "/", *, max_bytes: int | None = None) -> bytes:
     """The DER OCSPRequest carried by a GET request path (RFC 6960 A.1).
 
     ``path`` is the request target as received (query string allowed, ignored). ``prefix`` is the
     configured path prefix, e.g. "/" or "/ocsp/". When the remainder after the prefix is not a
-    request, each shorter remainder after a '/' is tried, so the responder also works when a
-    proxy forwards ``/ocsp/<base64>`` to it unchanged. Raises MalformedRequest.
+    request, its tails after the first few '/' are tried (at most ``MAX_GET_CANDIDATES`` decodes in
+    all), so the responder also works when a proxy forwards ``/ocsp/<base64>`` to it unchanged.
+    Raises MalformedRequest.
     """
     if isinstance(path, str):
         path = path.encode("latin-1", "replace")
@@ -109,21 +136,9 @@ def request_from_path(path: bytes | str, prefix: str = "/", *, max_bytes: int | 
     if not rest:
         raise MalformedRequest("GET path carries no request")
 
-    candidates = [rest]
-    start = 0
-    while True:
-        i = rest.find(b"/", start)
-        if i < 0:
-            break
-        tail = rest[i + 1:]
-        # A base64 DER SEQUENCE begins with 'M' (0x30 -> 'M...'), possibly percent-encoded.
-        if tail[:1] == b"M" or tail[:3].upper() == b"%4D":
-            candidates.append(tail)
-        start = i + 1
-
-    for text in candidates:
+    for offset in _candidates(rest):
         try:
-            der = decode_b64_component(text)
+            der = decode_b64_component(rest[offset:] if offset else rest)
         except MalformedRequest:
             continue
         if max_bytes is not None and len(der) > max_bytes:

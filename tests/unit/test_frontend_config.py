@@ -39,7 +39,7 @@ def test_defaults(tmp_path: Path, ca: TestCA) -> None:
     assert cfg.cache.max_entries == 10000 and cfg.cache.max_age == timedelta(hours=1)
     (one,) = cfg.cas
     assert one.name == "one" and one.ca_cert_der == ca.der
-    assert one.status.source == "index" and one.status.validity == timedelta(hours=1)
+    assert one.status.source == "index" and one.status.validity == timedelta(hours=24)
     assert one.status.path == tmp_path / "ca.d" / "../index.txt"
 
 
@@ -112,3 +112,49 @@ def test_sighup_during_start_up_is_ignored(tmp_path: Path) -> None:
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "still alive after SIGHUP" in r.stderr
+
+
+INDEX_CA = 'ca_cert = "../ca.pem"\n[status]\nsource = "index"\npath = "../index.txt"\n'
+CRL_CA = 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\nunissued = "unknown"\n'
+
+
+def test_max_shrink_default(tmp_path: Path, ca: TestCA) -> None:
+    cfg = load_frontend_config(setup(tmp_path, ca))
+    assert cfg.cas[0].status.max_shrink == 0.1
+
+
+@pytest.mark.parametrize("text,share", [("25%", 0.25), ("0%", 0.0), ("100%", 1.0), ("2.5%", 0.025),
+                                        (" 10% ", 0.1)])
+def test_max_shrink_values(tmp_path: Path, ca: TestCA, text: str, share: float) -> None:
+    cfg = load_frontend_config(setup(tmp_path, ca, cafile=INDEX_CA + f'max_shrink = "{text}"\n'))
+    assert cfg.cas[0].status.max_shrink == share
+    write(tmp_path / "issued.txt", "10\n")
+    crl = CRL_CA + f'issued_serials = "../issued.txt"\nmax_shrink = "{text}"\n'
+    assert load_frontend_config(setup(tmp_path, ca, cafile=crl)).cas[0].status.max_shrink == share
+
+
+@pytest.mark.parametrize("value", ['"10"', "0.1", "10", '"101%"', '"-1%"', '"ten%"', '"10 %"', '""'])
+def test_max_shrink_errors(tmp_path: Path, ca: TestCA, value: str) -> None:
+    path = setup(tmp_path, ca, cafile=INDEX_CA + f"max_shrink = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_frontend_config(path)
+    assert e.value.key == "status.max_shrink" and e.value.file == str(tmp_path / "ca.d" / "one.toml")
+
+
+def test_max_shrink_needs_something_to_shrink(tmp_path: Path, ca: TestCA) -> None:
+    """A CRL may shrink (expired entries drop off): max_shrink is for index.txt and issued_serials."""
+    with pytest.raises(ConfigError) as e:
+        load_frontend_config(setup(tmp_path, ca, cafile=CRL_CA + 'max_shrink = "10%"\n'))
+    assert e.value.key == "status.max_shrink" and "issued_serials" in str(e.value)
+
+
+def test_default_index_validity_meets_the_baseline_requirements(tmp_path: Path, ca: TestCA) -> None:
+    """BR 4.9.10: 8 h <= nextUpdate - thisUpdate + 1 s <= 10 d; and the signer's default admits it, and
+    the longest CRL window the BRs allow (10 days, 4.9.7)."""
+    from frontend.status.base import br_compliant
+    from signer.config import PolicyConfig
+
+    validity = load_frontend_config(setup(tmp_path, ca)).cas[0].status.validity
+    assert br_compliant(validity)
+    assert PolicyConfig().max_validity >= validity
+    assert PolicyConfig().max_validity >= timedelta(days=10)

@@ -327,7 +327,8 @@ def test_signer_errors(env: Env, error: BaseException, expected: bytes) -> None:
 def test_reload_drops_cached_answers(env: Env) -> None:
     der = env.request(env.a, 0x100)
     assert statuses(env.post(der)[2])[0]["status"] == "good"
-    write(env.index, index_line("R", 0x100, "250101000000Z,superseded"))
+    write(env.index, index_line("R", 0x100, "250101000000Z,superseded")
+          + index_line("R", 0x101, "250101000000Z,keyCompromise"))  # (losing a line would be refused)
     assert env.call(env.src_a.refresh(force=True))
     (s,) = statuses(env.post(der)[2])
     assert s["status"] == "revoked" and s["reason"] == "SUPERSEDED"

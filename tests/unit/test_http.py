@@ -96,3 +96,72 @@ def test_uncacheable() -> None:
 ])
 def test_origin_form(target: bytes, expected: bytes) -> None:
     assert http.origin_form(target) == expected
+
+
+# -- the work a GET path costs is bounded (issue 6.1) ------------------------------------------------
+
+# Paths an attacker can send, each at the size the frontend's URL limit lets through (~40 KB):
+# thousands of slashes each followed by something that looks like the start of a request.
+WORST_PATHS = {
+    "%4D/ x 10000": "/" + "%4D/" * 10_000,
+    "M/ x 20000": "/" + "M/" * 20_000,
+    "%4d/ x 10000": "/" + "%4d/" * 10_000,
+    "/ x 40000": "/" * 40_001,
+    "MEIw/ x 8000": "/" + "MEIw/" * 8_000,
+    "M%2F x 13000": "/" + "M%2F" * 13_000,
+    "B64/ x 400": "/" + (B64 + "/") * 400,
+    "prefix then M/": "/ocsp/" + "M/" * 20_000,
+    # Tails that start like a request but do not decode, so no early answer ends the search:
+    "M!/ x 13000": "/" + "M!/" * 13_000,
+    "%4D!/ x 8000": "/" + "%4D!/" * 8_000,
+    "M=/ x 13000": "/" + "M=/" * 13_000,
+    "MEIw%/ x 8000": "/" + "MEIw%/" * 6_600,
+}
+
+
+@pytest.mark.parametrize("name", WORST_PATHS)
+def test_worst_paths_decode_a_bounded_number_of_candidates(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = http.decode_b64_component
+
+    def counting(text: bytes) -> bytes:
+        calls.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(http, "decode_b64_component", counting)
+    with pytest.raises(MalformedRequest):
+        http.request_from_path(WORST_PATHS[name], "/", max_bytes=10_000)
+    assert 1 <= len(calls) <= 4
+    # ... and no more than a few passes over the path in all.
+    assert sum(calls) <= 4 * len(WORST_PATHS[name])
+
+
+@pytest.mark.parametrize("name", WORST_PATHS)
+def test_worst_paths_use_memory_linear_in_the_path(name: str) -> None:
+    import tracemalloc
+
+    path = WORST_PATHS[name].encode()
+    tracemalloc.start()
+    try:
+        with pytest.raises(MalformedRequest):
+            http.request_from_path(path, "/", max_bytes=10_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # A bounded multiple of the path (percent-decoding a path of 10,000 escapes builds that many small
+    # pieces: about 60x), not one copy per slash: the old code peaked at 200-400 MB on these.
+    assert peak < 100 * len(path) + 65536, peak
+
+
+@pytest.mark.parametrize("segments", ["", "ocsp/", "a/b/", "a/b/c/", "M/b/", "MEIw/x/"])
+@pytest.mark.parametrize("quote", [False, True])
+def test_proxy_segments_before_the_request_still_work(segments: str, quote: bool) -> None:
+    """Up to three extra segments a proxy puts before the base64 (whose own '/' must not confuse it)."""
+    text = urllib.parse.quote(B64, safe="") if quote else B64
+    assert "/" in B64
+    assert http.request_from_path("/" + segments + text, "/") == DER
+
+
+def test_more_proxy_segments_than_candidates_is_malformed() -> None:
+    with pytest.raises(MalformedRequest):
+        http.request_from_path("/a/b/c/d/" + B64, "/")

@@ -217,3 +217,109 @@ def test_remove_from_crl_does_not_undo_a_revocation(tmp_path: Path, ca: TestCA) 
     crl = ca.crl([(0x30, NOW, x509.ReasonFlags.remove_from_crl, None), (0x30, NOW, KC, None)])
     src = source(tmp_path, ca, crl, "unknown")
     assert src.current().status(0x30).status is CertStatus.REVOKED
+
+
+# -- an issued-serials list cut short never replaces good data (issue 6.2) ---------------------------
+
+ISSUED = "".join(f"{0x100 + i:X}\n" for i in range(50))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("20\n21", "issued.txt:2: the last line has no newline"),
+    ("20\n2", "issued.txt:2: the last line has no newline"),
+    ("", "lists no serials"),
+    ("# nothing issued yet\n\n", "lists no serials"),
+])
+def test_issued_list_cut_short_or_empty_is_refused(tmp_path: Path, ca: TestCA, text: str, message: str) -> None:
+    with pytest.raises(StatusDataError, match=message):
+        parse_serial_list(text, str(tmp_path / "issued.txt"))
+    with pytest.raises(StatusDataError, match=message):
+        source(tmp_path, ca, ca.crl([]), "unknown", text)
+
+
+def test_issued_list_bad_replacements_keep_the_last_good(tmp_path: Path, ca: TestCA,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    src = source(tmp_path, ca, ca.crl([(0x100, NOW - timedelta(hours=1), KC, None)]), "unknown", ISSUED)
+    issued_path = tmp_path / "issued.txt"
+    last = 0x100 + 49
+    bad = {
+        "cut mid-line": ISSUED[:-2],
+        "empty": "",
+        "cut at a line boundary, 80 % lost": "".join(ISSUED.splitlines(keepends=True)[:10]),
+        "12 % lost": "".join(ISSUED.splitlines(keepends=True)[:43]) + f"{last:X}\n",
+    }
+
+    async def go() -> None:
+        for what, text in bad.items():
+            tmp = tmp_path / "new"
+            tmp.write_text(text)
+            tmp.rename(issued_path)
+            caplog.clear()
+            assert not await src.refresh(), what
+            snap = src.current()
+            assert snap.status(last).status is CertStatus.GOOD, what  # issued stays issued
+            assert snap.status(0x100).status is CertStatus.REVOKED, what
+            assert snap.status(0x999).status is CertStatus.UNKNOWN, what
+            (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert "FAILED, keeping the last good data" in record.getMessage(), what
+        assert "status.max_shrink" in (src.last_error or "")
+        # 10 % lost is within the default limit; a good list is taken.
+        write(issued_path, "".join(ISSUED.splitlines(keepends=True)[:45]))
+        assert await src.refresh()
+        assert src.current().status(last).status is CertStatus.UNKNOWN
+
+    with caplog.at_level("ERROR", logger="frontend.status"):
+        asyncio.run(go())
+
+
+def test_a_shrinking_crl_is_fine(tmp_path: Path, ca: TestCA) -> None:
+    """Entries of expired certificates leave the CRL: no shrink rule for the CRL itself."""
+    many = [(0x200 + i, NOW - timedelta(days=2), KC, None) for i in range(50)]
+    src = source(tmp_path, ca, ca.crl(many, this_update=NOW - timedelta(hours=1)), "unknown")
+    write(tmp_path / "crl.der", ca.crl(many[:2], this_update=NOW))
+
+    async def go() -> bool:
+        return await src.refresh()
+
+    assert asyncio.run(go())
+    assert src.current().status(0x210).status is CertStatus.UNKNOWN
+
+
+def test_issued_list_shrink_limit_is_configurable(tmp_path: Path, ca: TestCA) -> None:
+    path = write(tmp_path / "crl.der", ca.crl([]))
+    issued_path = write(tmp_path / "issued.txt", ISSUED)
+    src = CrlSource("t", path, ca.der, unissued="unknown", issued_serials=issued_path, max_shrink=1.0)
+    src.load_now()
+    write(issued_path, "100\n")
+
+    async def go() -> bool:
+        return await src.refresh()
+
+    assert asyncio.run(go())
+
+
+@pytest.mark.parametrize("window,warned", [(timedelta(days=1), False), (timedelta(days=7), False),
+                                           (timedelta(hours=4), True), (timedelta(days=14), True)])
+def test_crl_window_outside_the_brs_is_warned_about(tmp_path: Path, ca: TestCA, caplog: pytest.LogCaptureFixture,
+                                                    window: timedelta, warned: bool) -> None:
+    """A CRL-backed answer carries the CRL's thisUpdate..nextUpdate: warned about (never refused) at
+    start-up, and again when a new CRL's window has another length."""
+    crl = ca.crl([], this_update=NOW - timedelta(minutes=1), next_update=NOW - timedelta(minutes=1) + window)
+    with caplog.at_level("WARNING", logger="frontend.status"):
+        src = source(tmp_path, ca, crl, "unknown")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert "the CRL's thisUpdate..nextUpdate" in warnings[0] and "outside the 8h..10d" in warnings[0]
+
+    async def go(data: bytes) -> None:
+        write(tmp_path / "crl.der", data)
+        assert await src.refresh()
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="frontend.status"):
+        asyncio.run(go(ca.crl([], this_update=NOW, next_update=NOW + window)))  # same length: quiet
+        assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+        asyncio.run(go(ca.crl([], this_update=NOW + timedelta(seconds=1),
+                              next_update=NOW + timedelta(days=15))))  # another length, outside
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
