@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from frontend.cache import ResponseCache
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
 from frontend.server import CaEntry, FrontendServer, OcspApp
-from frontend.signer_client import SignerClient
+from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.watch import ResponderWatch
 from frontend.status.base import FileStatusSource, StatusDataError
 from frontend.status.crl import CrlSource
@@ -60,7 +60,11 @@ def _url(host: str, port: int) -> str:
 
 async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     loop = asyncio.get_running_loop()
-    signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls)
+    signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls,
+                          keepalive=Keepalive(cfg.signer.keepalive, cfg.signer.keepalive_timeout))
+    warning = keepalive_warning(cfg.signer.keepalive)
+    if warning:
+        log.warning("%s: %s", cfg.file, warning)
     if cfg.signer.tls is None:
         log.warning("gRPC to the signer (%s) is plaintext: no tls_ca/tls_cert/tls_key in [signer]",
                     ", ".join(cfg.signer.addresses))
