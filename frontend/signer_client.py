@@ -76,6 +76,11 @@ def channel_options(keepalive: Keepalive = Keepalive()) -> list[tuple[str, int]]
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.keepalive_time_ms", int(keepalive.interval * 1000)),
         ("grpc.keepalive_timeout_ms", int(keepalive.timeout * 1000)),
+        # Any unanswered ping, not only a keepalive one: while another ping (gRPC's own bandwidth probe)
+        # awaits its answer no keepalive ping is sent, and that one would otherwise wait a minute.
+        # (Named in gRPC core's internal header, not its public one; test_signer_channel notices if
+        # an upgrade drops it.)
+        ("grpc.http2.ping_timeout_ms", int(keepalive.timeout * 1000)),
         # Ping a connection with no call in flight too (the signer permits it), and keep pinging one
         # on which only the idle Watch stream is open (gRPC stops after 2 pings without data otherwise).
         ("grpc.keepalive_permit_without_calls", 1),
