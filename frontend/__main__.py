@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from frontend.cache import ResponseCache
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
+from frontend.readiness import Readiness
 from frontend.server import CaEntry, FrontendServer, OcspApp
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.watch import ResponderWatch
@@ -75,12 +76,14 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
                           rotation_grace=cfg.cache.rotation_grace.total_seconds())
     responder_watch = ResponderWatch(signer.channels(), cache, [(ca.name, ca.ca_cert_der) for ca in cfg.cas])
     responder_watch.start()
+    sources = [ca.source for ca in issuers.values()]
+    readiness = Readiness(signer.health, sources, interval=cfg.signer.health_interval, timeout=cfg.signer.timeout)
+    readiness.start()
     app = OcspApp(issuers=issuers, signer=signer, cache=cache, listen=cfg.listen)
-    server = FrontendServer(app, cfg.listen)
+    server = FrontendServer(app, cfg.listen, readiness)
     host, port = await server.start()
     log.info("listening on %s", _url(host, port))
 
-    sources = [ca.source for ca in issuers.values()]
     watchers = [loop.create_task(s.watch(), name=f"watch-{s.name}") for s in sources]
     stop = asyncio.Event()
 
@@ -107,6 +110,7 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
             t.cancel()
         await asyncio.gather(*watchers, *reloads, return_exceptions=True)
         await responder_watch.stop()
+        await readiness.stop()
         await signer.close()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
