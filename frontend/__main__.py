@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocsp-frontend: {e}", file=sys.stderr, flush=True)
         return 2
     if args.check:
+        warning = keepalive_warning(cfg.signer.keepalive)
+        if warning:
+            print(f"ocsp-frontend: {args.config}: warning: {warning}", file=sys.stderr, flush=True)
         names = ", ".join(ca.name for ca in cfg.cas)
         print(f"ocsp-frontend: {args.config}: OK ({len(cfg.cas)} CAs: {names})", flush=True)
         return 0

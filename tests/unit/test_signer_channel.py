@@ -105,6 +105,21 @@ def test_keepalive_below_the_signer_default_is_warned_about() -> None:
     assert keepalive_warning(SIGNER_DEFAULT_MIN_PING_INTERVAL) is None
 
 
+def test_check_warns_about_a_short_keepalive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from frontend.__main__ import main
+    from tests.unit.frontend_pki import TestCA
+
+    ca = TestCA("Check CA")
+    (tmp_path / "short").mkdir()
+    (tmp_path / "default").mkdir()
+    short = frontend_setup(tmp_path / "short", ca, '[signer]\nkeepalive = "5s"\n')
+    assert main(["--config", str(short), "--check"]) == 0
+    err = capsys.readouterr().err
+    assert f"ocsp-frontend: {short}: warning: signer.keepalive (5s) is shorter than" in err
+    assert main(["--config", str(frontend_setup(tmp_path / "default", ca)), "--check"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_channel_options_follow_the_config() -> None:
     opts = dict(channel_options(Keepalive(45.0, 2.5)))
     assert opts["grpc.keepalive_time_ms"] == 45000 and opts["grpc.keepalive_timeout_ms"] == 2500
