@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 from frontend.cache import ResponseCache
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
+from frontend.readiness import Readiness
 from frontend.server import CaEntry, FrontendServer, OcspApp
-from frontend.signer_client import SignerClient
+from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.watch import ResponderWatch
 from frontend.status.base import FileStatusSource, StatusDataError
 from frontend.status.crl import CrlSource
@@ -61,7 +62,11 @@ def _url(host: str, port: int) -> str:
 
 async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     loop = asyncio.get_running_loop()
-    signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls)
+    signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls,
+                          keepalive=Keepalive(cfg.signer.keepalive, cfg.signer.keepalive_timeout))
+    warning = keepalive_warning(cfg.signer.keepalive)
+    if warning:
+        log.warning("%s: %s", cfg.file, warning)
     if cfg.signer.tls is None:
         log.warning("gRPC to the signer (%s) is plaintext: no tls_ca/tls_cert/tls_key in [signer]",
                     ", ".join(cfg.signer.addresses))
@@ -72,12 +77,14 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
                           rotation_grace=cfg.cache.rotation_grace.total_seconds())
     responder_watch = ResponderWatch(signer.channels(), cache, [(ca.name, ca.ca_cert_der) for ca in cfg.cas])
     responder_watch.start()
+    sources = [ca.source for ca in issuers.values()]
+    readiness = Readiness(signer.health, sources, interval=cfg.signer.health_interval, timeout=cfg.signer.timeout)
+    readiness.start()
     app = OcspApp(issuers=issuers, signer=signer, cache=cache, listen=cfg.listen)
-    server = FrontendServer(app, cfg.listen)
+    server = FrontendServer(app, cfg.listen, readiness)
     host, port = await server.start()
     log.info("listening on %s", _url(host, port))
 
-    sources = [ca.source for ca in issuers.values()]
     watchers = [loop.create_task(s.watch(), name=f"watch-{s.name}") for s in sources]
     stop = asyncio.Event()
 
@@ -104,6 +111,7 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
             t.cancel()
         await asyncio.gather(*watchers, *reloads, return_exceptions=True)
         await responder_watch.stop()
+        await readiness.stop()
         await signer.close()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -132,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocsp-frontend: {e}", file=sys.stderr, flush=True)
         return 2
     if args.check:
+        warning = keepalive_warning(cfg.signer.keepalive)
+        if warning:
+            print(f"ocsp-frontend: {args.config}: warning: {warning}", file=sys.stderr, flush=True)
         names = ", ".join(ca.name for ca in cfg.cas)
         print(f"ocsp-frontend: {args.config}: OK ({len(cfg.cas)} CAs: {names})", flush=True)
         return 0

@@ -63,6 +63,14 @@ class SignerClientConfig:
     # mTLS (frontend.tls): the signer's CA, our client certificate and key; None = plaintext, which
     # only a unix socket or loopback address may use.
     tls: SignerTls | None = None
+    # An HTTP/2 ping on each signer connection this often (also while idle), so a connection that died
+    # quietly is noticed and replaced before a Sign meets it. Must not be shorter than the signer's
+    # listen.min_ping_interval (default 10 s), which drops clients pinging faster ("too_many_pings").
+    keepalive: float = 30.0
+    # A ping unanswered this long closes the connection (its calls fail; a Sign is retried once).
+    keepalive_timeout: float = 10.0
+    # How often each signer's Health RPC is asked, for /-/ready.
+    health_interval: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +190,16 @@ def _signer(sec: Section) -> SignerClientConfig:
     tls = load_signer_tls(sec, addrs, "addresses" if sec.has("addresses") else "address")
     timeout = sec.duration("timeout", timedelta(seconds=d.timeout), minimum=timedelta(milliseconds=10),
                            maximum=timedelta(minutes=5))
-    return SignerClientConfig(addresses=addrs, timeout=_seconds(timeout), tls=tls)
+    # gRPC sends at most one ping a second, whatever is asked.
+    keepalive = sec.duration("keepalive", timedelta(seconds=d.keepalive), minimum=timedelta(seconds=1),
+                             maximum=timedelta(hours=2))
+    keepalive_timeout = sec.duration("keepalive_timeout", timedelta(seconds=d.keepalive_timeout),
+                                     minimum=timedelta(milliseconds=100), maximum=timedelta(minutes=5))
+    health_interval = sec.duration("health_interval", timedelta(seconds=d.health_interval),
+                                   minimum=timedelta(milliseconds=100), maximum=timedelta(hours=1))
+    return SignerClientConfig(addresses=addrs, timeout=_seconds(timeout), tls=tls, keepalive=_seconds(keepalive),
+                              keepalive_timeout=_seconds(keepalive_timeout),
+                              health_interval=_seconds(health_interval))
 
 
 def _cache(sec: Section) -> CacheConfig:

@@ -29,6 +29,7 @@ import httptools
 
 from frontend.cache import Entry, ResponseCache
 from frontend.config import ListenConfig
+from frontend.readiness import READY_PATH, Readiness
 from frontend.signer_client import SignResult
 from frontend.status.base import FileStatusSource
 from shared.clock import Clock, SystemClock
@@ -497,8 +498,12 @@ class HttpProtocol(asyncio.Protocol):
             target = ohttp.origin_form(self.url)
             key = b"G" + target  # HEAD shares GET's answers
             if target.startswith(b"/-/"):  # our own endpoints; '-' never starts a base64 DER request
-                if target.split(b"?", 1)[0] == HEALTH_PATH:
+                path = target.split(b"?", 1)[0]
+                if path == HEALTH_PATH:
                     self._push(plain(200, "ok\n", close=close, head=head), close)
+                elif path == READY_PATH and self.server.readiness is not None:
+                    status, text = self.server.readiness.answer()  # a kept verdict (frontend.readiness)
+                    self._push(plain(status, text, close=close, head=head), close)
                 else:
                     self._push(plain(404, "not found\n", close=close, head=head), close)
                 return
@@ -669,9 +674,10 @@ class HttpProtocol(asyncio.Protocol):
 class FrontendServer:
     """Listening socket, connections, and the deadline sweeper."""
 
-    def __init__(self, app: OcspApp, listen: ListenConfig) -> None:
+    def __init__(self, app: OcspApp, listen: ListenConfig, readiness: Readiness | None = None) -> None:
         self.app = app
         self.listen = listen
+        self.readiness = readiness  # answers /-/ready; None: 404
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpProtocol] = set()
         # A GET target may carry up to max_request_bytes of DER, base64'd and percent-encoded.

@@ -8,10 +8,21 @@
 - Short reconnect backoff (at most ~1 s), so a signer that comes back is used again within a
   second or two, without restarting the frontend.
 - Channels are made in one function, ``make_channel``: mTLS when configured (frontend.tls).
+- Keepalive (``channel_options``): an HTTP/2 ping every ``keepalive`` seconds on every connection, with
+  or without calls in flight and however long nothing else was sent, so a connection that died quietly
+  is replaced before a Sign meets it. This is one half of an agreement: the signer accepts pings that
+  often (its ``listen.min_ping_interval``, signer.service.server_options) and drops a client pinging
+  faster with GOAWAY "too_many_pings".
+- A Sign whose connection went away under it (UNAVAILABLE without the signer's refusal mark,
+  shared.rpc.metadata: GOAWAY, reset, keepalive timeout) is sent once more, on the same address over
+  a new connection, within what is left of its deadline; then failover or tryLater as for any other
+  UNAVAILABLE. A call the signer refused is never retried on the same address. Signing twice is
+  harmless: the signer logs every signature it makes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -27,6 +38,7 @@ from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
 from shared.ocsp.types import CertStatus, HashAlgorithm, SingleStatus
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
+from shared.rpc.metadata import REFUSED
 
 log = logging.getLogger("frontend.signer_client")
 
@@ -43,15 +55,50 @@ POLICY_LOG_INTERVAL = 10.0  # seconds between two log lines about policy refusal
 # Codes after which another signer may well succeed.
 FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.keepalive_time_ms", 30000),
-    ("grpc.keepalive_timeout_ms", 10000),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-]
+# The signer's default listen.min_ping_interval (signer.config.DEFAULT_MIN_PING_INTERVAL; a test keeps
+# the two equal): a keepalive below it needs that signer setting lowered too.
+SIGNER_DEFAULT_MIN_PING_INTERVAL = 10.0
+RETRY_MIN_SECONDS = 0.05  # a retry needs at least this much of the deadline left
+RETRY_LOG_INTERVAL = 10.0  # seconds between two log lines about retried Signs
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    interval: float = 30.0  # seconds between pings ([signer] keepalive)
+    timeout: float = 10.0  # an unanswered ping closes the connection ([signer] keepalive_timeout)
+
+
+def channel_options(keepalive: Keepalive = Keepalive()) -> list[tuple[str, int]]:
+    return [
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.keepalive_time_ms", int(keepalive.interval * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive.timeout * 1000)),
+        # Any unanswered ping, not only a keepalive one: while another ping (gRPC's own bandwidth probe)
+        # awaits its answer no keepalive ping is sent, and that one would otherwise wait a minute.
+        # (Named in gRPC core's internal header, not its public one; test_signer_channel notices if
+        # an upgrade drops it.)
+        ("grpc.http2.ping_timeout_ms", int(keepalive.timeout * 1000)),
+        # Ping a connection with no call in flight too (the signer permits it), and keep pinging one
+        # on which only the idle Watch stream is open (gRPC stops after 2 pings without data otherwise).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ]
+
+
+CHANNEL_OPTIONS = channel_options()
+
+
+def keepalive_warning(interval: float) -> str | None:
+    """The start-up warning for a keepalive the signer's default ping policy would punish, else None."""
+    if interval >= SIGNER_DEFAULT_MIN_PING_INTERVAL:
+        return None
+    return (f"signer.keepalive ({interval:g}s) is shorter than the signer's default listen.min_ping_interval "
+            f"({SIGNER_DEFAULT_MIN_PING_INTERVAL:g}s): set min_ping_interval in signer.toml to at most "
+            f"{interval:g}s, or the signer drops this frontend's connections (GOAWAY too_many_pings)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +109,21 @@ class SignResult:
     signer: str = ""  # the address that signed (generations are counted per signer process)
 
 
-def make_channel(address: str, tls: SignerTls | None = None) -> aio.Channel:
+@dataclass(frozen=True, slots=True)
+class SignerHealth:
+    """One signer's answer to Health (``serving`` False with the reason when it did not answer)."""
+
+    address: str
+    serving: bool
+    detail: str
+
+
+def make_channel(address: str, tls: SignerTls | None = None, keepalive: Keepalive = Keepalive()) -> aio.Channel:
     """The one place channels are created: mTLS with ``tls`` (frontend.tls), else plaintext."""
+    options = channel_options(keepalive)
     if tls is None:
-        return aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return aio.secure_channel(address, tls.credentials(), options=[*CHANNEL_OPTIONS, *tls.options()])
+        return aio.insecure_channel(address, options=options)
+    return aio.secure_channel(address, tls.credentials(), options=[*options, *tls.options()])
 
 
 def to_proto(statuses: Sequence[SingleStatus], request_id: str, nonce: bytes | None) -> pb.SignRequest:
@@ -95,6 +152,19 @@ def to_proto(statuses: Sequence[SingleStatus], request_id: str, nonce: bytes | N
     return req
 
 
+def describe(e: grpc.RpcError) -> str:
+    code = e.code() if hasattr(e, "code") else None
+    detail = e.details() if hasattr(e, "details") else str(e)
+    return f"{code.name if code else 'error'}: {detail}"
+
+
+def refused_by_signer(e: grpc.RpcError) -> bool:
+    """The signer's own code returned this status (it carries the mark), as opposed to gRPC reporting
+    a connection that went away under the call."""
+    metadata = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
+    return any(key == REFUSED for key, _ in metadata or ())
+
+
 def map_error(e: grpc.RpcError) -> OCSPError:
     code = e.code() if hasattr(e, "code") else None
     detail = e.details() if hasattr(e, "details") else str(e)
@@ -107,12 +177,16 @@ def map_error(e: grpc.RpcError) -> OCSPError:
 
 
 class SignerClient:
-    def __init__(self, addresses: Sequence[str], timeout: float, tls: SignerTls | None = None) -> None:
+    def __init__(self, addresses: Sequence[str], timeout: float, tls: SignerTls | None = None,
+                 keepalive: Keepalive = Keepalive()) -> None:
         if not addresses:
             raise ValueError("at least one signer address")
         self.addresses = tuple(addresses)
         self.timeout = timeout
         self.tls = tls
+        self.keepalive = keepalive
+        self.retries = 0  # Signs sent again after their connection went away
+        self._last_retry_log = -1e9
         self._channels: list[aio.Channel] = []
         self._stubs: list[signer_pb2_grpc.SignerStub] = []
         self._next = itertools.count()
@@ -124,7 +198,7 @@ class SignerClient:
         # Channels belong to the running event loop, so they are made on first use.
         if not self._channels:
             for a in self.addresses:
-                ch = make_channel(a, self.tls)
+                ch = make_channel(a, self.tls, self.keepalive)
                 self._channels.append(ch)
                 self._stubs.append(signer_pb2_grpc.SignerStub(ch))
 
@@ -141,9 +215,9 @@ class SignerClient:
         start = next(self._next)
         last: OCSPError | None = None
         for i in range(n):
-            stub = self._stubs[(start + i) % n]
             try:
-                reply = await stub.Sign(request, timeout=self.timeout, wait_for_ready=False)
+                # Only the first address gets the retry: once per request.
+                reply = await self._sign_at((start + i) % n, request, may_retry=i == 0)
             except grpc.RpcError as e:
                 last = map_error(e)
                 code = e.code() if hasattr(e, "code") else None
@@ -160,22 +234,52 @@ class SignerClient:
         assert last is not None
         raise last
 
+    async def _sign_at(self, k: int, request: pb.SignRequest, *, may_retry: bool) -> pb.SignReply:
+        """Sign at address ``k``; when the connection went away under the call, once more over a new one."""
+        stub = self._stubs[k]
+        deadline = time.monotonic() + self.timeout
+        try:
+            return await stub.Sign(request, timeout=self.timeout, wait_for_ready=False)
+        except grpc.RpcError as e:
+            left = deadline - time.monotonic()
+            if not (may_retry and left >= RETRY_MIN_SECONDS and self._connection_lost(k, e)):
+                raise
+            self.retries += 1
+            now = time.monotonic()
+            if now - self._last_retry_log >= RETRY_LOG_INTERVAL:
+                self._last_retry_log = now
+                log.warning("signer at %s: the connection went away during a Sign (%s); sending it again over "
+                            "a new connection", self.addresses[k], describe(e))
+        # gRPC replaces the lost connection: the channel reconnects for this call (and fails it at
+        # once if the signer cannot be reached, leaving the rest to failover / tryLater).
+        return await stub.Sign(request, timeout=left, wait_for_ready=False)
+
+    def _connection_lost(self, k: int, e: grpc.RpcError) -> bool:
+        code = e.code() if hasattr(e, "code") else None
+        if code != grpc.StatusCode.UNAVAILABLE or refused_by_signer(e):
+            return False
+        # A channel that could not connect at all has nothing to replace: that is a signer that is down.
+        state = self._channels[k].get_state(try_to_connect=False)
+        return state != grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
     def _log_policy_refusal(self, error: OCSPError) -> None:
         now = time.monotonic()
         if now - self._last_policy_log >= POLICY_LOG_INTERVAL:
             self._last_policy_log = now
             log.error("the signer's policy refused to sign (answering tryLater): %s", error)
 
-    async def health(self) -> bool:
+    async def health(self, timeout: float | None = None) -> list[SignerHealth]:
+        """Every signer's Health, asked at once (frontend.readiness polls this)."""
         self._ensure()
-        for stub in self._stubs:
-            try:
-                reply = await stub.Health(pb.HealthRequest(), timeout=self.timeout, wait_for_ready=False)
-                if reply.serving:
-                    return True
-            except grpc.RpcError:
-                continue
-        return False
+        return list(await asyncio.gather(*(self._health_at(k, timeout or self.timeout)
+                                           for k in range(len(self._stubs)))))
+
+    async def _health_at(self, k: int, timeout: float) -> SignerHealth:
+        try:
+            reply = await self._stubs[k].Health(pb.HealthRequest(), timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as e:
+            return SignerHealth(self.addresses[k], False, describe(e))
+        return SignerHealth(self.addresses[k], reply.serving, reply.detail)
 
     async def close(self) -> None:
         for ch in self._channels:

@@ -91,8 +91,9 @@ class ResponderWatch:
                     await asyncio.sleep(UNIMPLEMENTED_BACKOFF)
                     continue
                 if not lost_logged:
-                    log.warning("responder watch on %s interrupted (%s); reconnecting", address,
-                                code.name if code else e)
+                    detail = e.details() if hasattr(e, "details") else None
+                    log.warning("responder watch on %s interrupted (%s%s); reconnecting", address,
+                                code.name if code else e, f": {detail}" if detail else "")
                     lost_logged = True
             except Exception:  # noqa: BLE001 - the watch must outlive any single failure
                 self.connected.discard(address)

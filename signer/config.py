@@ -9,6 +9,7 @@ each responder certificate checked against its CA. Errors name the file and the 
     ca_dir = "ca.d"                 # directory of CA files, one *.toml per CA
     [listen]
     address = "127.0.0.1:50051"     # host:port, or unix:/path/to/socket
+    min_ping_interval = "10s"       # keepalive pings closer together than this are "too many pings"
     [token]
     module = "/usr/lib/softhsm/libsofthsm2.so"
     label = "ocsp"                  # exactly one of label / serial
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -48,6 +49,9 @@ DEFAULT_MAX_VALIDITY = timedelta(days=10)
 DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_MAX_CERT_IDS = 8  # modest: each entry is echoed into the answer and its audit record
 DEFAULT_EXPIRY_WARNING = timedelta(days=30)
+# The frontend's keepalive ([signer] keepalive, default 30s) must not be shorter: gRPC answers a client that
+# pings more often with GOAWAY "too_many_pings", which drops its connection and the calls on it.
+DEFAULT_MIN_PING_INTERVAL = timedelta(seconds=10)
 # A sanity bound, not a policy: RFC 6960 puts no limit on requestList, we do.
 MAX_CERT_IDS_LIMIT = 1000
 
@@ -61,6 +65,9 @@ class ListenConfig:
     host: str | None = None  # tcp only, without brackets
     port: int | None = None  # tcp only; 0 = any free port
     path: Path | None = None  # unix only
+    # Shortest interval between two keepalive pings of a client accepted without a strike (gRPC's
+    # grpc.http2.min_ping_interval_without_data_ms); a client pinging faster is dropped after 2 strikes.
+    min_ping_interval: timedelta = DEFAULT_MIN_PING_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +203,10 @@ def parse_listen_address(sec: Section, name: str, value: str) -> ListenConfig:
 
 
 def _listen(sec: Section) -> ListenConfig:
-    return parse_listen_address(sec, "address", sec.str("address"))
+    listen = parse_listen_address(sec, "address", sec.str("address"))
+    interval = sec.duration("min_ping_interval", DEFAULT_MIN_PING_INTERVAL, minimum=timedelta(seconds=1),
+                            maximum=timedelta(hours=2))
+    return replace(listen, min_ping_interval=interval)
 
 
 def _token(sec: Section) -> TokenConfig:

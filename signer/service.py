@@ -22,6 +22,7 @@ from shared.config import ConfigError
 from shared.ocsp.response import build_response_data, signed_response
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
+from shared.rpc.metadata import REFUSED
 from signer.audit import (AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus,
                           WriterBusy)
 from signer.admin import RotationRuntime
@@ -35,6 +36,7 @@ log = logging.getLogger("ocsp-signer")
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight RPCs get to finish on SIGTERM/SIGINT
 MAX_MESSAGE_BYTES = 1 << 20  # a SignRequest of 1000 statuses is ~200 KB
+MAX_PING_STRIKES = 2  # gRPC's default, stated: too-early keepalive pings tolerated before GOAWAY
 
 
 def open_token(config: SignerConfig) -> Pkcs11Token:
@@ -100,7 +102,8 @@ class SignerService(pb_grpc.SignerServicer):
         except Exception:
             log.exception("Sign failed (request_id %r)", request.request_id)
             code, message = grpc.StatusCode.INTERNAL, "internal error in the signer (logged)"
-        await context.abort(code, message)
+        # Marked as the signer's own answer, so the frontend never mistakes it for a lost connection.
+        await context.abort(code, message, trailing_metadata=((REFUSED, code.name),))
         raise AssertionError("unreachable")  # abort raises
 
     async def _sign(self, request: pb.SignRequest, client: str) -> pb.SignReply:
@@ -219,6 +222,23 @@ def _bound_address(config: SignerConfig, port: int) -> str:
     return f"{host}:{port}"
 
 
+def server_options(config: SignerConfig) -> list[tuple[str, int]]:
+    """gRPC server channel arguments. The keepalive ones are the signer's half of an agreement with the
+    frontend's channel options (frontend.signer_client.channel_options): a client may ping every
+    ``listen.min_ping_interval`` (the frontend pings every ``[signer] keepalive``, 30 s by default, and
+    on a quiet connection too), and a connection with no call in flight may be pinged as well. Pings
+    closer together are strikes; after ``max_ping_strikes`` of them gRPC sends GOAWAY "too_many_pings"
+    and the calls on that connection fail (the frontend then retries once over a new connection)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms",
+         int(config.listen.min_ping_interval.total_seconds() * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+    ]
+
+
 async def serve(config: SignerConfig, *, token: Token | None = None,
                 clock: Clock | None = None) -> tuple[SignerServer, str]:
     """Log in (unless given a token), load the responders, start listening.
@@ -249,10 +269,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
     service = SignerService(responders=responders, token=token, policy=Policy(config.policy, clock),
                             clock=clock, executor=executor, audit=audit,
                             token_name=str(getattr(token, "label", "") or ""))
-    server = grpc.aio.server(interceptors=transport_interceptors(config), options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(interceptors=transport_interceptors(config), options=server_options(config))
     pb_grpc.add_SignerServicer_to_server(service, server)
     wrapper = SignerServer(server, service, owns_token=owns_token)
     wrapper.rotation = RotationRuntime.attach(server, service, config, token, executor, clock)

@@ -1,0 +1,10 @@
+"""gRPC metadata the two halves agree on, beside the messages of proto/signer.proto.
+
+A failed call reaches the client as a status code either way, whether the signer's own code refused it
+or gRPC gave up on the connection under it (GOAWAY, reset, keepalive timeout): both are UNAVAILABLE
+with a message. The signer therefore marks every error status its Sign handler returns with the
+trailing metadata key ``REFUSED`` (value: the code's name), and the frontend retries a Sign over a new
+connection only when that mark is missing (frontend.signer_client), never one the signer refused.
+"""
+
+REFUSED = "ocsp-signer-refused"
