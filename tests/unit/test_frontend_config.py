@@ -21,7 +21,7 @@ def ca() -> TestCA:
 def setup(tmp: Path, ca: TestCA, frontend: str = "", cafile: str | None = None) -> Path:
     (tmp / "ca.d").mkdir(exist_ok=True)
     write(tmp / "ca.pem", ca.pem)
-    write(tmp / "index.txt", "")
+    write(tmp / "index.txt", "V\t300101000000Z\t\t1001\tunknown\t/CN=leaf\n")
     write(tmp / "crl.pem", b"")
     if cafile is None:
         cafile = ('ca_cert = "../ca.pem"\n[responder]\ncert = "x"\n'

@@ -45,7 +45,7 @@ class World:
         self.crl_path = write(tmp / "crl.der", self.ca.crl([], next_update=NOW + timedelta(hours=1)))
         self.crl = CrlSource("crl-ca", self.crl_path, self.ca.der, unissued="unknown")
         self.crl.load_now()
-        self.index = IndexTxtSource("index-ca", write(tmp / "index.txt", ""), timedelta(hours=1))
+        self.index = IndexTxtSource("index-ca", write(tmp / "index.txt", "V\t300101000000Z\t\t1001\tunknown\t/CN=leaf\n"), timedelta(hours=1))
         self.index.load_now()
         self.signers = Signers(UP)
         self.readiness = Readiness(self.signers, [self.index, self.crl], interval=2.0, timeout=5.0,
