@@ -43,7 +43,7 @@ from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
 
-from signer.files import write_atomic
+from signer.files import write_atomic, write_problem
 
 PROG = "ocspctl"
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -426,7 +426,10 @@ def install_certificate(token: Any, key_label: str, cert: Any, ca: Any, out: Pat
         raise CtlError("refusing the certificate:\n  - " + "\n  - ".join(problems))
     store_certificate(token, key_label, cert.public_bytes(Encoding.DER))
     if out is not None:
-        write_atomic(out, cert.public_bytes(Encoding.PEM))
+        try:
+            write_atomic(out, cert.public_bytes(Encoding.PEM))
+        except OSError as e:
+            raise CtlError(f"{write_problem(e, out)} (the certificate is stored in the token)") from None
 
 
 def cmd_install_cert(args: argparse.Namespace) -> int:

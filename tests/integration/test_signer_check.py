@@ -112,3 +112,30 @@ def test_check_passes_without_listening_or_writing_the_log(demo: Demo, tmp_path:
     assert not (tmp_path / "s.sock").exists() and not (tmp_path / "a.sock").exists()
     # The directory is made (as a start would) but holds no record, checkpoint or probe.
     assert sorted(p.name for p in (tmp_path / "audit").iterdir()) == [".audit-check.lock"]
+
+
+def read_only_mount_works() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    r = subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30, check=False)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not read_only_mount_works(), reason="needs root and unshare --mount")
+def test_read_only_audit_parent_is_reported_as_cannot_create(demo: Demo, tmp_path: Path) -> None:
+    """What ProtectSystem=strict without StateDirectory= did to /var/lib/ocsp-signer/audit: the parent
+    is on a read-only mount (a private mount namespace here), so creating the directory fails."""
+    state = tmp_path / "state"  # stands for /var/lib
+    state.mkdir()
+    conf = config(demo, tmp_path, dir=str(state / "audit"))
+    bind_ro = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    results = [subprocess.run(["unshare", "--mount", "sh", "-c", bind_ro, str(state), tool("ocsp-signer"),
+                               "--config", str(conf), *extra], env=demo.env, capture_output=True, text=True,
+                              timeout=90, check=False) for extra in ((), ("--check",))]
+    for r in results:
+        assert r.returncode == 2, r.stdout + r.stderr
+    lines = [error_lines(conf, r.stderr) for r in results]
+    expected = (f"ocsp-signer: {conf}: audit.dir: audit log unusable: cannot create the audit directory "
+                f"{state / 'audit'}: Read-only file system (EROFS)")
+    assert lines[0] == lines[1] == [expected], lines
+    assert not (state / "audit").exists()
