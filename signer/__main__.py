@@ -15,7 +15,7 @@ import sys
 
 from shared.config import ConfigError
 from signer.config import SignerConfig, load_signer_config
-from signer.startup import check_plaintext_allowed  # noqa: F401  (its old home; tests import it here)
+from signer.startup import check_plaintext_allowed
 
 PROG = "ocsp-signer"
 log = logging.getLogger(PROG)
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         prepare_grpc_environment(tls=config.tls is not None)  # before grpc is imported
         from signer.service import run
 
+        if config.tls is None:
+            check_plaintext_allowed(config)  # (prepare checks it again) refused before warned about
+            log.warning("gRPC on %s is plaintext (no [tls] table: no mTLS)", config.listen.address)
         try:
             asyncio.run(run(config))
         finally:

@@ -63,21 +63,19 @@ class Prepared:
 def check_plaintext_allowed(config: SignerConfig) -> None:
     """Without a [tls] table gRPC is plaintext: only a unix socket or a loopback address may listen."""
     listen = config.listen
-    if config.tls is not None:
+    if listen.kind == "unix" or config.tls is not None:
         return
-    if listen.kind != "unix":
-        host = listen.host or ""
-        loopback = host == "localhost"
-        if not loopback:
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = False
-        if not loopback:
-            raise ConfigError(config.file, "listen.address",
-                              f"{listen.address} is not a loopback address; plaintext gRPC may only listen on "
-                              "unix: sockets or loopback (mTLS is not configured)")
-    log.warning("gRPC on %s is plaintext (no [tls] table: no mTLS)", listen.address)
+    host = listen.host or ""
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if not loopback:
+        raise ConfigError(config.file, "listen.address",
+                          f"{listen.address} is not a loopback address; plaintext gRPC may only listen on "
+                          "unix: sockets or loopback (mTLS is not configured)")
 
 
 def _check_host(config: SignerConfig, key: str, host: str, port: int) -> None:
