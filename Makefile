@@ -10,9 +10,13 @@ SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli go
 
 .PHONY: run test bench system venv softhsm proto check-proto clean
 
+# The demo's HTTP port (`make run PORT=8080`); the leaf certificates' OCSP URL names it, so another
+# port re-issues them.
+PORT ?= 2560
+
 run: venv softhsm
-	$(BIN)/ocspctl demo setup --dir $(VAR)/demo
-	$(BIN)/ocspctl demo serve --dir $(VAR)/demo
+	$(BIN)/ocspctl demo setup --dir $(VAR)/demo --http-port $(PORT)
+	$(BIN)/ocspctl demo serve --dir $(VAR)/demo --http-port $(PORT)
 
 test: venv softhsm
 	$(BIN)/python -m pytest -q tests

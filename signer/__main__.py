@@ -2,13 +2,13 @@
 
 Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passing --check; 2 for a configuration
 problem (printed as ``ocsp-signer: <file>: <key>: <message>``, before anything starts); 1 otherwise.
+--check runs every check a start runs (``signer.startup``), without listening or writing the audit log.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import signal
 import sys
@@ -16,42 +16,25 @@ import sys
 from shared import logsafe
 from shared.config import ConfigError
 from signer.config import SignerConfig, load_signer_config
+from signer.startup import check_plaintext_allowed
 
 PROG = "ocsp-signer"
 log = logging.getLogger(PROG)
 
 
-def check_plaintext_allowed(config: SignerConfig) -> None:
-    """Without a [tls] table gRPC is plaintext: only a unix socket or a loopback address may listen."""
-    listen = config.listen
-    if listen.kind == "unix" or config.tls is not None:
-        return
-    host = listen.host or ""
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-    if not loopback:
-        raise ConfigError(config.file, "listen.address",
-                          f"{listen.address} is not a loopback address; plaintext gRPC may only listen on "
-                          "unix: sockets or loopback (mTLS is not configured)")
-
-
 def _check(config: SignerConfig) -> None:
-    from signer.responders import load_responders
-    from signer.service import open_token
+    from shared.clock import SystemClock
+    from signer.startup import check
 
-    token = open_token(config)
-    try:
-        responders = load_responders(config, token)
-    finally:
-        token.close()
-    for r in responders:
+    ready = asyncio.run(check(config, SystemClock()))
+    for r in ready.responders:
         print(f"{r.name}: responder {r.fingerprint[:16]}… key {r.key_label!r} {r.algorithm.value}, "
               f"valid until {r.not_after:%Y-%m-%dT%H:%M:%SZ}")
-    print(f"{config.file}: OK ({len(responders)} responders, token {token.label!r})")
+    a = config.audit
+    print(f"audit: {a.dir} writable, writer {a.writer_id!r} ({ready.audit_records} records), "
+          f"key {a.key_label!r} {ready.audit_signer.algorithm.value}")
+    print(f"{config.file}: OK ({len(ready.responders)} responders, token "
+          f"{getattr(ready.token, 'label', '')!r})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         prog=PROG, description="OCSP signer: signs typed statuses in a PKCS#11 token")
     parser.add_argument("--config", required=True, help="path to signer.toml")
     parser.add_argument("--check", action="store_true",
-                        help="validate the config, log in to the token, check every responder key; then exit")
+                        help="run every start-up check (config, token login, every responder key and the "
+                             "audit key with a test signature, the audit log directory and lock, the "
+                             "addresses), then exit; binds nothing and writes no audit record")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"{PROG}: %(levelname)s: %(message)s")
     logsafe.install()  # names from outside (client certificates, Admin calls) cannot forge log lines
 
     try:
         config = load_signer_config(args.config)
-        check_plaintext_allowed(config)
         if args.check:
             _check(config)
             return 0
@@ -79,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from signer.service import run
 
         if config.tls is None:
+            check_plaintext_allowed(config)  # (prepare checks it again) refused before warned about
             log.warning("gRPC on %s is plaintext (no [tls] table: no mTLS)", config.listen.address)
         try:
             asyncio.run(run(config))

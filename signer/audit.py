@@ -101,10 +101,17 @@ class WriterBusy(AuditUnavailable):
 
 def _lock_writer(directory: Path, writer: str) -> int:
     """Take ``<dir>/.audit-<writer>.lock`` (flock, exclusive, non-blocking) for the log's life: two
-    processes appending to one chain would corrupt it. The kernel drops the lock when the process dies."""
-    directory.mkdir(parents=True, exist_ok=True)
+    processes appending to one chain would corrupt it. The kernel drops the lock when the process dies.
+    Raises AuditUnavailable when the directory or the lock file cannot be created (WriterBusy: taken)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AuditUnavailable(_os_reason(f"create the audit directory {directory}", e)) from None
     path = directory / f".audit-{writer}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as e:
+        raise AuditUnavailable(_os_reason(f"create the writer lock {path}", e)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -539,17 +546,21 @@ class AuditLog:
                    max_file_bytes, clock, executor, file_io or FileIO())
         self._group_window = max(0.0, group_window)
         loop = asyncio.get_running_loop()
+        unwritable: str | None = None
         try:
             try:
                 self._lock_fd = await loop.run_in_executor(self._io_executor, _lock_writer, self._dir, writer_id)
-            except PermissionError as e:  # a read-only directory: no write can happen before the lock is taken
-                log.warning("audit: %s; the writer lock is taken before the first write",
-                            _os_reason(f"create the writer lock in {directory}", e))
+            except WriterBusy:
+                raise
+            except AuditUnavailable as e:  # read-only or no permission: no write can happen before the lock is taken
+                unwritable = e.reason
+                log.warning("audit: %s; the writer lock is taken before the first write", e.reason)
             self._state = await loop.run_in_executor(self._io_executor, _scan, self._dir, writer_id)
         except OSError as e:
             self._release_lock()
             self._io_executor.shutdown(wait=False)
-            raise AuditUnavailable(_os_reason(f"read the audit log in {directory}", e)) from None
+            # A directory that could not be created cannot be read either: say what failed first.
+            raise AuditUnavailable(unwritable or _os_reason(f"read the audit log in {directory}", e)) from None
         except AuditUnavailable:
             self._release_lock()
             self._io_executor.shutdown(wait=False)
@@ -566,6 +577,27 @@ class AuditLog:
             tick = min(max(checkpoint_interval.total_seconds() / 4, 0.05), 60.0)
             self._ticker = loop.create_task(self._tick(tick))
         return self
+
+    async def check_writable(self) -> None:
+        """Raise AuditUnavailable (WriterBusy) unless the next write can happen: this writer's lock is
+        held (taken now if ``open`` could not), the directory accepts a new file, and the current file
+        opens for appending. Writes nothing to the log (the signer's start-up check)."""
+        await asyncio.get_running_loop().run_in_executor(self._io_executor, self._check_writable)
+
+    def _check_writable(self) -> None:
+        if self._lock_fd is None:
+            self._lock_fd = _lock_writer(self._dir, self._writer)
+        probe = self._dir / f".audit-{self._writer}.probe"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+            os.unlink(probe)
+        except OSError as e:
+            raise AuditUnavailable(_os_reason(f"create files in the audit directory {self._dir}", e)) from None
+        if self._state.path is not None:
+            try:
+                os.close(os.open(self._state.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+            except OSError as e:
+                raise AuditUnavailable(_os_reason(f"write the audit log {self._state.path}", e)) from None
 
     # -- public -------------------------------------------------------------------------------------
     @property
@@ -774,12 +806,18 @@ class AuditLog:
         if self._lock_fd is None and not self._closed:
             try:
                 self._lock_fd = _lock_writer(self._dir, self._writer)
+            except WriterBusy:
+                raise
+            except AuditUnavailable as e:
+                raise AuditUnavailable(f"cannot write the audit log {self._dir}: {e.reason}") from None
             except OSError as e:
                 raise AuditUnavailable(_os_reason(f"write the audit log {self._dir} (writer lock)", e)) from None
+        action = "write the audit log"
         try:
             for seg in segments:
                 where = seg.path
                 if seg.new:
+                    action = "create the audit log file"
                     self._close_fd()
                     self._dir.mkdir(parents=True, exist_ok=True)
                     self._fd = io.open(str(seg.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
@@ -788,6 +826,7 @@ class AuditLog:
                     self._close_fd()
                     self._fd = io.open(str(seg.path), os.O_WRONLY | os.O_APPEND)
                     self._fd_path = seg.path
+                action = "write the audit log"
                 done.append(seg)
                 data = memoryview(b"".join(seg.chunks))
                 while data:
@@ -801,7 +840,7 @@ class AuditLog:
                     finally:
                         os.close(dfd)
         except OSError as e:
-            reason = _os_reason(f"write the audit log {where}", e)
+            reason = _os_reason(f"{action} {where}", e)
             self._rollback(done)
             raise AuditUnavailable(reason) from None
 

@@ -7,7 +7,7 @@
     ocspctl pubkey       --token-label L --pin-file F --label KEY [--out FILE]
     ocspctl demo setup   --dir D [--http-port 2560] [--signer-address 127.0.0.1:50051] [--crl-refresh]
     ocspctl demo revoke  --dir D --ca rsa|ec --serial HEX [--reason keyCompromise]
-    ocspctl demo serve   --dir D
+    ocspctl demo serve   --dir D [--http-port N]
     ocspctl demo reissue-responder --dir D --ca rsa|ec [--rekey]
     ocspctl rotate       --ca NAME --cert FILE [--key-label LABEL] [--config signer.toml | --socket PATH]
 
@@ -15,6 +15,8 @@ PINs never appear on the command line: they come from a file (--pin-file) or an 
 variable (--pin-env), and reach softhsm2-util through a pseudo-terminal, not its argv.
 Private keys are generated inside the token and never leave it; CSRs are signed by the token.
 The demo CA keys are ordinary software keys: they belong to a demo CA, not to the responder.
+Every `demo` command uses the demo's own SoftHSM token store, recorded in D/softhsm2.conf
+(signer.demo_token), wherever it runs from.
 
 Exit status: 0 on success, 1 when the operation was refused or failed, 2 for a usage error.
 """
@@ -44,10 +46,12 @@ from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
 
-from signer.files import write_atomic
+from signer.demo_token import ocspctl_command
+from signer.files import write_atomic, write_problem
 
 PROG = "ocspctl"
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+DEFAULT_HTTP_PORT = 2560
 TIME_FMT = "%Y-%m-%d %H:%M:%SZ"
 
 
@@ -427,7 +431,10 @@ def install_certificate(token: Any, key_label: str, cert: Any, ca: Any, out: Pat
         raise CtlError("refusing the certificate:\n  - " + "\n  - ".join(problems))
     store_certificate(token, key_label, cert.public_bytes(Encoding.DER))
     if out is not None:
-        write_atomic(out, cert.public_bytes(Encoding.PEM))
+        try:
+            write_atomic(out, cert.public_bytes(Encoding.PEM))
+        except OSError as e:
+            raise CtlError(f"{write_problem(e, out)} (the certificate is stored in the token)") from None
 
 
 def cmd_install_cert(args: argparse.Namespace) -> int:
@@ -1003,8 +1010,8 @@ def _ensure_audit_key(token: Any, d: Path, log: list[str]) -> None:
     public = load_der_public_key(token.public_key(DEMO_AUDIT_LABEL))
     path = d / "audit-key.pem"
     if write_if_changed(path, public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)):
-        log.append(f"wrote {path} (verify the audit log with: ocspctl audit verify {d / 'audit'}/*.jsonl "
-                   f"--pubkey {path})")
+        log.append(f"wrote {path} (verify the audit log with: {ocspctl_command()} audit verify "
+                   f"{d / 'audit'}/*.jsonl --pubkey {path})")
 
 
 def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_refresh: bool) -> list[str]:
@@ -1012,7 +1019,16 @@ def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_re
     d.mkdir(parents=True, exist_ok=True)
     for sub in ("run", "etc/ca.d", *(s.dir_name for s in DEMO_CAS.values())):
         (d / sub).mkdir(parents=True, exist_ok=True)
+    from signer.demo_token import record_token_store
+
     new_pin = not (d / "token.pin").exists()
+    if (d / "audit-key.pem").exists() and DEMO_TOKEN not in softhsm_token_labels():
+        # Set up before, but its token is not in this store: making a new one would re-key the demo
+        # (new responder keys and audit key, and the audit log no longer verifies).
+        raise CtlError(f"{d} was set up with another SoftHSM token store: its token {DEMO_TOKEN!r} is not in "
+                       f"SOFTHSM2_CONF={os.environ.get('SOFTHSM2_CONF', '(not set: the system store)')}; run "
+                       "with the configuration it was made with (make: var/softhsm2.conf), or remove "
+                       f"{d} to start a new demo")
     pin = _ensure_pin_file(d / "token.pin", log)
     so_pin = _ensure_pin_file(d / "so.pin", log)
     if softhsm_init_token(DEMO_TOKEN, pin, so_pin):
@@ -1026,6 +1042,8 @@ def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_re
                        f"so its PIN is lost: remove the token's directory (SOFTHSM2_CONF="
                        f"{os.environ.get('SOFTHSM2_CONF', '?')} names it; with make: rm -rf var) and run again")
     token = open_token(module, DEMO_TOKEN, d / "token.pin", None)
+    if (recorded := record_token_store(d)) is not None:
+        log.append(recorded)
     now = utcnow()
     url = f"http://127.0.0.1:{http_port}/"
     try:
@@ -1054,9 +1072,24 @@ def _default_signer_address(d: Path) -> str:
     return "127.0.0.1:50051"  # TCP loopback with mTLS; a unix: address keeps plaintext
 
 
+def _current_settings(d: Path) -> tuple[int | None, str | None]:
+    """The HTTP port and signer address a demo directory is set up with (None: not set up)."""
+    port = address = None
+    try:
+        port = int(tomllib.loads((d / "etc" / "frontend.toml").read_text())["listen"]["port"])
+        address = str(tomllib.loads((d / "etc" / "signer.toml").read_text())["listen"]["address"])
+    except (OSError, KeyError, TypeError, ValueError, tomllib.TOMLDecodeError):
+        pass
+    return port, address
+
+
 def cmd_demo_setup(args: argparse.Namespace) -> int:
     d = args.dir.resolve()
-    address = args.signer_address or _default_signer_address(d)
+    # Without --http-port / --signer-address the demo keeps what it has: a change re-issues the leaf
+    # certificates (their AIA URL names the port) and rewrites the configs.
+    current_port, current_address = _current_settings(d)
+    args.http_port = args.http_port or current_port or DEFAULT_HTTP_PORT
+    address = args.signer_address or current_address or _default_signer_address(d)
     if address.startswith("unix:") and len(address.removeprefix("unix:").encode()) > 107:
         raise CtlError(f"the signer socket path {address} is longer than a unix socket allows (107 bytes); "
                        "use a shorter --dir or give --signer-address")
@@ -1070,7 +1103,7 @@ def cmd_demo_setup(args: argparse.Namespace) -> int:
         source = "index.txt" if spec.source == "index" else "crl.pem + issued.txt"
         say(f"  {spec.subject_cn}: {d / spec.dir_name} ({source}); leaves: " + ", ".join(DEMO_LEAVES))
     say(f"  configs in {d / 'etc'}; OCSP URL http://127.0.0.1:{args.http_port}/, signer at {address}")
-    say(f"next: {PROG} demo serve --dir {d}")
+    say(f"next: {ocspctl_command()} demo serve --dir {d}")
     return 0
 
 
@@ -1225,7 +1258,16 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
     signer_toml, frontend_toml = d / "etc" / "signer.toml", d / "etc" / "frontend.toml"
     signer_address = _read_toml(signer_toml)["listen"]["address"]
     listen = _read_toml(frontend_toml)["listen"]
-    host, port = listen.get("host", "127.0.0.1"), int(listen.get("port", 2560))
+    host, port = listen.get("host", "127.0.0.1"), int(listen.get("port", DEFAULT_HTTP_PORT))
+    if args.http_port is not None and args.http_port != port:
+        raise CtlError(f"{d} is set up for port {port}, not {args.http_port}; first run: {ocspctl_command()} "
+                       f"demo setup --dir {d} --http-port {args.http_port} (this re-issues the leaf "
+                       "certificates: their OCSP URL names the port)")
+    from signer.demo_ports import in_use_problem, serves
+
+    problem = in_use_problem(d, signer_address, host, port, f"{ocspctl_command()} demo setup --dir {d}")
+    if problem is not None:
+        raise CtlError(problem)
     bindir = Path(sys.executable).parent
 
     def program(name: str) -> str:
@@ -1245,20 +1287,27 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     children: list[Child] = []
     try:
+        # Ready: the child is alive, its address answers, and the listening socket is the child's own
+        # (another program on the same address cannot make it look ready).
         signer = Child("ocsp-signer", [program("ocsp-signer"), "--config", str(signer_toml)])
         children.append(signer)
-        _wait_ready(signer, lambda: signer_serving(signer_address, frontend_toml), args.timeout, stop)
+        _wait_ready(signer, lambda: signer_serving(signer_address, frontend_toml)
+                    and serves(signer.proc.pid, signer_address), args.timeout, stop)
         if not stop.is_set():
             frontend = Child("ocsp-frontend", [program("ocsp-frontend"), "--config", str(frontend_toml)])
             children.append(frontend)
-            _wait_ready(frontend, lambda: _http_healthy(host, port), args.timeout, stop)
+            _wait_ready(frontend, lambda: _http_healthy(host, port) and serves(frontend.proc.pid, f"{host}:{port}"),
+                        args.timeout, stop)
+        for child in children:
+            if child.exited() is not None:
+                raise CtlError(child.died_message())
         if not stop.is_set():
             url = f"http://{host}:{port}"
             say(f"ocsp-signer on {signer_address}, ocsp-frontend on {url}/ (Ctrl-C stops both)")
             say("try:")
             for line in _client_commands(d, url):
                 say(f"  {line}")
-            say(f"revoke while running: {PROG} demo revoke --dir {d} --ca ec --serial <HEX> "
+            say(f"revoke while running: {ocspctl_command()} demo revoke --dir {d} --ca ec --serial <HEX> "
                 "--reason superseded")
         while not stop.is_set():
             for child in children:
@@ -1271,6 +1320,18 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
     if received:
         say(f"stopped ({signal.Signals(received[0]).name})")
     return 0
+
+
+def _use_demo_token(d: Path, *, setup: bool) -> None:
+    """SOFTHSM2_CONF for this process and its children: the demo's own token store (signer.demo_token)."""
+    from signer.demo_token import DemoTokenError, use_demo_token
+
+    try:
+        note = use_demo_token(d, setup=setup)
+    except DemoTokenError as e:
+        raise CtlError(str(e)) from None
+    if note:
+        warn(note)
 
 
 # -- argument parsing --------------------------------------------------------------------------------
@@ -1321,9 +1382,11 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     p = demo.add_parser("setup", help="create (or complete) the demo PKI; idempotent")
     p.add_argument("--dir", type=Path, required=True, help="demo directory")
-    p.add_argument("--http-port", type=int, default=2560, help="frontend port, also in leaf AIA URLs (2560)")
+    p.add_argument("--http-port", type=int, help="frontend port, also in leaf AIA URLs (default: the demo's "
+                                                 f"current port; {DEFAULT_HTTP_PORT} for a new demo)")
     p.add_argument("--signer-address",
-                   help="signer gRPC address (default 127.0.0.1:50051, with mTLS; unix:PATH = plaintext)")
+                   help="signer gRPC address (default: the demo's current one; 127.0.0.1:50051, with mTLS, "
+                        "for a new demo; unix:PATH = plaintext)")
     p.add_argument("--module", default=DEFAULT_MODULE, help=f"PKCS#11 module (default {DEFAULT_MODULE})")
     p.add_argument("--crl-refresh", action="store_true", help="re-issue the EC CA's CRL even if still fresh")
     p.set_defaults(func=cmd_demo_setup)
@@ -1337,6 +1400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = demo.add_parser("serve", help="run ocsp-signer and ocsp-frontend on the demo PKI")
     p.add_argument("--dir", type=Path, required=True, help="demo directory")
+    p.add_argument("--http-port", type=int, help="refuse unless the demo is set up for this port")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each to be ready (30)")
     p.set_defaults(func=cmd_demo_serve)
 
@@ -1354,6 +1418,8 @@ def main(argv: list[str] | None = None) -> int:
         return audit_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "demo" and args.demo_command != "revoke":  # revoke needs no token
+            _use_demo_token(args.dir.resolve(), setup=args.demo_command == "setup")
         return int(args.func(args))
     except CtlError as e:
         print(f"{PROG}: {e}", file=sys.stderr, flush=True)

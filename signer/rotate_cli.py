@@ -134,7 +134,7 @@ def cmd_demo_reissue_responder(args: argparse.Namespace) -> int:
     ctl.say(f"serial: {cert.serial_number:X}, valid until {cert.not_valid_after_utc:{ctl.TIME_FMT}}, SHA-256 "
             f"{hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()}")
     key_opt = f" --key-label {label}" if args.rekey else ""
-    ctl.say(f"switch: {ctl.PROG} rotate --config {d / 'etc' / 'signer.toml'} --ca {spec.name} --cert {path}"
+    ctl.say(f"switch: {ctl.ocspctl_command()} rotate --config {d / 'etc' / 'signer.toml'} --ca {spec.name} --cert {path}"
             f"{key_opt}")
     return 0
 

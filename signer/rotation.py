@@ -46,7 +46,7 @@ from shared.clock import Clock
 from shared.config import ConfigError
 from shared.rpc import signer_pb2 as pb
 from signer.config import ResponderConfig, SignerConfig, load_signer_config
-from signer.files import check_private_directory, write_atomic
+from signer.files import check_private_directory, os_error_text, write_atomic, write_problem
 from signer.responders import Responder, ResponderSet, load_responder
 from signer.token import Token, TokenError
 
@@ -133,6 +133,18 @@ def candidate_problems(ca: x509.Certificate, cert: x509.Certificate, token_spki:
 
 
 # -- persisting an RPC rotation ----------------------------------------------------------------------
+
+
+def _not_writable(directory: Path) -> str:
+    """Why the signer may not create files in ``directory`` (os.access said no)."""
+    try:
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return (f"its directory {directory} is on a read-only file system (EROFS; under systemd, a path the "
+                "unit does not list in ReadWritePaths= or StateDirectory=)")
+    return f"its directory {directory} is not writable by the signer's user (EACCES)"
 
 
 def _toml_str(value: str) -> str:
@@ -368,10 +380,9 @@ class Rotator:
         for target in targets:
             if not os.access(target.parent, os.W_OK | os.X_OK):
                 raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"cannot write {target}: its directory {target.parent} is not writable by "
-                                    "the signer; nothing was written or switched (the running responder would "
-                                    "not survive a restart). Fix the permissions, or install the files "
-                                    "yourself and send SIGHUP")
+                                    f"cannot write {target}: {_not_writable(target.parent)}; nothing was written "
+                                    "or switched (the running responder would not survive a restart). Fix the "
+                                    "permissions, or install the files yourself and send SIGHUP")
             try:
                 check_private_directory(target.parent)
             except OSError as e:
@@ -383,7 +394,7 @@ class Rotator:
             write_atomic(cert_path, data, private_dir=True)
         except OSError as e:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"cannot write {e.filename or cert_path}: {e.strerror or e}; nothing was "
+                                f"{write_problem(e, cert_path)}; nothing was "
                                 "switched (the running responder would not survive a restart). Fix the "
                                 "permissions, or install the files yourself and send SIGHUP") from None
         notes.append(f"wrote the new responder certificate to {cert_path}")
@@ -391,7 +402,7 @@ class Rotator:
             try:
                 write_atomic(old.file, ca_text.encode(), private_dir=True)
             except OSError as e:
-                why = f"cannot write {e.filename or old.file}: {e.strerror or e}"
+                why = write_problem(e, old.file)
                 try:
                     if old_cert_bytes is None:
                         cert_path.unlink(missing_ok=True)
@@ -402,10 +413,10 @@ class Rotator:
                                  "(%s): %s now holds the NEW certificate while %s still names key %r; a "
                                  "restart or SIGHUP will refuse it until you put the old certificate back or "
                                  "set responder.key_label = %r there", old.name, why, cert_path,
-                                 e2.strerror or e2, cert_path, old.file, old.key_label, new.key_label)
+                                 os_error_text(e2), cert_path, old.file, old.key_label, new.key_label)
                     raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                         f"{why}; restoring the old certificate in {cert_path} failed too "
-                                        f"({e2.strerror or e2}): the files on disk are INCONSISTENT (new "
+                                        f"({os_error_text(e2)}): the files on disk are INCONSISTENT (new "
                                         f"certificate, old key_label {old.key_label!r}). Nothing was switched; "
                                         f"put the old certificate back or set responder.key_label = "
                                         f"{new.key_label!r} in {old.file}") from None

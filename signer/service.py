@@ -23,40 +23,20 @@ from shared.ocsp.response import build_response_data, signed_response
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from shared.rpc.metadata import REFUSED
-from signer.audit import (AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus,
-                          WriterBusy)
+from signer import startup
 from signer.admin import RotationRuntime
+from signer.audit import AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus
 from signer.config import SignerConfig
 from signer.policy import Policy, PolicyError
-from signer.responders import ResponderSet, load_responders
+from signer.responders import ResponderSet
 from signer.tls import add_port, transport_interceptors, transport_summary
-from signer.token import Pkcs11Token, Token, TokenError, read_pin
+from signer.token import Pkcs11Token, Token, TokenError
 
 log = logging.getLogger("ocsp-signer")
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight RPCs get to finish on SIGTERM/SIGINT
 MAX_MESSAGE_BYTES = 1 << 20  # a SignRequest of 1000 statuses is ~200 KB
 MAX_PING_STRIKES = 2  # gRPC's default, stated: too-early keepalive pings tolerated before GOAWAY
-
-
-def open_token(config: SignerConfig) -> Pkcs11Token:
-    """Read the PIN and log in. Blocking. Raises ConfigError naming the signer.toml key at fault."""
-    t = config.token
-    try:
-        pin = read_pin(t.pin_file, t.pin_env, consume=True)
-    except TokenError as e:
-        raise ConfigError(config.file, "token.pin_file" if t.pin_file else "token.pin_env", str(e)) from None
-    try:
-        return Pkcs11Token(t.module, pin=pin, token_label=t.label, token_serial=t.serial)
-    except TokenError as e:
-        msg = str(e)
-        if "PIN" in msg:
-            key = "token.pin_file" if t.pin_file else "token.pin_env"
-        elif "module" in msg:
-            key = "token.module"
-        else:
-            key = "token.label" if t.label is not None else "token.serial"
-        raise ConfigError(config.file, key, msg) from None
 
 
 def client_identity(context: grpc.aio.ServicerContext) -> str:
@@ -185,33 +165,11 @@ class SignerServer:
         await self.server.wait_for_termination()
 
 
-async def open_audit(config: SignerConfig, token: Token, clock: Clock, executor: ThreadPoolExecutor) -> AuditLog:
-    """Open (resume) this writer's audit chain, with checkpoints signed by the audit key in the token.
-
-    The signer does not start without it: invariant 3 (never sign unlogged) starts here.
-    """
-    a = config.audit
-    loop = asyncio.get_running_loop()
-    try:
-        checkpoint_signer = await loop.run_in_executor(executor, Pkcs11CheckpointSigner, token, a.key_label)
-    except TokenError as e:
-        raise ConfigError(config.file, "audit.key_label", str(e)) from None
-    except ValueError as e:  # algorithm_for_key: an unsupported key type
-        raise ConfigError(config.file, "audit.key_label", f"unusable audit key: {e}") from None
-    try:
-        audit = await AuditLog.open(a.dir, writer_id=a.writer_id, signer=checkpoint_signer,
-                                    checkpoint_every=a.checkpoint_every, checkpoint_interval=a.checkpoint_interval,
-                                    max_file_bytes=a.max_file_bytes, clock=clock, executor=executor,
-                                    group_window=a.group_window.total_seconds())
-        # A new log starts with a signed (genesis) checkpoint, and this also proves the directory
-        # is writable before the first request: records are then never without a signed anchor
-        # before them, and a verifier can tell "not yet checkpointed" from "checkpoints stripped".
-        await audit.checkpoint()
-        return audit
-    except WriterBusy as e:
-        raise ConfigError(config.file, "audit.writer_id", e.reason) from None
-    except AuditUnavailable as e:
-        raise ConfigError(config.file, "audit.dir", f"audit log unusable: {e.reason}") from None
+async def open_audit(config: SignerConfig, audit_signer: Pkcs11CheckpointSigner, clock: Clock,
+                     executor: ThreadPoolExecutor) -> AuditLog:
+    """Open this writer's audit chain for writing (signer.startup.open_audit). A module attribute that
+    ``serve`` looks up at each call, so the audit-off benchmark can replace it."""
+    return await startup.open_audit(config, audit_signer, clock, executor)
 
 
 def _bound_address(config: SignerConfig, port: int) -> str:
@@ -241,25 +199,24 @@ def server_options(config: SignerConfig) -> list[tuple[str, int]]:
 
 async def serve(config: SignerConfig, *, token: Token | None = None,
                 clock: Clock | None = None) -> tuple[SignerServer, str]:
-    """Log in (unless given a token), load the responders, start listening.
+    """Log in (unless given a token), run every start-up check (``signer.startup.prepare``, as
+    ``ocsp-signer --check`` does), open the audit log, start listening.
 
     Returns the server and the address it is bound to (the real port when the config asked for 0).
     Raises ConfigError for anything the operator must fix; nothing is left running then.
     """
     clock = clock or SystemClock()
-    loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11")
     owns_token = token is None
     try:
-        if token is None:
-            token = await loop.run_in_executor(executor, open_token, config)
-        responders = await loop.run_in_executor(executor, load_responders, config, token)
-        audit = await open_audit(config, token, clock, executor)
+        # Every start-up check, the same ones `ocsp-signer --check` runs; a token opened there is
+        # closed there when a check fails.
+        ready = await startup.prepare(config, token=token, clock=clock, executor=executor, open_log=open_audit)
     except BaseException:
-        if owns_token and token is not None and isinstance(token, Pkcs11Token):
-            token.close()
         executor.shutdown(wait=False)
         raise
+    token, responders, audit = ready.token, ready.responders, ready.audit
+    assert audit is not None
     for r in responders:
         now = clock.now()
         if not r.not_before <= now <= r.not_after:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -340,6 +341,32 @@ def test_install_cert_forged_signature(ctl: Ctl, installable: Installable) -> No
     assert "does not verify" in r.stderr
 
 
+def test_install_cert_reports_an_unwritable_out_path(ctl: Ctl, installable: Installable, tmp_path: Path) -> None:
+    """A certificate that cannot be written where --out says: a clear message and status 1, no traceback."""
+    ca, _, public_key = installable
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    cert_path = write_cert(tmp_path / "unwritable.pem", ca.issue(public_key))
+    root = os.geteuid() == 0
+    if root:  # root ignores modes: the immutable attribute stops it
+        if subprocess.run(["chattr", "+i", str(locked)], capture_output=True, check=False).returncode != 0:
+            pytest.skip("running as root and chattr +i is not available here")
+    else:
+        locked.chmod(0o555)
+    try:
+        r = ctl.run("install-cert", *ctl.token_args(), "--label", "inst", "--cert", str(cert_path),
+                    "--ca", str(ca.path), "--out", str(locked / "responder.pem"), check=False)
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        else:
+            locked.chmod(0o755)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    reason = "Operation not permitted (EPERM)" if root else "Permission denied (EACCES)"
+    assert r.stderr.strip() == f"ocspctl: cannot write {locked / 'responder.pem'}: {reason} (the certificate is " \
+                               "stored in the token)", r.stderr
+
+
 # -- demo setup ---------------------------------------------------------------------------------------------
 
 LAYOUT = [
@@ -590,7 +617,7 @@ def test_example_configs_load(demo_dir: tuple[Path, Ctl], tmp_path: Path) -> Non
                                                                                str(d / "token.pin")))
     example = (ROOT / "etc/ca.d/example.toml").read_text()
     for old, new in (("/etc/ocsp/example/ca.pem", d / "rsa-ca/ca.pem"),
-                     ("/etc/ocsp/example/responder.pem", d / "rsa-ca/responder.pem"),
+                     ("/var/lib/ocsp-signer/responders/example.pem", d / "rsa-ca/responder.pem"),
                      ("/var/lib/ocsp/example/index.txt", d / "rsa-ca/index.txt")):
         assert old in example
         example = example.replace(old, str(new))

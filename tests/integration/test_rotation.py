@@ -249,8 +249,14 @@ def test_rotation_under_load(stack: Stack) -> None:
     assert (stack.signer.proc.pid, stack.frontend.proc.pid) == pids  # type: ignore[union-attr]
     assert stack.signer.proc.poll() is None and stack.frontend.proc.poll() is None  # type: ignore[union-attr]
     assert rsa_label  # the renewal kept the key
-    # What is on disk is what runs: a restart would not roll back.
-    r = subprocess.run([tool("ocsp-signer"), "--config", str(stack.demo.path("etc", "signer.toml")), "--check"],
+    # What is on disk is what runs: a restart would not roll back. (--check runs every start-up check,
+    # so it gets sockets and an audit writer_id of its own: the running signer holds the demo's.)
+    conf = stack.demo.path("etc", "signer.toml")
+    text = conf.read_text().replace(str(stack.demo.path("run")), str(stack.demo.path("run", "check")))
+    (stack.demo.path("run", "check")).mkdir(exist_ok=True)
+    check_conf = stack.demo.path("etc", "signer-check.toml")
+    check_conf.write_text(text.replace('writer_id = "demo"', 'writer_id = "check"'))
+    r = subprocess.run([tool("ocsp-signer"), "--config", str(check_conf), "--check"],
                        env=stack.demo.env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert new_rsa2[:16] in r.stdout and new_ec[:16] in r.stdout, r.stdout

@@ -1,0 +1,267 @@
+"""What the signer checks before it serves, in one place: a start (``signer.service.serve``) and
+``ocsp-signer --check`` both run ``prepare``, so --check cannot say OK to a configuration the start
+refuses, and both print the same message for the same fault.
+
+In order, each failure a ``ConfigError`` naming the file and key:
+
+1. the plaintext rule (no [tls] table: unix socket or loopback only) and the addresses: the listen
+   and metrics hosts resolve, the listen and admin socket paths can be created and are not served by
+   another process;
+2. token login (PIN, module, token);
+3. every responder: the token key matches its certificate and signs a probe that verifies;
+4. the audit key: present, of a supported type, signs a probe that verifies with its public key;
+5. the audit log: directory created if missing and accepting new files, the current file
+   appendable, this writer_id's lock free, the existing chain readable, the checkpoint policy valid.
+
+--check stops there: it binds no port and writes no audit record. A start then opens the log for
+writing (a signed checkpoint) and listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from shared.clock import Clock
+from shared.config import ConfigError
+from signer.audit import AuditLog, AuditUnavailable, Pkcs11CheckpointSigner, WriterBusy
+from signer.config import SignerConfig
+from signer.responders import ResponderSet, load_responders, signature_verifies
+from signer.token import Pkcs11Token, Token, TokenError, read_pin
+
+log = logging.getLogger("ocsp-signer")
+
+# Signed with the audit key at start and by --check, verified against its public key.
+AUDIT_PROBE = b"ocsp-signer: can the audit key sign checkpoints?"
+
+OpenLog = Callable[[SignerConfig, Pkcs11CheckpointSigner, Clock, Executor], Awaitable[AuditLog]]
+
+
+@dataclass
+class Prepared:
+    token: Token
+    responders: ResponderSet
+    audit_signer: Pkcs11CheckpointSigner
+    audit: AuditLog | None  # None for --check
+    audit_records: int  # records already in this writer's chain
+
+
+# -- no token needed ----------------------------------------------------------------------------------
+
+
+def check_plaintext_allowed(config: SignerConfig) -> None:
+    """Without a [tls] table gRPC is plaintext: only a unix socket or a loopback address may listen."""
+    listen = config.listen
+    if listen.kind == "unix" or config.tls is not None:
+        return
+    host = listen.host or ""
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if not loopback:
+        raise ConfigError(config.file, "listen.address",
+                          f"{listen.address} is not a loopback address; plaintext gRPC may only listen on "
+                          "unix: sockets or loopback (mTLS is not configured)")
+
+
+def _check_host(config: SignerConfig, key: str, host: str, port: int) -> None:
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(config.file, key, f"cannot resolve {host!r}: {e.strerror or e}") from None
+
+
+def _check_socket_path(config: SignerConfig, key: str, path: Path) -> None:
+    """A unix socket the signer will create at ``path``: its directory accepts it, and whatever is
+    there is a stale socket (gRPC replaces a socket file; a live one would be taken from its server)."""
+    directory = path.parent
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(config.file, key, f"cannot create the socket {path}: its directory {directory} is "
+                                            "not writable by this user")
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ConfigError(config.file, key, f"cannot create the socket {path}: {e.strerror or e}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(config.file, key, f"cannot create the socket {path}: something that is not a socket "
+                                            "is in the way")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return  # nobody listens: a socket left by a process that is gone
+    raise ConfigError(config.file, key, f"another process is listening on {path} (another signer?)")
+
+
+def check_config(config: SignerConfig) -> None:
+    """The checks that need no token: plaintext rule, listen / admin / metrics addresses."""
+    check_plaintext_allowed(config)
+    listen = config.listen
+    if listen.kind == "unix":
+        assert listen.path is not None
+        _check_socket_path(config, "listen.address", listen.path)
+    else:
+        _check_host(config, "listen.address", listen.host or "", listen.port or 0)
+    if config.admin.socket is not None:
+        _check_socket_path(config, "admin.socket", config.admin.socket)
+    if config.metrics.address is not None:
+        host, _, port = config.metrics.address.rpartition(":")
+        _check_host(config, "metrics.address", host.strip("[]"), int(port))
+
+
+# -- the token ---------------------------------------------------------------------------------------
+
+
+def open_token(config: SignerConfig) -> Pkcs11Token:
+    """Read the PIN and log in. Blocking. Raises ConfigError naming the signer.toml key at fault."""
+    t = config.token
+    try:
+        pin = read_pin(t.pin_file, t.pin_env, consume=True)
+    except TokenError as e:
+        raise ConfigError(config.file, "token.pin_file" if t.pin_file else "token.pin_env", str(e)) from None
+    try:
+        return Pkcs11Token(t.module, pin=pin, token_label=t.label, token_serial=t.serial)
+    except TokenError as e:
+        msg = str(e)
+        if "PIN" in msg:
+            key = "token.pin_file" if t.pin_file else "token.pin_env"
+        elif "module" in msg:
+            key = "token.module"
+        else:
+            key = "token.label" if t.label is not None else "token.serial"
+        raise ConfigError(config.file, key, msg) from None
+
+
+def load_audit_key(config: SignerConfig, token: Token) -> Pkcs11CheckpointSigner:
+    """The audit key in the token, proven usable by a probe signature. Blocking (token calls)."""
+    label = config.audit.key_label
+    try:
+        signer = Pkcs11CheckpointSigner(token, label)
+    except TokenError as e:
+        raise ConfigError(config.file, "audit.key_label", str(e)) from None
+    except ValueError as e:  # algorithm_for_key: an unsupported key type
+        raise ConfigError(config.file, "audit.key_label", f"unusable audit key: {e}") from None
+    try:
+        signature = signer.sign(AUDIT_PROBE)
+    except TokenError as e:
+        raise ConfigError(config.file, "audit.key_label",
+                          f"cannot sign with the token's private key {label!r}: {e}") from None
+    if not signature_verifies(load_der_public_key(signer.public_key_spki), signer.algorithm, signature,
+                              AUDIT_PROBE):
+        raise ConfigError(config.file, "audit.key_label",
+                          f"the token's private key {label!r} is not the pair of its public key: a test "
+                          "signature does not verify, so no checkpoint would")
+    return signer
+
+
+# -- the audit log -----------------------------------------------------------------------------------
+
+
+async def _open_audit(config: SignerConfig, audit_signer: Pkcs11CheckpointSigner, clock: Clock,
+                      executor: Executor, open_log: OpenLog | None) -> tuple[AuditLog | None, int]:
+    a = config.audit
+    try:
+        if open_log is not None:
+            audit = await open_log(config, audit_signer, clock, executor)
+            return audit, audit.size
+        # --check: the same directory, lock and chain checks, without a checkpoint signer (so nothing
+        # is written), then released.
+        probe = await AuditLog.open(a.dir, writer_id=a.writer_id, signer=None,
+                                    checkpoint_every=a.checkpoint_every, checkpoint_interval=a.checkpoint_interval,
+                                    max_file_bytes=a.max_file_bytes, clock=clock, executor=executor)
+        try:
+            await probe.check_writable()
+            return None, probe.size
+        finally:
+            await probe.close()
+    except WriterBusy as e:
+        raise ConfigError(config.file, "audit.writer_id", e.reason) from None
+    except AuditUnavailable as e:
+        raise ConfigError(config.file, "audit.dir", f"audit log unusable: {e.reason}") from None
+    except ValueError as e:  # the checkpoint policy (the config's bounds should have caught it)
+        raise ConfigError(config.file, "audit.checkpoint_every", str(e)) from None
+
+
+async def open_audit(config: SignerConfig, audit_signer: Pkcs11CheckpointSigner, clock: Clock,
+                     executor: Executor) -> AuditLog:
+    """Open (resume) this writer's audit chain for writing, with checkpoints signed by the audit key.
+
+    The signer does not start without it: never signing unlogged starts here. Raises WriterBusy or
+    AuditUnavailable (``prepare`` turns them into ConfigErrors).
+    """
+    a = config.audit
+    audit = await AuditLog.open(a.dir, writer_id=a.writer_id, signer=audit_signer,
+                                checkpoint_every=a.checkpoint_every, checkpoint_interval=a.checkpoint_interval,
+                                max_file_bytes=a.max_file_bytes, clock=clock, executor=executor,
+                                group_window=a.group_window.total_seconds())
+    try:
+        await audit.check_writable()  # the check --check makes, so both report a fault alike
+        # A new log starts with a signed (genesis) checkpoint: records are then never without a signed
+        # anchor before them, and a verifier can tell "not yet checkpointed" from "checkpoints stripped".
+        await audit.checkpoint()
+    except BaseException:
+        with contextlib.suppress(AuditUnavailable):  # its final checkpoint fails like the rest did
+            await audit.close()
+        raise
+    return audit
+
+
+# -- all of it ---------------------------------------------------------------------------------------
+
+
+async def prepare(config: SignerConfig, *, token: Token | None, clock: Clock, executor: Executor,
+                  open_log: OpenLog | None) -> Prepared:
+    """Run every start-up check (module docstring). ``token``: a logged-in token to use (tests), else
+    log in here; a token opened here is closed again when a check fails. ``executor``: the one thread
+    token calls run on. ``open_log``: how a start opens the audit log for writing (``open_audit``);
+    None for --check, which only probes it.
+
+    Raises ConfigError for anything the operator must fix.
+    """
+    check_config(config)
+    loop = asyncio.get_running_loop()
+    owned = None
+    if token is None:
+        token = owned = await loop.run_in_executor(executor, open_token, config)
+    try:
+        responders = await loop.run_in_executor(executor, load_responders, config, token)
+        audit_signer = await loop.run_in_executor(executor, load_audit_key, config, token)
+        audit, records = await _open_audit(config, audit_signer, clock, executor, open_log)
+    except BaseException:
+        if owned is not None:
+            await loop.run_in_executor(executor, owned.close)
+        raise
+    return Prepared(token=token, responders=responders, audit_signer=audit_signer, audit=audit,
+                    audit_records=records)
+
+
+async def check(config: SignerConfig, clock: Clock) -> Prepared:
+    """``ocsp-signer --check``: every start-up check, then log out. Binds nothing, writes no record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11")
+    try:
+        prepared = await prepare(config, token=None, clock=clock, executor=executor, open_log=None)
+        token = prepared.token
+        if isinstance(token, Pkcs11Token):
+            await asyncio.get_running_loop().run_in_executor(executor, token.close)
+        return prepared
+    finally:
+        executor.shutdown(wait=True)
