@@ -146,6 +146,17 @@ def test_mixed_issuers_unauthorized(demo: Demo, frontend: Process) -> None:
     assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
 
 
+@pytest.mark.parametrize("served", ["rsa-ca", "ec-ca"])
+def test_served_then_unserved_issuer_unauthorized(demo: Demo, frontend: Process, served: str) -> None:
+    """A served CA's certificate first, then one whose issuer is served by nobody (a leaf posing as its
+    own issuer): unauthorized from the whole stack, never an answer signed by the first CA's responder."""
+    stranger = leaf(demo, "rsa-ca", "revoked")
+    pairs = [(leaf(demo, served, "good"), ca_cert(demo, served)), (stranger, stranger)]
+    status, headers, body = post(demo.http_port, build_multi_request(pairs, nonce=random_nonce()))
+    assert status == 200
+    assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
+
+
 def test_unknown_issuer_unauthorized(demo: Demo, frontend: Process) -> None:
     # A CA the responder does not serve: the leaf's own certificate posing as issuer.
     cert = leaf(demo, "rsa-ca", "good")

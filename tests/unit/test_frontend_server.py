@@ -313,6 +313,20 @@ def test_unknown_issuer_and_mixed_cas_unauthorized(env: Env) -> None:
     assert len(env.signer.calls) == 1
 
 
+def test_served_then_unserved_issuer_unauthorized(env: Env) -> None:
+    """The second CertID names a CA this responder does not serve: unauthorized, nothing signed (the
+    first CertID's CA must not answer for it)."""
+    from asn1crypto import ocsp as aocsp
+
+    served = aocsp.OCSPRequest.load(env.request(env.a, 0x100))["tbs_request"]["request_list"][0]
+    unserved = aocsp.OCSPRequest.load(env.request(env.other, 0x100))["tbs_request"]["request_list"][0]
+    for order in ([served, unserved], [served, served, unserved]):
+        der = aocsp.OCSPRequest({"tbs_request": {"request_list": order}}).dump()
+        code, headers, body = env.post(der)
+        assert (code, body) == (200, UNAUTHORIZED)
+    assert env.signer.calls == []
+
+
 @pytest.mark.parametrize("error,expected", [(TryLater("down"), TRY_LATER), (RuntimeError("bug"), INTERNAL),
                                             (OCSPError("x"), INTERNAL)])
 def test_signer_errors(env: Env, error: BaseException, expected: bytes) -> None:

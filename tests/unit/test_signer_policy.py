@@ -110,6 +110,9 @@ CASES: list[Case] = [
     ("nonce-128", lambda: request(nonce=b"\x04\x81\x80" + b"\x07" * 128), OK, ""),
     # issuers
     ("unconfigured-issuer", lambda: request(good(cert_id=cert_id(issuer=b"\xcc"))), DENIED, "not configured"),
+    # A served issuer first, then one this signer does not serve: never signed under the first's key.
+    ("served-then-unconfigured", lambda: request(good(), good(cert_id=cert_id(issuer=b"\xcc"))),
+     DENIED, "responses[1].cert_id: this signer is not configured"),
     ("two-responders", lambda: request(good(), good(cert_id=cert_id(issuer=b"\xbb"))),
      DENIED, "one responder"),
     # counts
