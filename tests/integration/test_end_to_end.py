@@ -234,16 +234,38 @@ def test_crl_replaced_while_running(demo: Demo, frontend: Process) -> None:
 
 
 def test_broken_crl_keeps_last_good(demo: Demo, frontend: Process) -> None:
+    """A newer CRL that no longer lists the revoked leaf, but is not signed by the CA, must not be
+    installed: had it been, the leaf would answer good. Nonces keep every answer out of the cache, and
+    the test waits for the frontend to say it refused the file."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     crl_path = demo.path("ec-ca", "crl.pem")
     good_crl = crl_path.read_bytes()
-    der = build_request(leaf(demo, "ec-ca", "revoked"), ca_cert(demo, "ec-ca"))
+    current = x509.load_pem_x509_crl(good_crl)
+    number = current.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    later = current.last_update_utc + dt.timedelta(seconds=1)  # newer, so only the signature is wrong
+    forged = (x509.CertificateRevocationListBuilder()
+              .issuer_name(current.issuer)
+              .last_update(later)
+              .next_update(later + dt.timedelta(days=1))
+              .add_extension(x509.CRLNumber(number + 1), critical=False)
+              .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))  # not the CA's key
+
+    def status() -> ocsp.OCSPCertStatus:
+        der = build_request(leaf(demo, "ec-ca", "revoked"), ca_cert(demo, "ec-ca"), nonce=random_nonce())
+        return ocsp.load_der_ocsp_response(post(demo.http_port, der)[2]).certificate_status
+
+    assert status() == ocsp.OCSPCertStatus.REVOKED
+    before = len(frontend.log.read_bytes())
     try:
-        crl_path.write_bytes(good_crl.replace(b"A", b"B", 3))  # corrupt: signature no longer verifies
+        crl_path.write_bytes(forged.public_bytes(serialization.Encoding.PEM))
         frontend.signal(signal.SIGHUP)
-        # The frontend must keep answering from the last good CRL: still revoked, never good.
-        for _ in range(20):
-            resp = ocsp.load_der_ocsp_response(post(demo.http_port, der)[2])
-            assert resp.certificate_status == ocsp.OCSPCertStatus.REVOKED
+        wait_until(lambda: b"signature does not verify" in frontend.log.read_bytes()[before:], 20,
+                   "the frontend to refuse the forged CRL")
+        # The frontend keeps answering from the last good CRL: still revoked, never good.
+        for _ in range(5):
+            assert status() == ocsp.OCSPCertStatus.REVOKED
     finally:
         crl_path.write_bytes(good_crl)
         frontend.signal(signal.SIGHUP)
