@@ -213,10 +213,16 @@ def test_future_this_update_refused(tmp_path: Path, ca: TestCA) -> None:
     asyncio.run(go())
 
 
-def test_remove_from_crl_does_not_undo_a_revocation(tmp_path: Path, ca: TestCA) -> None:
-    crl = ca.crl([(0x30, NOW, x509.ReasonFlags.remove_from_crl, None), (0x30, NOW, KC, None)])
-    src = source(tmp_path, ca, crl, "unknown")
-    assert src.current().status(0x30).status is CertStatus.REVOKED
+@pytest.mark.parametrize("order", ["release-first", "revocation-first"])
+def test_remove_from_crl_does_not_undo_a_revocation(tmp_path: Path, ca: TestCA, order: str) -> None:
+    """Whichever comes first in the CRL, a revoking entry for the serial wins over removeFromCRL."""
+    entries = [(0x30, NOW, x509.ReasonFlags.remove_from_crl, None), (0x30, NOW, KC, None)]
+    if order == "revocation-first":
+        entries.reverse()
+    src = source(tmp_path, ca, ca.crl(entries), "unknown")
+    info = src.current().status(0x30)
+    assert info.status is CertStatus.REVOKED
+    assert info.revocation is not None and info.revocation.reason is RevocationReason.KEY_COMPROMISE
 
 
 # -- an issued-serials list cut short never replaces good data (issue 6.2) ---------------------------
