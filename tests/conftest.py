@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,3 +83,42 @@ def go_ocsp(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return go.build(tmp_path_factory.mktemp("go"))
     except RuntimeError as e:
         pytest.fail(str(e))
+
+
+# -- making a path unwritable, for fail-closed tests ------------------------------------------------
+
+def _chattr(flag: str, path: Path) -> None:
+    subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def make_unwritable() -> Iterator[Callable[[Path], Callable[[], None]]]:
+    """chmod for ordinary users; root ignores modes, so root gets the immutable attribute."""
+    undo: list[Callable[[], None]] = []
+
+    def lock(path: Path) -> Callable[[], None]:
+        if os.geteuid() != 0:
+            mode = path.stat().st_mode
+            path.chmod(0o555 if path.is_dir() else 0o444)
+
+            def restore() -> None:
+                path.chmod(mode)
+        else:
+            if shutil.which("chattr") is None:
+                pytest.skip("running as root without chattr: cannot make a path unwritable")
+            try:
+                _chattr("+i", path)
+            except subprocess.CalledProcessError:
+                pytest.skip("running as root and chattr +i is not permitted here")
+
+            def restore() -> None:
+                _chattr("-i", path)
+        undo.append(restore)
+        return restore
+
+    yield lock
+    for restore in undo:
+        try:
+            restore()
+        except Exception:
+            pass

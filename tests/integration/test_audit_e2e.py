@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,17 +72,16 @@ def test_audit_verify_accepts_the_log_and_catches_an_edit(demo: Demo, frontend: 
     assert target.name in bad.stdout + bad.stderr
 
 
-@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr to make the log unwritable as root")
-def test_unwritable_log_means_try_later(demo: Demo, frontend: Process) -> None:
+def test_unwritable_log_means_try_later(demo: Demo, frontend: Process,
+                                       make_unwritable: Callable[[Path], Callable[[], None]]) -> None:
     ask_fresh(demo)
     newest = log_files(demo)[-1]
-    if subprocess.run(["chattr", "+i", str(newest)], capture_output=True).returncode != 0:
-        pytest.skip("chattr +i not supported here")
+    unlock = make_unwritable(newest)
     try:
         resp, _ = ask_fresh(demo)
         assert resp.response_status == ocsp.OCSPResponseStatus.TRY_LATER
     finally:
-        subprocess.run(["chattr", "-i", str(newest)], check=True)
+        unlock()
 
     def signs_again() -> bool:
         return ask_fresh(demo)[0].response_status == ocsp.OCSPResponseStatus.SUCCESSFUL

@@ -10,12 +10,11 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,8 +25,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from shared.audit.checkpoint import open_checkpoint, parse_checkpoint, parse_note, sign_note
 from shared.audit.merkle import leaf_hash
 from shared.clock import FakeClock
-from signer.audit import (AuditLog, AuditRecord, AuditUnavailable, FileIO, Report, SignedStatus, origin_for,
-                          show, verify)
+from signer.audit import (
+    AuditLog,
+    AuditRecord,
+    AuditUnavailable,
+    FileIO,
+    Report,
+    SignedStatus,
+    origin_for,
+    show,
+    verify,
+)
 from signer.audit_cli import audit_main
 from signer.mechanisms import SignatureAlgorithm
 
@@ -421,43 +429,6 @@ def test_garbage_and_duplicate_keys(log_file: Path) -> None:
 
 
 # -- fail closed -------------------------------------------------------------------------------------
-
-def _chattr(flag: str, path: Path) -> None:
-    subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
-
-
-@pytest.fixture
-def make_unwritable() -> Iterator[Callable[[Path], Callable[[], None]]]:
-    """chmod for ordinary users; root ignores modes, so root gets the immutable attribute."""
-    undo: list[Callable[[], None]] = []
-
-    def lock(path: Path) -> Callable[[], None]:
-        if os.geteuid() != 0:
-            mode = path.stat().st_mode
-            path.chmod(0o555 if path.is_dir() else 0o444)
-
-            def restore() -> None:
-                path.chmod(mode)
-        else:
-            if shutil.which("chattr") is None:
-                pytest.skip("running as root without chattr: cannot make a path unwritable")
-            try:
-                _chattr("+i", path)
-            except subprocess.CalledProcessError:
-                pytest.skip("running as root and chattr +i is not permitted here")
-
-            def restore() -> None:
-                _chattr("-i", path)
-        undo.append(restore)
-        return restore
-
-    yield lock
-    for restore in undo:
-        try:
-            restore()
-        except Exception:
-            pass
-
 
 def test_read_only_directory(tmp_path: Path, make_unwritable: Callable[[Path], Callable[[], None]]) -> None:
     async def go() -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -70,8 +69,8 @@ def test_every_signature_is_logged_and_verifies(tmp_path: Path) -> None:
         ca.responder_cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr to make the log unwritable as root")
-def test_unwritable_log_refuses_to_sign_then_recovers(tmp_path: Path) -> None:
+def test_unwritable_log_refuses_to_sign_then_recovers(
+        tmp_path: Path, make_unwritable: Callable[[Path], Callable[[], None]]) -> None:
     ca = make_ca("alpha")
     conf = write_setup(tmp_path, [ca])
     token = token_for(ca)
@@ -84,14 +83,13 @@ def test_unwritable_log_refuses_to_sign_then_recovers(tmp_path: Path) -> None:
                 req = pb.SignRequest(request_id="x", responses=[status(ca.cert_id(9))])
                 await stub.Sign(req)
                 [log_file] = audit_files(conf)
-                if subprocess.run(["chattr", "+i", str(log_file)], capture_output=True).returncode != 0:
-                    pytest.skip("chattr +i not supported on this filesystem")
+                unlock = make_unwritable(log_file)
                 try:
                     details = await expect_error(stub.Sign(req), grpc.StatusCode.UNAVAILABLE, "audit log")
                     assert "not writable" in details
                     await expect_error(stub.Sign(req), grpc.StatusCode.UNAVAILABLE, "audit log")
                 finally:
-                    subprocess.run(["chattr", "-i", str(log_file)], check=True)
+                    unlock()
                 reply = await stub.Sign(req)  # writable again: signs again
                 assert reply.ocsp_response
         finally:
