@@ -15,10 +15,11 @@ answered and the connection closed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any
 
 import httptools
 
@@ -110,30 +111,140 @@ _MAX_PIPELINE = 32
 MAX_RUNNING = 8  # answers of one connection being worked on (signed) at the same time
 _FEED_SLICE = 16384  # bytes handed to the parser at once (see data_received)
 LINGER = 2.0  # seconds a closing connection keeps draining the client's input
+# Connections past a cap that are still being told so (503, then a lingering close). Beyond this
+# many at once, further ones are reset without an answer: refusing must stay cheaper than serving.
+MAX_REFUSING = 128
+RETRY_AFTER = 1  # seconds, in the 503 past a connection cap
 
 
-class ConnectionHost(Protocol):
-    """What a connection needs from the server that accepted it."""
+def client_key(peer: Any) -> str:
+    """Who a connection counts against for the per-client bounds: its IPv4 address, or the /64 of
+    its IPv6 address (one host or site usually holds a whole /64). IPv4-mapped IPv6 is IPv4."""
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        host = peer[0]
+        try:
+            addr = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return host
+        if isinstance(addr, ipaddress.IPv6Address):
+            if addr.ipv4_mapped is not None:
+                return str(addr.ipv4_mapped)
+            return str(ipaddress.IPv6Network((addr, 64), strict=False))
+        return str(addr)
+    return ""  # a unix socket, or a peer already gone
 
-    listen: ListenConfig
-    loop: asyncio.AbstractEventLoop
-    connections: set[Any]
-    max_url: int
-    max_head: int
+
+class _Client:
+    """The connections and in-flight answers of one client address."""
+
+    __slots__ = ("connections", "key", "slots")
+
+    def __init__(self, key: str, inflight: int) -> None:
+        self.key = key
+        self.connections = 0
+        self.slots = asyncio.Semaphore(inflight) if inflight > 0 else None
+
+
+class ConnectionPool:
+    """Every open connection, admission against listen.max_connections and
+    listen.max_connections_per_client, per-client in-flight slots, and the deadline sweep."""
+
+    def __init__(self, listen: ListenConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.listen = listen
+        self.loop = loop
+        self.open: set[HttpConnection] = set()
+        self.refusing: set[HttpConnection] = set()
+        self.clients: dict[str, _Client] = {}
+        self.refused = 0  # connections refused since start (for logs and tests)
+        # A GET target may carry up to max_request_bytes of DER, base64'd and percent-encoded.
+        self.max_url = 4 * listen.max_request_bytes + len(listen.path_prefix) + 1024
+        # Request line + header block: more raw bytes than this before the end of the head is a 431.
+        self.max_head = listen.max_header_bytes + self.max_url
+        self._ratelog = RateLimitedLog(log)
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    def admit(self, conn: HttpConnection, peer: Any) -> _Client | None:
+        """Count ``conn`` in, or None when a cap is reached (the caller refuses it)."""
+        listen = self.listen
+        key = client_key(peer)
+        client = self.clients.get(key)
+        if len(self.open) >= listen.max_connections:
+            what = f"listen.max_connections ({listen.max_connections})"
+        elif (client is not None and listen.max_connections_per_client
+              and client.connections >= listen.max_connections_per_client):
+            what = f"listen.max_connections_per_client ({listen.max_connections_per_client}) for {key}"
+        else:
+            if client is None:
+                client = self.clients[key] = _Client(key, listen.max_inflight_per_client)
+            client.connections += 1
+            self.open.add(conn)
+            return client
+        self.refused += 1
+        self._ratelog(logging.WARNING, "refused", "refusing connections: %s reached (%d refused so far)",
+                      what, self.refused)
+        return None
+
+    def release(self, conn: HttpConnection, client: _Client | None) -> None:
+        self.open.discard(conn)
+        self.refusing.discard(conn)
+        if client is not None:
+            client.connections -= 1
+            if client.connections <= 0 and self.clients.get(client.key) is client:
+                del self.clients[client.key]
+
+    def sweep(self, now: float) -> None:
+        for conn in [*self.open, *self.refusing]:
+            conn.check_deadline(now)
+
+
+class _WorkSlot:
+    """``async with``: one of the connection's MAX_RUNNING slots, then one of its client's."""
+
+    __slots__ = ("client", "conn")
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self.conn = conn
+        self.client: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> None:
+        conn = self.conn
+        running = conn.running
+        if running is None:
+            running = conn.running = asyncio.Semaphore(MAX_RUNNING)
+        await running.acquire()
+        client = conn.client.slots if conn.client is not None else None
+        if client is not None:
+            try:
+                await client.acquire()
+            except BaseException:
+                running.release()
+                raise
+            self.client = client
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.release()
+        assert self.conn.running is not None
+        self.conn.running.release()
 
 
 class HttpConnection(asyncio.Protocol):
     """One client connection; a subclass implements ``_dispatch`` and ``failed_answer``."""
 
-    def __init__(self, server: ConnectionHost) -> None:
-        self.server = server
-        self.loop = server.loop
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.listen = pool.listen
+        self.loop = pool.loop
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.client: _Client | None = None  # None until admitted (and for a refused connection)
         self.queue: deque[tuple[bytes | asyncio.Task[bytes], bool]] = deque()
         self.drainer: asyncio.Task[None] | None = None
         # One read can hold hundreds of pipelined requests: each gets its task (answers stay in
-        # order), but at most MAX_RUNNING of them run (and call the signer) at once.
+        # order), but at most MAX_RUNNING of them run (and call the signer) at once, and at most
+        # listen.max_inflight_per_client of all its client's connections together.
         self.running: asyncio.Semaphore | None = None
         self.closing = False
         self.paused = False
@@ -158,11 +269,27 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server.connections.add(self)
-        self.deadline = self.loop.time() + self.server.listen.idle_timeout
+        self.client = self.pool.admit(self, transport.get_extra_info("peername"))
+        if self.client is None:
+            self._refuse(self.transport)
+            return
+        self.deadline = self.loop.time() + self.listen.idle_timeout
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        """Past a connection cap: a short 503 and a lingering close, or at once a reset when too many
+        refused connections are still lingering."""
+        self.closing = True
+        if len(self.pool.refusing) >= MAX_REFUSING:
+            transport.abort()
+            return
+        self.pool.refusing.add(self)
+        transport.write(plain(503, "too many connections, retry later\n", close=True,
+                              extra=b"Retry-After: %d\r\n" % RETRY_AFTER))
+        self._linger_close(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.pool.release(self, self.client)
+        self.client = None
         self.closing = True
         for item, _ in self.queue:
             if isinstance(item, asyncio.Task):
@@ -182,9 +309,9 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
-            return
-        if not self.in_message:
-            self.deadline = self.loop.time() + self.server.listen.request_timeout
+            return  # lingering (or refused): the input is read and dropped
+        # The deadline moves only when a message begins or is answered, never for bytes as such:
+        # empty lines between messages (which llhttp skips) must not keep a connection open.
         try:
             # httptools collects a header name or value itself and calls on_header only once it is
             # complete, so on_header's count alone would let one endless header value through (and
@@ -198,7 +325,7 @@ class HttpConnection(asyncio.Protocol):
                 if self.headers_done:
                     take = _FEED_SLICE
                 else:
-                    room = self.server.max_head - self.head_raw
+                    room = self.pool.max_head - self.head_raw
                     if room <= 0:
                         self._fail(431, "request headers too large\n")
                         return
@@ -239,20 +366,20 @@ class HttpConnection(asyncio.Protocol):
             return
         self._reset()
         self.in_message = True
-        self.deadline = self.loop.time() + self.server.listen.request_timeout
+        self.deadline = self.loop.time() + self.listen.request_timeout
 
     def on_url(self, url: bytes) -> None:
         if self.closing:
             return
         self.url += url
-        if len(self.url) > self.server.max_url:
+        if len(self.url) > self.pool.max_url:
             raise _Reject(414, "request target too long\n")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.closing:
             return
         self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > self.server.listen.max_header_bytes:
+        if self.head_bytes > self.listen.max_header_bytes:
             raise _Reject(431, "request headers too large\n")
         n = len(name)
         if n == 14 and name.lower() == b"content-length":
@@ -279,8 +406,8 @@ class HttpConnection(asyncio.Protocol):
                 length = int(self.content_length)
             except ValueError:
                 raise _Reject(400, "bad Content-Length\n") from None
-            if length > self.server.listen.max_request_bytes:
-                raise _Reject(413, f"request body larger than {self.server.listen.max_request_bytes} bytes\n")
+            if length > self.listen.max_request_bytes:
+                raise _Reject(413, f"request body larger than {self.listen.max_request_bytes} bytes\n")
         if self.expect_continue and not self.queue and self.transport is not None:
             # curl and others wait for this before sending a body over 1 KB. (With answers still
             # queued it cannot go out in order; such a client sends the body after its own timeout.)
@@ -290,8 +417,8 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return
         self.body_len += len(body)
-        if self.body_len > self.server.listen.max_request_bytes:
-            raise _Reject(413, f"request body larger than {self.server.listen.max_request_bytes} bytes\n")
+        if self.body_len > self.listen.max_request_bytes:
+            raise _Reject(413, f"request body larger than {self.listen.max_request_bytes} bytes\n")
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -341,7 +468,7 @@ class HttpConnection(asyncio.Protocol):
             if close:
                 self._linger_close(transport)
             else:
-                self.deadline = self.loop.time() + self.server.listen.idle_timeout
+                self.deadline = self.loop.time() + self.listen.idle_timeout
             return
         self.queue.append((item, close))
         self.deadline = float("inf")  # waiting on us, not on the client
@@ -381,7 +508,8 @@ class HttpConnection(asyncio.Protocol):
                     self._linger_close(transport)
                     return
                 self._update_reading()
-            self.deadline = self.loop.time() + self.server.listen.idle_timeout
+            if not self.in_message:  # else the message's own request deadline runs
+                self.deadline = self.loop.time() + self.listen.idle_timeout
         finally:
             self.drainer = None
 
@@ -420,13 +548,22 @@ class HttpConnection(asyncio.Protocol):
             self.paused = False
             transport.resume_reading()
 
+    def work_slot(self) -> _WorkSlot:
+        """``async with conn.work_slot():`` around the work of one answer (see ``running``)."""
+        return _WorkSlot(self)
+
     def check_deadline(self, now: float) -> None:
-        if self.transport is None or now < self.deadline:
+        transport = self.transport
+        if transport is None or now < self.deadline:
             return
-        if self.in_message and not self.queue and not self.closing:
+        if self.closing or transport.is_closing() or transport.get_write_buffer_size():
+            # Lingering past LINGER, a close that has not completed, or answers the client is not
+            # reading: close() would wait for the client to take them, for ever. Reset instead.
+            transport.abort()
+        elif self.in_message and not self.queue:
             self._fail(408, "request not received in time\n")
         else:
-            self.transport.close()
+            transport.close()
 
     def close_if_idle(self) -> bool:
         """For shutdown: close a connection with nothing in progress; True if closed."""

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from frontend.cache import Entry, ResponseCache
 from frontend.config import ListenConfig
 from frontend.http_conn import (
-    MAX_RUNNING,
+    MAX_REFUSING,
     NO_CACHE,
+    ConnectionPool,
     HttpConnection,
     RateLimitedLog,
     etag_matches,
@@ -43,6 +45,7 @@ from shared.ocsp.types import IssuerKey, ResponseStatus, SingleStatus
 log = logging.getLogger("frontend.server")
 
 HEALTH_PATH = b"/-/health"
+FD_RESERVE = 64  # descriptors besides client connections: listener, signer channels, status files, logs
 _CT_OCSP = b"Content-Type: application/ocsp-response\r\n"
 _NO_CACHE = NO_CACHE
 _CC_TAIL = (", " + ohttp.CACHEABLE_DIRECTIVES + "\r\n").encode()
@@ -218,8 +221,8 @@ class HttpProtocol(HttpConnection):
     """One client connection: routes each request to the health endpoint or the OCSP pipeline."""
 
     def __init__(self, server: FrontendServer) -> None:
-        super().__init__(server)
-        self.server: FrontendServer = server
+        super().__init__(server.pool)
+        self.server = server
         self.app = server.app
 
     def failed_answer(self, close: bool) -> bytes:
@@ -283,10 +286,7 @@ class HttpProtocol(HttpConnection):
         self._push(task, close)
 
     async def _answer(self, der: bytes, key: bytes, close: bool, head: bool) -> bytes:
-        running = self.running
-        if running is None:
-            running = self.running = asyncio.Semaphore(MAX_RUNNING)
-        async with running:
+        async with self.work_slot():
             body, headers = await self.app.answer(der, key)
         return http_response(200, headers, body, close=close, head=head)
 
@@ -296,17 +296,16 @@ class HttpProtocol(HttpConnection):
 
 
 class FrontendServer:
-    """Listening socket, connections, and the deadline sweeper."""
+    """Listening socket, connections (frontend.http_conn.ConnectionPool), and the once-a-second sweep
+    of connection deadlines."""
 
     def __init__(self, app: OcspApp, listen: ListenConfig) -> None:
         self.app = app
         self.listen = listen
         self.loop = asyncio.get_running_loop()
-        self.connections: set[HttpProtocol] = set()
-        # A GET target may carry up to max_request_bytes of DER, base64'd and percent-encoded.
-        self.max_url = 4 * listen.max_request_bytes + len(listen.path_prefix) + 1024
-        # Request line + header block: more raw bytes than this before the end of the head is a 431.
-        self.max_head = listen.max_header_bytes + self.max_url
+        self.pool = ConnectionPool(listen, self.loop)
+        self.connections = self.pool.open
+        self.max_url = self.pool.max_url
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (listen.host, listen.port)
@@ -320,14 +319,13 @@ class FrontendServer:
         name = self._server.sockets[0].getsockname()
         self.address = (name[0], name[1])
         self._sweeper = self.loop.create_task(self._sweep())
+        check_fd_limit(self.listen.max_connections)
         return self.address
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            now = self.loop.time()
-            for conn in list(self.connections):
-                conn.check_deadline(now)
+            self.pool.sweep(self.loop.time())
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), close the rest."""
@@ -341,7 +339,7 @@ class FrontendServer:
             if not self.connections:
                 break
             await asyncio.sleep(0.05)
-        for conn in list(self.connections):
+        for conn in [*self.connections, *self.pool.refusing]:
             if conn.transport is not None:
                 conn.transport.abort()
         if self._sweeper is not None:
@@ -352,6 +350,17 @@ class FrontendServer:
                 pass
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def check_fd_limit(max_connections: int) -> None:
+    """Warn when the open-file limit cannot hold listen.max_connections: past the limit accept() fails
+    (EMFILE) and new clients get no answer at all instead of a 503."""
+    need = max_connections + MAX_REFUSING + FD_RESERVE
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("listen.max_connections = %d needs about %d file descriptors, but the open-file limit "
+                    "is %d: raise it (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections",
+                    max_connections, need, soft)
 
 
 def build_issuers(cas: Iterable[tuple[bytes, CaEntry]]) -> IssuerIndex[CaEntry]:
