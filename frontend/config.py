@@ -67,8 +67,13 @@ class SignerClientConfig:
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    # Signed responses kept for nonce-less requests (about 2 KB each). 0 disables the cache.
+    # Signed responses kept for nonce-less requests (about 2-3 KB each). 0 disables the cache.
     max_entries: int = 10000
+    # Bytes the cache may hold (responses, header lines, keys, bookkeeping); past it, and past
+    # max_entries, the least recently used answers go.
+    max_bytes: int = 64 << 20
+    # Requests (DER) longer than this are answered but not cached; one CertID is 70-250 bytes.
+    max_key_bytes: int = 1024
     # An entry lives until min(nextUpdate, thisUpdate + max_age); also caps HTTP max-age.
     max_age: timedelta = timedelta(hours=1)
     # After the signer replaces a CA's responder (rotation), cached answers signed by the old one are
@@ -191,6 +196,8 @@ def _cache(sec: Section) -> CacheConfig:
     d = CacheConfig()
     return CacheConfig(
         max_entries=sec.int("max_entries", d.max_entries, minimum=0, maximum=10_000_000),
+        max_bytes=sec.int("max_bytes", d.max_bytes, minimum=0, maximum=1 << 40),
+        max_key_bytes=sec.int("max_key_bytes", d.max_key_bytes, minimum=64, maximum=1_000_000),
         max_age=sec.duration("max_age", d.max_age, minimum=timedelta(seconds=1)),
         rotation_grace=sec.duration("rotation_grace", d.rotation_grace, maximum=timedelta(hours=1)),
     )

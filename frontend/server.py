@@ -2,7 +2,7 @@
 
 Per request:
 
-    key (b"P" + POST body / b"G" + GET target) -> cache hit? -> answer at once (no ASN.1 parsing)
+    key (the DER request: POST body / GET path decoded) -> cache hit? -> answer at once (no ASN.1 parsing)
     miss: decode_request -> issuers known, one CA, hash allowed -> that CA's status snapshot
           -> signer Sign (typed fields) -> cache store (no nonce) -> answer
 
@@ -236,14 +236,11 @@ class HttpProtocol(HttpConnection):
                 self._push(plain(411, "Content-Length required\n", close=True), True)
                 self.closing = True
                 return
-            target = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-            # Cache keys say what they are: a POST body that spells a GET target is not that GET.
-            key = b"P" + target
+            der = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             head = False
         elif method == b"GET" or method == b"HEAD":
             head = method == b"HEAD"
             target = ohttp.origin_form(self.url)
-            key = b"G" + target  # HEAD shares GET's answers
             if target.startswith(b"/-/"):  # our own endpoints; '-' never starts a base64 DER request
                 if target.split(b"?", 1)[0] == HEALTH_PATH:
                     self._push(plain(200, "ok\n", close=close, head=head), close)
@@ -257,13 +254,22 @@ class HttpProtocol(HttpConnection):
                 else:
                     self._push(plain(404, "not found\n", close=close, head=head), close)
                 return
+            # The request the path carries, and only that, is the cache key (RFC 6960 A.1): the query
+            # and any segments before the base64 are not part of it, and HEAD shares GET's answers.
+            try:
+                der = ohttp.request_from_path(target, self.listen.path_prefix,
+                                              max_bytes=self.listen.max_request_bytes)
+            except OCSPError as e:
+                self._ocsp_error(e.status, close, head)
+                return
         else:
             self._push(plain(405, "only GET, HEAD and POST\n", close=close,
                              extra=b"Allow: GET, HEAD, POST\r\n"), close)
             return
 
+        # The key is the DER request, by POST or GET alike: one entry however a GET is spelt.
         now = app.cache.clock()
-        entry = app.cache.get(key, now)
+        entry = app.cache.get(der, now)
         if entry is not None:
             if self.if_none_match is not None and method != b"POST" and etag_matches(self.if_none_match, entry.der):
                 # A cache revalidating what it holds (RFC 9110 13.1.2): headers, no body.
@@ -272,17 +278,7 @@ class HttpProtocol(HttpConnection):
                 data = http_response(200, app.hit_headers(entry, now), entry.der, close=close, head=head, now=now)
             self._push(data, close)
             return
-
-        if method == b"POST":
-            der = target
-        else:
-            try:
-                der = ohttp.request_from_path(target, self.server.listen.path_prefix,
-                                              max_bytes=self.server.listen.max_request_bytes)
-            except OCSPError as e:
-                self._ocsp_error(e.status, close, head)
-                return
-        task = self.loop.create_task(self._answer(der, key, close, head))
+        task = self.loop.create_task(self._answer(der, der, close, head))
         self._push(task, close)
 
     async def _answer(self, der: bytes, key: bytes, close: bool, head: bool) -> bytes:
@@ -297,7 +293,7 @@ class HttpProtocol(HttpConnection):
 
 class FrontendServer:
     """Listening socket, connections (frontend.http_conn.ConnectionPool), and the once-a-second sweep
-    of connection deadlines."""
+    of connection deadlines and expired cache entries."""
 
     def __init__(self, app: OcspApp, listen: ListenConfig) -> None:
         self.app = app
@@ -323,9 +319,11 @@ class FrontendServer:
         return self.address
 
     async def _sweep(self) -> None:
+        cache = self.app.cache
         while True:
             await asyncio.sleep(1.0)
             self.pool.sweep(self.loop.time())
+            cache.sweep(cache.clock())
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), close the rest."""

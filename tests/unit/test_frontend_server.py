@@ -836,3 +836,43 @@ def test_inflight_work_is_bounded_per_client_address(tmp_path: Path) -> None:
         assert 3 < e.signer.max_active <= 6, e.signer.max_active
     finally:
         e.close()
+
+
+# -- the cache key and the cache's bounds, through HTTP ----------------------------------------------------------
+
+
+def test_every_spelling_of_one_request_shares_one_entry(env: Env) -> None:
+    """The query string and path segments before the base64 are not part of an OCSP GET: they must
+    not make new cache entries (each would cost a signature and evict a real answer)."""
+    der = env.request(env.a, 0x100)
+    b64 = urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+    paths = ["/" + b64, "/" + b64 + "?a=1", "/" + b64 + "?" + "q" * 5000, "/junk/" + b64,
+             "/junk/more/" + b64 + "?x", "/" + base64.urlsafe_b64encode(der).decode().rstrip("=")]
+    bodies = {env.get(p)[2] for p in paths}
+    bodies.add(env.post(der)[2])  # the same request by POST too
+    assert len(env.signer.calls) == 1 and len(bodies) == 1
+    assert len(env.cache) == 1
+    assert statuses(bodies.pop())[0]["serial"] == 0x100
+
+
+def test_request_longer_than_max_key_bytes_is_answered_not_cached(env: Env) -> None:
+    from asn1crypto import ocsp as aocsp
+
+    one = aocsp.OCSPRequest.load(env.request(env.a, 0x100))["tbs_request"]["request_list"][0]
+    many = aocsp.OCSPRequest({"tbs_request": {"request_list": [one] * 20}}).dump()
+    assert env.cache.max_key_bytes < len(many) <= env.listen.max_request_bytes
+    for _ in range(2):
+        code, headers, body = env.post(many)
+        assert code == 200 and len(statuses(body)) == 20
+    assert len(env.signer.calls) == 2 and len(env.cache) == 0
+    path = b64path(many)
+    assert len(statuses(env.get(path)[2])) == 20 and len(env.signer.calls) == 3
+
+
+def test_expired_entries_leave_without_being_asked_for(env: Env) -> None:
+    for serial in (0x100, 0x101, 0x102):
+        env.post(env.request(env.a, serial))
+    assert len(env.cache) == 3
+    env.clock.advance(timedelta(hours=2))  # past max_age: the server's once-a-second sweep drops them
+    wait_until(lambda: len(env.cache) == 0, 5, "the sweep to drop expired entries")
+    assert env.cache.bytes == 0
