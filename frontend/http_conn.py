@@ -250,6 +250,8 @@ class HttpConnection(asyncio.Protocol):
         self.paused = False
         self.write_paused = False
         self.deadline = 0.0
+        self.pending = b""  # input read but not parsed yet, while the connection is backlogged
+        self._feed_soon = False  # _feed_pending is scheduled
         self.headers_done = False  # the current message's head has been parsed
         self.head_raw = 0  # raw bytes fed since the last message ended, while its head was incomplete
         self._reset()
@@ -310,8 +312,14 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return  # lingering (or refused): the input is read and dropped
+        if self.pending:  # reading is paused; a transport should not deliver more, but keep order
+            self.pending += data
+            return
         # The deadline moves only when a message begins or is answered, never for bytes as such:
         # empty lines between messages (which llhttp skips) must not keep a connection open.
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             # httptools collects a header name or value itself and calls on_header only once it is
             # complete, so on_header's count alone would let one endless header value through (and
@@ -335,6 +343,12 @@ class HttpConnection(asyncio.Protocol):
                 pos += len(chunk)
                 self.parser.feed_data(chunk)
                 if self.closing:
+                    return
+                if pos < n and self._backlogged():
+                    # One read can hold thousands of pipelined requests: parse no further than the
+                    # answers can leave, keep the rest (reading stays paused until it is parsed).
+                    self.pending = data[pos:]
+                    self._update_reading()
                     return
         except httptools.HttpParserUpgrade:
             if self.closing:
@@ -518,6 +532,7 @@ class HttpConnection(asyncio.Protocol):
         kernel send a reset, which can destroy the answer in flight (RFC 9112 9.6). So send FIN,
         keep reading (and discarding) until the client closes, and give up after LINGER seconds."""
         self.closing = True
+        self.pending = b""
         if not transport.can_write_eof():
             transport.close()
             return
@@ -534,13 +549,29 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # the client is done: let the transport close
 
+    def _backlogged(self) -> bool:
+        """Answers are not leaving fast enough to take more requests: the client does not read them
+        (writing paused) or _MAX_PIPELINE of them are waiting in order."""
+        return self.write_paused or len(self.queue) >= _MAX_PIPELINE
+
+    def _feed_pending(self) -> None:
+        self._feed_soon = False
+        data, self.pending = self.pending, b""
+        if data and not self.closing and self.transport is not None:
+            self._feed(data)
+        self._update_reading()
+
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None:
             return
         if self.closing and not self.queue:
             return  # lingering: keep reading so the close is not a reset
-        want_pause = self.write_paused or len(self.queue) >= _MAX_PIPELINE
+        backlogged = self._backlogged()
+        if self.pending and not backlogged and not self._feed_soon:
+            self._feed_soon = True  # not from here: this may run inside a write or a parser callback
+            self.loop.call_soon(self._feed_pending)
+        want_pause = backlogged or bool(self.pending)
         if want_pause and not self.paused:
             self.paused = True
             transport.pause_reading()
@@ -567,7 +598,7 @@ class HttpConnection(asyncio.Protocol):
 
     def close_if_idle(self) -> bool:
         """For shutdown: close a connection with nothing in progress; True if closed."""
-        if self.transport is not None and not self.queue and not self.in_message:
+        if self.transport is not None and not self.queue and not self.in_message and not self.pending:
             self.transport.close()
             return True
         return self.transport is None

@@ -862,7 +862,7 @@ def test_request_longer_than_max_key_bytes_is_answered_not_cached(env: Env) -> N
     many = aocsp.OCSPRequest({"tbs_request": {"request_list": [one] * 20}}).dump()
     assert env.cache.max_key_bytes < len(many) <= env.listen.max_request_bytes
     for _ in range(2):
-        code, headers, body = env.post(many)
+        code, _, body = env.post(many)
         assert code == 200 and len(statuses(body)) == 20
     assert len(env.signer.calls) == 2 and len(env.cache) == 0
     path = b64path(many)
@@ -876,3 +876,31 @@ def test_expired_entries_leave_without_being_asked_for(env: Env) -> None:
     env.clock.advance(timedelta(hours=2))  # past max_age: the server's once-a-second sweep drops them
     wait_until(lambda: len(env.cache) == 0, 5, "the sweep to drop expired entries")
     assert env.cache.bytes == 0
+
+
+def _conn_state(env: Env) -> list[tuple[bool, int]]:
+    """(reading paused, answers queued) of each connection the server holds, read on its loop."""
+    async def look() -> list[tuple[bool, int]]:
+        return [(c.paused, len(c.queue)) for c in env.server.connections]
+    return env.call(look())
+
+
+def test_pipelined_input_is_parsed_only_as_fast_as_it_is_answered(env: Env) -> None:
+    """600 requests in one write: the server stops parsing once 32 answers are queued (plus what one
+    16 KB parser slice holds), keeps the rest of the input unparsed, and goes on as answers leave,
+    instead of making a task for every request one read brought."""
+    env.signer.delay = 0.3
+    reqs = [post_bytes(env.request(env.a, 0x100, nonce=b"n%05d" % i)) for i in range(600)]
+    c = Client(env)
+    try:
+        c.sock.sendall(b"".join(reqs))
+        wait_until(lambda: any(paused for paused, _ in _conn_state(env)), 5, "the server to stop reading")
+        ((_, queued),) = _conn_state(env)
+        per_slice = 16384 // min(len(r) for r in reqs) + 1
+        assert queued <= 32 + per_slice < 600, queued
+        env.signer.delay = 0
+        for i in range(600):
+            line, _, body = c.answer()
+            assert line.startswith(b"HTTP/1.1 200") and json.loads(body)["nonce"].endswith((b"n%05d" % i).hex())
+    finally:
+        c.close()
