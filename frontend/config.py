@@ -74,7 +74,7 @@ class CacheConfig:
     max_bytes: int = 64 << 20
     # Requests (DER) longer than this are answered but not cached; one CertID is 70-250 bytes.
     max_key_bytes: int = 1024
-    # An entry lives until min(nextUpdate, thisUpdate + max_age); also caps HTTP max-age.
+    # An entry lives until min(nextUpdate, time of caching + max_age); also caps HTTP max-age.
     max_age: timedelta = timedelta(hours=1)
     # After the signer replaces a CA's responder (rotation), cached answers signed by the old one are
     # still served this long, then dropped; 0 = at once. A few seconds spreads the re-signing load.
