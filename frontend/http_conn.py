@@ -4,8 +4,11 @@
 the limits on request line, headers and body, the request and idle deadlines, ordered answers
 for pipelined requests (a cache hit with nothing queued before it is written from
 ``data_received`` directly; everything else goes through a per-connection queue drained by one
-task), back-pressure, and the lingering close. A subclass routes each complete message
-(``_dispatch``) and says what a failed answer looks like (``failed_answer``).
+task), back-pressure (input is parsed no faster than answers leave), and the lingering close. A
+subclass routes each complete message (``_dispatch``) and says what a failed answer looks like
+(``failed_answer``). ``ConnectionPool`` admits connections against listen.max_connections and
+listen.max_connections_per_client (503 past either), holds the per-client in-flight slots, and
+sweeps deadlines: one that passes with answers unsent, or while lingering, aborts the connection.
 
 HTTP faults (unparseable request, oversized body or headers, wrong framing) get a plain HTTP error
 and, where the stream can no longer be trusted, the connection is closed. HTTP/1.0 requests are
@@ -242,9 +245,9 @@ class HttpConnection(asyncio.Protocol):
         self.client: _Client | None = None  # None until admitted (and for a refused connection)
         self.queue: deque[tuple[bytes | asyncio.Task[bytes], bool]] = deque()
         self.drainer: asyncio.Task[None] | None = None
-        # One read can hold hundreds of pipelined requests: each gets its task (answers stay in
-        # order), but at most MAX_RUNNING of them run (and call the signer) at once, and at most
-        # listen.max_inflight_per_client of all its client's connections together.
+        # Each pipelined miss gets its task (answers stay in order; at most _MAX_PIPELINE wait before
+        # parsing stops), but at most MAX_RUNNING of them run (and call the signer) at once, and at
+        # most listen.max_inflight_per_client of all its client's connections together.
         self.running: asyncio.Semaphore | None = None
         self.closing = False
         self.paused = False
