@@ -18,8 +18,13 @@ answered and the connection closed.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import logging
+import socket
+import struct
+import sys
+import termios
 import time
 from collections import deque
 from typing import Any
@@ -118,6 +123,34 @@ LINGER = 2.0  # seconds a closing connection keeps draining the client's input
 # many at once, further ones are reset without an answer: refusing must stay cheaper than serving.
 MAX_REFUSING = 128
 RETRY_AFTER = 1  # seconds, in the 503 past a connection cap
+_LINGER_ZERO = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+
+
+def unsent(transport: asyncio.Transport) -> int:
+    """Bytes written to ``transport`` that the client has not acknowledged: the transport's buffer
+    plus the kernel's send queue (SIOCOUTQ, Linux; 0 where it cannot be asked)."""
+    n = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            n += int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)), sys.byteorder)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return n
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Abort with a TCP reset. abort() alone only closes the socket, which sends a FIN unless input is
+    still unread; a FIN queues behind answers the client is not reading (it never arrives) and leaves
+    the kernel an orphaned socket holding them. A zero linger time makes the close a reset that
+    drops them."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        except (OSError, AttributeError):
+            pass
+    transport.abort()
 
 
 def client_key(peer: Any) -> str:
@@ -285,7 +318,7 @@ class HttpConnection(asyncio.Protocol):
         refused connections are still lingering."""
         self.closing = True
         if len(self.pool.refusing) >= MAX_REFUSING:
-            transport.abort()
+            reset(transport)
             return
         self.pool.refusing.add(self)
         transport.write(plain(503, "too many connections, retry later\n", close=True,
@@ -590,10 +623,11 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or now < self.deadline:
             return
-        if self.closing or transport.is_closing() or transport.get_write_buffer_size():
+        if self.closing or transport.is_closing() or unsent(transport):
             # Lingering past LINGER, a close that has not completed, or answers the client is not
-            # reading: close() would wait for the client to take them, for ever. Reset instead.
-            transport.abort()
+            # reading: close() would wait for the client to take them, for ever (or, once they are
+            # all in the kernel, leave an orphaned socket whose FIN waits behind them). Reset instead.
+            reset(transport)
         elif self.in_message and not self.queue:
             self._fail(408, "request not received in time\n")
         else:

@@ -31,6 +31,7 @@ from frontend.http_conn import (
     etag_matches,
     http_response,
     plain,
+    reset,
 )
 from frontend.signer_client import SignResult
 from frontend.status.base import FileStatusSource
@@ -339,7 +340,7 @@ class FrontendServer:
             await asyncio.sleep(0.05)
         for conn in [*self.connections, *self.pool.refusing]:
             if conn.transport is not None:
-                conn.transport.abort()
+                reset(conn.transport)
         if self._sweeper is not None:
             self._sweeper.cancel()
             try:

@@ -904,3 +904,43 @@ def test_pipelined_input_is_parsed_only_as_fast_as_it_is_answered(env: Env) -> N
             assert line.startswith(b"HTTP/1.1 200") and json.loads(body)["nonce"].endswith((b"n%05d" % i).hex())
     finally:
         c.close()
+
+
+def test_reset_reaches_a_client_that_does_not_read() -> None:
+    """abort() alone would send a FIN (nothing unread on the server side), queued behind answers the
+    client is not taking: the client would never see it. reset() must be a TCP reset."""
+    from frontend.http_conn import reset, unsent
+
+    async def go() -> tuple[int, list[tuple[int, int]]]:
+        transports: list[asyncio.Transport] = []
+
+        class Writer(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                transports.append(transport)  # type: ignore[arg-type]
+                transport.write(b"z" * 3_000_000)  # type: ignore[attr-defined]
+
+        server = await asyncio.get_running_loop().create_server(Writer, "127.0.0.1", 0)
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(client, server.sockets[0].getsockname())
+            while not transports:
+                await asyncio.sleep(0)
+            left = unsent(transports[0])
+            reset(transports[0])
+            poller = select.poll()
+            poller.register(client, _GONE)
+            for _ in range(100):  # the reset is on its way once the loop has run the close
+                events = poller.poll(0)
+                if events:
+                    break
+                await asyncio.sleep(0.01)
+            return left, events
+        finally:
+            client.close()
+            server.close()
+
+    left, events = uvloop.run(go())
+    assert left > 1_000_000  # most of it never reached the client
+    assert events and events[0][1] & select.POLLERR, events
