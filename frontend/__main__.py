@@ -74,7 +74,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
         log.info("gRPC to the signer (%s) over mTLS: signer CA %s, client certificate %s",
                  ", ".join(cfg.signer.addresses), cfg.signer.tls.ca, cfg.signer.tls.cert)
     cache = ResponseCache(cfg.cache.max_entries, cfg.cache.max_age.total_seconds(),
-                          rotation_grace=cfg.cache.rotation_grace.total_seconds())
+                          rotation_grace=cfg.cache.rotation_grace.total_seconds(),
+                          max_bytes=cfg.cache.max_bytes, max_key_bytes=cfg.cache.max_key_bytes)
     responder_watch = ResponderWatch(signer.channels(), cache, [(ca.name, ca.ca_cert_der) for ca in cfg.cas])
     responder_watch.start()
     sources = [ca.source for ca in issuers.values()]

@@ -50,6 +50,14 @@ class ListenConfig:
     request_timeout: float = 10.0
     # On SIGTERM, in-flight requests get this long to finish.
     shutdown_grace: float = 5.0
+    # Open client connections; one more is answered 503 and closed. Each is a file descriptor.
+    max_connections: int = 4096
+    # Open connections from one client address (IPv4 address, IPv6 /64); 0 = no per-client limit.
+    # Behind a proxy or load balancer every client shares the proxy's addresses.
+    max_connections_per_client: int = 512
+    # Answers being worked on (cache misses: status lookup and signature) at once for one client
+    # address, across its connections; more wait for a slot. 0 = no per-client limit.
+    max_inflight_per_client: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +83,14 @@ class SignerClientConfig:
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    # Signed responses kept for nonce-less requests (about 2 KB each). 0 disables the cache.
+    # Signed responses kept for nonce-less requests (about 2-3 KB each). 0 disables the cache.
     max_entries: int = 10000
-    # An entry lives until min(nextUpdate, thisUpdate + max_age); also caps HTTP max-age.
+    # Bytes the cache may hold (responses, header lines, keys, bookkeeping); past it, and past
+    # max_entries, the least recently used answers go.
+    max_bytes: int = 64 << 20
+    # Requests (DER) longer than this are answered but not cached; one CertID is 70-250 bytes.
+    max_key_bytes: int = 1024
+    # An entry lives until min(nextUpdate, time of caching + max_age); also caps HTTP max-age.
     max_age: timedelta = timedelta(hours=1)
     # After the signer replaces a CA's responder (rotation), cached answers signed by the old one are
     # still served this long, then dropped; 0 = at once. A few seconds spreads the re-signing load.
@@ -156,10 +169,15 @@ def _listen(sec: Section) -> ListenConfig:
     idle = sec.duration("idle_timeout", timedelta(seconds=d.idle_timeout), minimum=timedelta(seconds=1))
     req = sec.duration("request_timeout", timedelta(seconds=d.request_timeout), minimum=timedelta(seconds=1))
     grace = sec.duration("shutdown_grace", timedelta(seconds=d.shutdown_grace))
+    max_conns = sec.int("max_connections", d.max_connections, minimum=1, maximum=1_000_000)
+    per_client = sec.int("max_connections_per_client", d.max_connections_per_client, minimum=0,
+                         maximum=1_000_000)
+    inflight = sec.int("max_inflight_per_client", d.max_inflight_per_client, minimum=0, maximum=1_000_000)
     return ListenConfig(host=host, port=port, path_prefix=prefix, max_request_bytes=max_request,
                         max_header_bytes=max_header, max_cert_ids=max_ids, allowed_hashes=hashes,
                         idle_timeout=_seconds(idle), request_timeout=_seconds(req),
-                        shutdown_grace=_seconds(grace))
+                        shutdown_grace=_seconds(grace), max_connections=max_conns,
+                        max_connections_per_client=per_client, max_inflight_per_client=inflight)
 
 
 def _check_address(sec: Section, key: str, address: str) -> None:
@@ -206,6 +224,8 @@ def _cache(sec: Section) -> CacheConfig:
     d = CacheConfig()
     return CacheConfig(
         max_entries=sec.int("max_entries", d.max_entries, minimum=0, maximum=10_000_000),
+        max_bytes=sec.int("max_bytes", d.max_bytes, minimum=0, maximum=1 << 40),
+        max_key_bytes=sec.int("max_key_bytes", d.max_key_bytes, minimum=64, maximum=1_000_000),
         max_age=sec.duration("max_age", d.max_age, minimum=timedelta(seconds=1)),
         rotation_grace=sec.duration("rotation_grace", d.rotation_grace, maximum=timedelta(hours=1)),
     )

@@ -66,8 +66,11 @@ class Reply:
 class Wire:
     """One raw TCP connection to the frontend with deadline-bounded reads."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, *, source: str | None = None) -> None:
+        # source: another 127/8 address to connect from (all of it is this host's loopback), to be
+        # another client for the per-client limits.
+        self.sock = socket.create_connection((HOST, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
         self.eof = False
         self.reset = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from frontend.cache import Entry, ResponseCache
+from frontend.cache import ENTRY_OVERHEAD, SWEEP_PER_PUT, Entry, ResponseCache
 
 
 def put(c: ResponseCache, key: bytes, *, ca: str = "a", tu: int = 1000, nu: int = 5000,
@@ -45,7 +45,7 @@ def test_already_expired_not_stored() -> None:
     assert len(c) == 0
 
 
-def test_bounded_fifo() -> None:
+def test_bounded_entries() -> None:
     c = ResponseCache(3, max_age=10**6)
     for k in (b"1", b"2", b"3", b"4"):
         put(c, k)
@@ -113,3 +113,86 @@ def test_generations_are_counted_per_signer() -> None:
                  signer="A") is None
     assert c.put(b"b", b"d", b"", ca="a", this_update=1000, next_update=5000, generation=1, now=1002,
                  signer="B") is not None
+
+
+def test_least_recently_used_goes_first() -> None:
+    c = ResponseCache(3, max_age=10**6)
+    for k in (b"1", b"2", b"3"):
+        put(c, k)
+    assert c.get(b"1", now=1000) is not None  # 1 is now the most recently used
+    put(c, b"4")
+    assert c.get(b"2", now=1000) is None
+    assert all(c.get(k, now=1000) is not None for k in (b"1", b"3", b"4"))
+
+
+def _size(key: bytes) -> int:
+    """What put() above stores for ``key``, as counted against max_bytes."""
+    return 2 * len(key) + len(b"der-" + key) + len(b"H: v\r\n") + ENTRY_OVERHEAD
+
+
+def test_byte_bound_evicts() -> None:
+    small = [b"%03d" % i for i in range(10)]
+    c = ResponseCache(1000, max_age=10**6, max_bytes=4 * _size(small[0]))
+    for k in small:
+        put(c, k)
+    assert len(c) == 4 and c.bytes == 4 * _size(small[0]) <= c.max_bytes
+    assert [k for k in small if c.get(k, now=1000) is not None] == small[-4:]
+    big = b"b" * (c.max_bytes // 4)  # its key counted twice: half the budget
+    c.max_key_bytes = len(big)
+    assert put(c, big) is not None
+    assert c.bytes <= c.max_bytes and c.get(big, now=1000) is not None
+    assert len(c) < 4  # it pushed small ones out
+    assert c.bytes == sum(_size(k) for k in [*small, big] if c.get(k, now=1000) is not None)
+
+
+def test_oversized_not_cached() -> None:
+    c = ResponseCache(10, max_age=10**6, max_bytes=4096, max_key_bytes=100)
+    assert put(c, b"k" * 101) is None  # key over max_key_bytes
+    assert c.put(b"k", b"x" * 4096, b"", ca="a", this_update=0, next_update=5000, now=1000) is None  # over max_bytes
+    assert len(c) == 0 and c.bytes == 0
+    assert put(c, b"k" * 100) is not None
+
+
+def test_expired_entries_are_swept_without_being_asked_for() -> None:
+    c = ResponseCache(10_000, max_age=10**6)
+    for i in range(100):
+        put(c, b"soon%d" % i, nu=2000)
+        put(c, b"late%d" % i, nu=9000)
+    assert len(c) == 200
+    # Stores at a later time sweep a few expired ones each, nobody asking for them.
+    for i in range(10):
+        put(c, b"new%d" % i, nu=9000, now=3000)
+    assert len(c) == 210 - 10 * SWEEP_PER_PUT
+    # The periodic sweep takes the rest.
+    assert c.sweep(3000) == 100 - 10 * SWEEP_PER_PUT
+    assert len(c) == 110 and c.bytes == sum(e.size for e in c._entries.values())
+    assert all(k.startswith((b"late", b"new")) for k in c._entries)
+
+
+def test_sweep_work_is_bounded() -> None:
+    c = ResponseCache(10_000, max_age=10**6)
+    for i in range(50):
+        put(c, b"k%d" % i, nu=2000)
+    assert c.sweep(3000, limit=20) == 20 and len(c) == 30
+
+
+def test_retirement_without_requests() -> None:
+    # A replaced responder's answers go when the grace ends, by the sweep alone.
+    c = ResponseCache(10, max_age=10**6, rotation_grace=5)
+    put(c, b"a1", ca="a", gen=1)
+    c.set_generation("a", 2, now=1000)
+    assert c.sweep(1004) == 0
+    assert c.sweep(1005) == 1 and len(c) == 0 and c.bytes == 0
+
+
+def test_bookkeeping_stays_bounded() -> None:
+    """Storing the same keys again and again, and dropping them, leaves no growing expiry heap."""
+    c = ResponseCache(10, max_age=10**6)
+    for i in range(20_000):
+        put(c, b"k%d" % (i % 3))
+        if i % 1000 == 0:
+            c.invalidate("a")
+    assert len(c._expiry) <= 2 * len(c) + 1024
+    assert c.bytes == sum(e.size for e in c._entries.values())
+    c.invalidate()
+    assert c.bytes == 0 and not c._expiry

@@ -35,8 +35,11 @@ def test_defaults(tmp_path: Path, ca: TestCA) -> None:
     assert cfg.listen.host == "127.0.0.1" and cfg.listen.port == 2560 and cfg.listen.path_prefix == "/"
     assert cfg.listen.max_request_bytes == 10000 and cfg.listen.max_cert_ids == 8
     assert cfg.listen.allowed_hashes == tuple(HashAlgorithm)
+    assert (cfg.listen.max_connections, cfg.listen.max_connections_per_client,
+            cfg.listen.max_inflight_per_client) == (4096, 512, 64)
     assert cfg.signer.addresses == ("127.0.0.1:50051",) and cfg.signer.timeout == 2.0
     assert cfg.cache.max_entries == 10000 and cfg.cache.max_age == timedelta(hours=1)
+    assert cfg.cache.max_bytes == 64 << 20 and cfg.cache.max_key_bytes == 1024
     (one,) = cfg.cas
     assert one.name == "one" and one.ca_cert_der == ca.der
     assert one.status.source == "index" and one.status.validity == timedelta(hours=24)
@@ -45,14 +48,18 @@ def test_defaults(tmp_path: Path, ca: TestCA) -> None:
 
 def test_full(tmp_path: Path, ca: TestCA) -> None:
     fe = ('[listen]\nport = 0\npath_prefix = "/ocsp"\nallowed_hashes = ["sha256", "SHA-384"]\n'
+          'max_connections = 100\nmax_connections_per_client = 0\nmax_inflight_per_client = 4\n'
           '[signer]\naddresses = ["unix:/run/s.sock", "127.0.0.2:50051"]\ntimeout = "500ms"\n'
-          '[cache]\nmax_entries = 5\nmax_age = "10m"\n')
+          '[cache]\nmax_entries = 5\nmax_age = "10m"\nmax_bytes = 1000000\nmax_key_bytes = 300\n')
     cafile = ('name = "x"\nca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n'
               'unissued = "revoked"\n')
     cfg = load_frontend_config(setup(tmp_path, ca, fe, cafile))
     assert cfg.listen.path_prefix == "/ocsp/" and cfg.listen.port == 0
     assert cfg.listen.allowed_hashes == (HashAlgorithm.SHA256, HashAlgorithm.SHA384)
+    assert (cfg.listen.max_connections, cfg.listen.max_connections_per_client,
+            cfg.listen.max_inflight_per_client) == (100, 0, 4)
     assert cfg.signer.addresses == ("unix:/run/s.sock", "127.0.0.2:50051") and cfg.signer.timeout == 0.5
+    assert (cfg.cache.max_entries, cfg.cache.max_bytes, cfg.cache.max_key_bytes) == (5, 1000000, 300)
     assert cfg.cas[0].status.unissued == "revoked" and cfg.cas[0].status.issued_serials is None
 
 
@@ -60,9 +67,14 @@ def test_full(tmp_path: Path, ca: TestCA) -> None:
     ("[listen]\nprot = 1\n", None, "listen.prot"),
     ("[listen]\npath_prefix = \"ocsp\"\n", None, "listen.path_prefix"),
     ("[listen]\nallowed_hashes = [\"md5\"]\n", None, "listen.allowed_hashes"),
+    ("[listen]\nmax_connections = 0\n", None, "listen.max_connections"),
+    ("[listen]\nmax_connections_per_client = -1\n", None, "listen.max_connections_per_client"),
+    ("[listen]\nmax_inflight_per_client = \"8\"\n", None, "listen.max_inflight_per_client"),
     ("[signer]\naddress = \"nohostport\"\n", None, "signer.address"),
     ("[signer]\naddress = \"a:1\"\naddresses = [\"b:2\"]\n", None, "signer.addresses"),
     ("[cache]\nmax_age = \"soon\"\n", None, "cache.max_age"),
+    ("[cache]\nmax_bytes = -1\n", None, "cache.max_bytes"),
+    ("[cache]\nmax_key_bytes = 10\n", None, "cache.max_key_bytes"),
     ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n', "status.unissued"),
     ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\nunissued = "maybe"\n',
      "status.unissued"),

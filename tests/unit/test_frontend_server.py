@@ -10,8 +10,10 @@ import asyncio
 import base64
 import http.client
 import json
+import select
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -35,6 +37,7 @@ from shared.clock import FakeClock
 from shared.ocsp.errors import OCSPError, TryLater
 from shared.ocsp.response import error_response
 from shared.ocsp.types import HashAlgorithm, ResponseStatus, SingleStatus
+from tests.integration.conftest import wait_until
 from tests.unit.frontend_pki import NOW, TestCA, write
 
 MALFORMED = error_response(ResponseStatus.MALFORMED_REQUEST)
@@ -638,3 +641,321 @@ def test_unexpected_bug_gives_internal_error(env: Env) -> None:
 
 def test_listen_config_replace_keeps_defaults() -> None:
     assert replace(ListenConfig(), port=0).max_request_bytes == 10000
+
+
+# -- deadlines that a client cannot stretch ------------------------------------------------------------------
+
+_GONE = select.POLLRDHUP | select.POLLERR | select.POLLHUP  # FIN or reset from the server; not POLLIN
+
+
+def _server_side(env: Env) -> list[tuple[int, bool]]:
+    """(unsent bytes, reading paused) of each connection the server holds, read on its loop."""
+    async def look() -> list[tuple[int, bool]]:
+        return [(c.transport.get_write_buffer_size() if c.transport else 0, c.paused)
+                for c in env.server.connections]
+    return env.call(look())
+
+
+def _open_count(env: Env) -> int:
+    async def count() -> int:
+        return len(env.server.connections)
+    return env.call(count())
+
+
+def test_pipelining_client_that_never_reads_is_aborted(tmp_path: Path) -> None:
+    """Answers pile up unsent: at the idle deadline the connection is aborted (a plain close would wait
+    for the client to read them, for ever)."""
+    e = Env(tmp_path, ListenConfig(port=0, idle_timeout=1, request_timeout=1))
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", e.port))
+        s.setblocking(False)
+        burst = b"GET /-/health HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+        # Send until the server holds answers it cannot write (its write buffer is the readiness signal).
+        for _ in range(10_000):
+            try:
+                s.send(burst)
+            except BlockingIOError:
+                pass
+            if any(unsent > 0 and paused for unsent, paused in _server_side(e)):
+                break
+        else:
+            raise AssertionError("the server never held unsent answers")
+        poller = select.poll()
+        poller.register(s, _GONE)
+        timeout = e.listen.idle_timeout + 4
+        assert poller.poll(timeout * 1000), f"connection still open {timeout}s after the client stopped"
+        wait_until(lambda: _open_count(e) == 0, 5, "the server to forget the connection")
+        s.close()
+    finally:
+        e.close()
+
+
+def test_crlf_dribbler_is_cut_off_at_the_idle_deadline(tmp_path: Path) -> None:
+    """Empty lines between messages are not a request: they do not push the idle deadline back."""
+    e = Env(tmp_path, ListenConfig(port=0, idle_timeout=1, request_timeout=1))
+    try:
+        with socket.create_connection(("127.0.0.1", e.port), timeout=5) as s:
+            poller = select.poll()
+            poller.register(s, _GONE | select.POLLIN)
+            limit = time.monotonic() + e.listen.idle_timeout + 4
+            gone = False
+            while not gone and time.monotonic() < limit:
+                try:
+                    s.sendall(b"\r\n")
+                except OSError:
+                    gone = True
+                    break
+                gone = bool(poller.poll(300))  # paces the dribble and notices the close
+            assert gone, "a client sending CRLF every 300 ms is never cut off"
+            try:
+                assert s.recv(100) == b""  # closed, nothing said: it never sent a request
+            except ConnectionResetError:
+                pass
+    finally:
+        e.close()
+
+
+# -- connection caps and per-client bounds -------------------------------------------------------------------
+
+HEALTH = b"GET /-/health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Client:
+    """One keep-alive connection from ``source`` (any 127/8 address is this host's loopback), reading
+    one answer at a time; bytes of the next answers are kept."""
+
+    def __init__(self, env: Env, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", env.port), timeout=5, source_address=(source, 0))
+        self.buf = b""
+
+    def answer(self) -> tuple[bytes, dict[bytes, bytes], bytes]:
+        while True:
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if sep:
+                ((line, headers, _),) = split_responses(head + sep)
+                n = int(headers.get(b"content-length", b"0"))
+                if len(rest) >= n:
+                    self.buf = rest[n:]
+                    return line, headers, rest[:n]
+            chunk = self.sock.recv(65536)
+            assert chunk, f"closed before a whole answer: {self.buf[:200]!r}"
+            self.buf += chunk
+
+    def served(self) -> bool:
+        self.sock.sendall(HEALTH)
+        line, _, body = self.answer()
+        return line.startswith(b"HTTP/1.1 200") and body == b"ok\n"
+
+    def refused(self) -> None:
+        """A 503 that says when to retry and that it closes, then the close (no request was sent)."""
+        line, headers, _ = self.answer()
+        assert line == b"HTTP/1.1 503 Service Unavailable", line
+        assert headers[b"retry-after"] == b"1" and headers[b"connection"] == b"close", headers
+        assert self.sock.recv(100) == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_connection_past_max_connections_gets_503(tmp_path: Path) -> None:
+    e = Env(tmp_path, ListenConfig(port=0, max_connections=3, max_connections_per_client=0))
+    clients: list[Client] = []
+    try:
+        clients = [Client(e) for _ in range(3)]
+        assert all(c.served() for c in clients)
+        extra = Client(e, "127.0.0.9")  # another address: the global cap applies to everyone
+        extra.refused()
+        extra.close()
+        assert all(c.served() for c in clients), "the admitted connections must keep working"
+        clients.pop().close()
+        wait_until(lambda: _open_count(e) == 2, 5, "the server to see the close")
+        clients.append(Client(e))
+        assert clients[-1].served()
+    finally:
+        for c in clients:
+            c.close()
+        e.close()
+
+
+def test_connections_per_client_address(tmp_path: Path) -> None:
+    e = Env(tmp_path, ListenConfig(port=0, max_connections=10, max_connections_per_client=2))
+    clients: list[Client] = []
+    try:
+        clients = [Client(e), Client(e)]
+        assert all(c.served() for c in clients)
+        extra = Client(e)
+        extra.refused()
+        extra.close()
+        clients.append(Client(e, "127.0.0.2"))  # another client is not held back by the first's count
+        assert all(c.served() for c in clients)
+    finally:
+        for c in clients:
+            c.close()
+        e.close()
+
+
+def test_refusals_are_bounded_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused connections linger to deliver their 503; past MAX_REFUSING of them at once, the next
+    ones are reset at once, so a connection flood costs nothing that grows."""
+    from frontend import http_conn
+
+    monkeypatch.setattr(http_conn, "MAX_REFUSING", 2)
+    e = Env(tmp_path, ListenConfig(port=0, max_connections=1))
+    clients: list[Client] = []
+    try:
+        clients = [Client(e)]
+        assert clients[0].served()
+        lingering = [Client(e) for _ in range(2)]
+        clients += lingering
+        for c in lingering:  # read the 503 but do not close: they keep lingering on the server
+            assert c.answer()[0].startswith(b"HTTP/1.1 503")
+        flood = Client(e)
+        clients.append(flood)
+        try:
+            assert flood.sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        assert clients[0].served()
+    finally:
+        for c in clients:
+            c.close()
+        e.close()
+
+
+def test_inflight_work_is_bounded_per_client_address(tmp_path: Path) -> None:
+    e = Env(tmp_path, ListenConfig(port=0, max_inflight_per_client=3))
+    e.signer.delay = 0.05
+
+    def pipeline(sources: list[str]) -> None:
+        clients = [Client(e, src) for src in sources]
+        try:
+            for i, c in enumerate(clients):
+                c.sock.sendall(b"".join(post_bytes(e.request(e.a, 0x100, nonce=b"n%03d%03d" % (i, j)))
+                                        for j in range(8)))
+            for c in clients:
+                for _ in range(8):
+                    line, _, body = c.answer()
+                    assert line.startswith(b"HTTP/1.1 200") and json.loads(body)["nonce"]
+        finally:
+            for c in clients:
+                c.close()
+
+    try:
+        pipeline(["127.0.0.1"] * 3)  # 24 misses from one address over 3 connections
+        assert len(e.signer.calls) == 24
+        assert 1 < e.signer.max_active <= 3, e.signer.max_active
+        e.signer.max_active = 0
+        pipeline(["127.0.0.1", "127.0.0.2"])  # two addresses: each has its own 3 slots
+        assert 3 < e.signer.max_active <= 6, e.signer.max_active
+    finally:
+        e.close()
+
+
+# -- the cache key and the cache's bounds, through HTTP ----------------------------------------------------------
+
+
+def test_every_spelling_of_one_request_shares_one_entry(env: Env) -> None:
+    """The query string and path segments before the base64 are not part of an OCSP GET: they must
+    not make new cache entries (each would cost a signature and evict a real answer)."""
+    der = env.request(env.a, 0x100)
+    b64 = urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+    paths = ["/" + b64, "/" + b64 + "?a=1", "/" + b64 + "?" + "q" * 5000, "/junk/" + b64,
+             "/junk/more/" + b64 + "?x", "/" + base64.urlsafe_b64encode(der).decode().rstrip("=")]
+    bodies = {env.get(p)[2] for p in paths}
+    bodies.add(env.post(der)[2])  # the same request by POST too
+    assert len(env.signer.calls) == 1 and len(bodies) == 1
+    assert len(env.cache) == 1
+    assert statuses(bodies.pop())[0]["serial"] == 0x100
+
+
+def test_request_longer_than_max_key_bytes_is_answered_not_cached(env: Env) -> None:
+    from asn1crypto import ocsp as aocsp
+
+    one = aocsp.OCSPRequest.load(env.request(env.a, 0x100))["tbs_request"]["request_list"][0]
+    many = aocsp.OCSPRequest({"tbs_request": {"request_list": [one] * 20}}).dump()
+    assert env.cache.max_key_bytes < len(many) <= env.listen.max_request_bytes
+    for _ in range(2):
+        code, _, body = env.post(many)
+        assert code == 200 and len(statuses(body)) == 20
+    assert len(env.signer.calls) == 2 and len(env.cache) == 0
+    path = b64path(many)
+    assert len(statuses(env.get(path)[2])) == 20 and len(env.signer.calls) == 3
+
+
+def test_expired_entries_leave_without_being_asked_for(env: Env) -> None:
+    for serial in (0x100, 0x101, 0x102):
+        env.post(env.request(env.a, serial))
+    assert len(env.cache) == 3
+    env.clock.advance(timedelta(hours=2))  # past max_age: the server's once-a-second sweep drops them
+    wait_until(lambda: len(env.cache) == 0, 5, "the sweep to drop expired entries")
+    assert env.cache.bytes == 0
+
+
+def _conn_state(env: Env) -> list[tuple[bool, int]]:
+    """(reading paused, answers queued) of each connection the server holds, read on its loop."""
+    async def look() -> list[tuple[bool, int]]:
+        return [(c.paused, len(c.queue)) for c in env.server.connections]
+    return env.call(look())
+
+
+def test_pipelined_input_is_parsed_only_as_fast_as_it_is_answered(env: Env) -> None:
+    """600 requests in one write: the server stops parsing once 32 answers are queued (plus what one
+    16 KB parser slice holds), keeps the rest of the input unparsed, and goes on as answers leave,
+    instead of making a task for every request one read brought."""
+    env.signer.delay = 0.3
+    reqs = [post_bytes(env.request(env.a, 0x100, nonce=b"n%05d" % i)) for i in range(600)]
+    c = Client(env)
+    try:
+        c.sock.sendall(b"".join(reqs))
+        wait_until(lambda: any(paused for paused, _ in _conn_state(env)), 5, "the server to stop reading")
+        ((_, queued),) = _conn_state(env)
+        per_slice = 16384 // min(len(r) for r in reqs) + 1
+        assert queued <= 32 + per_slice < 600, queued
+        env.signer.delay = 0
+        for i in range(600):
+            line, _, body = c.answer()
+            assert line.startswith(b"HTTP/1.1 200") and json.loads(body)["nonce"].endswith((b"n%05d" % i).hex())
+    finally:
+        c.close()
+
+
+def test_reset_reaches_a_client_that_does_not_read() -> None:
+    """abort() alone would send a FIN (nothing unread on the server side), queued behind answers the
+    client is not taking: the client would never see it. reset() must be a TCP reset."""
+    from frontend.http_conn import reset, unsent
+
+    async def go() -> tuple[int, list[tuple[int, int]]]:
+        transports: list[asyncio.Transport] = []
+
+        class Writer(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                transports.append(transport)  # type: ignore[arg-type]
+                transport.write(b"z" * 3_000_000)  # type: ignore[attr-defined]
+
+        server = await asyncio.get_running_loop().create_server(Writer, "127.0.0.1", 0)
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(client, server.sockets[0].getsockname())
+            while not transports:
+                await asyncio.sleep(0)
+            left = unsent(transports[0])
+            reset(transports[0])
+            poller = select.poll()
+            poller.register(client, _GONE)
+            for _ in range(100):  # the reset is on its way once the loop has run the close
+                events = poller.poll(0)
+                if events:
+                    break
+                await asyncio.sleep(0.01)
+            return left, events
+        finally:
+            client.close()
+            server.close()
+
+    left, events = uvloop.run(go())
+    assert left > 1_000_000  # most of it never reached the client
+    assert events and events[0][1] & select.POLLERR, events
