@@ -136,15 +136,21 @@ def request_from_path(path: bytes | str, prefix: str = "/", *, max_bytes: int | 
     if not rest:
         raise MalformedRequest("GET path carries no request")
 
+    oversized = 0
     for offset in _candidates(rest):
         try:
             der = decode_b64_component(rest[offset:] if offset else rest)
         except MalformedRequest:
             continue
         if max_bytes is not None and len(der) > max_bytes:
-            raise MalformedRequest(f"request of {len(der)} bytes exceeds {max_bytes}")
+            # Junk before the request can decode too (a long proxy segment): a later candidate may
+            # still be the request, so an oversized one only decides when nothing else does.
+            oversized = max(oversized, len(der))
+            continue
         if _der_length_ok(der):
             return der
+    if oversized and max_bytes is not None:
+        raise MalformedRequest(f"request of {oversized} bytes exceeds {max_bytes}")
     raise MalformedRequest("GET path does not carry a base64 DER OCSPRequest")
 
 

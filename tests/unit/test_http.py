@@ -165,3 +165,12 @@ def test_proxy_segments_before_the_request_still_work(segments: str, quote: bool
 def test_more_proxy_segments_than_candidates_is_malformed() -> None:
     with pytest.raises(MalformedRequest):
         http.request_from_path("/a/b/c/d/" + B64, "/")
+
+
+def test_a_long_segment_before_the_request_does_not_hide_it() -> None:
+    """Junk that decodes to more than max_bytes before the real request: the request is still found;
+    an oversized candidate decides only when nothing else is a request."""
+    junk = "M" + "A" * 19_999  # base64 of 15,000 bytes, over a 10,000-byte limit
+    assert http.request_from_path(f"/{junk}/{B64}", "/", max_bytes=10_000) == DER
+    with pytest.raises(MalformedRequest, match="exceeds 10000"):
+        http.request_from_path(f"/{junk}", "/", max_bytes=10_000)
