@@ -162,6 +162,19 @@ class Load(threading.Thread):
                       for ca, (_, dir_) in CAS.items()}
         self.cacheable = {ca: build_request(leaf, issuer) for ca, (leaf, issuer) in self.certs.items()}
 
+    def answered_after(self, t: float, *cas: str) -> bool:
+        """Each CA in ``cas`` has both a nonce and a cacheable answer sent after ``t``."""
+        kinds = {(a.ca, a.nonce) for a in list(self.answers) if a.sent > t and not a.error}
+        return all((ca, n) in kinds for ca in cas for n in (True, False))
+
+    def wait_answered_after(self, t: float, *cas: str) -> None:
+        """Wait for answers (not for a guessed time): fails if the load stopped or took too long."""
+        def ok() -> bool:
+            assert self.is_alive(), "the load stopped early"
+            return self.answered_after(t, *cas)
+
+        wait_until(ok, 30, f"answers for {', '.join(cas)} sent after t={t:.2f}")
+
     def run(self) -> None:
         i = 0
         while not self.stop_event.is_set() and time.monotonic() < self.deadline and i < self.max_requests:
@@ -200,7 +213,7 @@ def test_rotation_under_load(stack: Stack) -> None:
     load = Load(stack)
     load.start()
     try:
-        time.sleep(1.0)
+        load.wait_answered_after(time.monotonic(), *CAS)  # the load runs for both CAs, both kinds
         # 1. Renewal of the RSA CA's responder (same key) through the Admin RPC.
         rsa_cert, rsa_label = stack.reissue("rsa")
         out = stack.rotate("rsa", rsa_cert).stdout
@@ -210,7 +223,7 @@ def test_rotation_under_load(stack: Stack) -> None:
         assert load_cert(stack.demo.path("rsa-ca", "responder.pem")) == load_cert(rsa_cert)  # persisted
 
         # 2. Re-key of the EC CA's responder: new token key, new certificate, ca.d edit + SIGHUP.
-        time.sleep(GRACE + MARGIN + 0.5)
+        load.wait_answered_after(rsa_switch + GRACE + MARGIN, "rsa")  # the renewal's grace has passed
         ec_cert, ec_label = stack.reissue("ec", rekey=True)
         ca_file = stack.ca_file("ec")
         text = ca_file.read_text()
@@ -225,7 +238,7 @@ def test_rotation_under_load(stack: Stack) -> None:
         new_ec = cert_fingerprint(ec_cert)
 
         # 3. Re-key of the RSA CA's responder through the Admin RPC (the signer updates the ca.d file).
-        time.sleep(0.5)
+        load.wait_answered_after(ec_switch, "ec")
         rsa2_cert, rsa2_label = stack.reissue("rsa", rekey=True)
         rsa2_start = time.monotonic()
         out = stack.rotate("rsa", rsa2_cert, rsa2_label).stdout
@@ -234,7 +247,7 @@ def test_rotation_under_load(stack: Stack) -> None:
         new_rsa2 = cert_fingerprint(rsa2_cert)
         assert f'key_label = "{rsa2_label}"' in stack.ca_file("rsa").read_text()
 
-        time.sleep(GRACE + MARGIN + 1.5)
+        load.wait_answered_after(max(ec_switch, rsa2_switch) + GRACE + MARGIN, *CAS)
     finally:
         load.stop_event.set()
         load.join(30)

@@ -598,9 +598,11 @@ def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
 
 def test_append_returns_only_after_fsync(tmp_path: Path) -> None:
     gate = threading.Event()
+    entered = threading.Event()
     synced: list[int] = []
 
     def fsync(fd: int) -> None:
+        entered.set()
         gate.wait(5)
         os.fsync(fd)
         synced.append(fd)
@@ -608,7 +610,9 @@ def test_append_returns_only_after_fsync(tmp_path: Path) -> None:
     async def go() -> None:
         log = await open_log(tmp_path, signer=None, file_io=FileIO(fsync=fsync))
         task = asyncio.ensure_future(log.append(rec(0)))
-        await asyncio.sleep(0.1)
+        # Wait until the commit is inside fsync (held there by the gate), not for a guessed time.
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+        await asyncio.sleep(0)
         assert not task.done() and not synced
         gate.set()
         await task
@@ -624,7 +628,11 @@ def test_idle_log_is_checkpointed_by_the_timer(tmp_path: Path) -> None:
         log = await open_log(tmp_path, clock, every=1000, interval=timedelta(seconds=0.2))
         await log.append(rec(0, clock.now()))
         clock.advance(timedelta(seconds=1))
-        await asyncio.sleep(0.3)
+        # The timer fires within its 0.2 s interval: wait for its checkpoint (bounded), not a guess.
+        for _ in range(500):
+            if log.latest_checkpoint is not None:
+                break
+            await asyncio.sleep(0.01)
         assert log.latest_checkpoint is not None and "\n1\n" in log.latest_checkpoint
         await log.close()
 

@@ -534,6 +534,21 @@ def test_http10_closes(env: Env) -> None:
     assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data and data.endswith(b"ok\n")
 
 
+async def _settled(timeout: float = 5.0) -> None:
+    """Wait until no task but this one is left on the server's loop (answers, drains, signer calls
+    finished), so an absence (nothing signed) is observed after the fact, not after a guessed delay."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    me = asyncio.current_task()
+    while True:
+        others = [t for t in asyncio.all_tasks() if t is not me and not t.done()
+                  and "sweep" not in repr(t.get_coro()) and "serve" not in repr(t.get_coro())]
+        if not others:
+            return
+        assert loop.time() < deadline, f"tasks still running: {others}"
+        await asyncio.wait(others, timeout=max(0.0, deadline - loop.time()))
+
+
 @pytest.mark.parametrize("first", [
     b"GET /-/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",  # HTTP/1.0: answered, then closed
     b"POST / HTTP/1.1\r\nHost: x\r\n\r\n",  # 411: answered, then closed
@@ -544,7 +559,7 @@ def test_nothing_after_a_closing_message(env: Env, first: bytes, caplog: pytest.
     miss = b"GET " + b64path(env.request(env.a, 0x100)).encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     with caplog.at_level("WARNING"):
         out = split_responses(raw(env, first + miss + first + miss))
-        env.call(asyncio.sleep(0.2))
+        env.call(_settled())  # whatever the server started for those bytes has run to its end
     assert len(out) == 1 and out[0][1][b"connection"] == b"close"
     assert not env.signer.calls
     assert not [r for r in caplog.records if r.levelno >= 30], [r.getMessage() for r in caplog.records]
@@ -601,7 +616,9 @@ def test_request_after_reload_does_not_join_older_signature(tmp_path: Path) -> N
     async def go() -> tuple[bytes, bytes, bytes]:
         first = asyncio.create_task(app.answer(der, der))
         joined = asyncio.create_task(app.answer(der, der))  # before the reload: may share
-        await asyncio.sleep(0.05)
+        while not signer.calls:  # both tasks run to their first suspension: the signature started
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
         write(src.path, index_line("R", 0x100, "260101000000Z,keyCompromise"))
         assert await src.refresh(force=True)
         later = asyncio.create_task(app.answer(der, der))  # after the reload: must not share
@@ -873,15 +890,17 @@ def test_every_spelling_of_one_request_shares_one_entry(env: Env) -> None:
 def test_request_longer_than_max_key_bytes_is_answered_not_cached(env: Env) -> None:
     from asn1crypto import ocsp as aocsp
 
-    one = aocsp.OCSPRequest.load(env.request(env.a, 0x100))["tbs_request"]["request_list"][0]
-    many = aocsp.OCSPRequest({"tbs_request": {"request_list": [one] * 20}}).dump()
+    n = env.listen.max_cert_ids  # SHA-512 CertIDs, as many as allowed: longer than max_key_bytes
+    one = aocsp.OCSPRequest.load(env.request(env.a, 0x100, algorithm=hashes.SHA512()))[
+        "tbs_request"]["request_list"][0]
+    many = aocsp.OCSPRequest({"tbs_request": {"request_list": [one] * n}}).dump()
     assert env.cache.max_key_bytes < len(many) <= env.listen.max_request_bytes
     for _ in range(2):
         code, _, body = env.post(many)
-        assert code == 200 and len(statuses(body)) == 20
+        assert code == 200 and len(statuses(body)) == n
     assert len(env.signer.calls) == 2 and len(env.cache) == 0
     path = b64path(many)
-    assert len(statuses(env.get(path)[2])) == 20 and len(env.signer.calls) == 3
+    assert len(statuses(env.get(path)[2])) == n and len(env.signer.calls) == 3
 
 
 def test_expired_entries_leave_without_being_asked_for(env: Env) -> None:

@@ -339,7 +339,7 @@ def test_write_atomic_chmods_the_descriptor_not_the_name(tmp_path: Path,
 
 
 def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
+    import threading
 
     import signer.rotation as rotation
 
@@ -347,18 +347,24 @@ def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeyp
     env = Env(tmp_path, a)
     cert = rekey_candidate(env, a)
     real = rotation.write_atomic
+    writing, release = threading.Event(), threading.Event()
 
     def slow(path: Path, data: bytes, mode: int | None = None, **kw: Any) -> None:
-        time.sleep(0.3)  # a slow disk: the RPC's deadline passes while the files are written
-        real(path, data, mode)
+        writing.set()  # a slow disk: the RPC is cancelled while the files are being written
+        release.wait(10)
+        real(path, data, mode, **kw)
 
     monkeypatch.setattr(rotation, "write_atomic", slow)
 
     async def scenario() -> None:
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"), 0.1)
+        call = asyncio.ensure_future(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))
+        assert await asyncio.get_running_loop().run_in_executor(None, writing.wait, 10)
+        call.cancel()  # the caller goes away mid-persist
+        with pytest.raises(asyncio.CancelledError):
+            await call
         # The persist is still running: a concurrent rotation must wait for it, not interleave.
         assert env.rotator._lock.locked()
+        release.set()
         await env.rotator.drain()
         assert not env.rotator._lock.locked()
 
