@@ -19,6 +19,7 @@ What the frontend does, pinned here:
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from cryptography import x509
 from cryptography.x509 import ocsp
 
 from frontend.config import ListenConfig, load_frontend_config
-from tests.integration.conftest import Demo, Process
+from tests.integration.conftest import Demo, Process, free_port, http_healthy, tool
 from tests.integration.ocsp_client import build_multi_request, build_request, load_cert, post, random_nonce
 
 pytestmark = pytest.mark.integration
@@ -470,14 +471,39 @@ def test_many_idle_connections(demo: Demo, frontend: Process) -> None:
 # -- slow clients ----------------------------------------------------------------------------------------
 
 
-def test_slow_clients_are_cut_off(demo: Demo, frontend: Process, limits: ListenConfig) -> None:
+@pytest.fixture(scope="module")
+def quick(demo: Demo, signer: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A frontend of its own with short timeouts (idle 4 s, request 2 s), so the slow-client test need
+    not wait out the 30 s default."""
+    d = tmp_path_factory.mktemp("quick")
+    port = free_port()
+    text = demo.path("etc", "frontend.toml").read_text()
+    text = re.sub(r"(?m)^port = \d+$", f"port = {port}", text, count=1)
+    text = text.replace("max_request_bytes = 10000\n",
+                        'max_request_bytes = 10000\nidle_timeout = "4s"\nrequest_timeout = "2s"\n', 1)
+    assert 'idle_timeout = "4s"' in text
+    config = d / "frontend.toml"
+    config.write_text(text)
+    p = Process("ocsp-frontend", [tool("ocsp-frontend"), "--config", str(config)], demo.env,
+                lambda: http_healthy(port), d / "frontend.log")
+    p.port = port  # type: ignore[attr-defined]
+    p.config = config  # type: ignore[attr-defined]
+    p.start()
+    yield p
+    p.stop()
+
+
+def test_slow_clients_are_cut_off(demo: Demo, quick: Process) -> None:
     """One connection sends nothing: closed after idle_timeout (not much before, not much after).
     Another trickles a request one byte every 50 ms: 408 and closed after request_timeout.
     Both run at once; the test is bounded by idle_timeout + a few seconds."""
+    limits = load_frontend_config(quick.config).listen  # type: ignore[attr-defined]
+    assert (limits.idle_timeout, limits.request_timeout) == (4.0, 2.0)
+    port = quick.port  # type: ignore[attr-defined]
     slack = 3.0  # the server sweeps deadlines once a second
     t0 = time.monotonic()
-    idle = Wire(demo.http_port)
-    trickle = Wire(demo.http_port)
+    idle = Wire(port)
+    trickle = Wire(port)
     try:
         trickle.sock.setblocking(False)
         msg = b"GET /-/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 10_000
@@ -523,7 +549,13 @@ def test_slow_clients_are_cut_off(demo: Demo, frontend: Process, limits: ListenC
     finally:
         idle.close()
         trickle.close()
-    assert_alive(demo, frontend)
+    assert quick.proc is not None and quick.proc.poll() is None
+    w = Wire(port)
+    try:
+        w.send(b"GET /-/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert w.response().status == 200
+    finally:
+        w.close()
 
 
 # -- OCSP-level hostility --------------------------------------------------------------------------------
