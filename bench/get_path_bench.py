@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.ocsp.errors import MalformedRequest  # noqa: E402
-from shared.ocsp.http import request_from_path  # noqa: E402
+from shared.ocsp.errors import MalformedRequest
+from shared.ocsp.http import request_from_path
 
 # A real one-CertID request, as `openssl ocsp -reqout` writes it (the committed test vector).
 DER = (ROOT / "tests" / "vectors" / "req-openssl-sha256-no-nonce.der").read_bytes()
