@@ -36,15 +36,21 @@ from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer.config import ListenLimits, load_signer_config
 from signer.mechanisms import SignatureAlgorithm
 from signer.policy import MAX_NONCE, MAX_REQUEST_ID, largest_sign_request
-from signer.service import MIN_ADMIN_MESSAGE_BYTES, maximum_concurrent_rpcs, receive_limit, serve, server_options
+from signer.service import (
+    MIN_ADMIN_MESSAGE_BYTES,
+    maximum_concurrent_rpcs,
+    receive_limit,
+    serve,
+    server_options,
+)
 from tests.unit.test_signer_service import (
     AUDIT_LABEL,
     DAY,
     HOUR,
     NOW,
-    T,
     Ca,
     FakeToken,
+    T,
     expect_error,
     make_ca,
     short_dir,
