@@ -404,3 +404,20 @@ def test_bad_limits_name_the_key(tmp_path: Path, line: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_signer_config(conf)
     assert info.value.key == key, info.value
+
+
+def test_example_config_states_the_defaults() -> None:
+    """etc/signer.toml shows each bound with its default value (its comments size them)."""
+    import tomllib
+
+    from shared.config import parse_duration
+    from signer.config import DEFAULT_MIN_FREE, DEFAULT_SPACE_CHECK_INTERVAL, parse_size
+
+    example = tomllib.loads((Path(__file__).resolve().parents[2] / "etc" / "signer.toml").read_text())
+    listen, d = example["listen"], ListenLimits()
+    for key in ("max_concurrent_rpcs", "max_watchers", "max_concurrent_streams", "max_connections"):
+        assert listen[key] == getattr(d, key), key
+    for key in ("max_connection_age", "max_connection_age_grace"):
+        assert parse_duration(listen[key]) == getattr(d, key), key
+    assert parse_size(example["audit"]["min_free"]) == DEFAULT_MIN_FREE
+    assert parse_duration(example["audit"]["space_check_interval"]) == DEFAULT_SPACE_CHECK_INTERVAL
