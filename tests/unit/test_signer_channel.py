@@ -31,7 +31,13 @@ from shared.ocsp.errors import TryLater
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
 from shared.rpc.metadata import REFUSED
-from signer.config import DEFAULT_MIN_PING_INTERVAL, AdminConfig, ListenConfig, PolicyConfig, load_signer_config
+from signer.config import (
+    DEFAULT_MIN_PING_INTERVAL,
+    AdminConfig,
+    ListenConfig,
+    PolicyConfig,
+    load_signer_config,
+)
 from signer.service import server_options
 from tests.unit.test_frontend_config import setup as frontend_setup
 from tests.unit.test_frontend_signer_client import statuses
