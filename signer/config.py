@@ -10,6 +10,12 @@ each responder certificate checked against its CA. Errors name the file and the 
     [listen]
     address = "127.0.0.1:50051"     # host:port, or unix:/path/to/socket
     min_ping_interval = "10s"       # keepalive pings closer together than this are "too many pings"
+    max_concurrent_rpcs = 256       # Sign/Health/Responders/Admin calls in progress at once (then RESOURCE_EXHAUSTED)
+    max_watchers = 128              # Watch streams open at once (then RESOURCE_EXHAUSTED)
+    max_concurrent_streams = 64     # calls in progress on one connection (HTTP/2; more wait in the client)
+    max_connections = 512           # client connections at once (more are closed at once)
+    max_connection_age = "1h"       # a connection is recycled (GOAWAY) after this long ...
+    max_connection_age_grace = "30s"   # ... and closed this long later, calls still on it or not
     [token]
     module = "/usr/lib/softhsm/libsofthsm2.so"
     label = "ocsp"                  # exactly one of label / serial
@@ -54,6 +60,33 @@ DEFAULT_EXPIRY_WARNING = timedelta(days=30)
 DEFAULT_MIN_PING_INTERVAL = timedelta(seconds=10)
 # A sanity bound, not a policy: RFC 6960 puts no limit on requestList, we do.
 MAX_CERT_IDS_LIMIT = 1000
+# [audit] min_free default: room for the log to keep growing while someone frees space.
+DEFAULT_MIN_FREE = 1 << 30
+DEFAULT_SPACE_CHECK_INTERVAL = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenLimits:
+    """What one caller, or all of them together, may hold on the listener (README, "Limits and
+    hardening"). Read from ``[listen]``; signer.service turns them into gRPC server options."""
+
+    # Unary calls (Sign, Health, Responders, Admin) in progress at once; past it gRPC answers
+    # RESOURCE_EXHAUSTED at once. Watch streams are counted apart (max_watchers), so open streams can
+    # never take the slots Sign needs: the server's whole limit is the sum of the two.
+    max_concurrent_rpcs: int = 256
+    # Watch streams open at once (one per frontend process and signer address); past it Watch is
+    # refused with RESOURCE_EXHAUSTED (the frontend retries, and SignReply generations fill the gap).
+    max_watchers: int = 128
+    # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls in progress on one connection; a client's calls
+    # past it wait in the client (within their deadline), so one connection cannot take every slot.
+    max_concurrent_streams: int = 64
+    # Client connections at once (grpc.max_allowed_incoming_connections); more are closed on accept.
+    max_connections: int = 512
+    # A connection is sent GOAWAY after this long (gRPC adds +-10 % jitter) and closed ``grace`` later
+    # with whatever is still open on it (the Watch stream; the client reconnects): no client holds a
+    # connection, its streams and buffers for good.
+    max_connection_age: timedelta = timedelta(hours=1)
+    max_connection_age_grace: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +101,7 @@ class ListenConfig:
     # Shortest interval between two keepalive pings of a client accepted without a strike (gRPC's
     # grpc.http2.min_ping_interval_without_data_ms); a client pinging faster is dropped after 2 strikes.
     min_ping_interval: timedelta = DEFAULT_MIN_PING_INTERVAL
+    limits: ListenLimits = ListenLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +148,10 @@ class AuditConfig:
     checkpoint_interval: timedelta = timedelta(seconds=60)
     max_file_bytes: int = 64 << 20
     group_window: timedelta = timedelta(milliseconds=2)
+    # Free bytes wanted in ``dir`` (for the signer's user); below it: ERROR, Health not serving, metric
+    # (signer.audit_space). Signing goes on until a write actually fails. 0 = not checked.
+    min_free: int = DEFAULT_MIN_FREE
+    space_check_interval: timedelta = DEFAULT_SPACE_CHECK_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +244,24 @@ def _listen(sec: Section) -> ListenConfig:
     listen = parse_listen_address(sec, "address", sec.str("address"))
     interval = sec.duration("min_ping_interval", DEFAULT_MIN_PING_INTERVAL, minimum=timedelta(seconds=1),
                             maximum=timedelta(hours=2))
-    return replace(listen, min_ping_interval=interval)
+    return replace(listen, min_ping_interval=interval, limits=_listen_limits(sec))
+
+
+def _listen_limits(sec: Section) -> ListenLimits:
+    d = ListenLimits()
+    age = sec.duration("max_connection_age", d.max_connection_age, minimum=timedelta(seconds=1),
+                       maximum=timedelta(days=7))
+    grace = sec.duration("max_connection_age_grace", d.max_connection_age_grace, minimum=timedelta(seconds=1),
+                         maximum=timedelta(hours=1))
+    return ListenLimits(
+        max_concurrent_rpcs=sec.int("max_concurrent_rpcs", d.max_concurrent_rpcs, minimum=1, maximum=100_000),
+        max_watchers=sec.int("max_watchers", d.max_watchers, minimum=1, maximum=100_000),
+        max_concurrent_streams=sec.int("max_concurrent_streams", d.max_concurrent_streams, minimum=1,
+                                       maximum=100_000),
+        max_connections=sec.int("max_connections", d.max_connections, minimum=1, maximum=100_000),
+        max_connection_age=age,
+        max_connection_age_grace=grace,
+    )
 
 
 def _token(sec: Section) -> TokenConfig:
@@ -290,7 +345,41 @@ def _audit(sec: Section) -> AuditConfig:
         max_file_bytes=sec.int("max_file_bytes", 64 << 20, minimum=4096),
         group_window=sec.duration("group_window", timedelta(milliseconds=2),
                                   maximum=timedelta(milliseconds=100)),
+        min_free=_size(sec, "min_free", DEFAULT_MIN_FREE),
+        space_check_interval=sec.duration("space_check_interval", DEFAULT_SPACE_CHECK_INTERVAL,
+                                          minimum=timedelta(milliseconds=100), maximum=timedelta(hours=1)),
     )
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """A size in bytes: an integer, or a string with a binary unit ("512MiB", "1GiB"). Raises ValueError."""
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a size cannot be negative")
+        return text
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a size like \"512MiB\" or \"1GiB\" (binary units B, KiB, MiB, GiB, "
+                         "TiB; a plain integer is bytes)")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+
+
+def _size(sec: Section, name: str, default: int) -> int:
+    if not sec.has(name):
+        sec.ignore(name)
+        return default
+    value = sec.data[name]
+    sec.ignore(name)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise sec.error(name, f"must be a size like \"512MiB\" or \"1GiB\", not {value!r}")
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise sec.error(name, str(e)) from None
 
 
 # -- ca.d/*.toml -----------------------------------------------------------------

@@ -8,6 +8,14 @@ nothing to update on the signing path.
     ocsp_signer_responder_expiry_seconds{ca}      seconds until notAfter (negative once expired)
     ocsp_signer_responder_expiring{ca}            1 within [policy] expiry_warning of notAfter (or past it)
     ocsp_signer_rotations_total{kind,result}      rotate (Admin RPC) / reload (SIGHUP): ok, refused, unchanged
+    ocsp_signer_watch_streams                     Watch streams open now ([listen] max_watchers)
+    ocsp_signer_watch_refused_total               Watch calls refused at max_watchers
+    ocsp_signer_audit_free_bytes                  free bytes in [audit] dir at the last check (absent if unreadable)
+    ocsp_signer_audit_min_free_bytes              [audit] min_free
+    ocsp_signer_audit_space_low                   1 while free space is below min_free (or cannot be read)
+
+The audit space figures are those of the signer's periodic check (signer.audit_space, reached as
+``rotator.service.audit_space``), not read at scrape time.
 """
 
 from __future__ import annotations
@@ -47,6 +55,16 @@ def render(rotator: Rotator) -> str:
     lines.append("# TYPE ocsp_signer_rotations_total counter")
     for (kind, result), n in sorted(rotator.counts.items()):
         lines.append(f'ocsp_signer_rotations_total{{kind="{kind}",result="{result}"}} {n}')
+    lines += ["# TYPE ocsp_signer_watch_streams gauge", f"ocsp_signer_watch_streams {rotator.watchers}",
+              "# TYPE ocsp_signer_watch_refused_total counter",
+              f"ocsp_signer_watch_refused_total {rotator.watchers_refused}"]
+    space = getattr(rotator.service, "audit_space", None)
+    if space is not None:
+        lines.append("# TYPE ocsp_signer_audit_free_bytes gauge")
+        if space.free_bytes is not None:
+            lines.append(f"ocsp_signer_audit_free_bytes {space.free_bytes}")
+        lines += ["# TYPE ocsp_signer_audit_min_free_bytes gauge", f"ocsp_signer_audit_min_free_bytes {space.min_free}",
+                  "# TYPE ocsp_signer_audit_space_low gauge", f"ocsp_signer_audit_space_low {1 if space.low else 0}"]
     return "\n".join(lines) + "\n"
 
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import grpc
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared.clock import Clock
-from shared.ocsp.certid import serial_problem
+from shared.ocsp.certid import MAX_SERIAL_VALUE_OCTETS, serial_problem
 from shared.ocsp.errors import OCSPError
 from shared.ocsp.request import nonce_length
 from shared.ocsp.types import (
@@ -76,6 +78,7 @@ class Policy:
         """Validate ``request``; raise PolicyError with the first fault found."""
         now = self.clock.now()
         skew = self.config.max_clock_skew
+        check_known_fields(request)
         if len(request.request_id) > MAX_REQUEST_ID:
             raise _invalid(f"request_id is longer than {MAX_REQUEST_ID} characters")
         n = len(request.responses)
@@ -172,6 +175,52 @@ class Policy:
 
         return SingleStatus(cert_id=cert_id, status=status, this_update=this_update,
                             next_update=next_update, revocation=revocation)
+
+
+def unknown_field(message: Message, where: str = "") -> str | None:
+    """Where the first field this signer's proto/signer.proto does not define sits in ``message`` (at any
+    depth), e.g. ``"unknown field 15 in responses[0].cert_id"``; None when there is none. Protobuf keeps
+    such fields (UnknownFieldSet) instead of dropping them, so they would ride along with a valid
+    request for as long as the call lives."""
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        return f"unknown field {unknown[0].field_number}" + (f" in {where}" if where else "")
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.is_repeated:
+            for i, item in enumerate(value):
+                found = unknown_field(item, f"{where}.{field.name}[{i}]".lstrip("."))
+                if found:
+                    return found
+        else:
+            found = unknown_field(value, f"{where}.{field.name}".lstrip("."))
+            if found:
+                return found
+    return None
+
+
+def check_known_fields(message: Message) -> None:
+    """PolicyError (INVALID_ARGUMENT) when ``message`` carries a field the signer does not know."""
+    found = unknown_field(message)
+    if found is not None:
+        raise _invalid(f"{found} of {message.DESCRIPTOR.name}: this signer does not know it (a frontend newer "
+                       "than the signer? upgrade signers first)")
+
+
+def largest_sign_request(max_cert_ids: int) -> pb.SignRequest:
+    """The largest SignRequest ``Policy.check`` can accept with ``max_cert_ids``: every bytes field at its
+    longest (request_id of MAX_REQUEST_ID four-byte characters, SHA-512 hashes, a 21-octet serial, a
+    nonce of MAX_NONCE octets in a long-form OCTET STRING) and every number at its longest encoding
+    among the values policy admits. The receive limit (signer.service) is sized from it."""
+    latest = MAX_TIME
+    item = pb.SingleStatus(
+        cert_id=pb.CertId(hash_algorithm=pb.SHA512, issuer_name_hash=b"\xff" * 64, issuer_key_hash=b"\xff" * 64,
+                          serial_number=b"\x00" + b"\xff" * MAX_SERIAL_VALUE_OCTETS),
+        status=pb.REVOKED, revocation_time=latest, revocation_reason=max(_REASONS), invalidity_date=latest,
+        this_update=latest, next_update=latest)
+    nonce = b"\x04\x81" + bytes([MAX_NONCE]) + b"\xff" * MAX_NONCE
+    return pb.SignRequest(request_id="\U0010ffff" * MAX_REQUEST_ID, responses=[item] * max_cert_ids, nonce=nonce)
 
 
 def _cert_id(where: str, item: pb.SingleStatus) -> CertId:

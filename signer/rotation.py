@@ -57,6 +57,10 @@ MAX_KEY_LABEL = 128
 TIME_FMT = "%Y-%m-%dT%H:%M:%SZ"
 
 
+class WatchersFull(Exception):
+    """Watch refused: ``[listen] max_watchers`` streams are open already (the caller gets RESOURCE_EXHAUSTED)."""
+
+
 class RotationError(Exception):
     """A refused rotation; ``code`` is the gRPC status the Admin caller gets."""
 
@@ -206,6 +210,8 @@ class Rotator:
         self.expiry_warning: timedelta = config.policy.expiry_warning
         self._lock = asyncio.Lock()
         self._watchers: set[asyncio.Queue[pb.ResponderState | None]] = set()
+        self.max_watchers: int = config.listen.limits.max_watchers
+        self.watchers_refused = 0  # Watch calls refused at the cap (metrics)
         self._closed = False
         self._expiry_task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[RotateResult]] = set()  # persist+swap steps under way
@@ -515,10 +521,16 @@ class Rotator:
             _replace(q, state)
 
     async def watch(self) -> AsyncIterator[pb.ResponderState]:
-        """The current state, then the whole state after each change, until ``close()``."""
+        """The current state, then the whole state after each change, until ``close()``. Raises
+        WatchersFull (before yielding anything) while ``max_watchers`` streams are open: each holds a
+        call slot, a connection and its buffers for as long as it lasts."""
         q: asyncio.Queue[pb.ResponderState | None] = asyncio.Queue(maxsize=1)
         if self._closed:
             return
+        if len(self._watchers) >= self.max_watchers:
+            self.watchers_refused += 1
+            raise WatchersFull(f"{len(self._watchers)} Watch streams are open, the most this signer allows "
+                               "([listen] max_watchers); SignReply generations still arrive")
         self._watchers.add(q)
         try:
             yield self.state()

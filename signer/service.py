@@ -26,17 +26,34 @@ from shared.rpc.metadata import REFUSED
 from signer import startup
 from signer.admin import RotationRuntime
 from signer.audit import AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus
+from signer.audit_space import AuditSpace
 from signer.config import SignerConfig
-from signer.policy import Policy, PolicyError
+from signer.policy import Policy, PolicyError, check_known_fields, largest_sign_request
 from signer.responders import ResponderSet
+from signer.rotation import WatchersFull
 from signer.tls import add_port, transport_interceptors, transport_summary
 from signer.token import Pkcs11Token, Token, TokenError
 
 log = logging.getLogger("ocsp-signer")
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight RPCs get to finish on SIGTERM/SIGINT
-MAX_MESSAGE_BYTES = 1 << 20  # a SignRequest of 1000 statuses is ~200 KB
 MAX_PING_STRIKES = 2  # gRPC's default, stated: too-early keepalive pings tolerated before GOAWAY
+# With Admin allowed on the main listener ([admin] allowed_clients), a RotateRequest (a PEM or DER
+# certificate) must fit as well as the largest SignRequest.
+MIN_ADMIN_MESSAGE_BYTES = 64 << 10
+
+
+def receive_limit(config: SignerConfig) -> int:
+    """The largest message the listener accepts (grpc.max_receive_message_length): the largest valid
+    SignRequest for ``policy.max_cert_ids`` (signer.policy.largest_sign_request) plus a quarter and
+    1 KiB for encoders that spend a few more bytes than ours; at least MIN_ADMIN_MESSAGE_BYTES when
+    Admin calls are allowed on the listener. Larger messages are refused RESOURCE_EXHAUSTED by gRPC
+    before the servicer sees them. About 4.4 KB with the default max_cert_ids of 8."""
+    largest = largest_sign_request(config.policy.max_cert_ids).ByteSize()
+    limit = largest + largest // 4 + 1024
+    if config.admin.allowed_clients:
+        limit = max(limit, MIN_ADMIN_MESSAGE_BYTES)
+    return limit
 
 
 def client_identity(context: grpc.aio.ServicerContext) -> str:
@@ -65,6 +82,7 @@ class SignerService(pb_grpc.SignerServicer):
         self.token_name = token_name
         self.serving = True
         self.rotation: Any = None  # signer.rotation.Rotator, set by serve(); serves Watch
+        self.audit_space: Any = None  # signer.audit_space.AuditSpace, set by serve(); Health reads it
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         code: grpc.StatusCode
@@ -109,6 +127,7 @@ class SignerService(pb_grpc.SignerServicer):
 
     async def Responders(self, request: pb.RespondersRequest,
                          context: grpc.aio.ServicerContext) -> pb.RespondersReply:
+        await _refuse_unknown_fields(request, context)
         return pb.RespondersReply(responders=[
             pb.Responder(issuer_certificate=r.issuer_cert, responder_certificate=r.cert,
                          generation=r.generation, name=r.name, not_before=int(r.not_before.timestamp()),
@@ -119,10 +138,15 @@ class SignerService(pb_grpc.SignerServicer):
 
     async def Watch(self, request: pb.WatchRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponderState]:
-        async for state in self.rotation.watch():
-            yield state
+        await _refuse_unknown_fields(request, context)
+        try:
+            async for state in self.rotation.watch():
+                yield state
+        except WatchersFull as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:
+        await _refuse_unknown_fields(request, context)
         if not self.serving:
             return pb.HealthReply(serving=False, detail="shutting down")
         # Not serving while the last signature failed in the token or the audit log cannot be
@@ -133,9 +157,22 @@ class SignerService(pb_grpc.SignerServicer):
         audit_error = getattr(self.audit, "failure", None)
         if audit_error:
             return pb.HealthReply(serving=False, detail=f"audit log not writable: {audit_error}")
+        # Low on disk: still signing, but not ready, so load balancers move away before the log fills.
+        space_problem = self.audit_space.problem() if self.audit_space is not None else None
+        if space_problem:
+            return pb.HealthReply(serving=False, detail=f"audit disk: {space_problem}")
         rs = self.responders
         detail = f"token {self.token_name!r} logged in, {len(rs)} responders, generation {rs.generation}"
         return pb.HealthReply(serving=True, detail=detail)
+
+
+async def _refuse_unknown_fields(request: Any, context: grpc.aio.ServicerContext) -> None:
+    """Abort INVALID_ARGUMENT when ``request`` carries fields proto/signer.proto does not define (Sign
+    checks its own in Policy.check)."""
+    try:
+        check_known_fields(request)
+    except PolicyError as e:
+        await context.abort(e.code, e.message)
 
 
 class SignerServer:
@@ -149,6 +186,8 @@ class SignerServer:
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE) -> None:
         self.service.serving = False
+        if self.service.audit_space is not None:
+            await self.service.audit_space.stop()
         if self.rotation is not None:
             await self.rotation.stop()  # ends Watch streams, which would otherwise hold the grace
         await self.server.stop(grace)
@@ -181,20 +220,47 @@ def _bound_address(config: SignerConfig, port: int) -> str:
 
 
 def server_options(config: SignerConfig) -> list[tuple[str, int]]:
-    """gRPC server channel arguments. The keepalive ones are the signer's half of an agreement with the
-    frontend's channel options (frontend.signer_client.channel_options): a client may ping every
-    ``listen.min_ping_interval`` (the frontend pings every ``[signer] keepalive``, 30 s by default, and
-    on a quiet connection too), and a connection with no call in flight may be pinged as well. Pings
-    closer together are strikes; after ``max_ping_strikes`` of them gRPC sends GOAWAY "too_many_pings"
-    and the calls on that connection fail (the frontend then retries once over a new connection)."""
+    """gRPC server channel arguments.
+
+    Keepalive: the signer's half of an agreement with the frontend's channel options
+    (frontend.signer_client.channel_options): a client may ping every ``listen.min_ping_interval`` (the
+    frontend pings every ``[signer] keepalive``, 30 s by default, and on a quiet connection too), and a
+    connection with no call in flight may be pinged as well. Pings closer together are strikes; after
+    ``max_ping_strikes`` of them gRPC sends GOAWAY "too_many_pings" and the calls on that connection fail
+    (the frontend then retries once over a new connection).
+
+    Bounds (``[listen]`` limits): the receive limit (``receive_limit``), calls per connection, client
+    connections, and the connection age after which a connection is recycled. The limit on calls in
+    progress is not a channel argument: ``maximum_concurrent_rpcs`` below."""
+    limits = config.listen.limits
     return [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", receive_limit(config)),
         ("grpc.so_reuseport", 0),
         ("grpc.http2.min_ping_interval_without_data_ms",
          int(config.listen.min_ping_interval.total_seconds() * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", limits.max_connections),
+        ("grpc.max_connection_age_ms", int(limits.max_connection_age.total_seconds() * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(limits.max_connection_age_grace.total_seconds() * 1000)),
     ]
+
+
+def limits_summary(config: SignerConfig) -> str:
+    limits, a = config.listen.limits, config.audit
+    return (f"messages up to {receive_limit(config)} bytes, {limits.max_concurrent_rpcs} calls and "
+            f"{limits.max_watchers} Watch streams at once, {limits.max_concurrent_streams} calls per connection, "
+            f"{limits.max_connections} connections, each recycled after {limits.max_connection_age} "
+            f"(+{limits.max_connection_age_grace}); audit.min_free {a.min_free} bytes")
+
+
+def maximum_concurrent_rpcs(config: SignerConfig) -> int:
+    """gRPC's one limit on calls in progress counts every call: unary calls get ``max_concurrent_rpcs``
+    of it and Watch streams the ``max_watchers`` on top, which the Rotator enforces by itself, so
+    however many streams are open the unary calls always have their share."""
+    limits = config.listen.limits
+    return limits.max_concurrent_rpcs + limits.max_watchers
 
 
 async def serve(config: SignerConfig, *, token: Token | None = None,
@@ -226,7 +292,13 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
     service = SignerService(responders=responders, token=token, policy=Policy(config.policy, clock),
                             clock=clock, executor=executor, audit=audit,
                             token_name=str(getattr(token, "label", "") or ""))
-    server = grpc.aio.server(interceptors=transport_interceptors(config), options=server_options(config))
+    # Free space in the audit directory, read once now (an ERROR before the first request when it is
+    # low already), then every space_check_interval.
+    service.audit_space = AuditSpace(config.audit.dir, config.audit.min_free,
+                                     interval=config.audit.space_check_interval.total_seconds())
+    service.audit_space.check()
+    server = grpc.aio.server(interceptors=transport_interceptors(config), options=server_options(config),
+                             maximum_concurrent_rpcs=maximum_concurrent_rpcs(config))
     pb_grpc.add_SignerServicer_to_server(service, server)
     wrapper = SignerServer(server, service, owns_token=owns_token)
     wrapper.rotation = RotationRuntime.attach(server, service, config, token, executor, clock)
@@ -240,12 +312,14 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
         await wrapper.stop(None)
         raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}")
     await server.start()
+    service.audit_space.start()
     try:
         await wrapper.rotation.start()
     except ConfigError:
         await wrapper.stop(None)
         raise
     address = _bound_address(config, port)
+    log.info("limits: %s", limits_summary(config))
     log.info("serving on %s (%s): %d responders (%s), token %r", address, transport_summary(config),
              len(responders), ", ".join(f"{r.name}: {r.algorithm.value}" for r in responders), service.token_name)
     return wrapper, address

@@ -68,6 +68,11 @@ class SignerServicer:
         FAILED_PRECONDITION the responder cannot sign now (expired certificate)
         UNAVAILABLE         token not ready, or the audit log not writable (the
         response was not released; the frontend answers tryLater)
+        RESOURCE_EXHAUSTED  a message larger than the largest valid request (sized
+        from policy.max_cert_ids), or [listen] max_concurrent_rpcs
+        calls in progress already
+        Every Signer RPC refuses a request carrying a field this file does not
+        define, at any depth: INVALID_ARGUMENT "unknown field N ...".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,7 +95,10 @@ class SignerServicer:
     def Watch(self, request, context):
         """Responder changes as they happen: first the current state of every issuer,
         then the whole state again after every change (rotation, SIGHUP reload).
-        The stream lasts until the signer stops; clients reconnect by themselves.
+        The stream lasts until the signer stops, or until its connection is
+        recycled ([listen] max_connection_age + grace: UNAVAILABLE); clients
+        reconnect by themselves. RESOURCE_EXHAUSTED while [listen] max_watchers
+        streams are open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

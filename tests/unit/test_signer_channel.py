@@ -31,7 +31,13 @@ from shared.ocsp.errors import TryLater
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
 from shared.rpc.metadata import REFUSED
-from signer.config import DEFAULT_MIN_PING_INTERVAL, load_signer_config
+from signer.config import (
+    DEFAULT_MIN_PING_INTERVAL,
+    AdminConfig,
+    ListenConfig,
+    PolicyConfig,
+    load_signer_config,
+)
 from signer.service import server_options
 from tests.unit.test_frontend_config import setup as frontend_setup
 from tests.unit.test_frontend_signer_client import statuses
@@ -47,8 +53,9 @@ from tests.unit.test_signer_service import (
 
 
 def options_for(min_ping_interval: float) -> list[tuple[str, int]]:
-    listen = SimpleNamespace(min_ping_interval=timedelta(seconds=min_ping_interval))
-    return server_options(SimpleNamespace(listen=listen))  # type: ignore[arg-type]
+    listen = ListenConfig(address="127.0.0.1:0", kind="tcp", min_ping_interval=timedelta(seconds=min_ping_interval))
+    config = SimpleNamespace(listen=listen, policy=PolicyConfig(), admin=AdminConfig())
+    return server_options(config)  # type: ignore[arg-type]
 
 
 class Stand(signer_pb2_grpc.SignerServicer):
