@@ -47,7 +47,14 @@ from grpc import aio
 
 from shared.ratelog import RateLimitedLog
 from signer.interceptors import wrap_handler
-from signer.unix_socket import created_with_mode, private_dir_for, upstream_socket_for
+from signer.unix_socket import (
+    created_with_mode,
+    make_private_dir,
+    private_dir_for,
+    remove_private_dir,
+    unlink_quietly,
+    upstream_socket_for,
+)
 
 log = logging.getLogger("ocsp-signer")
 
@@ -311,7 +318,7 @@ class LocalListener:
             return
         finally:
             if name is not None:
-                _unlink_quietly(name)
+                unlink_quietly(name)
         if conn.closed:  # the caller went away as the connection was made
             upstream.transport.abort()
             return
@@ -348,53 +355,6 @@ def _remove_stale_socket(path: Path) -> None:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
     except FileNotFoundError:
-        pass
-
-
-def _unlink_quietly(path: str | Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def make_private_dir(directory: Path) -> None:
-    """``directory`` empty, owned by this user, mode 0700. One left by a crashed run is emptied; anything
-    else in its place (another owner, a symlink, not a directory) raises ValueError."""
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        problem = private_dir_problem(directory)
-        if problem is not None:
-            raise ValueError(problem) from None
-        for entry in os.scandir(directory):
-            if entry.is_dir(follow_symlinks=False):
-                raise ValueError(f"{directory} holds a directory, {entry.name}: not one the signer made") from None
-            os.unlink(entry.path)
-    os.chmod(directory, 0o700)
-
-
-def private_dir_problem(directory: Path) -> str | None:
-    """Why ``directory`` cannot be the signer's private directory, or None (absent, or a directory of
-    this user's)."""
-    try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{directory} is in the way (not a directory); remove it"
-    if st.st_uid != os.geteuid():
-        return f"{directory} belongs to uid {st.st_uid}, not to the signer's user ({os.geteuid()}); remove it"
-    return None
-
-
-def remove_private_dir(directory: Path) -> None:
-    try:
-        for entry in os.scandir(directory):
-            if not entry.is_dir(follow_symlinks=False):
-                _unlink_quietly(entry.path)
-        os.rmdir(directory)
-    except OSError:
         pass
 
 

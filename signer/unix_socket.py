@@ -13,6 +13,7 @@ file (and search permission on every directory above it), else it fails with EAC
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,3 +61,60 @@ def longest_private_path(path: Path) -> int:
     """Bytes of the longest socket address the relay binds for the public socket ``path``."""
     private = len(str(private_dir_for(path)).encode()) + 1
     return private + max(RELAY_NAME_DIGITS, len("grpc.sock"))
+
+
+def make_private_dir(directory: Path) -> None:
+    """``directory`` empty, owned by this user, mode 0700. One left by a crashed run is emptied; anything
+    else in its place (another owner, a symlink, not a directory) raises ValueError. Opened without
+    following symlinks, and changed through that descriptor only."""
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        problem = private_dir_problem(directory)
+        if problem is not None:
+            raise ValueError(problem) from None
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise ValueError(f"{directory}: {e.strerror or e}") from None
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise ValueError(private_dir_problem(directory) or f"{directory} changed owner")
+        os.fchmod(fd, 0o700)
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                raise ValueError(f"{directory} holds a directory, {entry.name}: not one the signer made")
+            os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def private_dir_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot be the signer's private directory, or None (absent, or a directory of
+    this user's)."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is in the way (not a directory); remove it"
+    if st.st_uid != os.geteuid():
+        return f"{directory} belongs to uid {st.st_uid}, not to the signer's user ({os.geteuid()}); remove it"
+    return None
+
+
+def remove_private_dir(directory: Path) -> None:
+    try:
+        for entry in os.scandir(directory):
+            if not entry.is_dir(follow_symlinks=False):
+                unlink_quietly(entry.path)
+        os.rmdir(directory)
+    except OSError:
+        pass
+
+
+def unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
