@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -41,7 +41,7 @@ OLD_LINE = (
 
 
 def record(**ids: int) -> AuditRecord:
-    return AuditRecord(time=datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc), client="unix:", request_id="r1",
+    return AuditRecord(time=datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC), client="unix:", request_id="r1",
                        issuer_name="demo-ca", issuer_id="ab" * 32, statuses=(SignedStatus("1a2b", "good"),),
                        nonce=True, responder_fingerprint="cd" * 32, key_label="demo-responder", generation=3,
                        response_sha256="ef" * 32, **ids)  # type: ignore[arg-type]

@@ -51,9 +51,8 @@ def test_socket_is_never_wider_than_0600_before_its_mode(mode: int) -> None:
 
 
 def test_socket_modes_wider_than_0660_are_refused() -> None:
-    with pytest.raises(ValueError, match="wider"):
-        with created_with_mode(Path("/nonexistent"), 0o666):
-            pass
+    with pytest.raises(ValueError, match="wider"), created_with_mode(Path("/nonexistent"), 0o666):
+        pass
 
 
 # -- the relay in front of a real grpc.aio server ---------------------------------------------------
