@@ -92,6 +92,18 @@ def describe(creds: PeerCredentials) -> str:
             f"gid {creds.gid}")
 
 
+class _Described:
+    """``describe(creds)``, made only if the line is logged (a refusal may be rate-limited away)."""
+
+    __slots__ = ("creds",)
+
+    def __init__(self, creds: PeerCredentials) -> None:
+        self.creds = creds
+
+    def __str__(self) -> str:
+        return describe(self.creds)
+
+
 def _paren(name: str | None) -> str:
     return f" ({name})" if name else ""
 
@@ -134,8 +146,8 @@ class _Side(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        assert self.other is not None  # the client side reads only once the upstream side is connected
-        self.other.transport.write(data)
+        # The caller's side reads only once the other is connected; gRPC's side is linked before.
+        self.other.transport.write(data)  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.conn.close(self)
@@ -209,6 +221,7 @@ class LocalListener:
         self.upstream_path = upstream_socket_for(path)
         self._server: asyncio.AbstractServer | None = None
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the public socket we made
+        self._prepared = False  # the private directory is ours to remove
         self._connections: set[_Connection] = set()
         self._callers: dict[str, PeerCredentials] = {}  # gRPC peer string -> credentials
         self._names = itertools.count(1)
@@ -223,6 +236,7 @@ class LocalListener:
     def prepare(self) -> None:
         """Before gRPC binds: a fresh private directory, mode 0700. Raises OSError or ValueError."""
         make_private_dir(self.private_dir)
+        self._prepared = True
 
     async def start(self) -> None:
         """After gRPC listens: bind the public socket (``mode``; never wider, even for an instant) and
@@ -268,7 +282,9 @@ class LocalListener:
             except OSError:
                 pass
             self._bound = None
-        remove_private_dir(self.private_dir)
+        if self._prepared:
+            remove_private_dir(self.private_dir)
+            self._prepared = False
 
     # -- per connection --
 
@@ -282,7 +298,8 @@ class LocalListener:
         if len(self._connections) >= self.max_connections:
             self._refusals.log(logging.WARNING, "limit",
                                "refused a connection on unix:%s from %s: %d connections are open "
-                               "(listen.max_socket_connections)", self.path, describe(creds), len(self._connections))
+                               "(listen.max_socket_connections)", self.path, _Described(creds),
+                               len(self._connections))
             transport.abort()
             return
         self._connections.add(conn)
@@ -298,6 +315,8 @@ class LocalListener:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         name = None
         upstream = _Side(conn)
+        # Linked before anything can be read: gRPC speaks first (its SETTINGS) as soon as it accepts.
+        upstream.other, conn.client.other = conn.client, upstream
         try:
             sock.setblocking(False)
             name = self._bind_name(sock)
@@ -323,7 +342,6 @@ class LocalListener:
             upstream.transport.abort()
             return
         conn.upstream = upstream
-        upstream.other, conn.client.other = conn.client, upstream
         conn.client.transport.resume_reading()
 
     def _bind_name(self, sock: socket.socket) -> str:

@@ -205,3 +205,38 @@ def test_either_side_closing_closes_both() -> None:
         s.close()
 
     run_relay(scenario)
+
+
+# -- the private directory --------------------------------------------------------------------------
+
+
+def test_a_private_directory_left_by_a_crash_is_emptied_and_made_0700() -> None:
+    listener = LocalListener(short_dir() / "signer.sock", 0o660, 8)
+    listener.private_dir.mkdir(mode=0o755)
+    (listener.private_dir / "grpc.sock").write_text("stale")
+    (listener.private_dir / "1f").write_text("stale")
+    listener.prepare()
+    assert list(listener.private_dir.iterdir()) == [] and _mode(listener.private_dir) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_a_private_directory_of_another_user_is_refused_and_left_alone() -> None:
+    listener = LocalListener(short_dir() / "signer.sock", 0o660, 8)
+    listener.private_dir.mkdir()
+    kept = listener.private_dir / "theirs"
+    kept.write_text("not the signer's")
+    os.chown(listener.private_dir, 65534, 65534)
+    with pytest.raises(ValueError, match="belongs to uid 65534"):
+        listener.prepare()
+    asyncio.run(listener.close())  # what serve() does after a failed start
+    assert kept.read_text() == "not the signer's"
+
+
+def test_a_symlink_in_place_of_the_private_directory_is_refused() -> None:
+    listener = LocalListener(short_dir() / "signer.sock", 0o660, 8)
+    elsewhere = short_dir()
+    (elsewhere / "keep").write_text("x")
+    listener.private_dir.symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="not a directory"):
+        listener.prepare()
+    assert (elsewhere / "keep").exists() and _mode(elsewhere) == 0o700
