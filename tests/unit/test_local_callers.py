@@ -240,3 +240,41 @@ def test_a_symlink_in_place_of_the_private_directory_is_refused() -> None:
     with pytest.raises(ValueError, match="not a directory"):
         listener.prepare()
     assert (elsewhere / "keep").exists() and _mode(elsewhere) == 0o700
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+def _conf(base: Path, address: str, listen_extra: str) -> Path:
+    from test_signer_service import make_ca, write_setup  # type: ignore[import-not-found]
+
+    conf = write_setup(base, [make_ca("alpha")], address=address)
+    conf.write_text(conf.read_text().replace(f'address = "{address}"\n', f'address = "{address}"\n{listen_extra}'))
+    return conf
+
+
+@pytest.mark.parametrize(("address", "extra", "key", "words"), [
+    ("127.0.0.1:0", 'socket_mode = "0600"\n', "listen.socket_mode", "unix: address only"),
+    ("127.0.0.1:0", "max_socket_connections = 4\n", "listen.max_socket_connections", "unix: address only"),
+    ("unix:{base}/s.sock", 'socket_mode = "0666"\n', "listen.socket_mode", "0600"),
+    ("unix:{base}/s.sock", "max_socket_connections = 0\n", "listen.max_socket_connections", "at least 1"),
+    ("unix:{base}/" + "d" * 80 + ".sock", "", "listen.address", "too long"),
+])
+def test_listen_socket_keys(address: str, extra: str, key: str, words: str) -> None:
+    from shared.config import ConfigError
+    from signer.config import load_signer_config
+
+    base = short_dir()
+    with pytest.raises(ConfigError) as info:
+        load_signer_config(_conf(base, address.format(base=base), extra))
+    assert info.value.key == key and words in info.value.message, info.value
+
+
+def test_listen_socket_defaults() -> None:
+    from signer.config import load_signer_config
+
+    base = short_dir()
+    listen = load_signer_config(_conf(base, f"unix:{base}/s.sock", "")).listen
+    assert (listen.socket_mode, listen.max_socket_connections) == (0o660, 64)
+    listen = load_signer_config(_conf(base, f"unix:{base}/s.sock", 'socket_mode = "0600"\n')).listen
+    assert listen.socket_mode == 0o600
