@@ -27,10 +27,10 @@ from signer import startup
 from signer.admin import RotationRuntime
 from signer.audit import AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus
 from signer.config import SignerConfig
-from signer.policy import Policy, PolicyError
-from signer.responders import ResponderSet
 from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
+from signer.policy import Policy, PolicyError
+from signer.responders import ResponderSet
 from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
 from signer.token import Pkcs11Token, Token, TokenError
 
