@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -29,6 +28,7 @@ from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer.config import AdminConfig, SignerConfig
 from signer.rotation import RotationError, Rotator
 from signer.token import Token, TokenError
+from signer.unix_socket import created_with_mode
 
 log = logging.getLogger("ocsp-signer")
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about refused Admin calls
@@ -91,14 +91,9 @@ async def start_admin_socket(config: AdminConfig, rotator: Rotator) -> grpc.aio.
     path: Path = config.socket
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_AdminServicer_to_server(AdminService(rotator, trusted=True), server)
-    # The socket file is created by the bind: a strict umask keeps it closed until chmod.
-    old = os.umask(0o177)
-    try:
+    with created_with_mode(path, config.socket_mode):  # never wider than 0600 before the chmod
         server.add_insecure_port(f"unix:{path}")
         await server.start()
-    finally:
-        os.umask(old)
-    os.chmod(path, config.socket_mode)
     log.info("Admin RPCs on unix:%s (mode %04o)", path, config.socket_mode)
     return server
 

@@ -141,7 +141,7 @@ class AuditRecord:
     """One signed OCSP response."""
 
     time: datetime  # aware; when the response was signed (producedAt)
-    client: str  # the frontend's identity, from its mTLS certificate
+    client: str  # the caller: its allow-listed mTLS identity, else the transport ("unix:", "ipv4:...")
     request_id: str
     issuer_name: str  # the CA's configured name
     issuer_id: str  # stable issuer id: hex SHA-256 of the CA certificate DER
@@ -151,6 +151,11 @@ class AuditRecord:
     key_label: str
     generation: int
     response_sha256: str  # hex SHA-256 of the whole DER OCSPResponse returned
+    # A caller on the unix socket: its process, user and group as the kernel gave them at connect()
+    # (SO_PEERCRED, signer.local_callers). All three or none; none for TCP callers (and in older logs).
+    pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
 
     def __post_init__(self) -> None:
         if self.time.tzinfo is None:
@@ -166,6 +171,9 @@ class AuditRecord:
                                  "lowercase hex digits")
         if type(self.generation) is not int or type(self.nonce) is not bool:
             raise ValueError("AuditRecord.generation must be an int and .nonce a bool")
+        ids = (self.pid, self.uid, self.gid)
+        if ids != (None, None, None) and not all(type(v) is int and 0 <= v <= _MAX_ID for v in ids):
+            raise ValueError("AuditRecord.pid, .uid and .gid must be all None or all ints 0..2^32-1")
 
 
 def _time_text(t: datetime) -> str:
@@ -188,6 +196,7 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
+_MAX_ID = (1 << 32) - 1
 _q = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a JSON string literal, in C
 
 
@@ -197,8 +206,10 @@ def encode_record(record: AuditRecord, writer: str, index: int, prev: bytes) -> 
     ``json.dumps(..., separators=(",", ":"))`` would, without its per-call overhead (the hex fields
     are validated by AuditRecord, every other string goes through the C JSON string encoder)."""
     statuses = ",".join(f"[{_q(s.serial)},{_q(s.status)}]" for s in record.statuses)
+    # A unix-socket caller's ids follow "client"; without them the line is what older versions wrote.
+    ids = "" if record.pid is None else f',"pid":{record.pid:d},"uid":{record.uid:d},"gid":{record.gid:d}'
     return (f'{{"type":"sig","writer":{_q(writer)},"index":{index:d},"prev":"{_b64(prev)}",'
-            f'"time":"{_time_text_cached(record.time)}","client":{_q(record.client)},'
+            f'"time":"{_time_text_cached(record.time)}","client":{_q(record.client)}{ids},'
             f'"request_id":{_q(record.request_id)},"issuer":{_q(record.issuer_name)},'
             f'"issuer_id":{_q(record.issuer_id)},"statuses":[{statuses}],'
             f'"nonce":{"true" if record.nonce else "false"},'
@@ -246,6 +257,9 @@ def _parse_time(text: str) -> datetime:
     return t
 
 
+_CALLER_IDS = ("pid", "uid", "gid")
+
+
 def decode_record(obj: dict[str, Any]) -> tuple[str, int, bytes, AuditRecord]:
     """(writer, index, prev, record) from a parsed ``sig`` line; ValueError when malformed."""
     statuses = _want(obj, "statuses", list)
@@ -253,9 +267,13 @@ def decode_record(obj: dict[str, Any]) -> tuple[str, int, bytes, AuditRecord]:
         raise ValueError("field 'statuses' is not a list of [serial, status]")
     extra = set(obj) - {"type", "writer", "index", "prev", "time", "client", "request_id", "issuer",
                         "issuer_id", "statuses", "nonce", "responder_cert_sha256", "key_label",
-                        "generation", "response_sha256"}
+                        "generation", "response_sha256", *_CALLER_IDS}
     if extra:
         raise ValueError(f"unknown fields {sorted(extra)}")
+    present = [k for k in _CALLER_IDS if k in obj]
+    if present and len(present) != len(_CALLER_IDS):
+        raise ValueError(f"fields {', '.join(_CALLER_IDS)} come together, not only {', '.join(present)}")
+    ids = {k: _want(obj, k, int) for k in present}
     record = AuditRecord(
         time=_parse_time(_want(obj, "time", str)), client=_want(obj, "client", str),
         request_id=_want(obj, "request_id", str), issuer_name=_want(obj, "issuer", str),
@@ -263,7 +281,7 @@ def decode_record(obj: dict[str, Any]) -> tuple[str, int, bytes, AuditRecord]:
         statuses=tuple(SignedStatus(s[0], s[1]) for s in statuses), nonce=_want(obj, "nonce", bool),
         responder_fingerprint=_want(obj, "responder_cert_sha256", str),
         key_label=_want(obj, "key_label", str), generation=_want(obj, "generation", int),
-        response_sha256=_want(obj, "response_sha256", str))
+        response_sha256=_want(obj, "response_sha256", str), **ids)
     index = _want(obj, "index", int)
     if index < 0:
         raise ValueError("negative index")
@@ -1314,11 +1332,12 @@ def _norm_serial(serial: str) -> str:
 
 def show(paths: Iterable[Path | str], *, serial: str | None = None, issuer: str | None = None,
          since: datetime | None = None, until: datetime | None = None, client: str | None = None,
-         ) -> Iterator[LoggedRecord]:
+         uid: int | None = None) -> Iterator[LoggedRecord]:
     """Records matching every filter given (no verification: run ``verify`` for that).
 
     ``serial``: hex, any case, leading zeros and colons ignored; ``issuer``: the CA name or id;
-    ``since``/``until``: inclusive bounds on the record time; ``client``: exact identity.
+    ``since``/``until``: inclusive bounds on the record time; ``client``: exact identity; ``uid``: the
+    user id of a unix-socket caller (records without one never match).
     """
     want_serial = _norm_serial(serial) if serial is not None else None
     for p in sorted(Path(x) for x in paths):
@@ -1336,6 +1355,8 @@ def show(paths: Iterable[Path | str], *, serial: str | None = None, issuer: str 
                 if issuer is not None and issuer not in (record.issuer_name, record.issuer_id):
                     continue
                 if client is not None and record.client != client:
+                    continue
+                if uid is not None and record.uid != uid:
                     continue
                 if since is not None and record.time < since:
                     continue

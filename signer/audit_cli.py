@@ -3,6 +3,7 @@
     audit verify FILES... (--cert CERT | --pubkey KEY) [--checkpoint NOTE]... [--complete]
                  [--from-genesis] [--from-checkpoint NOTE]...
     audit show FILES... [--serial HEX] [--issuer NAME] [--since ISO] [--until ISO] [--client ID]
+               [--uid UID]
 
 Exit codes: 0 ok, 1 the log does not verify (tampering, or no checkpoint verifies with the key given),
 2 usage error (including files or keys that cannot be read), 141 (128 + SIGPIPE) when whoever reads
@@ -43,6 +44,12 @@ def _time(text: str) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
+def _uid(text: str) -> int:
+    if not text.isdigit() or int(text) >= 1 << 32:
+        raise argparse.ArgumentTypeError(f"not a user id (a number): {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ocspctl audit", description="Verify or search the signature audit log.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -72,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--since", type=_time, help="ISO 8601 time, inclusive (UTC if no zone)")
     s.add_argument("--until", type=_time, help="ISO 8601 time, inclusive (UTC if no zone)")
     s.add_argument("--client", help="client identity (frontend mTLS name)")
+    s.add_argument("--uid", type=_uid, help="user id (a number) of a caller on the signer's unix socket")
     return p
 
 
@@ -88,7 +96,7 @@ def audit_main(argv: list[str]) -> int:
             status = _verify(args)
         else:
             for found in show(args.files, serial=args.serial, issuer=args.issuer, since=args.since,
-                              until=args.until, client=args.client):
+                              until=args.until, client=args.client, uid=args.uid):
                 print(found.raw)
             status = OK
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit

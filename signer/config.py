@@ -16,6 +16,8 @@ each responder certificate checked against its CA. Errors name the file and the 
     max_connections = 512           # client connections at once (more are closed at once)
     max_connection_age = "1h"       # a connection is recycled (GOAWAY) after this long ...
     max_connection_age_grace = "30s"   # ... and closed this long later, calls still on it or not
+    socket_mode = "0660"            # unix: only: "0600" (the signer's user) or "0660" (+ its group)
+    max_socket_connections = 64     # unix: only: connections open at once (each costs 3 descriptors)
     [token]
     module = "/usr/lib/softhsm/libsofthsm2.so"
     label = "ocsp"                  # exactly one of label / serial
@@ -48,6 +50,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shared.config import ConfigError, Section, read_certificate
 from signer.tls_config import TlsConfig, load_tls
+from signer.unix_socket import MAX_PATH_BYTES, SOCKET_MODES, longest_private_path, private_dir_for
 
 # The CA/Browser Forum Baseline Requirements' longest: a subscriber CRL's nextUpdate may be 10 days
 # after its thisUpdate (4.9.7), and a CRL-backed answer carries the CRL's window.
@@ -58,6 +61,11 @@ DEFAULT_EXPIRY_WARNING = timedelta(days=30)
 # The frontend's keepalive ([signer] keepalive, default 30s) must not be shorter: gRPC answers a client that
 # pings more often with GOAWAY "too_many_pings", which drops its connection and the calls on it.
 DEFAULT_MIN_PING_INTERVAL = timedelta(seconds=10)
+# The main unix socket: the signer's user and group may connect (a co-located frontend's user is put in
+# the signer's group); each connection is relayed (3 file descriptors: client, relay, gRPC's side).
+DEFAULT_SOCKET_MODE = 0o660
+DEFAULT_MAX_SOCKET_CONNECTIONS = 64
+MAX_SOCKET_CONNECTIONS_LIMIT = 4096
 # A sanity bound, not a policy: RFC 6960 puts no limit on requestList, we do.
 MAX_CERT_IDS_LIMIT = 1000
 # [audit] min_free default: room for the log to keep growing while someone frees space.
@@ -102,6 +110,10 @@ class ListenConfig:
     # grpc.http2.min_ping_interval_without_data_ms); a client pinging faster is dropped after 2 strikes.
     min_ping_interval: timedelta = DEFAULT_MIN_PING_INTERVAL
     limits: ListenLimits = ListenLimits()
+    # unix only: the public socket's mode (0o600 or 0o660; bound under a tight umask, then chmod'ed),
+    # and how many connections it relays at once (signer.local_callers).
+    socket_mode: int = DEFAULT_SOCKET_MODE
+    max_socket_connections: int = DEFAULT_MAX_SOCKET_CONNECTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +256,22 @@ def _listen(sec: Section) -> ListenConfig:
     listen = parse_listen_address(sec, "address", sec.str("address"))
     interval = sec.duration("min_ping_interval", DEFAULT_MIN_PING_INTERVAL, minimum=timedelta(seconds=1),
                             maximum=timedelta(hours=2))
-    return replace(listen, min_ping_interval=interval, limits=_listen_limits(sec))
+    listen = replace(listen, min_ping_interval=interval, limits=_listen_limits(sec))
+    if listen.kind != "unix":
+        for key in ("socket_mode", "max_socket_connections"):
+            if sec.has(key):
+                raise sec.error(key, f"applies to a unix: address only, and address is {listen.address}")
+        return listen
+    assert listen.path is not None
+    longest = longest_private_path(listen.path)
+    if longest > MAX_PATH_BYTES:
+        raise sec.error("address", f"{listen.path} is too long: the signer's private sockets beside it "
+                                   f"({private_dir_for(listen.path)}/...) would need {longest} bytes, and a "
+                                   f"unix socket path may have {MAX_PATH_BYTES}")
+    mode = SOCKET_MODES[sec.choice("socket_mode", tuple(SOCKET_MODES), "0660")]
+    most = sec.int("max_socket_connections", DEFAULT_MAX_SOCKET_CONNECTIONS, minimum=1,
+                   maximum=MAX_SOCKET_CONNECTIONS_LIMIT)
+    return replace(listen, socket_mode=mode, max_socket_connections=most)
 
 
 def _listen_limits(sec: Section) -> ListenLimits:
@@ -296,10 +323,9 @@ def _admin(sec: Section) -> AdminConfig:
     sock = sec.path("socket", None)
     if sock is not None and not sock.parent.is_dir():
         raise sec.error("socket", f"directory {sock.parent} of the socket does not exist")
-    if sock is not None and len(str(sock).encode()) > 107:
-        raise sec.error("socket", f"{sock} is longer than a unix socket path may be (107 bytes)")
-    modes = {"0600": 0o600, "0660": 0o660}
-    mode = modes[sec.choice("socket_mode", tuple(modes), "0600")]
+    if sock is not None and len(str(sock).encode()) > MAX_PATH_BYTES:
+        raise sec.error("socket", f"{sock} is longer than a unix socket path may be ({MAX_PATH_BYTES} bytes)")
+    mode = SOCKET_MODES[sec.choice("socket_mode", tuple(SOCKET_MODES), "0600")]
     from shared.tls import parse_allowed
 
     allowed: list[str] = []

@@ -48,6 +48,7 @@ from asn1crypto import x509 as asn1_x509
 
 from signer.demo_token import ocspctl_command
 from signer.files import write_atomic, write_problem
+from signer.unix_socket import MAX_PATH_BYTES, longest_private_path
 
 PROG = "ocspctl"
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -1090,9 +1091,10 @@ def cmd_demo_setup(args: argparse.Namespace) -> int:
     current_port, current_address = _current_settings(d)
     args.http_port = args.http_port or current_port or DEFAULT_HTTP_PORT
     address = args.signer_address or current_address or _default_signer_address(d)
-    if address.startswith("unix:") and len(address.removeprefix("unix:").encode()) > 107:
-        raise CtlError(f"the signer socket path {address} is longer than a unix socket allows (107 bytes); "
-                       "use a shorter --dir or give --signer-address")
+    if address.startswith("unix:") and longest_private_path(Path(address.removeprefix("unix:"))) > MAX_PATH_BYTES:
+        raise CtlError(f"the signer socket path {address} is too long: the signer binds sockets of up to "
+                       f"{longest_private_path(Path(address.removeprefix('unix:')))} bytes beside it, and a unix "
+                       f"socket allows {MAX_PATH_BYTES}; use a shorter --dir or give --signer-address")
     log = demo_setup(d, args.http_port, address, args.module, args.crl_refresh)
     for line in log:
         say(f"  {line}")

@@ -28,10 +28,12 @@ from signer.admin import RotationRuntime
 from signer.audit import AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus
 from signer.audit_space import AuditSpace
 from signer.config import SignerConfig
+from signer.local_callers import LocalListener
+from signer.local_callers import caller as local_caller
 from signer.policy import Policy, PolicyError, check_known_fields, largest_sign_request
 from signer.responders import ResponderSet
 from signer.rotation import WatchersFull
-from signer.tls import add_port, transport_interceptors, transport_summary
+from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
 from signer.token import Pkcs11Token, Token, TokenError
 
 log = logging.getLogger("ocsp-signer")
@@ -58,13 +60,16 @@ def receive_limit(config: SignerConfig) -> int:
 
 def client_identity(context: grpc.aio.ServicerContext) -> str:
     """Who is calling, for the audit log: with mTLS, the identity the client-identity interceptor let in
-    (the allow-listed ``cn:ocsp-frontend`` form, signer.tls); else the transport peer (a local Unix
-    socket, or a plaintext loopback connection)."""
+    (the allow-listed ``cn:ocsp-frontend`` form, signer.tls); else the transport: ``unix:`` for a caller
+    on the unix socket (whose pid, uid and gid the record carries: ``local_caller()``), the peer of a
+    plaintext loopback connection."""
     from signer.tls import client_identity as tls_identity
 
     identity = tls_identity(context)
     if not identity.startswith("plaintext:"):
         return identity
+    if local_caller() is not None:
+        return "unix:"  # gRPC's peer is the relay's name for the connection, which says nothing
     peer = context.peer() or "unknown"
     return peer if peer.startswith(("unix", "ipv4", "ipv6")) else "unknown"
 
@@ -115,6 +120,7 @@ class SignerService(pb_grpc.SignerServicer):
         loop = asyncio.get_running_loop()
         signature = await loop.run_in_executor(self.executor, self.token.sign, r.key_label, r.algorithm, tbs)
         der = signed_response(tbs, r.algorithm.value, signature, r.certs)
+        ids = local_caller()  # the unix-socket caller's process, user and group; None over TCP
         # Invariant: the signature is durably in the audit log before the response leaves the
         # signer; append() raises AuditUnavailable otherwise, and Sign() then replies with an error.
         await self.audit.append(AuditRecord(
@@ -122,7 +128,9 @@ class SignerService(pb_grpc.SignerServicer):
             issuer_id=r.issuer_id,
             statuses=tuple(SignedStatus(st.cert_id.serial.hex(), st.status.value) for st in job.statuses),
             nonce=job.nonce is not None, responder_fingerprint=r.fingerprint, key_label=r.key_label,
-            generation=r.generation, response_sha256=hashlib.sha256(der).hexdigest()))
+            generation=r.generation, response_sha256=hashlib.sha256(der).hexdigest(),
+            pid=None if ids is None else ids.pid, uid=None if ids is None else ids.uid,
+            gid=None if ids is None else ids.gid))
         return pb.SignReply(ocsp_response=der, generation=r.generation, responder_fingerprint=r.fingerprint)
 
     async def Responders(self, request: pb.RespondersRequest,
@@ -183,6 +191,7 @@ class SignerServer:
         self.service = service
         self._owns_token = owns_token
         self.rotation: RotationRuntime | None = None
+        self.local: LocalListener | None = None  # a unix: listen.address: its public socket and relay
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE) -> None:
         self.service.serving = False
@@ -190,7 +199,11 @@ class SignerServer:
             await self.service.audit_space.stop()
         if self.rotation is not None:
             await self.rotation.stop()  # ends Watch streams, which would otherwise hold the grace
+        if self.local is not None:
+            self.local.stop_accepting()  # connections already open are relayed through the grace
         await self.server.stop(grace)
+        if self.local is not None:
+            await self.local.close()
         try:
             await self.service.audit.close()  # a final checkpoint covering every record
         except AuditUnavailable as e:
@@ -297,22 +310,33 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
     service.audit_space = AuditSpace(config.audit.dir, config.audit.min_free,
                                      interval=config.audit.space_check_interval.total_seconds())
     service.audit_space.check()
-    server = grpc.aio.server(interceptors=transport_interceptors(config), options=server_options(config),
+    local = local_listener(config)
+    server = grpc.aio.server(interceptors=transport_interceptors(config, local), options=server_options(config),
                              maximum_concurrent_rpcs=maximum_concurrent_rpcs(config))
     pb_grpc.add_SignerServicer_to_server(service, server)
     wrapper = SignerServer(server, service, owns_token=owns_token)
     wrapper.rotation = RotationRuntime.attach(server, service, config, token, executor, clock)
+    wrapper.local = local
     try:
-        port = add_port(server, config)
-    except RuntimeError as e:
+        if local is not None:
+            local.prepare()
+        port = add_port(server, config, local)
+    except (RuntimeError, OSError, ValueError) as e:
         await wrapper.stop(None)
         raise ConfigError(config.file, "listen.address",
                           f"cannot listen on {config.listen.address}: {e}") from None
-    if config.listen.kind == "tcp" and port == 0:
+    if port == 0:
         await wrapper.stop(None)
         raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}")
     await server.start()
     service.audit_space.start()
+    try:
+        if local is not None:
+            await local.start()
+    except OSError as e:
+        await wrapper.stop(None)
+        raise ConfigError(config.file, "listen.address",
+                          f"cannot listen on {config.listen.address}: {e.strerror or e}") from None
     try:
         await wrapper.rotation.start()
     except ConfigError:

@@ -4,9 +4,10 @@ refuses, and both print the same message for the same fault.
 
 In order, each failure a ``ConfigError`` naming the file and key:
 
-1. the plaintext rule (no [tls] table: unix socket or loopback only) and the addresses: the listen
+1. the plaintext rule (no [tls] table: unix socket or loopback only; plaintext loopback TCP is
+   allowed with a WARNING, since every local user can sign through it) and the addresses: the listen
    and metrics hosts resolve, the listen and admin socket paths can be created and are not served by
-   another process;
+   another process, the listen socket's private directory (signer.local_callers) is the signer's;
 2. token login (PIN, module, token);
 3. every responder: the token key matches its certificate and signs a probe that verifies;
 4. the audit key: present, of a supported type, signs a probe that verifies with its public key;
@@ -39,6 +40,7 @@ from signer.audit import AuditLog, AuditUnavailable, Pkcs11CheckpointSigner, Wri
 from signer.config import SignerConfig
 from signer.responders import ResponderSet, load_responders, signature_verifies
 from signer.token import Pkcs11Token, Token, TokenError, read_pin
+from signer.unix_socket import private_dir_for, private_dir_problem
 
 log = logging.getLogger("ocsp-signer")
 
@@ -76,6 +78,17 @@ def check_plaintext_allowed(config: SignerConfig) -> None:
         raise ConfigError(config.file, "listen.address",
                           f"{listen.address} is not a loopback address; plaintext gRPC may only listen on "
                           "unix: sockets or loopback (mTLS is not configured)")
+
+
+def plaintext_tcp_warning(config: SignerConfig) -> str | None:
+    """The warning for plaintext loopback TCP (no [tls]): any local user may connect and sign."""
+    if config.listen.kind != "tcp" or config.tls is not None:
+        return None
+    return (f"listen.address {config.listen.address} is plaintext TCP: every local user (any process on "
+            "this host) can connect and get responses signed, and the audit log can name the caller only "
+            "by its port. Use a unix socket instead (listen.address = \"unix:/run/ocsp-signer/signer.sock\" "
+            "with listen.socket_mode: only the signer's user and group may connect, and each caller's uid "
+            "and pid are logged), or mTLS ([tls] with allowed_clients)")
 
 
 def _check_host(config: SignerConfig, key: str, host: str, port: int) -> None:
@@ -117,8 +130,15 @@ def check_config(config: SignerConfig) -> None:
     if listen.kind == "unix":
         assert listen.path is not None
         _check_socket_path(config, "listen.address", listen.path)
+        problem = private_dir_problem(private_dir_for(listen.path))
+        if problem is not None:
+            raise ConfigError(config.file, "listen.address", f"cannot make the signer's private directory: "
+                                                             f"{problem}")
     else:
         _check_host(config, "listen.address", listen.host or "", listen.port or 0)
+        warning = plaintext_tcp_warning(config)
+        if warning is not None:
+            log.warning("%s", warning)
     if config.admin.socket is not None:
         _check_socket_path(config, "admin.socket", config.admin.socket)
     if config.metrics.address is not None:

@@ -17,16 +17,17 @@ TLS version) and are logged with the peer address and every identity of the cert
 from __future__ import annotations
 
 import contextvars
-import inspect
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
 from shared.tls import PeerCertificate, first_allowed
+from signer.interceptors import wrap_handler
+from signer.local_callers import LocalCallerInterceptor, LocalListener
 from signer.tls_config import TlsConfig
 
 log = logging.getLogger("ocsp-signer")
@@ -98,7 +99,10 @@ class ClientAuthInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler, self._check, handler_call_details.method)
+        return wrap_handler(handler, self._admit, handler_call_details.method)
+
+    async def _admit(self, context: Any, method: str) -> None:
+        _verified.set(await self._check(context, method))
 
     async def _check(self, context: Any, method: str) -> str:
         """Returns the identity let in; aborts the call (raises) otherwise."""
@@ -136,68 +140,31 @@ class ClientAuthInterceptor(aio.ServerInterceptor):
         return ident
 
 
-def _wrap(handler: grpc.RpcMethodHandler, check: Callable[[Any, str], Awaitable[str]],
-          method: str) -> grpc.RpcMethodHandler:
-    """The same handler, with ``check`` run first and its identity visible to the servicer.
-
-    grpc.aio runs every RPC in a task of its own, so the context variable set here is that call's.
-    """
-    if handler.unary_unary is not None:
-        inner = handler.unary_unary
-
-        async def unary_unary(request: Any, context: Any) -> Any:
-            _verified.set(await check(context, method))
-            return await inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
-                                                   handler.response_serializer)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _streaming(handler.unary_stream, check, method), handler.request_deserializer,
-            handler.response_serializer)
-    if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: Any) -> Any:
-            _verified.set(await check(context, method))
-            return await inner_su(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer,
-                                                    handler.response_serializer)
-    return grpc.stream_stream_rpc_method_handler(
-        _streaming(handler.stream_stream, check, method), handler.request_deserializer,
-        handler.response_serializer)
-
-
-def _streaming(inner: Any, check: Callable[[Any, str], Awaitable[str]], method: str) -> Any:
-    """Wrap a streaming-response behaviour: an async generator, or a coroutine using context.write."""
-    if inspect.isasyncgenfunction(inner):
-        async def gen(request: Any, context: Any) -> AsyncIterator[Any]:
-            _verified.set(await check(context, method))
-            async for item in inner(request, context):
-                yield item
-
-        return gen
-
-    async def coro(request: Any, context: Any) -> Any:
-        _verified.set(await check(context, method))
-        return await inner(request, context)
-
-    return coro
-
-
 # -- wiring for signer.service ------------------------------------------------------------------------
 
 
-def transport_interceptors(config: Any) -> list[aio.ServerInterceptor]:
-    return [ClientAuthInterceptor(config.tls)] if config.tls is not None else []
+def local_listener(config: Any) -> LocalListener | None:
+    """For a ``unix:`` address, the public socket and its relay (signer.local_callers); else None."""
+    listen = config.listen
+    if listen.kind != "unix":
+        return None
+    return LocalListener(listen.path, listen.socket_mode, listen.max_socket_connections)
 
 
-def add_port(server: aio.Server, config: Any) -> int:
-    """Listen on ``[listen] address``: mTLS with a ``[tls]`` table, else plaintext."""
+def transport_interceptors(config: Any, local: LocalListener | None = None) -> list[aio.ServerInterceptor]:
+    out: list[aio.ServerInterceptor] = [ClientAuthInterceptor(config.tls)] if config.tls is not None else []
+    if local is not None:
+        out.append(LocalCallerInterceptor(local))
+    return out
+
+
+def add_port(server: aio.Server, config: Any, local: LocalListener | None = None) -> int:
+    """Listen on ``[listen] address`` (with ``local``: on its private socket, behind the relay), mTLS
+    with a ``[tls]`` table, else plaintext."""
+    address = config.listen.address if local is None else local.upstream_address
     if config.tls is None:
-        return server.add_insecure_port(config.listen.address)
-    return server.add_secure_port(config.listen.address, server_credentials(config.tls))
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, server_credentials(config.tls))
 
 
 def transport_summary(config: Any) -> str:

@@ -116,8 +116,10 @@ def pem(cert: x509.Certificate) -> bytes:
 
 
 def short_dir(tmp_path: Path) -> Path:
-    """tmp_path, unless a unix socket path there would exceed the 107-byte sun_path limit."""
-    if len(str(tmp_path / "signer.sock")) < 100:
+    """tmp_path, unless the signer's sockets there would exceed the 107-byte sun_path limit."""
+    from signer.unix_socket import MAX_PATH_BYTES, longest_private_path
+
+    if longest_private_path(tmp_path / "signer.sock") <= MAX_PATH_BYTES:
         return tmp_path
     return Path(tempfile.mkdtemp(prefix="sgn", dir="/tmp"))
 

@@ -204,7 +204,10 @@ def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path,
 def _short(tmp_path: Path) -> Path:
     import tempfile
 
-    return tmp_path if len(str(tmp_path)) < 90 else Path(tempfile.mkdtemp(prefix="sgn", dir="/tmp"))
+    from signer.unix_socket import MAX_PATH_BYTES, longest_private_path
+
+    fits = longest_private_path(tmp_path / "s.sock") <= MAX_PATH_BYTES  # the signer's sockets there
+    return tmp_path if fits else Path(tempfile.mkdtemp(prefix="sgn", dir="/tmp"))
 
 
 def _signer_cmd(*args: str) -> list[str]:
