@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if config.tls is None:
             check_plaintext_allowed(config)  # (prepare checks it again) refused before warned about
-            log.warning("gRPC on %s is plaintext (no [tls] table: no mTLS)", config.listen.address)
+            if config.listen.kind == "unix":  # plaintext TCP gets startup's stronger warning instead
+                log.info("gRPC on %s is plaintext (no [tls] table: no mTLS); its file mode and the "
+                         "callers' uid decide who may sign", config.listen.address)
         try:
             asyncio.run(run(config))
         finally:
