@@ -35,8 +35,10 @@ def ask_fresh(demo: Demo, which: str = "good") -> tuple[ocsp.OCSPResponse, bytes
     return ocsp.load_der_ocsp_response(body), body
 
 
-def log_files(demo: Demo) -> list[Path]:
-    return sorted(demo.path("audit").glob("*.jsonl"))
+def log_files(demo: Demo, writer: str = "demo") -> list[Path]:
+    """The files of one writer's chain (the demo signer's by default), oldest first: other tests' private
+    signers write chains of their own into the same directory."""
+    return sorted(demo.path("audit").glob(f"audit-{writer}-*.jsonl"))
 
 
 def audit(demo: Demo, *args: str) -> subprocess.CompletedProcess[str]:
