@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import http_healthy, signer_healthy, wait_until  # noqa: E402
-from tests.integration.ocsp_client import build_request, load_cert  # noqa: E402
+from tests.integration.conftest import http_healthy, signer_healthy, wait_until
+from tests.integration.ocsp_client import build_request, load_cert
 
 REFERENCE_SERVER = r"""
 import asyncio, sys, uvloop

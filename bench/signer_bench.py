@@ -17,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.http_bench import cpu_seconds  # noqa: E402
+from bench.http_bench import cpu_seconds
 
 CHILD = r"""
 import asyncio, sys
@@ -50,15 +50,15 @@ asyncio.run(main())
 
 
 def sign_requests(demo: Path, ca: str, count: int) -> list[object]:
-    from cryptography.x509 import ocsp as x_ocsp
     from cryptography.hazmat.primitives import hashes
+    from cryptography.x509 import ocsp as x_ocsp
 
     from shared.rpc import signer_pb2 as pb
     from tests.integration.ocsp_client import load_cert
 
     cert, issuer = load_cert(demo / ca / "leaf-good.pem"), load_cert(demo / ca / "ca.pem")
     req = x_ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
-    now = int(datetime.now(timezone.utc).timestamp())
+    now = int(datetime.now(UTC).timestamp())
     cid = pb.CertId(hash_algorithm=pb.SHA1, issuer_name_hash=req.issuer_name_hash,
                     issuer_key_hash=req.issuer_key_hash,
                     serial_number=cert.serial_number.to_bytes((cert.serial_number.bit_length() + 8) // 8, "big"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -15,7 +15,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.fromtimestamp(int(time.time()), timezone.utc)
+        return datetime.fromtimestamp(int(time.time()), UTC)
 
 
 class FakeClock:

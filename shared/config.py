@@ -38,7 +38,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 def parse_duration(text: str | int) -> timedelta:
     """'90', '90s', '5m', '12h', '7d', '250ms' -> timedelta. Raises ValueError."""
     if isinstance(text, bool):
-        raise ValueError("expected a duration like '30s', '5m', '12h' or '7d'")
+        raise ValueError("expected a duration like '30s', '5m', '12h' or '7d'")  # noqa: TRY004 - a config value error
     if isinstance(text, int):
         if text < 0:
             raise ValueError("a duration cannot be negative")

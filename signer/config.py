@@ -225,8 +225,7 @@ def load_signer_config(path: str | Path) -> SignerConfig:
 def parse_listen_address(sec: Section, name: str, value: str) -> ListenConfig:
     if value.startswith("unix:"):
         raw = value[len("unix:"):]
-        if raw.startswith("//"):  # unix:///abs/path, the gRPC URI form
-            raw = raw[2:]
+        raw = raw.removeprefix("//")  # unix:///abs/path, the gRPC URI form
         if not raw:
             raise sec.error(name, "unix: needs a socket path")
         p = Path(raw)

@@ -73,7 +73,7 @@ def explain(error: str) -> tuple[str, bool]:
 
 def _error_of(text: str) -> str | None:
     """The error of a 'CallNextHandshakerLocked: error=... shutdown=' record; None when OK."""
-    m = re.search(r"CallNextHandshakerLocked: error=(.*?)\s+shutdown=", text, re.S)
+    m = re.search(r"CallNextHandshakerLocked: error=(.*?)\s+shutdown=", text, re.DOTALL)
     if not m:
         return None
     err = m.group(1)
@@ -147,7 +147,9 @@ class GrpcLogCapture:
         # Python's stderr (and the logging handlers writing to it) keep the original descriptor.
         old = sys.stderr
         encoding = getattr(old, "encoding", None) or "utf-8"
-        new = open(os.dup(self._orig_fd), "w", buffering=1, encoding=encoding, errors="backslashreplace")
+        # Kept open for the life of the process: it becomes sys.stderr.
+        new = open(os.dup(self._orig_fd), "w", buffering=1, encoding=encoding,  # noqa: SIM115
+                    errors="backslashreplace")
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream in (old, sys.__stderr__):
                 handler.setStream(new)
@@ -209,7 +211,7 @@ class GrpcLogCapture:
                 try:
                     for rec in parser.feed(raw.decode(errors="replace")):
                         self._emit(rec)
-                except Exception:  # noqa: BLE001 - never stop draining the pipe
+                except Exception:  # noqa: BLE001, S110 - never stop draining the pipe
                     pass
         for rec in [*parser.feed(buf.decode(errors="replace"))] if buf else []:
             self._emit(rec)

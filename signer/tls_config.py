@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import stat
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -104,7 +104,7 @@ def load_tls(sec: Section) -> TlsConfig:
     if sec.has("allowed_clients"):
         allowed = identity_list(sec, "allowed_clients", sec.str_list("allowed_clients"))
     leaf = chain[0]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
         log.warning("%s: tls.cert: %s is not valid now (%s to %s): clients will refuse it", sec.file,
                     cert_path, leaf.not_valid_before_utc, leaf.not_valid_after_utc)

@@ -87,8 +87,7 @@ def key_id(name: str, spki_der: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=16)
 def _canonical_spki(spki_der: bytes) -> bytes:
-    from cryptography.hazmat.primitives.serialization import (Encoding, PublicFormat,
-                                                              load_der_public_key)
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
     try:
         key = load_der_public_key(spki_der)
@@ -166,7 +165,11 @@ def load_public_key(data: bytes) -> bytes:
     """SubjectPublicKeyInfo DER from a certificate or a public key, PEM or DER."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import (
-        Encoding, PublicFormat, load_der_public_key, load_pem_public_key)
+        Encoding,
+        PublicFormat,
+        load_der_public_key,
+        load_pem_public_key,
+    )
 
     pem = data.lstrip().startswith(b"-----BEGIN")
     try:

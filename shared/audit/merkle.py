@@ -30,13 +30,13 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 class CompactRange:
     """The Merkle tree over leaves [0, size), as the roots of its perfect subtrees."""
 
-    __slots__ = ("size", "_hashes")
+    __slots__ = ("_hashes", "size")
 
     def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
         if size < 0:
             raise ValueError("negative tree size")
-        if len(hashes) != bin(size).count("1"):
-            raise ValueError(f"a compact range of size {size} has {bin(size).count('1')} hashes, "
+        if len(hashes) != size.bit_count():
+            raise ValueError(f"a compact range of size {size} has {size.bit_count()} hashes, "
                              f"not {len(hashes)}")
         if any(len(h) != HASH_SIZE for h in hashes):
             raise ValueError("compact range hashes must be 32 bytes")

@@ -17,9 +17,8 @@ FILES = ("signer_pb2.py", "signer_pb2.pyi", "signer_pb2_grpc.py")
 
 
 def generate(out: Path) -> None:
-    from grpc_tools import protoc  # dev-time dependency only
-
     import grpc_tools
+    from grpc_tools import protoc  # dev-time dependency only
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     rc = protoc.main([

@@ -15,7 +15,7 @@ import hashlib
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -25,8 +25,8 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 HERE = Path(__file__).resolve().parent
-NOT_BEFORE = datetime(2025, 1, 1, tzinfo=timezone.utc)
-NOT_AFTER = datetime(2035, 1, 1, tzinfo=timezone.utc)
+NOT_BEFORE = datetime(2025, 1, 1, tzinfo=UTC)
+NOT_AFTER = datetime(2035, 1, 1, tzinfo=UTC)
 LEAF_SERIAL = 0x1001
 
 # -- a tiny DER writer, for requests no library will write ---------------------------------------
