@@ -16,7 +16,7 @@ variable (--pin-env), and reach softhsm2-util through a pseudo-terminal, not its
 Private keys are generated inside the token and never leave it; CSRs are signed by the token.
 The demo CA keys are ordinary software keys: they belong to a demo CA, not to the responder.
 Every `demo` command uses the demo's own SoftHSM token store, recorded in D/softhsm2.conf
-(signer.demo_token), wherever it runs from.
+(signer.ctl.demo.token_store), wherever it runs from.
 
 Exit status: 0 on success, 1 when the operation was refused or failed, 2 for a usage error.
 """
@@ -46,7 +46,7 @@ from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
 
-from signer.demo_token import ocspctl_command
+from signer.ctl.demo.token_store import ocspctl_command
 from signer.files import write_atomic, write_problem
 
 PROG = "ocspctl"
@@ -829,7 +829,7 @@ def _toml_str(value: str | Path) -> str:
 
 
 def demo_configs(d: Path, http_port: int, signer_address: str, module: str) -> dict[Path, str]:
-    from signer.demo_tls import frontend_tls_toml, signer_tls_toml
+    from signer.ctl.demo.transport import frontend_tls_toml, signer_tls_toml
 
     etc = d / "etc"
     signer_tls, frontend_tls = signer_tls_toml(d, signer_address), frontend_tls_toml(d, signer_address)
@@ -1019,7 +1019,7 @@ def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_re
     d.mkdir(parents=True, exist_ok=True)
     for sub in ("run", "etc/ca.d", *(s.dir_name for s in DEMO_CAS.values())):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    from signer.demo_token import record_token_store
+    from signer.ctl.demo.token_store import record_token_store
 
     new_pin = not (d / "token.pin").exists()
     if (d / "audit-key.pem").exists() and DEMO_TOKEN not in softhsm_token_labels():
@@ -1059,7 +1059,7 @@ def demo_setup(d: Path, http_port: int, signer_address: str, module: str, crl_re
         _ensure_audit_key(token, d, log)
     finally:
         token.close()
-    from signer.demo_tls import ensure_transport_pki
+    from signer.ctl.demo.transport import ensure_transport_pki
 
     ensure_transport_pki(d, now, log)  # mTLS between frontend and signer (used for host:port addresses)
     for path, text in demo_configs(d, http_port, signer_address, module).items():
@@ -1194,7 +1194,7 @@ def signer_serving(address: str, frontend_toml: Path | None = None) -> bool:
     import grpc
 
     from shared.rpc import signer_pb2, signer_pb2_grpc
-    from signer.demo_tls import health_credentials
+    from signer.ctl.demo.transport import health_credentials
 
     tls = health_credentials(frontend_toml) if frontend_toml is not None else None
     try:
@@ -1263,7 +1263,7 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
         raise CtlError(f"{d} is set up for port {port}, not {args.http_port}; first run: {ocspctl_command()} "
                        f"demo setup --dir {d} --http-port {args.http_port} (this re-issues the leaf "
                        "certificates: their OCSP URL names the port)")
-    from signer.demo_ports import in_use_problem, serves
+    from signer.ctl.demo.ports import in_use_problem, serves
 
     problem = in_use_problem(d, signer_address, host, port, f"{ocspctl_command()} demo setup --dir {d}")
     if problem is not None:
@@ -1323,8 +1323,8 @@ def cmd_demo_serve(args: argparse.Namespace) -> int:
 
 
 def _use_demo_token(d: Path, *, setup: bool) -> None:
-    """SOFTHSM2_CONF for this process and its children: the demo's own token store (signer.demo_token)."""
-    from signer.demo_token import DemoTokenError, use_demo_token
+    """SOFTHSM2_CONF for this process and its children: the demo's own token store (signer.ctl.demo.token_store)."""
+    from signer.ctl.demo.token_store import DemoTokenError, use_demo_token
 
     try:
         note = use_demo_token(d, setup=setup)
@@ -1372,7 +1372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the certificate (PEM) here, atomically")
     p.set_defaults(func=cmd_install_cert)
 
-    from signer.pubkey_cli import add_parser as add_pubkey_parser
+    from signer.ctl.token_cmds import add_parser as add_pubkey_parser
 
     add_pubkey_parser(sub)  # pubkey
 
@@ -1404,7 +1404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each to be ready (30)")
     p.set_defaults(func=cmd_demo_serve)
 
-    from signer.rotate_cli import add_parsers
+    from signer.ctl.rotate import add_parsers
 
     add_parsers(sub, demo)  # rotate, demo reissue-responder
     return parser

@@ -48,7 +48,7 @@ class TransportFiles:
 
 
 def _name(cn: str) -> x509.Name:
-    from signer.ctl import _name as demo_name
+    from signer.ctl.main import _name as demo_name
 
     return demo_name(cn)
 
@@ -78,7 +78,7 @@ def _ensure_ca(files: TransportFiles, now: dt.datetime, log: list[str]) -> tuple
     found = _load(files.ca, files.dir / "ca-key.pem")
     if found is not None and found[0].not_valid_after_utc - now > RENEW_BEFORE:
         return found
-    from signer.ctl import self_signed_ca
+    from signer.ctl.main import self_signed_ca
 
     key = ec.generate_private_key(ec.SECP256R1())
     cert = self_signed_ca(key, "Demo transport CA", now)

@@ -22,7 +22,7 @@ NO_SUCH_KEY = 2
 
 
 def add_parser(sub: Any) -> None:
-    from signer.ctl import add_token_options
+    from signer.ctl.main import add_token_options
 
     p = sub.add_parser("pubkey", help="print the public key of a token key pair (PEM), e.g. the audit key's")
     add_token_options(p)
@@ -38,7 +38,7 @@ def public_key_pem(spki_der: bytes) -> bytes:
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    from signer import ctl
+    from signer.ctl import main as ctl
     from signer.files import write_atomic
     from signer.token import TokenError
 

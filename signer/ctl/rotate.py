@@ -23,7 +23,7 @@ RPC_TIMEOUT = 30.0
 
 
 def _ctl() -> Any:
-    from signer import ctl
+    from signer.ctl import main as ctl
 
     return ctl
 
