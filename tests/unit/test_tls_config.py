@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from frontend.tls import is_local_address, load_signer_tls
+from frontend.tls import load_signer_tls
+from shared.address import is_local_address
 from shared.config import ConfigError, Section
 from shared.tls import PeerCertificate, first_allowed, parse_allowed
 from signer.ctl.demo import transport
