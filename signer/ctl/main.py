@@ -2,7 +2,7 @@
 
     ocspctl init-token | keygen | csr | install-cert | pubkey    the token (signer.ctl.token_cmds)
     ocspctl demo setup | serve | revoke | reissue-responder       a demo PKI (signer.ctl.demo)
-    ocspctl audit verify | show                                  the audit log (signer.ctl.audit)
+    ocspctl audit verify | show                                  the audit log (signer.audit_cli)
     ocspctl rotate                                               the running signer (signer.ctl.rotate)
 
 The parser is a registry of command modules (``COMMANDS``): each has ``add_parser(sub)``, which adds its

@@ -1,5 +1,6 @@
 """How the code is cut: no import cycles anywhere (function-level imports count), the demo is imported
-by nothing outside signer/ctl/demo/ but ocspctl's command registry, and ocspctl's modules stay small."""
+by nothing outside signer/ctl/demo/ but ocspctl's command registry, nothing outside ocspctl imports
+it, and ocspctl's modules stay small."""
 
 from __future__ import annotations
 
@@ -99,6 +100,13 @@ for name in json.loads(sys.argv[1]):
     importlib.import_module(name)
 print(json.dumps(sorted(sys.modules)))
 """
+
+
+def test_the_signer_does_not_import_ocspctl() -> None:
+    """ocspctl is built on the signer's modules, never the other way round."""
+    offenders = {name: sorted(m for m in imported(name) if m.startswith("signer.ctl"))
+                 for name in MODULES if not name.startswith("signer.ctl")}
+    assert not {k: v for k, v in offenders.items() if v}
 
 
 def test_importing_production_modules_loads_no_demo_module() -> None:
