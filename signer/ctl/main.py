@@ -2,7 +2,7 @@
 
     ocspctl init-token | keygen | csr | install-cert | pubkey    the token (signer.ctl.token_cmds)
     ocspctl demo setup | serve | revoke | reissue-responder       a demo PKI (signer.ctl.demo)
-    ocspctl audit verify | show                                  the audit log (signer.audit_cli)
+    ocspctl audit verify | show                                  the audit log (signer.ctl.audit)
     ocspctl rotate                                               the running signer (signer.ctl.rotate)
 
 The parser is a registry of command modules (``COMMANDS``): each has ``add_parser(sub)``, which adds its
@@ -40,7 +40,7 @@ class OwnParser:
 
 
 def _audit(argv: list[str]) -> int:
-    from signer.audit_cli import audit_main  # signer.audit: loaded only for `ocspctl audit`
+    from signer.ctl.audit import audit_main  # signer.audit: loaded only for `ocspctl audit`
 
     return audit_main(argv)
 
