@@ -13,13 +13,13 @@ The signer requires a client certificate, so tls_ca, tls_cert and tls_key go tog
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.address import is_local_address
 from shared.config import Section
 from shared.tls import pem_certificates
 
@@ -46,19 +46,6 @@ class SignerTls:
     def options(self) -> list[tuple[str, str]]:
         """Channel options: the name to check the signer's certificate against, when overridden."""
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
-
-
-def is_local_address(address: str) -> bool:
-    """A unix socket, or host:port whose host is a loopback address or 'localhost'."""
-    if address.startswith("unix:"):
-        return True
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _read(sec: Section, name: str, path: Path) -> bytes:

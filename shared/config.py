@@ -187,25 +187,39 @@ class Section:
             child.finish()
 
 
+def parse_certificate(data: bytes) -> Any:
+    """The one certificate of a PEM or DER file's contents (a cryptography ``x509.Certificate``).
+
+    The rule every certificate file of the project is read by (CA and responder certificates of both
+    halves, the certificate of an Admin rotation, ocspctl's): PEM (anything holding "-----BEGIN") must
+    hold exactly one certificate, anything else is DER. Raises ValueError whose text completes a
+    sentence about the file: "holds 2 certificates; expected exactly one", "is not a PEM or DER
+    certificate: ...".
+    """
+    from cryptography import x509
+
+    pem = b"-----BEGIN" in data
+    try:
+        certs = x509.load_pem_x509_certificates(data) if pem else [x509.load_der_x509_certificate(data)]
+    except ValueError as e:
+        raise ValueError(f"is not a PEM or DER certificate: {e}") from None
+    if len(certs) != 1:
+        raise ValueError(f"holds {len(certs)} certificates; expected exactly one")
+    return certs[0]
+
+
 def read_certificate(sec: Section, name: str) -> tuple[Path, Any]:
     """The one certificate (PEM or DER) in the file the path key ``name`` names: (path, certificate).
 
     Both halves read their CA and responder certificates through this, so a file the signer accepts is
-    one the frontend accepts too. A PEM file must hold exactly one certificate.
+    one the frontend accepts too. A PEM file must hold exactly one certificate (``parse_certificate``).
     """
-    from cryptography import x509
-
     path = sec.path(name)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise sec.error(name, f"cannot read {path}: {e.strerror or e}") from None
     try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-            if len(certs) != 1:
-                raise sec.error(name, f"{path} holds {len(certs)} certificates; expected exactly one")
-            return path, certs[0]
-        return path, x509.load_der_x509_certificate(data)
+        return path, parse_certificate(data)
     except ValueError as e:
-        raise sec.error(name, f"{path} is not a PEM or DER certificate: {e}") from None
+        raise sec.error(name, f"{path} {e}") from None

@@ -43,12 +43,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shared.clock import Clock
-from shared.config import ConfigError
+from shared.config import ConfigError, parse_certificate
 from shared.rpc import signer_pb2 as pb
 from signer.config import ResponderConfig, SignerConfig, load_signer_config
 from signer.files import check_private_directory, os_error_text, write_atomic, write_problem
 from signer.responders import Responder, ResponderSet, load_responder
 from signer.token import Token, TokenError
+from signer.tomltext import toml_string
 
 log = logging.getLogger("ocsp-signer")
 
@@ -82,16 +83,6 @@ def _canonical_spki(spki_der: bytes) -> bytes | None:
         return load_der_public_key(spki_der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     except ValueError:
         return None
-
-
-def load_certificate_bytes(data: bytes) -> x509.Certificate:
-    """One certificate, PEM or DER. Raises ValueError."""
-    if b"-----BEGIN" in data:
-        certs = x509.load_pem_x509_certificates(data)
-        if len(certs) != 1:
-            raise ValueError(f"{len(certs)} certificates; expected exactly one")
-        return certs[0]
-    return x509.load_der_x509_certificate(data)
 
 
 def candidate_problems(ca: x509.Certificate, cert: x509.Certificate, token_spki: bytes, key_label: str,
@@ -151,10 +142,6 @@ def _not_writable(directory: Path) -> str:
     return f"its directory {directory} is not writable by the signer's user (EACCES)"
 
 
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 _KEY_LABEL_LINE = re.compile(r"""^(\s*key_label\s*=\s*)("(?:[^"\\\n]|\\.)*"|'[^'\n]*')""")
 
 
@@ -173,7 +160,7 @@ def with_key_label(text: str, new_label: str) -> str | None:
         if table == "[responder]":
             m = _KEY_LABEL_LINE.match(line)
             if m:
-                lines[i] = m.group(1) + _toml_str(new_label) + line[m.end():]
+                lines[i] = m.group(1) + toml_string(new_label) + line[m.end():]
                 hits += 1
     if hits != 1:
         return None
@@ -270,10 +257,10 @@ class Rotator:
             known = ", ".join(repr(r.name) for r in current) or "none"
             raise RotationError(grpc.StatusCode.NOT_FOUND, f"no CA named {ca_name!r} (configured: {known})")
         try:
-            cert = load_certificate_bytes(cert_data)
+            cert = parse_certificate(cert_data)
             cert_der = cert.public_bytes(Encoding.DER)
         except ValueError as e:
-            raise RotationError(grpc.StatusCode.INVALID_ARGUMENT, f"not a PEM or DER certificate: {e}") from None
+            raise RotationError(grpc.StatusCode.INVALID_ARGUMENT, f"the certificate {e}") from None
         except Exception as e:  # e.g. cryptography's UnsupportedAlgorithm: never an UNKNOWN to the caller
             raise RotationError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"cannot use this certificate: {type(e).__name__}: {e}") from None

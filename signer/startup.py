@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from shared.address import is_loopback_host
 from shared.clock import Clock
 from shared.config import ConfigError
 from signer.audit import AuditLog, AuditUnavailable, Pkcs11CheckpointSigner, WriterBusy
@@ -67,14 +67,7 @@ def check_plaintext_allowed(config: SignerConfig) -> None:
     listen = config.listen
     if listen.kind == "unix" or config.tls is not None:
         return
-    host = listen.host or ""
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-    if not loopback:
+    if not is_loopback_host(listen.host or ""):
         raise ConfigError(config.file, "listen.address",
                           f"{listen.address} is not a loopback address; plaintext gRPC may only listen on "
                           "unix: sockets or loopback (mTLS is not configured)")

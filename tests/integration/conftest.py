@@ -145,7 +145,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) 
 
 def signer_healthy(address: str, frontend_toml: Path | None = None) -> bool:
     """Health answers serving; over mTLS as the frontend when its frontend.toml has tls keys."""
-    from signer.ctl import signer_serving
+    from signer.ctl.demo.serve import signer_serving
 
     return signer_serving(address, frontend_toml)
 

@@ -521,6 +521,27 @@ def test_demo_index_txt_format(demo_dir: tuple[Path, Ctl]) -> None:
     assert revoked[0] == "R" and revoked[2].endswith(",keyCompromise") and len(revoked[2].split(",")[0]) == 13
 
 
+def test_frontend_reads_the_demo_status_files(demo_dir: tuple[Path, Ctl]) -> None:
+    """The demo writes its index.txt, CRL and issued list as the frontend's own parsers read them."""
+    from frontend.status.crl import parse_serial_list, revoked_entries, verified_crl
+    from frontend.status.index_txt import parse_index
+    from shared.ocsp.types import CertStatus, RevocationReason
+
+    d, _ = demo_dir
+    index = parse_index((d / "rsa-ca/index.txt").read_bytes().decode(), dt.timedelta(hours=24))
+    assert index.status(serial_of(d / "rsa-ca/leaf-good.pem")).status is CertStatus.GOOD
+    revoked = index.status(serial_of(d / "rsa-ca/leaf-revoked.pem"))
+    assert revoked.status is CertStatus.REVOKED and revoked.revocation is not None
+    assert revoked.revocation.reason is RevocationReason.KEY_COMPROMISE
+    assert index.status(serial_of(d / "rsa-ca/leaf-unknown.pem")).status is CertStatus.UNKNOWN
+    ca = x509.load_pem_x509_certificate((d / "ec-ca/ca.pem").read_bytes())
+    crl = revoked_entries(verified_crl((d / "ec-ca/crl.pem").read_bytes(), ca))
+    assert crl[serial_of(d / "ec-ca/leaf-superseded.pem")].status is CertStatus.REVOKED
+    issued = parse_serial_list((d / "ec-ca/issued.txt").read_text())
+    assert serial_of(d / "ec-ca/leaf-good.pem") in issued and serial_of(d / "ec-ca/leaf-good.pem") not in crl
+    assert serial_of(d / "ec-ca/leaf-unknown.pem") not in issued
+
+
 def openssl_index_status(d: Path, leaf: str) -> str:
     """Ask OpenSSL's own responder, reading our index.txt (signing with the demo CA key)."""
     ca = d / "rsa-ca"

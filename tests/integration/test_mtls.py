@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from shared.rpc import signer_pb2, signer_pb2_grpc
-from signer import demo_tls
+from signer.ctl.demo import transport
 from tests.integration.conftest import (Demo, Process, free_port, http_healthy, signer_healthy, tool,
                                         wait_until)
 from tests.integration.ocsp_client import build_request, load_cert, post
@@ -101,12 +101,12 @@ def client_certs(tls_signer: TlsSigner) -> dict[str, tuple[Path | None, Path | N
     ca_cert = x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((tls / "ca-key.pem").read_bytes(), password=None)
     other_log: list[str] = []
-    other = demo_tls.ensure_transport_pki(d / "other", NOW, other_log)  # a CA of its own
-    expired = demo_tls.issue(ca_cert, ca_key, "ocsp-frontend", server=False, now=NOW,
+    other = transport.ensure_transport_pki(d / "other", NOW, other_log)  # a CA of its own
+    expired = transport.issue(ca_cert, ca_key, "ocsp-frontend", server=False, now=NOW,
                              not_before=NOW - dt.timedelta(days=10), not_after=NOW - dt.timedelta(days=1))
-    stranger = demo_tls.issue(ca_cert, ca_key, "intruder", server=False, now=NOW)
+    stranger = transport.issue(ca_cert, ca_key, "intruder", server=False, now=NOW)
     # A CN that would forge a log line of its own if logged raw.
-    forger = demo_tls.issue(ca_cert, ca_key, "forger\nocsp-signer: INFO: client cn:ocsp-frontend connected",
+    forger = transport.issue(ca_cert, ca_key, "forger\nocsp-signer: INFO: client cn:ocsp-frontend connected",
                             server=False, now=NOW)
     return {
         "frontend": (tls / "frontend.pem", tls / "frontend-key.pem"),
@@ -187,7 +187,7 @@ def test_tls_version(tls_signer: TlsSigner, version: str, negotiated: bool) -> N
 def test_frontend_verifies_the_signer(demo: Demo, tls_signer: TlsSigner, which: str) -> None:
     """The frontend answers through the signer when its certificate verifies, tryLater when it does not."""
     d = tls_signer.dir
-    other = demo_tls.ensure_transport_pki(d / "other", NOW, [])  # a CA that did not issue the signer's
+    other = transport.ensure_transport_pki(d / "other", NOW, [])  # a CA that did not issue the signer's
     tls_ca = tls_signer.tls / "ca.pem" if which == "right-ca" else other.ca
     port = free_port()
     config = frontend_toml(demo, d, f"frontend-{which}", tls_signer.address, tls_ca, port)

@@ -27,7 +27,7 @@ from shared.clock import FakeClock
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer.audit import AuditRecord, SignedStatus, decode_record, encode_record, show, verify
-from signer.audit_cli import audit_main
+from signer.ctl.audit import audit_main
 from signer.config import load_signer_config
 from signer.service import serve
 

@@ -36,7 +36,7 @@ from signer.audit import (
     show,
     verify,
 )
-from signer.audit_cli import audit_main
+from signer.ctl.audit import audit_main
 from signer.mechanisms import SignatureAlgorithm
 
 START = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)

@@ -415,7 +415,7 @@ def test_unsupported_certificate_is_invalid_argument(tmp_path: Path, monkeypatch
     def unsupported(data: bytes) -> x509.Certificate:
         raise UnsupportedAlgorithm("unknown public key algorithm")
 
-    monkeypatch.setattr(rotation, "load_certificate_bytes", unsupported)
+    monkeypatch.setattr(rotation, "parse_certificate", unsupported)
     with pytest.raises(RotationError) as info:
         env.run(env.rotator.rotate("alpha", b"0\x00"))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "UnsupportedAlgorithm" in info.value.message

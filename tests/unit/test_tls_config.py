@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from frontend.tls import is_local_address, load_signer_tls
+from frontend.tls import load_signer_tls
+from shared.address import is_local_address
 from shared.config import ConfigError, Section
 from shared.tls import PeerCertificate, first_allowed, parse_allowed
-from signer import demo_tls
+from signer.ctl.demo import transport
 from signer.handshake_log import RecordParser, explain, handshake_failure
 from signer.tls_config import load_tls
 
@@ -19,8 +20,8 @@ NOW = dt.datetime.now(dt.timezone.utc)
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> demo_tls.TransportFiles:
-    return demo_tls.ensure_transport_pki(tmp_path_factory.mktemp("pki"), NOW, [])
+def pki(tmp_path_factory: pytest.TempPathFactory) -> transport.TransportFiles:
+    return transport.ensure_transport_pki(tmp_path_factory.mktemp("pki"), NOW, [])
 
 
 def section(tmp_path: Path, text: str, table: str) -> Section:
@@ -29,13 +30,13 @@ def section(tmp_path: Path, text: str, table: str) -> Section:
     return Section.load(f).section(table)
 
 
-def signer_tls(pki: demo_tls.TransportFiles, **override: str) -> str:
+def signer_tls(pki: transport.TransportFiles, **override: str) -> str:
     keys = {"cert": f'"{pki.cert("signer")}"', "key": f'"{pki.key("signer")}"', "client_ca": f'"{pki.ca}"'}
     keys.update(override)
     return "[tls]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items() if v)
 
 
-def test_signer_tls_ok(tmp_path: Path, pki: demo_tls.TransportFiles) -> None:
+def test_signer_tls_ok(tmp_path: Path, pki: transport.TransportFiles) -> None:
     allowed = '["cn:ocsp-frontend", "DNS:Frontend.Example.", "spki:' + "AB" * 32 + '"]'
     text = signer_tls(pki, allowed_clients=allowed)
     tls = load_tls(section(tmp_path, text, "tls"))
@@ -53,7 +54,7 @@ def test_signer_tls_ok(tmp_path: Path, pki: demo_tls.TransportFiles) -> None:
     ({"allowed_clients": "[]"}, "tls.allowed_clients", "at least one identity"),
     ({"allowed_clients": '"cn:x"'}, "tls.allowed_clients", "must be a list of strings"),
 ])
-def test_signer_tls_errors(tmp_path: Path, pki: demo_tls.TransportFiles, override: dict[str, str], key: str,
+def test_signer_tls_errors(tmp_path: Path, pki: transport.TransportFiles, override: dict[str, str], key: str,
                            message: str) -> None:
     override = {k: v.replace("KEY_OF_FRONTEND", f'"{pki.key("frontend")}"')
                 .replace("THE_KEY_FILE", f'"{pki.key("signer")}"') for k, v in override.items()}
@@ -62,7 +63,7 @@ def test_signer_tls_errors(tmp_path: Path, pki: demo_tls.TransportFiles, overrid
     assert e.value.key == key and message in e.value.message and e.value.file == str(tmp_path / "x.toml")
 
 
-def test_signer_key_permissions_warn(tmp_path: Path, pki: demo_tls.TransportFiles,
+def test_signer_key_permissions_warn(tmp_path: Path, pki: transport.TransportFiles,
                                      caplog: pytest.LogCaptureFixture) -> None:
     loose = tmp_path / "loose-key.pem"
     loose.write_bytes(pki.key("signer").read_bytes())
@@ -72,11 +73,11 @@ def test_signer_key_permissions_warn(tmp_path: Path, pki: demo_tls.TransportFile
     assert "readable by group or others (mode 0644)" in caplog.text
 
 
-def frontend_signer(pki: demo_tls.TransportFiles, address: str, **keys: str) -> str:
+def frontend_signer(pki: transport.TransportFiles, address: str, **keys: str) -> str:
     return f'[signer]\naddress = "{address}"\n' + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
 
 
-def test_frontend_tls_ok(tmp_path: Path, pki: demo_tls.TransportFiles) -> None:
+def test_frontend_tls_ok(tmp_path: Path, pki: transport.TransportFiles) -> None:
     text = frontend_signer(pki, "signer.internal:50051", tls_ca=str(pki.ca), tls_cert=str(pki.cert("frontend")),
                            tls_key=str(pki.key("frontend")), server_name="localhost")
     sec = section(tmp_path, text, "signer")
@@ -95,7 +96,7 @@ def test_frontend_tls_ok(tmp_path: Path, pki: demo_tls.TransportFiles) -> None:
     ("127.0.0.1:50051", {"tls_ca": "CA", "tls_cert": "FRONTEND_CERT", "tls_key": "FRONTEND_CERT"},
      "signer.tls_key", "holds no PEM key"),
 ])
-def test_frontend_tls_errors(tmp_path: Path, pki: demo_tls.TransportFiles, address: str, keys: dict[str, str],
+def test_frontend_tls_errors(tmp_path: Path, pki: transport.TransportFiles, address: str, keys: dict[str, str],
                              key: str, message: str) -> None:
     names = {"CA": str(pki.ca), "FRONTEND_CERT": str(pki.cert("frontend")),
              "FRONTEND_KEY": str(pki.key("frontend"))}
@@ -116,7 +117,7 @@ def test_is_local_address(address: str, local: bool) -> None:
     assert is_local_address(address) is local
 
 
-def test_peer_identities(pki: demo_tls.TransportFiles) -> None:
+def test_peer_identities(pki: transport.TransportFiles) -> None:
     fe = PeerCertificate.from_pem(pki.cert("frontend").read_bytes())
     assert fe.common_names == ("ocsp-frontend",) and fe.name() == "cn:ocsp-frontend"
     assert fe.identities()[-1] == f"spki:{fe.spki_sha256}"

@@ -12,9 +12,10 @@ module is loaded; a demo directory without a record is refused unless SOFTHSM2_C
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import MutableMapping
 from pathlib import Path
+
+from signer.ctl.common import ocspctl_command
 
 RECORD = "softhsm2.conf"
 VARIABLE = "SOFTHSM2_CONF"
@@ -22,12 +23,6 @@ VARIABLE = "SOFTHSM2_CONF"
 
 class DemoTokenError(Exception):
     """The demo's token store cannot be found; the message says what to run."""
-
-
-def ocspctl_command() -> str:
-    """This ocspctl as an operator can paste it in any shell and directory (the venv is not on PATH)."""
-    path = Path(sys.executable).parent / "ocspctl"
-    return str(path) if path.exists() else "ocspctl"
 
 
 def _same(a: str, b: Path) -> bool:

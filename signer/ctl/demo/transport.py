@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from signer.ctl.demo.pki import aki, key_usage, name, self_signed_ca
+from signer.files import write_atomic
+from signer.tomltext import toml_string
 
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=365)
@@ -47,15 +52,7 @@ class TransportFiles:
         return self.dir / f"{who}-key.pem"
 
 
-def _name(cn: str) -> x509.Name:
-    from signer.ctl import _name as demo_name
-
-    return demo_name(cn)
-
-
 def _write_key(path: Path, key: Any) -> None:
-    from signer.files import write_atomic
-
     write_atomic(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                          serialization.NoEncryption()), 0o600)
 
@@ -73,13 +70,9 @@ def _load(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, Any] | Non
 
 
 def _ensure_ca(files: TransportFiles, now: dt.datetime, log: list[str]) -> tuple[x509.Certificate, Any]:
-    from signer.files import write_atomic
-
     found = _load(files.ca, files.dir / "ca-key.pem")
     if found is not None and found[0].not_valid_after_utc - now > RENEW_BEFORE:
         return found
-    from signer.ctl import self_signed_ca
-
     key = ec.generate_private_key(ec.SECP256R1())
     cert = self_signed_ca(key, "Demo transport CA", now)
     _write_key(files.dir / "ca-key.pem", key)
@@ -101,17 +94,13 @@ def issue(ca_cert: x509.Certificate, ca_key: Any, cn: str, *, server: bool, now:
     """A TLS server or client certificate (and a fresh P-256 key unless given) issued by the CA."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     eku = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
+    b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject)
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(not_before or now - BACKDATE).not_valid_after(not_after or now + LEAF_VALIDITY)
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                      key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                      key_cert_sign=False, crl_sign=False, encipher_only=False,
-                                      decipher_only=False), critical=True)
+         .add_extension(key_usage(digital_signature=True), critical=True)
          .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False))
+         .add_extension(aki(ca_cert), critical=False))
     san = _san(server)
     if san is not None:
         b = b.add_extension(san, critical=False)
@@ -136,8 +125,6 @@ def _fits(cert: x509.Certificate, ca_cert: x509.Certificate, cn: str, server: bo
 
 def ensure_transport_pki(d: Path, now: dt.datetime, log: list[str]) -> TransportFiles:
     """Create or complete D/tls/ (see the module docstring); appends what it did to ``log``."""
-    from signer.files import write_atomic
-
     files = TransportFiles(d / "tls")
     files.dir.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = _ensure_ca(files, now, log)
@@ -153,11 +140,6 @@ def ensure_transport_pki(d: Path, now: dt.datetime, log: list[str]) -> Transport
     return files
 
 
-def _q(value: str | Path) -> str:
-    text = str(value)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _needs_server_name(address: str) -> bool:
     host = address.rpartition(":")[0].strip("[]")
     return host not in SIGNER_NAMES
@@ -170,9 +152,9 @@ def signer_tls_toml(d: Path, signer_address: str) -> str:
     f = TransportFiles(d / "tls")
     return f"""
 [tls]
-cert = {_q(f.cert("signer"))}
-key = {_q(f.key("signer"))}
-client_ca = {_q(f.ca)}
+cert = {toml_string(f.cert("signer"))}
+key = {toml_string(f.key("signer"))}
+client_ca = {toml_string(f.ca)}
 allowed_clients = ["cn:{FRONTEND_CN}", "cn:{ADMIN_CN}"]
 """
 
@@ -182,9 +164,9 @@ def frontend_tls_toml(d: Path, signer_address: str) -> str:
     if signer_address.startswith("unix:"):
         return ""
     f = TransportFiles(d / "tls")
-    text = f"""tls_ca = {_q(f.ca)}
-tls_cert = {_q(f.cert("frontend"))}
-tls_key = {_q(f.key("frontend"))}
+    text = f"""tls_ca = {toml_string(f.ca)}
+tls_cert = {toml_string(f.cert("frontend"))}
+tls_key = {toml_string(f.key("frontend"))}
 """
     if _needs_server_name(signer_address):
         text += f'server_name = "{SIGNER_NAMES[0]}"\n'
@@ -196,8 +178,6 @@ def health_credentials(frontend_toml: Path) -> tuple[Any, list[tuple[str, str]]]
 
     For readiness checks (``ocspctl demo serve``, the integration tests): they ask Health as the frontend.
     """
-    import tomllib
-
     import grpc
 
     table = tomllib.loads(frontend_toml.read_text()).get("signer", {})

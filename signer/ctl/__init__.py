@@ -1,0 +1,1 @@
+"""ocspctl, the operator's tool for the signer host (entry point: signer.ctl.main:main)."""
