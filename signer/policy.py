@@ -7,7 +7,7 @@ checked here against the signer's configuration and clock before anything is bui
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf.message import Message
@@ -30,7 +30,7 @@ from shared.rpc import signer_pb2 as pb
 from signer.config import PolicyConfig
 from signer.responders import Responder, ResponderSet
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Latest time GeneralizedTime in our encoding (and datetime) can carry: 9999-12-31T23:59:59Z.
 MAX_TIME = 253402300799
 MIN_NONCE, MAX_NONCE = 1, 128  # RFC 9654

@@ -29,7 +29,7 @@ from tests.integration.conftest import ROOT, SOFTHSM_MODULE, free_port, tool, wa
 pytestmark = pytest.mark.integration
 
 TOKEN = "ctl-test"
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Ctl:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         r = subprocess.run([tool("ocspctl"), *args], env=self.env, capture_output=True, text=True, cwd=ROOT,
-                           timeout=120)
+                           timeout=120, check=False)
         if check and r.returncode != 0:
             raise AssertionError(f"ocspctl {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return r
@@ -66,7 +66,7 @@ class Ctl:
             session = token.open(user_pin=open({str(self.pin_file)!r}).read().strip())
         """)
         r = subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(script)], env=self.env,
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
@@ -136,7 +136,7 @@ def test_init_token_is_idempotent(ctl: Ctl) -> None:
                 "--so-pin-file", str(ctl.so_pin_file))
     assert "already exists" in r.stdout
     slots = subprocess.run(["softhsm2-util", "--show-slots"], env=ctl.env, capture_output=True,
-                           text=True).stdout
+                           text=True, check=False).stdout
     assert [line.split(":", 1)[1].strip() for line in slots.splitlines()
             if line.strip().startswith("Label:")].count(TOKEN) == 1
 
@@ -185,11 +185,11 @@ def test_csr_verifies_with_openssl(ctl: Ctl, spec: str, algorithm: str) -> None:
                          "/emailAddress=pki@example.com")
     path = ctl.dir / f"{label}.csr"
     r = subprocess.run(["openssl", "req", "-in", str(path), "-verify", "-noout"], capture_output=True,
-                       text=True)
+                       text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert "verify OK" in r.stdout + r.stderr
     text = subprocess.run(["openssl", "req", "-in", str(path), "-noout", "-text"], capture_output=True,
-                          text=True).stdout
+                          text=True, check=False).stdout
     assert f"Signature Algorithm: {algorithm}" in text
     assert csr.is_signature_valid
     assert csr.subject.rfc4514_string() == \
@@ -440,7 +440,7 @@ def test_demo_pki_verifies(demo_dir: tuple[Path, Ctl]) -> None:
     for ca in ("rsa-ca", "ec-ca"):
         for f in ("responder.pem", "leaf-good.pem", "leaf-revoked.pem", "leaf-unknown.pem"):
             r = subprocess.run(["openssl", "verify", "-CAfile", str(d / ca / "ca.pem"), str(d / ca / f)],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
             assert r.returncode == 0, r.stdout + r.stderr
         responder = x509.load_pem_x509_certificate((d / ca / "responder.pem").read_bytes())
         eku = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -472,7 +472,7 @@ def test_demo_responder_keys_in_token(demo_dir: tuple[Path, Ctl]) -> None:
             out[label] = [priv.key_type.name, priv[Attribute.SENSITIVE], priv[Attribute.EXTRACTABLE],
                           len(certs)]
         print(json.dumps(out))
-    """)], env=c.env, capture_output=True, text=True, timeout=60)
+    """)], env=c.env, capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"demo-rsa-responder": ["RSA", True, False, 1],
                                     "demo-ec-responder": ["EC", True, False, 1]}
@@ -553,7 +553,7 @@ def openssl_index_status(d: Path, leaf: str) -> str:
                     "-respout", str(resp)], check=True, capture_output=True)
     r = subprocess.run(["openssl", "ocsp", "-respin", str(resp), "-issuer", str(ca / "ca.pem"), "-cert",
                         str(ca / leaf), "-CAfile", str(ca / "ca.pem"), "-no_nonce"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert "Response verify OK" in r.stderr + r.stdout, r.stderr
     return r.stdout
 
@@ -585,7 +585,7 @@ def test_demo_crl_and_issued(demo_dir: tuple[Path, Ctl]) -> None:
     assert serial_of(d / "ec-ca/leaf-revoked.pem") in issued
     assert serial_of(d / "ec-ca/leaf-unknown.pem") not in issued
     r = subprocess.run(["openssl", "crl", "-in", str(d / "ec-ca/crl.pem"), "-CAfile", str(d / "ec-ca/ca.pem"),
-                        "-noout"], capture_output=True, text=True)
+                        "-noout"], capture_output=True, text=True, check=False)
     assert "verify OK" in r.stdout + r.stderr
 
 
@@ -604,7 +604,7 @@ def test_demo_revoke(demo_dir: tuple[Path, Ctl]) -> None:
     c.run("demo", "revoke", "--dir", str(d), "--ca", "ec", "--serial", f"{serial:X}", "--reason",
           "cessationOfOperation")
     new = x509.load_pem_x509_crl((d / "ec-ca/crl.pem").read_bytes())
-    number = lambda crl: crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number  # noqa: E731
+    number = lambda crl: crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     assert number(new) == number(old) + 1
     assert {rc.serial_number for rc in new} == {rc.serial_number for rc in old} | {serial}
     entry = new.get_revoked_certificate_by_serial_number(serial)
@@ -671,7 +671,7 @@ def test_demo_serve(demo_dir: tuple[Path, Ctl], stop_signal: int) -> None:
         wait_until(lambda: sum(line.startswith("  openssl ocsp") for line in out) == 6, 5, "the commands")
         commands = [line.split() for line in out if line.startswith("  openssl ocsp")]
         for argv, expected in zip(commands[:3], ("good", "revoked", "unknown")):
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
             assert "Response verify OK" in r.stdout + r.stderr, r.stdout + r.stderr
             assert f"leaf-{expected}.pem: {expected}" in r.stdout
         proc.send_signal(stop_signal)

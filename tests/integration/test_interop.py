@@ -33,7 +33,7 @@ TIMEOUT = 60
 
 def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True,  # type: ignore[call-overload]
-                          timeout=TIMEOUT, **kw)
+                          timeout=TIMEOUT, **kw, check=False)
 
 
 def need(program: str) -> None:

@@ -12,8 +12,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.audit.merkle import (EMPTY_ROOT, CompactRange, consistency_proof, inclusion_proof, leaf_hash,
-                                 node_hash, root_of, verify_consistency, verify_inclusion)
+from shared.audit.merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    node_hash,
+    root_of,
+    verify_consistency,
+    verify_inclusion,
+)
 
 
 def leaves(n: int) -> list[bytes]:
@@ -48,7 +57,7 @@ def test_compact_range_matches_definition_for_every_size_to_130() -> None:
     for n in range(1, 131):
         rng.append(hs[n - 1])
         assert rng.size == n
-        assert len(rng.hashes) == bin(n).count("1")  # O(log n) state
+        assert len(rng.hashes) == n.bit_count()  # O(log n) state
         assert rng.root() == root_of(hs[:n]), n
 
 
@@ -95,9 +104,9 @@ def test_inclusion_proofs_all_sizes() -> None:
 
 def test_consistency_proofs_all_sizes() -> None:
     hs = leaves(33)
-    for second in range(0, 34):
+    for second in range(34):
         r2 = root_of(hs[:second])
-        for first in range(0, second + 1):
+        for first in range(second + 1):
             r1 = root_of(hs[:first])
             proof = consistency_proof(hs[:second], first)
             assert verify_consistency(first, second, proof, r1, r2), (first, second)

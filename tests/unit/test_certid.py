@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ def _rsa_ca() -> tuple[bytes, bytes]:
     name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
                       x509.NameAttribute(NameOID.COMMON_NAME, "Prüf-CA " + "x" * 50),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "y" * 60)])
-    t = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    t = datetime(2025, 1, 1, tzinfo=UTC)
     ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
           .serial_number(7).not_valid_before(t).not_valid_after(t.replace(year=2030))
           .sign(key, hashes.SHA256()))

@@ -121,7 +121,7 @@ def test_sighup_during_start_up_is_ignored(tmp_path: Path) -> None:
         "sys.exit(m.main(['--config', 'x.toml']))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       cwd=Path(__file__).resolve().parents[2])
+                       cwd=Path(__file__).resolve().parents[2], check=False)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "still alive after SIGHUP" in r.stderr
 

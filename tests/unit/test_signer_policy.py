@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -16,7 +16,7 @@ from signer.mechanisms import SignatureAlgorithm
 from signer.policy import Policy, PolicyError
 from signer.responders import Responder
 
-NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 T = int(NOW.timestamp())
 HOUR, DAY = 3600, 86400
 
@@ -46,7 +46,7 @@ class FakeResponders:
 
     def get(self, key: IssuerKey) -> Responder | None:
         for byte, r in ((b"\xaa", self.a), (b"\xbb", self.b)):
-            size = SIZES[[k for k, v in HASHES.items() if v is key.hash_algorithm][0]]
+            size = SIZES[next(k for k, v in HASHES.items() if v is key.hash_algorithm)]
             if key.issuer_name_hash == byte * size and key.issuer_key_hash == byte * size:
                 return r
         return None
@@ -59,14 +59,14 @@ def cert_id(issuer: bytes = b"\xaa", algorithm: int = pb.SHA1, serial: bytes = b
 
 
 def good(**kw: object) -> pb.SingleStatus:
-    fields: dict[str, object] = dict(cert_id=cert_id(), status=pb.GOOD, this_update=T - HOUR,
-                                     next_update=T + DAY)
+    fields: dict[str, object] = {"cert_id": cert_id(), "status": pb.GOOD, "this_update": T - HOUR,
+                                 "next_update": T + DAY}
     fields.update(kw)
     return pb.SingleStatus(**fields)  # type: ignore[arg-type]
 
 
 def revoked(**kw: object) -> pb.SingleStatus:
-    fields: dict[str, object] = dict(status=pb.REVOKED, revocation_time=T - DAY, revocation_reason=1)
+    fields: dict[str, object] = {"status": pb.REVOKED, "revocation_time": T - DAY, "revocation_reason": 1}
     fields.update(kw)
     return good(**fields)
 
@@ -216,7 +216,7 @@ def test_extended_revoked_is_epoch() -> None:
     job = Policy(POLICY, FakeClock(NOW)).check(
         request(revoked(revocation_time=0, revocation_reason=6)), FakeResponders())  # type: ignore[arg-type]
     rev = job.statuses[0].revocation
-    assert rev is not None and rev.time == datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert rev is not None and rev.time == datetime(1970, 1, 1, tzinfo=UTC)
     assert rev.reason is RevocationReason.CERTIFICATE_HOLD
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,6 @@ from frontend.status.index_txt import IndexTxtSource, parse_index, parse_revocat
 from shared.ocsp.errors import TryLater
 from shared.ocsp.types import CertStatus, RevocationReason
 
-UTC = timezone.utc
 H = timedelta(hours=1)
 
 

@@ -16,7 +16,7 @@ from signer.ctl.demo import transport
 from signer.handshake_log import RecordParser, explain, handshake_failure
 from signer.tls_config import load_tls
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ I1123 17:02:54.037562   20004 handshaker.cc:155] CallNextHandshakerLocked: error
 src/core/util/status_helper.cc:68
  shutdown=false index=2, args={endpoint=0x7fe5e40024a0, args={grpc.internal.endpoint_local_address=ipv4:127.0.0.1:50999, grpc.internal.endpoint_peer_address=ipv4:127.0.0.1:51684, grpc.internal.security_connector=0x55f14a39fd20}}
 E1123 17:02:55.000000   20004 add_port.cc:56] Unable to create secure server
-"""  # noqa: E501
+"""
 
 
 def test_handshake_records() -> None:

@@ -1,9 +1,8 @@
 """Pkcs11Token.public_key returns the same SPKI bytes a certificate for that key carries."""
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-import pytest
 
 
 @pytest.mark.parametrize("spec", ["rsa2048", "p256"])
