@@ -8,7 +8,7 @@ export SOFTHSM2_CONF := $(VAR)/softhsm2.conf
 
 SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli go
 
-.PHONY: run test bench system venv softhsm proto check-proto clean
+.PHONY: run test lint bench system venv softhsm proto check-proto clean
 
 # The demo's HTTP port (`make run PORT=8080`); the leaf certificates' OCSP URL names it, so another
 # port re-issues them.
@@ -18,8 +18,12 @@ run: venv softhsm
 	$(BIN)/ocspctl demo setup --dir $(VAR)/demo --http-port $(PORT)
 	$(BIN)/ocspctl demo serve --dir $(VAR)/demo --http-port $(PORT)
 
-test: venv softhsm
+test: venv softhsm lint
 	$(BIN)/python -m pytest -q tests
+
+# ruff with the settings in pyproject.toml (the version is pinned in requirements.lock).
+lint: venv
+	$(BIN)/ruff check .
 
 # Benchmarks print a table of ratios against a reference measured in the same run.
 bench: venv softhsm
