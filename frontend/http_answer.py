@@ -24,11 +24,12 @@ def static_headers(der: bytes, this_update: int, next_update: int) -> bytes:
             + b"".join(f"{k}: {v}\r\n".encode() for k, v in ohttp.validator_headers(der, this_update, next_update)))
 
 
-def ocsp_http(der: bytes, headers: bytes, next_update: int | None, *, max_age_cap: int, now: float,
+def ocsp_http(der: bytes, headers: bytes, next_update: int | None, max_age_cap: int, now: float,
               close: bool, head: bool = False, not_modified: bool = False, date_now: float | None = None) -> bytes:
     """The HTTP answer carrying the DER OCSPResponse ``der``. ``next_update`` None: not cacheable;
     else ``headers`` are its ``static_headers`` and max-age counts from ``now``. ``not_modified``:
-    a 304 (headers, no body) for a cache revalidating what it holds."""
+    a 304 (headers, no body) for a cache revalidating what it holds. ``date_now``: the Date header's
+    time (None: the clock's). Positional on the cache-hit path (keywords cost there)."""
     if next_update is None:
         lines = _CT_OCSP + b"Content-Length: %d\r\n" % len(der) + NO_CACHE
     else:
@@ -43,4 +44,4 @@ def ocsp_http(der: bytes, headers: bytes, next_update: int | None, *, max_age_ca
 
 def ocsp_error_http(status: ResponseStatus, *, close: bool, head: bool = False) -> bytes:
     """The HTTP answer carrying the unsigned OCSP error response of ``status``."""
-    return ocsp_http(error_response(status), b"", None, max_age_cap=0, now=0.0, close=close, head=head)
+    return ocsp_http(error_response(status), b"", None, 0, 0.0, close, head)

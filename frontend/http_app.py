@@ -88,10 +88,10 @@ class HttpProtocol(HttpConnection):
         entry = app.cached(der, now)
         if entry is not None:
             # If-None-Match: a cache revalidating what it holds (RFC 9110 13.1.2): headers, no body.
-            self._push(ocsp_http(entry.der, entry.headers, entry.next_update, max_age_cap=app.max_age_cap,
-                                 now=now, close=close, head=head, date_now=now,
-                                 not_modified=(self.if_none_match is not None and method != b"POST"
-                                               and etag_matches(self.if_none_match, entry.der))), close)
+            not_modified = (self.if_none_match is not None and method != b"POST"
+                            and etag_matches(self.if_none_match, entry.der))
+            self._push(ocsp_http(entry.der, entry.headers, entry.next_update, app.max_age_cap, now, close, head,
+                                 not_modified, now), close)
             return
         task = self.loop.create_task(self._answer(der, der, close, head))
         self._push(task, close)
@@ -100,8 +100,8 @@ class HttpProtocol(HttpConnection):
         async with self.work_slot():
             answer = await self.app.answer(der, key)
         app = self.app
-        return ocsp_http(answer.der, answer.headers, answer.next_update, max_age_cap=app.max_age_cap,
-                         now=app.cache.clock(), close=close, head=head)
+        return ocsp_http(answer.der, answer.headers, answer.next_update, app.max_age_cap, app.cache.clock(),
+                         close, head)
 
     def _ocsp_error(self, status: ResponseStatus, close: bool, head: bool) -> None:
         self._push(ocsp_error_http(status, close=close, head=head), close)
