@@ -14,15 +14,16 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from frontend.app import CaEntry, OcspApp
 from frontend.cache import ResponseCache
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
+from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
-from frontend.server import CaEntry, FrontendServer, OcspApp
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
-from frontend.watch import ResponderWatch
 from frontend.status.base import FileStatusSource, StatusDataError
 from frontend.status.crl import CrlSource
 from frontend.status.index_txt import IndexTxtSource
+from frontend.watch import ResponderWatch
 from shared import logsafe
 from shared.config import ConfigError
 from shared.ocsp.certid import IssuerIndex

@@ -33,6 +33,7 @@ import httptools
 
 from frontend.config import ListenConfig
 from shared.ocsp import http as ohttp
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("frontend.http")
 
@@ -57,21 +58,6 @@ def date_line(now: float | None = None) -> bytes:
         _date_line = b"Date: " + ohttp.http_date(sec).encode() + CRLF
         _date_sec = sec
     return _date_line
-
-
-class RateLimitedLog:
-    """At most one log line per ``interval`` seconds per key (a dead signer must not flood logs)."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._last: dict[str, float] = {}
-
-    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) >= self.interval:
-            self._last[key] = now
-            self.logger.log(level, msg, *args)
 
 
 # -- answers ---------------------------------------------------------------------------------------------
@@ -122,6 +108,7 @@ LINGER = 2.0  # seconds a closing connection keeps draining the client's input
 # Connections past a cap that are still being told so (503, then a lingering close). Beyond this
 # many at once, further ones are reset without an answer: refusing must stay cheaper than serving.
 MAX_REFUSING = 128
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between two log lines about refused connections
 RETRY_AFTER = 1  # seconds, in the 503 past a connection cap
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
 
@@ -196,7 +183,7 @@ class ConnectionPool:
         self.max_url = 4 * listen.max_request_bytes + len(listen.path_prefix) + 1024
         # Request line + header block: more raw bytes than this before the end of the head is a 431.
         self.max_head = listen.max_header_bytes + self.max_url
-        self._ratelog = RateLimitedLog(log)
+        self._ratelog = RateLimitedLog(log, REFUSAL_LOG_INTERVAL, time.monotonic)
 
     def __len__(self) -> int:
         return len(self.open)
@@ -218,7 +205,7 @@ class ConnectionPool:
             self.open.add(conn)
             return client
         self.refused += 1
-        self._ratelog(logging.WARNING, "refused", "refusing connections: %s reached (%d refused so far)",
+        self._ratelog.log(logging.WARNING, "refused", "refusing connections: %s reached (%d refused so far)",
                       what, self.refused)
         return None
 

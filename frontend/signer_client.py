@@ -36,6 +36,7 @@ from grpc import aio
 from frontend.tls import SignerTls
 from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
 from shared.ocsp.types import CertStatus, HashAlgorithm, SingleStatus
+from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
 from shared.rpc.metadata import REFUSED
@@ -186,13 +187,13 @@ class SignerClient:
         self.tls = tls
         self.keepalive = keepalive
         self.retries = 0  # Signs sent again after their connection went away
-        self._last_retry_log = -1e9
+        self._ratelog = RateLimitedLog(log, RETRY_LOG_INTERVAL, time.monotonic)
         self._channels: list[aio.Channel] = []
         self._stubs: list[signer_pb2_grpc.SignerStub] = []
         self._next = itertools.count()
         self._ids = itertools.count(1)
         self._prefix = f"fe{os.getpid()}-"
-        self._last_policy_log = -1e9
+        self._policy_log = RateLimitedLog(log, POLICY_LOG_INTERVAL, time.monotonic)
 
     def _ensure(self) -> None:
         # Channels belong to the running event loop, so they are made on first use.
@@ -245,11 +246,8 @@ class SignerClient:
             if not (may_retry and left >= RETRY_MIN_SECONDS and self._connection_lost(k, e)):
                 raise
             self.retries += 1
-            now = time.monotonic()
-            if now - self._last_retry_log >= RETRY_LOG_INTERVAL:
-                self._last_retry_log = now
-                log.warning("signer at %s: the connection went away during a Sign (%s); sending it again over "
-                            "a new connection", self.addresses[k], describe(e))
+            self._ratelog.log(logging.WARNING, "retry", "signer at %s: the connection went away during a Sign "
+                              "(%s); sending it again over a new connection", self.addresses[k], describe(e))
         # gRPC replaces the lost connection: the channel reconnects for this call (and fails it at
         # once if the signer cannot be reached, leaving the rest to failover / tryLater).
         return await stub.Sign(request, timeout=left, wait_for_ready=False)
@@ -263,10 +261,8 @@ class SignerClient:
         return state != grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
     def _log_policy_refusal(self, error: OCSPError) -> None:
-        now = time.monotonic()
-        if now - self._last_policy_log >= POLICY_LOG_INTERVAL:
-            self._last_policy_log = now
-            log.error("the signer's policy refused to sign (answering tryLater): %s", error)
+        self._policy_log.log(logging.ERROR, "policy", "the signer's policy refused to sign (answering tryLater): %s",
+                             error)
 
     async def health(self, timeout: float | None = None) -> list[SignerHealth]:
         """Every signer's Health, asked at once (frontend.readiness polls this)."""

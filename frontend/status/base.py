@@ -24,8 +24,11 @@ from pathlib import Path
 
 from shared.ocsp.errors import TryLater
 from shared.ocsp.types import CertStatus, StatusInfo
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("frontend.status")
+
+RETRY_LOG_INTERVAL = 60.0  # seconds between two log lines about the same not-yet-valid refusal
 
 GOOD = StatusInfo(CertStatus.GOOD)
 UNKNOWN = StatusInfo(CertStatus.UNKNOWN)
@@ -89,7 +92,7 @@ class FileStatusSource(ABC):
         self._listeners: list[Callable[[FileStatusSource], None]] = []
         self._lock: asyncio.Lock | None = None
         self.last_error: str | None = None
-        self._last_retry_log = -1e9
+        self._retry_log = RateLimitedLog(log, RETRY_LOG_INTERVAL, time.monotonic)
 
     # -- subclass hooks ---------------------------------------------------------------------------
     @abstractmethod
@@ -180,15 +183,15 @@ class FileStatusSource(ABC):
                 retry = isinstance(e, NotYetValid)
                 self._failed_stamps = None if retry else stamps
                 error = str(e) or type(e).__name__
-                now = time.monotonic()
-                if retry and error == self.last_error and now - self._last_retry_log < 60:
-                    return False  # the same refusal again: said less than a minute ago
-                self._last_retry_log = now
                 self.last_error = error
                 kept = ("keeping the last good data" if self._snapshot is not None
                         else "no data to answer from")
-                log.error("%s: status reload of %s FAILED, %s: %s", self.name,
-                          ", ".join(map(str, self.files)), kept, self.last_error)
+                msg = "%s: status reload of %s FAILED, %s: %s"
+                args = (self.name, ", ".join(map(str, self.files)), kept, error)
+                if retry:  # tried again every check: the same refusal at most once a minute
+                    self._retry_log.log(logging.ERROR, error, msg, *args)
+                else:
+                    log.error(msg, *args)
                 return False
             old = self._snapshot
             self._install(snap, stamps)

@@ -11,7 +11,7 @@ from asn1crypto import core, ocsp, x509
 
 from shared.ocsp.certid import serial_problem
 from shared.ocsp.errors import MalformedRequest
-from shared.ocsp.types import CertId, HashAlgorithm, ParsedRequest
+from shared.ocsp.types import DIGEST_SIZES, CertId, HashAlgorithm, ParsedRequest
 
 __all__ = ["MAX_NONCE", "MIN_NONCE", "decode_request", "nonce_length"]
 
@@ -26,11 +26,11 @@ _UNDERSTOOD_REQUEST_EXTENSIONS = frozenset({ID_PKIX_OCSP_NONCE, ID_PKIX_OCSP_RES
 # singleRequestExtensions: none understood (service locator is not supported).
 _UNDERSTOOD_SINGLE_EXTENSIONS: frozenset[str] = frozenset()
 
-_HASHES: dict[str, tuple[HashAlgorithm, int]] = {
-    "1.3.14.3.2.26": (HashAlgorithm.SHA1, 20),
-    "2.16.840.1.101.3.4.2.1": (HashAlgorithm.SHA256, 32),
-    "2.16.840.1.101.3.4.2.2": (HashAlgorithm.SHA384, 48),
-    "2.16.840.1.101.3.4.2.3": (HashAlgorithm.SHA512, 64),
+_HASHES: dict[str, HashAlgorithm] = {
+    "1.3.14.3.2.26": HashAlgorithm.SHA1,
+    "2.16.840.1.101.3.4.2.1": HashAlgorithm.SHA256,
+    "2.16.840.1.101.3.4.2.2": HashAlgorithm.SHA384,
+    "2.16.840.1.101.3.4.2.3": HashAlgorithm.SHA512,
 }
 
 _NULL = b"\x05\x00"
@@ -138,10 +138,10 @@ def _cert_id(cid: ocsp.CertId) -> CertId:
     _exact(cid)
     alg = cid["hash_algorithm"]
     _exact(alg)
-    known = _HASHES.get(alg["algorithm"].dotted)
-    if known is None:
+    algorithm = _HASHES.get(alg["algorithm"].dotted)
+    if algorithm is None:
         raise MalformedRequest(f"unsupported CertID hash algorithm {alg['algorithm'].dotted}")
-    algorithm, size = known
+    size = DIGEST_SIZES[algorithm]
     params = alg["parameters"]
     if not isinstance(params, core.Void) and params.dump() != _NULL:
         raise MalformedRequest("CertID hash algorithm parameters must be absent or NULL")

@@ -14,7 +14,14 @@ from datetime import datetime, timezone
 
 from asn1crypto import algos, core, ocsp, x509
 
-from shared.ocsp.types import CertStatus, HashAlgorithm, ResponseStatus, RevocationReason, SingleStatus
+from shared.ocsp.types import (
+    DIGEST_SIZES,
+    CertStatus,
+    HashAlgorithm,
+    ResponseStatus,
+    RevocationReason,
+    SingleStatus,
+)
 
 __all__ = ["ERROR_RESPONSES", "EPOCH", "build_response_data", "error_response", "responder_id",
            "signed_response"]
@@ -71,8 +78,6 @@ def _time(dt: datetime) -> bytes:
 _HASH_ALGORITHM_DER: dict[HashAlgorithm, bytes] = {
     alg: algos.DigestAlgorithm({"algorithm": alg.value, "parameters": None}).dump() for alg in HashAlgorithm
 }
-_HASH_SIZE = {HashAlgorithm.SHA1: 20, HashAlgorithm.SHA256: 32, HashAlgorithm.SHA384: 48,
-              HashAlgorithm.SHA512: 64}
 
 _GOOD = b"\x80\x00"  # [0] IMPLICIT NULL
 _UNKNOWN = b"\x82\x00"  # [2] IMPLICIT UnknownInfo (NULL)
@@ -93,7 +98,7 @@ def _is_extended_revoke(s: SingleStatus) -> bool:
 
 def _single_response(s: SingleStatus) -> bytes:
     cid = s.cert_id
-    size = _HASH_SIZE[cid.hash_algorithm]
+    size = DIGEST_SIZES[cid.hash_algorithm]
     if len(cid.issuer_name_hash) != size or len(cid.issuer_key_hash) != size or not cid.serial:
         raise ValueError(f"malformed CertId {cid!r}")
     cert_id = _tlv(_SEQ, _HASH_ALGORITHM_DER[cid.hash_algorithm]

@@ -15,6 +15,15 @@ class HashAlgorithm(enum.Enum):
     SHA384 = "sha384"
     SHA512 = "sha512"
 
+    @property
+    def digest_size(self) -> int:
+        """Octets of a digest (the length of a CertID's issuerNameHash and issuerKeyHash)."""
+        return DIGEST_SIZES[self]
+
+
+DIGEST_SIZES: dict[HashAlgorithm, int] = {HashAlgorithm.SHA1: 20, HashAlgorithm.SHA256: 32,
+                                          HashAlgorithm.SHA384: 48, HashAlgorithm.SHA512: 64}
+
 
 class ResponseStatus(enum.IntEnum):
     """OCSPResponseStatus (RFC 6960 4.2.1)."""

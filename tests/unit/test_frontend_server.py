@@ -622,7 +622,7 @@ def test_request_after_reload_does_not_join_older_signature(tmp_path: Path) -> N
         write(src.path, index_line("R", 0x100, "260101000000Z,keyCompromise"))
         assert await src.refresh(force=True)
         later = asyncio.create_task(app.answer(der, der))  # after the reload: must not share
-        return (await first)[0], (await joined)[0], (await later)[0]
+        return (await first).der, (await joined).der, (await later).der
 
     first, joined, later = asyncio.run(go())
     assert statuses(first)[0]["status"] == "good" and joined == first

@@ -1,0 +1,47 @@
+"""OCSP answers as HTTP bytes: the one place an answer, a cache entry or an OCSP error status
+becomes an HTTP/1.1 response (always 200, application/ocsp-response, RFC 6960 A.1).
+
+A cacheable answer (signed, no nonce) carries ``Cache-Control: max-age`` (until its nextUpdate, at
+most cache.max_age) in front of the validator lines ``static_headers`` made when it was stored;
+anything else is ``no-cache``.
+"""
+
+from __future__ import annotations
+
+from frontend.http_conn import NO_CACHE, http_response
+from shared.ocsp import http as ohttp
+from shared.ocsp.response import error_response
+from shared.ocsp.types import ResponseStatus
+
+_CT_OCSP = b"Content-Type: application/ocsp-response\r\n"
+_CC_TAIL = (", " + ohttp.CACHEABLE_DIRECTIVES + "\r\n").encode()
+
+
+def static_headers(der: bytes, this_update: int, next_update: int) -> bytes:
+    """Header lines of a cacheable answer that do not change while it is cached (no Date, no
+    Cache-Control): Content-Type, Content-Length and the validators (frontend.cache stores them)."""
+    return (_CT_OCSP + b"Content-Length: %d\r\n" % len(der)
+            + b"".join(f"{k}: {v}\r\n".encode() for k, v in ohttp.validator_headers(der, this_update, next_update)))
+
+
+def ocsp_http(der: bytes, headers: bytes, next_update: int | None, max_age_cap: int, now: float,
+              close: bool, head: bool = False, not_modified: bool = False, date_now: float | None = None) -> bytes:
+    """The HTTP answer carrying the DER OCSPResponse ``der``. ``next_update`` None: not cacheable;
+    else ``headers`` are its ``static_headers`` and max-age counts from ``now``. ``not_modified``:
+    a 304 (headers, no body) for a cache revalidating what it holds. ``date_now``: the Date header's
+    time (None: the clock's). Positional on the cache-hit path (keywords cost there)."""
+    if next_update is None:
+        lines = _CT_OCSP + b"Content-Length: %d\r\n" % len(der) + NO_CACHE
+    else:
+        age = next_update - int(now)
+        age = min(age, max_age_cap)
+        age = max(age, 0)
+        lines = b"Cache-Control: max-age=%d%s%s" % (age, _CC_TAIL, headers)
+    if not_modified:
+        return http_response(304, lines, b"", close=close, head=True, now=date_now)
+    return http_response(200, lines, der, close=close, head=head, now=date_now)
+
+
+def ocsp_error_http(status: ResponseStatus, *, close: bool, head: bool = False) -> bytes:
+    """The HTTP answer carrying the unsigned OCSP error response of ``status``."""
+    return ocsp_http(error_response(status), b"", None, 0, 0.0, close, head)

@@ -1,0 +1,181 @@
+"""HTTP routing and the listening server.
+
+``HttpProtocol`` routes each request of a connection (the mechanics are frontend.http_conn's): our
+own endpoints (/-/health, /-/ready), GET/HEAD/POST -> the DER request -> frontend.app.OcspApp (a
+cache hit is answered from ``data_received`` directly, a miss by a task), answers rendered by
+frontend.http_answer. ``FrontendServer`` owns the listening socket, the connections and the
+once-a-second sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any
+
+from frontend.app import OcspApp
+from frontend.config import ListenConfig
+from frontend.http_answer import ocsp_error_http, ocsp_http
+from frontend.http_conn import MAX_REFUSING, ConnectionPool, HttpConnection, etag_matches, plain, reset
+from frontend.readiness import READY_PATH, Readiness
+from shared.ocsp import http as ohttp
+from shared.ocsp.errors import OCSPError
+from shared.ocsp.types import ResponseStatus
+
+log = logging.getLogger("frontend.server")
+
+HEALTH_PATH = b"/-/health"
+FD_RESERVE = 64  # descriptors besides client connections: listener, signer channels, status files, logs
+
+
+class HttpProtocol(HttpConnection):
+    """One client connection: routes each request to the health endpoint or the OCSP pipeline."""
+
+    def __init__(self, server: FrontendServer) -> None:
+        super().__init__(server.pool)
+        self.server = server
+        self.app = server.app
+        self.prefix = server.prefix
+
+    def failed_answer(self, close: bool) -> bytes:
+        return ocsp_error_http(ResponseStatus.INTERNAL_ERROR, close=close)
+
+    def _dispatch(self, method: bytes, close: bool) -> None:
+        app = self.app
+        if method == b"POST":
+            if self.content_length is None and not self.chunked:
+                self._push(plain(411, "Content-Length required\n", close=True), True)
+                self.closing = True
+                return
+            der = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+            head = False
+        elif method == b"GET" or method == b"HEAD":
+            head = method == b"HEAD"
+            target = ohttp.origin_form(self.url)
+            if target.startswith(b"/-/"):  # our own endpoints; '-' never starts a base64 DER request
+                path = target.split(b"?", 1)[0]
+                if path == HEALTH_PATH:
+                    self._push(plain(200, "ok\n", close=close, head=head), close)
+                elif path == READY_PATH and self.server.readiness is not None:
+                    status, text = self.server.readiness.answer()  # a kept verdict (frontend.readiness)
+                    self._push(plain(status, text, close=close, head=head), close)
+                else:
+                    self._push(plain(404, "not found\n", close=close, head=head), close)
+                return
+            if not target.startswith(self.prefix):
+                path = target.split(b"?", 1)[0]
+                if path + b"/" == self.prefix:
+                    self._ocsp_error(ResponseStatus.MALFORMED_REQUEST, close, head)
+                else:
+                    self._push(plain(404, "not found\n", close=close, head=head), close)
+                return
+            # The request the path carries, and only that, is the cache key (RFC 6960 A.1): the query
+            # and any segments before the base64 are not part of it, and HEAD shares GET's answers.
+            try:
+                der = ohttp.request_from_path(target, self.listen.path_prefix,
+                                              max_bytes=self.listen.max_request_bytes)
+            except OCSPError as e:
+                self._ocsp_error(e.status, close, head)
+                return
+        else:
+            self._push(plain(405, "only GET, HEAD and POST\n", close=close,
+                             extra=b"Allow: GET, HEAD, POST\r\n"), close)
+            return
+
+        # The key is the DER request, by POST or GET alike: one entry however a GET is spelt.
+        now = app.cache.clock()
+        entry = app.cached(der, now)
+        if entry is not None:
+            # If-None-Match: a cache revalidating what it holds (RFC 9110 13.1.2): headers, no body.
+            not_modified = (self.if_none_match is not None and method != b"POST"
+                            and etag_matches(self.if_none_match, entry.der))
+            self._push(ocsp_http(entry.der, entry.headers, entry.next_update, app.max_age_cap, now, close, head,
+                                 not_modified, now), close)
+            return
+        task = self.loop.create_task(self._answer(der, der, close, head))
+        self._push(task, close)
+
+    async def _answer(self, der: bytes, key: bytes, close: bool, head: bool) -> bytes:
+        async with self.work_slot():
+            answer = await self.app.answer(der, key)
+        app = self.app
+        return ocsp_http(answer.der, answer.headers, answer.next_update, app.max_age_cap, app.cache.clock(),
+                         close, head)
+
+    def _ocsp_error(self, status: ResponseStatus, close: bool, head: bool) -> None:
+        self._push(ocsp_error_http(status, close=close, head=head), close)
+
+
+class FrontendServer:
+    """Listening socket, connections (frontend.http_conn.ConnectionPool), and the once-a-second sweep
+    of connection deadlines and expired cache entries."""
+
+    def __init__(self, app: OcspApp, listen: ListenConfig, readiness: Readiness | None = None) -> None:
+        self.app = app
+        self.listen = listen
+        self.prefix = listen.path_prefix.encode()
+        self.readiness = readiness  # answers /-/ready; None: 404
+        self.loop = asyncio.get_running_loop()
+        self.pool = ConnectionPool(listen, self.loop)
+        self.connections = self.pool.open
+        self.max_url = self.pool.max_url
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.address: tuple[str, int] = (listen.host, listen.port)
+
+    async def start(self, sock: Any = None) -> tuple[str, int]:
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=1024)
+        else:
+            self._server = await self.loop.create_server(lambda: HttpProtocol(self), self.listen.host,
+                                                         self.listen.port, backlog=1024, reuse_address=True)
+        name = self._server.sockets[0].getsockname()
+        self.address = (name[0], name[1])
+        self._sweeper = self.loop.create_task(self._sweep())
+        check_fd_limit(self.listen.max_connections)
+        return self.address
+
+    async def _sweep(self) -> None:
+        cache = self.app.cache
+        while True:
+            await asyncio.sleep(1.0)
+            self.pool.sweep(self.loop.time())
+            cache.sweep(cache.clock())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), close the rest."""
+        grace = self.listen.shutdown_grace if grace is None else grace
+        if self._server is not None:
+            self._server.close()
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            for conn in list(self.connections):
+                conn.close_if_idle()
+            if not self.connections:
+                break
+            await asyncio.sleep(0.05)
+        for conn in [*self.connections, *self.pool.refusing]:
+            if conn.transport is not None:
+                reset(conn.transport)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def check_fd_limit(max_connections: int) -> None:
+    """Warn when the open-file limit cannot hold listen.max_connections: past the limit accept() fails
+    (EMFILE) and new clients get no answer at all instead of a 503."""
+    need = max_connections + MAX_REFUSING + FD_RESERVE
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("listen.max_connections = %d needs about %d file descriptors, but the open-file limit "
+                    "is %d: raise it (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections",
+                    max_connections, need, soft)
+
+
