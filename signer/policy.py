@@ -36,12 +36,8 @@ MAX_TIME = 253402300799
 MIN_NONCE, MAX_NONCE = 1, 128  # RFC 9654
 MAX_REQUEST_ID = 256
 
-_HASHES = {
-    pb.SHA1: (HashAlgorithm.SHA1, 20),
-    pb.SHA256: (HashAlgorithm.SHA256, 32),
-    pb.SHA384: (HashAlgorithm.SHA384, 48),
-    pb.SHA512: (HashAlgorithm.SHA512, 64),
-}
+_HASHES = {pb.SHA1: HashAlgorithm.SHA1, pb.SHA256: HashAlgorithm.SHA256, pb.SHA384: HashAlgorithm.SHA384,
+           pb.SHA512: HashAlgorithm.SHA512}
 _STATUSES = {pb.GOOD: CertStatus.GOOD, pb.REVOKED: CertStatus.REVOKED, pb.UNKNOWN: CertStatus.UNKNOWN}
 _REASONS = {r.value: r for r in RevocationReason}
 
@@ -227,10 +223,10 @@ def _cert_id(where: str, item: pb.SingleStatus) -> CertId:
     if not item.HasField("cert_id"):
         raise _invalid(f"{where}.cert_id: missing")
     c = item.cert_id
-    algo = _HASHES.get(c.hash_algorithm)
-    if algo is None:
+    algorithm = _HASHES.get(c.hash_algorithm)
+    if algorithm is None:
         raise _invalid(f"{where}.cert_id.hash_algorithm: must be SHA1, SHA256, SHA384 or SHA512")
-    algorithm, size = algo
+    size = algorithm.digest_size
     for name in ("issuer_name_hash", "issuer_key_hash"):
         length = len(getattr(c, name))
         if length != size:
