@@ -95,7 +95,7 @@ class ResponderWatch:
                     log.warning("responder watch on %s interrupted (%s%s); reconnecting", address,
                                 code.name if code else e, f": {detail}" if detail else "")
                     lost_logged = True
-            except Exception:  # noqa: BLE001 - the watch must outlive any single failure
+            except Exception:
                 self.connected.discard(address)
                 log.exception("responder watch on %s failed; reconnecting", address)
             await asyncio.sleep(backoff)

@@ -19,7 +19,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shared.ocsp.errors import TryLater
@@ -146,7 +146,7 @@ class FileStatusSource(ABC):
                 continue
             except StatusDataError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any parser failure is a data error here
+            except Exception as e:
                 raise StatusDataError(f"{type(e).__name__}: {e}") from e
             self._install(snap, stamps)
             warn_outside_br(self.name, snap)
@@ -161,7 +161,7 @@ class FileStatusSource(ABC):
         for cb in self._listeners:
             try:
                 cb(self)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("%s: reload listener failed", self.name)
 
     async def refresh(self, force: bool = False) -> bool:
@@ -209,13 +209,13 @@ class FileStatusSource(ABC):
                 await self.refresh()
                 next_update = getattr(self._snapshot, "next_update", None)
                 now = time.monotonic()
-                if (isinstance(next_update, datetime) and datetime.now(timezone.utc) >= next_update
+                if (isinstance(next_update, datetime) and datetime.now(UTC) >= next_update
                         and now - last_stale_log >= 60):
                     last_stale_log = now
                     log.error("%s: status data expired at %s (nextUpdate passed); answering tryLater "
                               "until %s is replaced", self.name, f"{next_update:%Y-%m-%dT%H:%M:%SZ}",
                               self.files[0])
-            except Exception:  # noqa: BLE001 - the watcher must survive anything
+            except Exception:
                 log.exception("%s: status check failed", self.name)
 
 

@@ -35,18 +35,26 @@ otherwise turn revoked certificates back into good ones.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
-from frontend.status.base import (GOOD, UNKNOWN, FileStatusSource, NotYetValid, Snapshot, StatusDataError,
-                                  check_shrink, check_stale)
+from frontend.status.base import (
+    GOOD,
+    UNKNOWN,
+    FileStatusSource,
+    NotYetValid,
+    Snapshot,
+    StatusDataError,
+    check_shrink,
+    check_stale,
+)
 from shared.clock import Clock, SystemClock
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EXTENDED_REVOKED = StatusInfo(CertStatus.REVOKED, Revocation(EPOCH, RevocationReason.CERTIFICATE_HOLD))
 UNISSUED = {"unknown": UNKNOWN, "good": GOOD, "revoked": EXTENDED_REVOKED}
 # How far ahead of our clock a CRL's thisUpdate may be (the signer's policy.max_clock_skew default).
@@ -71,7 +79,7 @@ def _whole(t: datetime) -> datetime:
 
 
 class CrlSnapshot(Snapshot):
-    __slots__ = ("name", "revoked", "issued", "unissued", "this_update", "next_update", "number")
+    __slots__ = ("issued", "name", "next_update", "number", "revoked", "this_update", "unissued")
 
     def __init__(self, name: str, revoked: dict[int, StatusInfo], issued: frozenset[int] | None,
                  unissued: StatusInfo, this_update: datetime, next_update: datetime,

@@ -28,7 +28,7 @@ line, it only changes V to R or E).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_shrink
@@ -68,7 +68,7 @@ def parse_time(text: str) -> datetime:
     else:
         raise ValueError(f"{text!r} is not a time like 250101120000Z")
     return datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]), int(rest[8:10]),
-                    tzinfo=timezone.utc)
+                    tzinfo=UTC)
 
 
 def parse_revocation(field: str) -> Revocation:
@@ -93,7 +93,7 @@ def parse_revocation(field: str) -> Revocation:
 
 
 class IndexSnapshot(Snapshot):
-    __slots__ = ("entries", "validity", "lines")
+    __slots__ = ("entries", "lines", "validity")
 
     def __init__(self, entries: dict[int, StatusInfo], validity: timedelta, lines: int) -> None:
         self.entries = entries

@@ -25,7 +25,6 @@ from urllib.parse import unquote_to_bytes
 
 from shared.ocsp.errors import MalformedRequest
 
-
 CACHEABLE_DIRECTIVES = "public, no-transform, must-revalidate"
 NOT_CACHEABLE = "no-cache, no-store, must-revalidate"
 
@@ -157,12 +156,12 @@ def request_from_path(path: bytes | str, prefix: str = "/", *, max_bytes: int | 
 # -- caching headers --------------------------------------------------------------------------------
 
 
-def http_date(epoch_seconds: int | float) -> str:
+def http_date(epoch_seconds: float) -> str:
     """IMF-fixdate (RFC 9110 5.6.7), e.g. 'Sun, 06 Nov 1994 08:49:37 GMT'."""
     return formatdate(int(epoch_seconds), usegmt=True)
 
 
-def _epoch(t: datetime | int | float) -> int:
+def _epoch(t: datetime | float) -> int:
     return int(t.timestamp()) if isinstance(t, datetime) else int(t)
 
 
@@ -171,7 +170,7 @@ def etag(response_der: bytes) -> str:
     return '"' + hashlib.sha256(response_der).hexdigest() + '"'
 
 
-def max_age(now: datetime | int | float, next_update: datetime | int | float, cap: int | None = None) -> int:
+def max_age(now: datetime | float, next_update: datetime | float, cap: int | None = None) -> int:
     """Seconds a cache may keep the answer: until nextUpdate, at most ``cap``, never negative."""
     n = _epoch(next_update) - _epoch(now)
     if cap is not None:

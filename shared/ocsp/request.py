@@ -41,7 +41,7 @@ _NULL = b"\x05\x00"
 # and fail on legacy clients' raw nonces), and (b) requestorName and optionalSignature, which we
 # ignore, are never parsed beyond their tags.
 class _Extension(core.Sequence):
-    _fields = [
+    _fields = [  # noqa: RUF012 - asn1crypto reads its schema from this class attribute
         ("extn_id", core.ObjectIdentifier),
         ("critical", core.Boolean, {"default": False}),
         ("extn_value", core.OctetString),
@@ -53,7 +53,7 @@ class _Extensions(core.SequenceOf):
 
 
 class _Request(core.Sequence):
-    _fields = [
+    _fields = [  # noqa: RUF012 - asn1crypto reads its schema from this class attribute
         ("req_cert", ocsp.CertId),
         ("single_request_extensions", _Extensions, {"explicit": 0, "optional": True}),
     ]
@@ -64,7 +64,7 @@ class _Requests(core.SequenceOf):
 
 
 class _TBSRequest(core.Sequence):
-    _fields = [
+    _fields = [  # noqa: RUF012 - asn1crypto reads its schema from this class attribute
         ("version", ocsp.Version, {"explicit": 0, "default": "v1"}),
         ("requestor_name", x509.GeneralName, {"explicit": 1, "optional": True}),
         ("request_list", _Requests),
@@ -73,7 +73,7 @@ class _TBSRequest(core.Sequence):
 
 
 class _OCSPRequest(core.Sequence):
-    _fields = [
+    _fields = [  # noqa: RUF012 - asn1crypto reads its schema from this class attribute
         ("tbs_request", _TBSRequest),
         ("optional_signature", ocsp.Signature, {"explicit": 0, "optional": True}),
     ]

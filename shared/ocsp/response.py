@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from asn1crypto import algos, core, ocsp, x509
 
@@ -23,15 +23,21 @@ from shared.ocsp.types import (
     SingleStatus,
 )
 
-__all__ = ["ERROR_RESPONSES", "EPOCH", "build_response_data", "error_response", "responder_id",
-           "signed_response"]
+__all__ = [
+    "EPOCH",
+    "ERROR_RESPONSES",
+    "build_response_data",
+    "error_response",
+    "responder_id",
+    "signed_response",
+]
 
 ID_PKIX_OCSP_BASIC = "1.3.6.1.5.5.7.48.1.1"
 ID_PKIX_OCSP_NONCE = "1.3.6.1.5.5.7.48.1.2"
 ID_PKIX_OCSP_EXTENDED_REVOKE = "1.3.6.1.5.5.7.48.1.9"
 ID_CE_INVALIDITY_DATE = "2.5.29.24"
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- DER primitives -------------------------------------------------------------------------------
@@ -68,7 +74,7 @@ def _time(dt: datetime) -> bytes:
     if offset is None:
         raise ValueError(f"naive datetime {dt!r}: times must be aware (UTC)")
     if offset:
-        dt = dt.astimezone(timezone.utc)
+        dt = dt.astimezone(UTC)
     text = (f"{dt.year:04d}{dt.month:02d}{dt.day:02d}"
             f"{dt.hour:02d}{dt.minute:02d}{dt.second:02d}Z").encode("ascii")
     return b"\x18\x0f" + text

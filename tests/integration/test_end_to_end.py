@@ -90,7 +90,7 @@ def test_good_answer_fields(demo: Demo, frontend: Process, ca: str, algorithm: s
     expected = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, resp.hash_algorithm).build()
     assert resp.issuer_name_hash == expected.issuer_name_hash
     assert resp.issuer_key_hash == expected.issuer_key_hash
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert resp.this_update_utc <= now + dt.timedelta(minutes=5)
     assert resp.next_update_utc is not None and resp.next_update_utc > now
     assert resp.this_update_utc.microsecond == 0 and resp.produced_at_utc.microsecond == 0
@@ -104,7 +104,7 @@ def test_revoked_answer_fields(demo: Demo, frontend: Process, ca: str) -> None:
     assert resp.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert resp.revocation_reason == x509.ReasonFlags.key_compromise
     assert resp.revocation_time_utc is not None
-    assert resp.revocation_time_utc <= dt.datetime.now(dt.timezone.utc)
+    assert resp.revocation_time_utc <= dt.datetime.now(dt.UTC)
 
 
 @pytest.mark.parametrize("ca", CAS)
@@ -142,7 +142,7 @@ def test_multi_certificate_request(demo: Demo, frontend: Process) -> None:
 def test_mixed_issuers_unauthorized(demo: Demo, frontend: Process) -> None:
     pairs = [(leaf(demo, "rsa-ca", "good"), ca_cert(demo, "rsa-ca")),
              (leaf(demo, "ec-ca", "good"), ca_cert(demo, "ec-ca"))]
-    status, _, body = post(demo.http_port, build_multi_request(pairs))
+    _status, _, body = post(demo.http_port, build_multi_request(pairs))
     assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
 
 
@@ -152,7 +152,7 @@ def test_served_then_unserved_issuer_unauthorized(demo: Demo, frontend: Process,
     own issuer): unauthorized from the whole stack, never an answer signed by the first CA's responder."""
     stranger = leaf(demo, "rsa-ca", "revoked")
     pairs = [(leaf(demo, served, "good"), ca_cert(demo, served)), (stranger, stranger)]
-    status, headers, body = post(demo.http_port, build_multi_request(pairs, nonce=random_nonce()))
+    status, _headers, body = post(demo.http_port, build_multi_request(pairs, nonce=random_nonce()))
     assert status == 200
     assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
 

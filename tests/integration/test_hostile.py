@@ -381,8 +381,8 @@ def test_other_methods(demo: Demo, frontend: Process, wire: Wire, method: bytes)
 
 
 @pytest.mark.parametrize("request_bytes", [
-    b"GET /-/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",  # what `curl --http2 http://...` sends
+    (b"GET /-/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"),  # what `curl --http2 http://...` sends
     b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
 ], ids=["upgrade-h2c", "connect"])
 def test_one_request_one_response(demo: Demo, frontend: Process, wire: Wire, request_bytes: bytes) -> None:
@@ -586,7 +586,7 @@ def test_too_many_cert_ids(demo: Demo, frontend: Process, limits: ListenConfig) 
     # max_cert_ids + 1 within the size limit: parsed and refused.
     der = build_multi_request([(cert, issuer)] * (limits.max_cert_ids + 1))
     assert len(der) <= limits.max_request_bytes
-    status, headers, body = post(demo.http_port, der)
+    status, _headers, body = post(demo.http_port, der)
     assert status == 200 and body == MALFORMED
     # Exactly max_cert_ids is served, one SingleResponse each.
     status, _, body = post(demo.http_port, build_multi_request([(cert, issuer)] * limits.max_cert_ids))
@@ -673,7 +673,7 @@ def _with_serial(der: bytes, content: bytes) -> bytes:
                          ids=["zero", "negative", "20-octets", "20-octets-and-sign"])
 def test_odd_serials_answered_unknown(demo: Demo, frontend: Process, content: bytes) -> None:
     der = _with_serial(good_request(demo), content)
-    status, _, body = post(demo.http_port, der)
+    _status, _, body = post(demo.http_port, der)
     resp = ocsp.load_der_ocsp_response(body)
     assert resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
     assert resp.certificate_status == ocsp.OCSPCertStatus.UNKNOWN

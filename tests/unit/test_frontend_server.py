@@ -81,6 +81,9 @@ def index_line(flag: str, serial: int, rev: str = "") -> str:
     return "\t".join([flag, "301231235959Z", rev, format(serial, "X"), "unknown", "/CN=x"]) + "\n"
 
 
+SHA1 = hashes.SHA1()  # the default CertID hash of the requests built here
+
+
 class Env:
     def __init__(self, tmp: Path, listen: ListenConfig) -> None:
         self.a = TestCA("Index CA")
@@ -123,7 +126,7 @@ class Env:
         self.loop.close()
 
     def request(self, ca: TestCA, serial: int, *, nonce: bytes | None = None,
-                algorithm: hashes.HashAlgorithm = hashes.SHA1()) -> bytes:
+                algorithm: hashes.HashAlgorithm = SHA1) -> bytes:
         b = ocsp.OCSPRequestBuilder().add_certificate(ca.leaf(serial), ca.cert, algorithm)
         if nonce is not None:
             b = b.add_extension(x509.OCSPNonce(nonce), critical=False)
@@ -189,7 +192,7 @@ def test_post_index_ca(env: Env, serial: int, status: str, reason: str | None) -
 
 
 def test_crl_ca_times_from_crl(env: Env) -> None:
-    code, _, body = env.post(env.request(env.b, 0x201))
+    _code, _, body = env.post(env.request(env.b, 0x201))
     (s,) = statuses(body)
     assert s["status"] == "revoked" and s["reason"] == "SUPERSEDED"
     assert s["this_update"] == int(NOW.timestamp())
@@ -284,7 +287,7 @@ def test_hash_not_allowed_unauthorized(env_prefix: Env) -> None:
 def test_nonce_not_cached(env: Env) -> None:
     der = env.request(env.a, 0x100, nonce=b"\x01" * 16)
     for _ in range(2):
-        code, headers, body = env.post(der)
+        _code, headers, body = env.post(der)
         assert json.loads(body)["nonce"]
         assert "max-age" not in headers["cache-control"] and "no-store" in headers["cache-control"]
         assert "etag" not in headers
@@ -309,7 +312,7 @@ def test_unknown_issuer_and_mixed_cas_unauthorized(env: Env) -> None:
     one = aocsp.OCSPRequest.load(env.request(env.a, 0x100))["tbs_request"]["request_list"][0]
     two = aocsp.OCSPRequest.load(env.request(env.b, 0x201))["tbs_request"]["request_list"][0]
     mixed = aocsp.OCSPRequest({"tbs_request": {"request_list": [one, two]}}).dump()
-    code, headers, body = env.post(mixed)
+    _code, headers, body = env.post(mixed)
     assert body == UNAUTHORIZED and "max-age" not in headers["cache-control"]
     same = aocsp.OCSPRequest({"tbs_request": {"request_list": [one, one]}}).dump()
     assert len(statuses(env.post(same)[2])) == 2
@@ -325,7 +328,7 @@ def test_served_then_unserved_issuer_unauthorized(env: Env) -> None:
     unserved = aocsp.OCSPRequest.load(env.request(env.other, 0x100))["tbs_request"]["request_list"][0]
     for order in ([served, unserved], [served, served, unserved]):
         der = aocsp.OCSPRequest({"tbs_request": {"request_list": order}}).dump()
-        code, headers, body = env.post(der)
+        code, _headers, body = env.post(der)
         assert (code, body) == (200, UNAUTHORIZED)
     assert env.signer.calls == []
 
@@ -334,7 +337,7 @@ def test_served_then_unserved_issuer_unauthorized(env: Env) -> None:
                                             (OCSPError("x"), INTERNAL)])
 def test_signer_errors(env: Env, error: BaseException, expected: bytes) -> None:
     env.signer.fail = error
-    code, headers, body = env.post(env.request(env.a, 0x100))
+    code, _headers, body = env.post(env.request(env.a, 0x100))
     assert code == 200 and body == expected
     # Not cached: the next request goes to the signer again.
     env.signer.fail = None
@@ -398,7 +401,7 @@ def post_bytes(body: bytes, extra: bytes = b"") -> bytes:
 
 
 def test_health(env: Env) -> None:
-    code, headers, body = env.get("/-/health")
+    code, _headers, body = env.get("/-/health")
     assert (code, body) == (200, b"ok\n")
     assert env.get("/-/other")[0] == 404
     assert env.get("/-/health", "HEAD")[2] == b""

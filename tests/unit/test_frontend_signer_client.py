@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -17,7 +17,7 @@ from shared.ocsp.types import CertId, CertStatus, HashAlgorithm, Revocation, Rev
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CID = CertId(HashAlgorithm.SHA256, b"n" * 32, b"k" * 32, b"\x01\x02")
 
 
@@ -26,7 +26,7 @@ class Stand(signer_pb2_grpc.SignerServicer):
         self.abort_with: grpc.StatusCode | None = None
         self.seen: list[pb.SignRequest] = []
 
-    async def Sign(self, request: pb.SignRequest, context: aio.ServicerContext) -> pb.SignReply:  # noqa: N802
+    async def Sign(self, request: pb.SignRequest, context: aio.ServicerContext) -> pb.SignReply:
         self.seen.append(request)
         if self.abort_with is not None:
             await context.abort(self.abort_with, "no")

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import re
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import pytest
@@ -63,7 +63,7 @@ def test_max_bytes() -> None:
 
 def test_cacheable_headers() -> None:
     """What the server sends with a cacheable answer: Cache-Control from max_age, validators."""
-    tu = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    tu = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     nu = tu + timedelta(hours=4)
     now = tu + timedelta(minutes=30)
     assert http.cache_control(http.max_age(now, nu)) == "max-age=12600, public, no-transform, must-revalidate"
