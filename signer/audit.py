@@ -309,7 +309,7 @@ def _decode_header(obj: dict[str, Any]) -> tuple[str, int, datetime, CompactRang
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class CheckpointPolicy:
     every: int
     interval: timedelta
 
@@ -330,14 +330,14 @@ def _parse_interval(text: str) -> timedelta:
     return timedelta(seconds=int(m[1]), microseconds=int((m[2] or "").ljust(6, "0")))
 
 
-def _checkpoint_body(writer: str, rng: CompactRange, head: bytes, now: datetime, policy: Policy) -> bytes:
+def _checkpoint_body(writer: str, rng: CompactRange, head: bytes, now: datetime, policy: CheckpointPolicy) -> bytes:
     return cpt.Checkpoint(origin_for(writer), rng.size, rng.root(), (
         f"chain {_b64(head)}", f"time {_time_text(now)}",
         f"policy every={policy.every} interval={_interval_text(policy.interval)}",
     )).body()
 
 
-def _checkpoint_extensions(c: cpt.Checkpoint) -> tuple[bytes, datetime, Policy]:
+def _checkpoint_extensions(c: cpt.Checkpoint) -> tuple[bytes, datetime, CheckpointPolicy]:
     ext: dict[str, str] = {}
     for line in c.extensions:
         key, _, value = line.partition(" ")
@@ -346,7 +346,7 @@ def _checkpoint_extensions(c: cpt.Checkpoint) -> tuple[bytes, datetime, Policy]:
         head = base64.b64decode(ext["chain"], validate=True)
         when = _parse_time(ext["time"])
         fields = dict(part.split("=", 1) for part in ext["policy"].split())
-        policy = Policy(int(fields["every"]), _parse_interval(fields["interval"]))
+        policy = CheckpointPolicy(int(fields["every"]), _parse_interval(fields["interval"]))
     except (KeyError, ValueError, binascii.Error):
         raise ValueError("checkpoint lacks valid chain/time/policy extension lines") from None
     if len(head) != 32 or policy.every < 1 or policy.interval <= timedelta(0):
@@ -354,7 +354,7 @@ def _checkpoint_extensions(c: cpt.Checkpoint) -> tuple[bytes, datetime, Policy]:
     return head, when, policy
 
 
-def _note_policy(note: str) -> Policy | None:
+def _note_policy(note: str) -> CheckpointPolicy | None:
     """The policy a checkpoint note states (not verified: the writer resuming its own log), or None."""
     try:
         body, _ = cpt.parse_note(note)
@@ -417,7 +417,7 @@ class _State:
     uncovered_since: datetime | None = None
     checkpoint_note: str | None = None
     # The policy the newest checkpoint states: the records after it were written under it.
-    checkpoint_policy: Policy | None = None
+    checkpoint_policy: CheckpointPolicy | None = None
 
     def add_record(self, line: bytes, time: datetime) -> None:
         """One record line joins the chain, the tree and the uncovered run. The writer and the resume
@@ -503,7 +503,7 @@ def _scan(directory: Path, writer: str) -> _State:
     return _State()
 
 
-def _last_checkpoint(paths: list[Path]) -> tuple[str | None, Policy | None]:
+def _last_checkpoint(paths: list[Path]) -> tuple[str | None, CheckpointPolicy | None]:
     """The newest checkpoint note (and its policy) in ``paths`` (oldest first)."""
     for path in reversed(paths):
         for raw in reversed(path.read_bytes().split(b"\n")):
@@ -518,7 +518,7 @@ def _last_checkpoint(paths: list[Path]) -> tuple[str | None, Policy | None]:
 
 
 class AuditLog:
-    def __init__(self, directory: Path, writer_id: str, signer: CheckpointSigner | None, policy: Policy,
+    def __init__(self, directory: Path, writer_id: str, signer: CheckpointSigner | None, policy: CheckpointPolicy,
                  max_file_bytes: int, clock: Clock, executor: Executor | None, file_io: FileIO) -> None:
         self._dir = directory
         self._writer = writer_id
@@ -560,7 +560,7 @@ class AuditLog:
             raise ValueError("writer_id: 1-64 of A-Z a-z 0-9 . _")
         if checkpoint_every < 1 or checkpoint_interval <= timedelta(0) or max_file_bytes < 4096:
             raise ValueError("checkpoint_every >= 1, checkpoint_interval > 0, max_file_bytes >= 4096")
-        self = cls(Path(directory), writer_id, signer, Policy(checkpoint_every, checkpoint_interval),
+        self = cls(Path(directory), writer_id, signer, CheckpointPolicy(checkpoint_every, checkpoint_interval),
                    max_file_bytes, clock, executor, file_io or FileIO())
         self._group_window = max(0.0, group_window)
         loop = asyncio.get_running_loop()
@@ -787,7 +787,7 @@ class AuditLog:
             await self._add_checkpoint(st, segments, now)
 
     async def _add_checkpoint(self, st: _State, segments: list[_Segment], now: datetime,
-                              policy: Policy | None = None) -> None:
+                              policy: CheckpointPolicy | None = None) -> None:
         assert self._signer is not None
         policy = policy or self._policy
         body = _checkpoint_body(self._writer, st.rng, st.head, now, policy)
@@ -946,7 +946,7 @@ class _StreamVerifier:
         self.seq = 0
         self.checkpoints = 0
         self.anchored_size: int | None = None
-        self.policy: Policy | None = None
+        self.policy: CheckpointPolicy | None = None
         self.run: list[tuple[int, datetime, _Loc]] = []  # records since the last valid checkpoint
         self.last_loc: _Loc | None = None  # the previous record's location
         self.rng_before_last: CompactRange | None = None
@@ -1079,7 +1079,7 @@ class _StreamVerifier:
             self.fail(loc, f"records #{self.first_index}..#{index} do not match the trusted checkpoint "
                       f"of size {self.rng.size}: altered", index)
 
-    def _check_run(self, policy: Policy, *, scan: bool) -> None:
+    def _check_run(self, policy: CheckpointPolicy, *, scan: bool) -> None:
         """Records since the last checkpoint must number at most ``every`` and span less than
         ``interval`` (the writer checkpoints before a record that would break either rule). With
         ``scan`` every record of the run is checked (the policy was learnt only now), else the newest."""

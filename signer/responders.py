@@ -81,7 +81,9 @@ class ResponderSet:
         return len(self.responders)
 
 
-def _normalised_spki(spki_der: bytes) -> bytes:
+def canonical_spki(spki_der: bytes) -> bytes:
+    """``spki_der`` re-encoded as the DER cryptography writes (what a certificate's key compares to).
+    Raises ValueError when it is not a public key. The one SPKI canonicalisation of the signer."""
     return load_der_public_key(spki_der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -156,7 +158,7 @@ def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Respon
     except TokenError as e:
         raise ConfigError(rc.file, "responder.key_label", str(e)) from None
     try:
-        same = _normalised_spki(token_spki) == cert_spki
+        same = canonical_spki(token_spki) == cert_spki
     except ValueError:
         same = False
     if not same:

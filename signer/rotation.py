@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shared.clock import Clock
@@ -47,7 +47,7 @@ from shared.config import ConfigError, parse_certificate
 from shared.rpc import signer_pb2 as pb
 from signer.config import ResponderConfig, SignerConfig, load_signer_config
 from signer.files import check_private_directory, os_error_text, write_atomic, write_problem
-from signer.responders import Responder, ResponderSet, load_responder
+from signer.responders import Responder, ResponderSet, canonical_spki, load_responder
 from signer.token import Token, TokenError
 from signer.tomltext import toml_string
 
@@ -80,7 +80,7 @@ def _spki(cert: x509.Certificate) -> bytes:
 
 def _canonical_spki(spki_der: bytes) -> bytes | None:
     try:
-        return load_der_public_key(spki_der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return canonical_spki(spki_der)
     except ValueError:
         return None
 
