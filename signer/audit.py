@@ -68,7 +68,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -177,10 +177,10 @@ class AuditRecord:
 
 
 def _time_text(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-_last_time: tuple[datetime, str] = (datetime.min.replace(tzinfo=timezone.utc), "")
+_last_time: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
 
 
 def _time_text_cached(t: datetime) -> str:
@@ -733,7 +733,7 @@ class AuditLog:
         st = self._state.copy()
         segments: list[_Segment] = []
         now = self._clock.now()
-        today = now.astimezone(timezone.utc).date()
+        today = now.astimezone(UTC).date()
         every, interval = self._policy.every, self._policy.interval
         checkpointing = self._signer is not None
         for record, _ in batch:
@@ -794,12 +794,12 @@ class AuditLog:
         try:
             signature = await asyncio.get_running_loop().run_in_executor(
                 self._token_executor, self._signer.sign, body)
-        except Exception as e:  # a token error: no checkpoint, so no records either
+        except Exception as e:  # noqa: BLE001 - a token error: no checkpoint, so no records either
             raise AuditUnavailable(f"cannot sign an audit checkpoint: {e}") from None
         note = cpt.sign_note(body, origin_for(self._writer), self._signer.public_key_spki, signature)
         line = _checkpoint_line(self._writer, st.rng.size, note)
         if st.path is None:  # the genesis checkpoint of a new log opens its first file
-            self._place(st, segments, line, now, now.astimezone(timezone.utc).date())
+            self._place(st, segments, line, now, now.astimezone(UTC).date())
         else:
             self._put(st, segments, line)
         st.uncovered, st.uncovered_since, st.checkpoint_note, st.checkpoint_policy = 0, None, note, policy
@@ -977,7 +977,7 @@ class _StreamVerifier:
 
     def header(self, loc: _Loc, obj: dict[str, Any]) -> None:
         try:
-            writer, seq, _created, rng, head = _decode_header(obj)
+            _writer, seq, _created, rng, head = _decode_header(obj)
         except ValueError as e:
             self.fail(loc, f"bad file header: {e}")
         if self.rng is None:

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -181,8 +181,8 @@ def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Respon
         include_cert=include,
         generation=generation,
         fingerprint=hashlib.sha256(rc.cert).hexdigest(),
-        not_before=cert.not_valid_before_utc.astimezone(timezone.utc),
-        not_after=cert.not_valid_after_utc.astimezone(timezone.utc),
+        not_before=cert.not_valid_before_utc.astimezone(UTC),
+        not_after=cert.not_valid_after_utc.astimezone(UTC),
     )
 
 

@@ -261,7 +261,7 @@ class Rotator:
             cert_der = cert.public_bytes(Encoding.DER)
         except ValueError as e:
             raise RotationError(grpc.StatusCode.INVALID_ARGUMENT, f"the certificate {e}") from None
-        except Exception as e:  # e.g. cryptography's UnsupportedAlgorithm: never an UNKNOWN to the caller
+        except Exception as e:  # noqa: BLE001 - e.g. UnsupportedAlgorithm: never an UNKNOWN to the caller
             raise RotationError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"cannot use this certificate: {type(e).__name__}: {e}") from None
         label = key_label or old.key_label
@@ -314,7 +314,7 @@ class Rotator:
         cert = x509.load_der_x509_certificate(rc.cert)
         try:
             problems = candidate_problems(ca, cert, token_spki, rc.key_label, self.clock.now())
-        except Exception as e:  # an unsupported key or signature algorithm in the candidate
+        except Exception as e:  # noqa: BLE001 - an unsupported key or signature algorithm in the candidate
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"refusing the new responder certificate of CA {rc.name!r} (serial "
                                 f"{cert.serial_number:X}): it cannot be checked: {type(e).__name__}: {e}") from None

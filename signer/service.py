@@ -351,7 +351,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
 
 async def run(config: SignerConfig) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
-    server, address = await serve(config)
+    server, _address = await serve(config)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     received: list[Any] = []

@@ -86,7 +86,7 @@ class Pkcs11Token:
         self._keys: dict[tuple[str, str], Any] = {}
         try:
             lib = pkcs11.lib(str(module))
-        except Exception as e:  # the loader raises RuntimeError/OSError with dlerror text
+        except Exception as e:  # noqa: BLE001 - the loader raises RuntimeError/OSError with dlerror text
             raise TokenError(f"cannot load PKCS#11 module {module}: {e}") from None
         try:
             if token_label is not None:
@@ -122,7 +122,7 @@ class Pkcs11Token:
         self._keys.clear()
         try:
             self._session.close()
-        except Exception:  # noqa: BLE001 - the old session is gone either way
+        except Exception:  # noqa: BLE001, S110 - the old session is gone either way
             pass
         self._session = self._open_session()
 
@@ -131,7 +131,7 @@ class Pkcs11Token:
             self._keys.clear()
             try:
                 self._session.close()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - closing at shutdown: nothing to do about a failure
                 pass
 
     # -- keys ------------------------------------------------------------------

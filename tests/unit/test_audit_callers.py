@@ -27,8 +27,8 @@ from shared.clock import FakeClock
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer.audit import AuditRecord, SignedStatus, decode_record, encode_record, show, verify
-from signer.ctl.audit import audit_main
 from signer.config import load_signer_config
+from signer.ctl.audit import audit_main
 from signer.service import serve
 
 # What the previous version wrote for this record (signer/audit.py before the caller ids), byte for byte.

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,7 @@ from signer.audit import (
 from signer.ctl.audit import audit_main
 from signer.mechanisms import SignatureAlgorithm
 
-START = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+START = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
 class SoftSigner:
@@ -141,7 +141,7 @@ def test_layout_records_and_checkpoints(tmp_path: Path) -> None:
     first = lines[1]
     assert first["prev"] == base64.b64encode(bytes(32)).decode() and first["index"] == 0
     assert first["statuses"] == [["1000", "good"]] and first["nonce"] is True
-    body, sigs = parse_note(lines[-1]["note"])
+    body, _sigs = parse_note(lines[-1]["note"])
     c = parse_checkpoint(body)
     assert c.origin == origin_for("w1") == "ocsp-audit/v1/w1" and c.size == 12
     assert any(e.startswith("policy every=5 interval=3600") for e in c.extensions)
@@ -361,7 +361,7 @@ def test_checkpoint_moved(log_file: Path) -> None:
 def test_checkpoint_altered(log_file: Path) -> None:
     lines = lines_of(log_file)
     obj = json.loads(lines[12])
-    body, _ = parse_note(obj["note"])
+    _body, _ = parse_note(obj["note"])
     obj["note"] = obj["note"].replace("\n10\n", "\n11\n")
     lines[12] = json.dumps(obj, separators=(",", ":")) + "\n"
     put_lines(log_file, lines)

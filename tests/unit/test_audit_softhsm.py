@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from shared.clock import FakeClock
 from signer.audit import AuditLog, AuditRecord, Pkcs11CheckpointSigner, SignedStatus, verify
 from signer.mechanisms import SignatureAlgorithm
 
-START = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+START = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def record(i: int) -> AuditRecord:

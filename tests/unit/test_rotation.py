@@ -260,7 +260,7 @@ def rekey_candidate(env: Env, a: Ca, label: str = "alpha-responder-2") -> x509.C
 
 def test_rekey_ca_file_write_failure_restores_the_certificate(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import signer.rotation as rotation
+    from signer import rotation
 
     a = make_ca("alpha")
     env = Env(tmp_path, a)
@@ -286,7 +286,7 @@ def test_rekey_ca_file_write_failure_restores_the_certificate(tmp_path: Path,
 
 def test_unwritable_ca_dir_is_refused_before_anything_is_written(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import signer.rotation as rotation
+    from signer import rotation
 
     a = make_ca("alpha")
     env = Env(tmp_path, a)
@@ -341,7 +341,7 @@ def test_write_atomic_chmods_the_descriptor_not_the_name(tmp_path: Path,
 def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import signer.rotation as rotation
+    from signer import rotation
 
     a = make_ca("alpha")
     env = Env(tmp_path, a)
@@ -408,7 +408,7 @@ def test_rotation_refuses_the_audit_key(tmp_path: Path) -> None:
 def test_unsupported_certificate_is_invalid_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cryptography.exceptions import UnsupportedAlgorithm
 
-    import signer.rotation as rotation
+    from signer import rotation
 
     env = Env(tmp_path, make_ca("alpha"))
 

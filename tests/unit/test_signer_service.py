@@ -15,7 +15,7 @@ import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,16 @@ from shared.config import ConfigError
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer import __main__ as signer_main
+from signer import responders as signer_responders
 from signer.config import load_signer_config
 from signer.mechanisms import SignatureAlgorithm
-from signer import responders as signer_responders
 from signer.service import serve
 from signer.token import TokenError
 
-NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 T = int(NOW.timestamp())
 HOUR, DAY = 3600, 86400
+SHA1 = hashes.SHA1()  # the default CertID hash of the tests' requests
 
 
 # -- a small PKI, written to disk the way an operator would ------------------------------------------
@@ -87,7 +88,7 @@ class Ca:
                 .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=90))
                 .sign(self.key, hashes.SHA256()))
 
-    def cert_id(self, serial: int, algorithm: hashes.HashAlgorithm = hashes.SHA1()) -> pb.CertId:
+    def cert_id(self, serial: int, algorithm: hashes.HashAlgorithm = SHA1) -> pb.CertId:
         """The CertID as cryptography computes it for a request (independent of shared.ocsp.certid)."""
         req = ocsp.OCSPRequestBuilder().add_certificate(self.leaf(serial), self.cert, algorithm).build()
         return pb.CertId(hash_algorithm={"sha1": pb.SHA1, "sha256": pb.SHA256, "sha384": pb.SHA384,
@@ -206,7 +207,7 @@ def run_server(conf: Path, token: FakeToken, scenario: Scenario, clock: FakeCloc
 
 
 def status(cert_id: pb.CertId, st: int = pb.GOOD, **kw: Any) -> pb.SingleStatus:
-    fields: dict[str, Any] = dict(cert_id=cert_id, status=st, this_update=T - HOUR, next_update=T + DAY)
+    fields: dict[str, Any] = {"cert_id": cert_id, "status": st, "this_update": T - HOUR, "next_update": T + DAY}
     fields.update(kw)
     return pb.SingleStatus(**fields)
 

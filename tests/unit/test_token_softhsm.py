@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def test_wrong_pin_in_fresh_process(softhsm) -> None:
             "except TokenError as e:\n"
             "    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=softhsm.env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert "wrong PIN" in out.stdout
 
@@ -159,7 +160,7 @@ def test_wrong_pin_in_fresh_process(softhsm) -> None:
 def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path, Any, Any]:
     """A CA (software key) whose delegated responder key lives in the token; config files as an operator
     writes them."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -171,7 +172,7 @@ def _signer_setup(softhsm, base: Path, *, pin: str | None = None) -> tuple[Path,
     audit_label = "proc-audit"  # the audit key is a key of its own (key separation)
     if not token.has_key(audit_label):
         token.generate_key(audit_label, "p256")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Process Test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -217,12 +218,12 @@ def _signer_cmd(*args: str) -> list[str]:
 def test_check_and_wrong_pin(softhsm, tmp_path: Path) -> None:
     conf, _, _ = _signer_setup(softhsm, _short(tmp_path))
     ok = subprocess.run(_signer_cmd("--config", str(conf), "--check"), env=softhsm.env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=60)
+                        capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr
     assert "OK (1 responders" in ok.stdout
     (conf.parent / "token.pin").write_text("not-the-pin\n")
     bad = subprocess.run(_signer_cmd("--config", str(conf), "--check"), env=softhsm.env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2
     assert bad.stderr.startswith(f"ocsp-signer: {conf}: token.pin_file: ")
     assert "wrong PIN" in bad.stderr
