@@ -34,7 +34,7 @@ def _check(config: SignerConfig) -> None:
     print(f"audit: {a.dir} writable, writer {a.writer_id!r} ({ready.audit_records} records), "
           f"key {a.key_label!r} {ready.audit_signer.algorithm.value}")
     print(f"{config.file}: OK ({len(ready.responders)} responders, token "
-          f"{getattr(ready.token, 'label', '')!r})")
+          f"{ready.token.label!r})")
 
 
 def main(argv: list[str] | None = None) -> int:

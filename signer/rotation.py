@@ -304,8 +304,7 @@ class Rotator:
         loop = asyncio.get_running_loop()
         try:
             token_spki = await loop.run_in_executor(self.executor, self.token.public_key, rc.key_label)
-            has_key = getattr(self.token, "has_key", None)
-            if has_key is not None and not await loop.run_in_executor(self.executor, has_key, rc.key_label):
+            if not await loop.run_in_executor(self.executor, self.token.has_key, rc.key_label):
                 raise TokenError(f"no private key labelled {rc.key_label!r} in the token")
         except TokenError as e:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,

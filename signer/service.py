@@ -34,7 +34,7 @@ from signer.policy import Policy, PolicyError, check_known_fields, largest_sign_
 from signer.responders import ResponderSet
 from signer.rotation import WatchersFull
 from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
-from signer.token import Pkcs11Token, Token, TokenError
+from signer.token import Token, TokenError
 
 log = logging.getLogger("ocsp-signer")
 
@@ -159,7 +159,7 @@ class SignerService(pb_grpc.SignerServicer):
             return pb.HealthReply(serving=False, detail="shutting down")
         # Not serving while the last signature failed in the token or the audit log cannot be
         # written: Sign would fail (both recover by themselves on the next successful attempt).
-        token_error = getattr(self.token, "last_error", None)
+        token_error = self.token.last_error
         if token_error:
             return pb.HealthReply(serving=False, detail=f"token: {token_error}")
         audit_error = getattr(self.audit, "failure", None)
@@ -209,7 +209,7 @@ class SignerServer:
         except AuditUnavailable as e:
             log.error("audit log: final checkpoint failed: %s", e.reason)
         loop = asyncio.get_running_loop()
-        if self._owns_token and isinstance(self.service.token, Pkcs11Token):
+        if self._owns_token:
             await loop.run_in_executor(self.service.executor, self.service.token.close)
         self.service.executor.shutdown(wait=False)
 
@@ -304,7 +304,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
 
     service = SignerService(responders=responders, token=token, policy=Policy(config.policy, clock),
                             clock=clock, executor=executor, audit=audit,
-                            token_name=str(getattr(token, "label", "") or ""))
+                            token_name=str(token.label or ""))
     # Free space in the audit directory, read once now (an ERROR before the first request when it is
     # low already), then every space_check_interval.
     service.audit_space = AuditSpace(config.audit.dir, config.audit.min_free,

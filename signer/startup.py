@@ -273,8 +273,7 @@ async def check(config: SignerConfig, clock: Clock) -> Prepared:
     try:
         prepared = await prepare(config, token=None, clock=clock, executor=executor, open_log=None)
         token = prepared.token
-        if isinstance(token, Pkcs11Token):
-            await asyncio.get_running_loop().run_in_executor(executor, token.close)
+        await asyncio.get_running_loop().run_in_executor(executor, token.close)
         return prepared
     finally:
         executor.shutdown(wait=True)

@@ -28,7 +28,16 @@ class TokenError(Exception):
 
 
 class Token(Protocol):
+    """Everything the signer's callers use of a token (Pkcs11Token; the tests' fakes)."""
+
+    label: str  # the token's label, for messages and the audit log
+    last_error: str | None  # why the last signature failed, None after a success (Health reads it)
+
     def sign(self, key_label: str, algorithm: SignatureAlgorithm, data: bytes) -> bytes: ...
+
+    def has_key(self, label: str) -> bool: ...
+
+    def close(self) -> None: ...
 
     def public_key(self, key_label: str) -> bytes: ...
 

@@ -157,6 +157,7 @@ def write_setup(base: Path, cas: list[Ca], *, responder_extra: dict[str, str] | 
 class FakeToken:
     keys: dict[str, Any]
     label: str = "fake"
+    last_error: str | None = None
     fail: Exception | None = None
     threads: set[str] = field(default_factory=set)
     signed: list[bytes] = field(default_factory=list)
@@ -167,6 +168,12 @@ class FakeToken:
             raise TokenError(f"no public key labelled {key_label!r} in token {self.label!r}")
         return self.keys[key_label].public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def has_key(self, label: str) -> bool:
+        return label in self.keys
+
+    def close(self) -> None:
+        pass
 
     def sign(self, key_label: str, algorithm: SignatureAlgorithm, data: bytes) -> bytes:
         self.threads.add(threading.current_thread().name)
