@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from frontend.app import CaEntry, OcspApp
 from frontend.cache import ResponseCache
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
+from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
@@ -82,7 +83,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     sources = [ca.source for ca in issuers.values()]
     readiness = Readiness(signer.health, sources, interval=cfg.signer.health_interval, timeout=cfg.signer.timeout)
     readiness.start()
-    app = OcspApp(issuers=issuers, signer=signer, cache=cache, listen=cfg.listen)
+    app = OcspApp(issuers=issuers, signer=signer, cache=cache, listen=cfg.listen,
+                  stored_headers=static_headers)
     server = FrontendServer(app, cfg.listen, readiness)
     host, port = await server.start()
     log.info("listening on %s", _url(host, port))

@@ -8,7 +8,10 @@ Per request:
 
 Any ``OCSPError`` becomes an ``Answer`` carrying its status and the unsigned OCSP error response;
 anything else becomes internalError with a logged traceback. frontend.http_answer turns an Answer
-(or a cache entry) into HTTP bytes; frontend.http_app routes requests here.
+(or a cache entry) into HTTP bytes; frontend.http_app routes requests here. This module imports
+neither: what a cacheable answer is stored with (its fixed HTTP header lines, so a cache hit costs no
+formatting) is made by the ``stored_headers`` function the wiring passes in
+(frontend.http_answer.static_headers; a test checks that loading this module loads no HTTP code).
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from frontend.cache import Entry, ResponseCache
 from frontend.config import ListenConfig
-from frontend.http_answer import static_headers
 from frontend.signer_client import SignResult
 from frontend.status.base import FileStatusSource
 from shared.clock import Clock, SystemClock
@@ -46,7 +48,7 @@ class Answer:
     der: bytes
     status: ResponseStatus = ResponseStatus.SUCCESSFUL
     next_update: int | None = None  # None: not cacheable (a nonce, or an error)
-    headers: bytes = b""  # frontend.http_answer.static_headers, when cacheable
+    headers: bytes = b""  # what ``stored_headers`` made of it, when cacheable
 
     @staticmethod
     def error(status: ResponseStatus) -> Answer:
@@ -55,6 +57,10 @@ class Answer:
 
 class Signer(Protocol):
     async def sign(self, statuses: Sequence[SingleStatus], nonce: bytes | None) -> SignResult: ...
+
+
+# (DER OCSPResponse, thisUpdate, nextUpdate in epoch seconds) -> what the cache stores beside it.
+StoredHeaders = Callable[[bytes, int, int], bytes]
 
 
 class CaEntry:
@@ -119,12 +125,13 @@ class OcspApp:
     """HTTP-free request handling: DER in, a cache ``Entry`` (``cached``) or an ``Answer`` out."""
 
     def __init__(self, *, issuers: IssuerIndex[CaEntry], signer: Signer, cache: ResponseCache,
-                 listen: ListenConfig, clock: Clock | None = None) -> None:
+                 listen: ListenConfig, stored_headers: StoredHeaders, clock: Clock | None = None) -> None:
         self.issuers = issuers
         self.signer = signer
         self.cache = cache
         self.listen = listen
         self.clock = clock or SystemClock()
+        self.stored_headers = stored_headers
         self.allowed_hashes = frozenset(listen.allowed_hashes)
         self.max_age_cap = int(cache.max_age)
         self.cached = cache.get  # type: ignore[method-assign]
@@ -220,7 +227,7 @@ class OcspApp:
         if request.nonce is not None:
             return Answer(body)
         tu, nu = int(this_update.timestamp()), int(next_update.timestamp())
-        static = static_headers(body, tu, nu)
+        static = self.stored_headers(body, tu, nu)
         if key is not None and source.generation == generation:
             self.cache.put(key, body, static, ca=ca.name, this_update=tu, next_update=nu,
                            generation=result.generation, signer=result.signer)

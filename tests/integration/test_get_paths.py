@@ -51,8 +51,8 @@ def worst_paths(length: int) -> dict[str, str]:
 def paths(demo: Demo) -> dict[str, str]:
     listen = load_frontend_config(demo.path("etc", "frontend.toml")).listen
     assert listen.path_prefix == "/"
-    # The longest request target the frontend reads (frontend/server.py: 4 x max_request_bytes + the
-    # prefix + 1024) less some room: these paths get an OCSP answer, not 414.
+    # The longest request target the frontend reads (frontend/http_conn.py, ConnectionPool.max_url:
+    # 4 x max_request_bytes + the prefix + 1024) less some room: these paths get an OCSP answer, not 414.
     return worst_paths(4 * listen.max_request_bytes + 1024 - 64)
 
 

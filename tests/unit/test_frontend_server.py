@@ -27,9 +27,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from frontend.app import CaEntry, OcspApp, build_issuers
 from frontend.cache import ResponseCache
 from frontend.config import ListenConfig
-from frontend.server import CaEntry, FrontendServer, OcspApp, build_issuers
+from frontend.http_answer import static_headers
+from frontend.http_app import FrontendServer
 from frontend.signer_client import SignResult
 from frontend.status.crl import CrlSource
 from frontend.status.index_txt import IndexTxtSource
@@ -111,7 +113,7 @@ class Env:
         issuers = build_issuers([(self.a.der, CaEntry("a", self.src_a)),
                                  (self.b.der, CaEntry("b", self.src_b))])
         app = OcspApp(issuers=issuers, signer=self.signer, cache=self.cache, listen=self.listen,
-                      clock=self.clock)
+                      stored_headers=static_headers, clock=self.clock)
         server = FrontendServer(app, self.listen)
         await server.start()
         return server
@@ -599,7 +601,7 @@ def _app(tmp_path: Path, signer: FakeSigner) -> tuple[OcspApp, TestCA, IndexTxtS
     clock = FakeClock(NOW)
     cache = ResponseCache(100, 3600.0, clock=lambda: clock.now().timestamp())
     app = OcspApp(issuers=build_issuers([(ca.der, CaEntry("a", src))]), signer=signer, cache=cache,
-                  listen=ListenConfig(), clock=clock)
+                  listen=ListenConfig(), stored_headers=static_headers, clock=clock)
     return app, ca, src
 
 
