@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_audit_log import SIGNER, lines_of, open_log, put_lines, rec, rechain  # type: ignore[import-not-found]
 from test_signer_audit import AUDIT_SPKI, audit_files  # type: ignore[import-not-found]
 from test_signer_service import (  # type: ignore[import-not-found]
     NOW,
@@ -30,8 +29,9 @@ from signer.audit import AuditRecord, SignedStatus, decode_record, encode_record
 from signer.config import load_signer_config
 from signer.ctl.audit import audit_main
 from signer.service import serve
+from tests.unit.audit_helpers import SIGNER, lines_of, open_log, put_lines, rec, rechain
 
-# What the previous version wrote for this record (signer/audit.py before the caller ids), byte for byte.
+# What the previous version wrote for this record (signer.audit before the caller ids), byte for byte.
 OLD_LINE = (
     '{"type":"sig","writer":"w1","index":7,"prev":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",'
     '"time":"2026-06-01T12:00:00Z","client":"unix:","request_id":"r1","issuer":"demo-ca",'
