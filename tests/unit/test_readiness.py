@@ -18,7 +18,7 @@ from frontend.status.crl import CrlSource
 from frontend.status.index_txt import IndexTxtSource
 from shared.clock import FakeClock
 from tests.unit.frontend_pki import NOW, TestCA, write
-from tests.unit.test_frontend_server import Env
+from tests.unit.frontend_server_env import Env
 
 UP = SignerHealth("unix:/run/a.sock", True, "token 'ocsp' logged in")
 DOWN = SignerHealth("b.internal:50051", False, "UNAVAILABLE: failed to connect to all addresses")
