@@ -1,8 +1,8 @@
 """Responders: for each configured CA, who signs (certificate + key in the token) and how.
 
-A ``ResponderSet`` is immutable and is replaced as a whole (rotation swaps the service's reference in
-one assignment), so a request always sees one consistent set: the responder it looked up, its key
-label and its generation belong together.
+A ``ResponderSet`` is immutable and is replaced as a whole (rotation swaps the reference
+signer.responder_state's ``ResponderState`` holds, in one assignment), so a request always sees one
+consistent set: the responder it looked up, its key label and its generation belong together.
 """
 
 from __future__ import annotations

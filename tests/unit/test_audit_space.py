@@ -171,7 +171,8 @@ def test_health_not_serving_metrics_flag_and_signing_goes_on(tmp_path: Path) -> 
                     health.detail, health.detail
                 reply = await stub.Sign(pb.SignRequest(responses=[status(ca.cert_id(1))]))
                 assert reply.ocsp_response
-            text = render(server.service.rotation)
+            assert server.admin is not None
+            text = render(server.service.state, server.admin.rotator, server.service.audit_space)
             assert "ocsp_signer_audit_space_low 1\n" in text
             assert f"ocsp_signer_audit_min_free_bytes {1000000 << 40}\n" in text
             free = [line for line in text.splitlines() if line.startswith("ocsp_signer_audit_free_bytes ")]
@@ -181,7 +182,8 @@ def test_health_not_serving_metrics_flag_and_signing_goes_on(tmp_path: Path) -> 
             server.service.audit_space.check()
             async with grpc.aio.insecure_channel(address) as channel:
                 assert (await pb_grpc.SignerStub(channel).Health(pb.HealthRequest())).serving
-            assert "ocsp_signer_audit_space_low 0\n" in render(server.service.rotation)
+            assert "ocsp_signer_audit_space_low 0\n" in render(server.service.state, server.admin.rotator,
+                                                               server.service.audit_space)
         finally:
             await server.stop(None)
 
