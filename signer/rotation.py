@@ -20,6 +20,11 @@ with the responder (key label, certificate, generation) it started with, and eve
 new. Old keys stay in the token. Every change gets a new generation (the set's counter plus one),
 which reaches the frontends on each SignReply and through the Watch stream (which ``ResponderState``
 serves), so they retire answers cached from the old responder.
+
+Each check of a candidate runs once: a rotation parses the candidate certificate once and reads the
+token's public key for it once, and hands those on (``candidate_problems``, then
+``signer.responders.paired_responder`` for the probe signature), and the persisted file is encoded from
+the same parsed certificate.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from shared.config import ConfigError, parse_certificate
 from signer.config import ResponderConfig, SignerConfig, load_signer_config
 from signer.files import check_private_directory, os_error_text, write_atomic, write_problem
 from signer.responder_state import TIME_FMT, ResponderState
-from signer.responders import Responder, ResponderSet, canonical_spki, load_responder
+from signer.responders import Responder, ResponderSet, canonical_spki, paired_responder, responder_algorithm
 from signer.token import Token, TokenError
 from signer.tomltext import toml_string
 
@@ -237,7 +242,7 @@ class Rotator:
             task.exception()  # retrieved: a refusal was logged by _commit; the caller may be gone
 
     async def _prepare(self, ca_name: str, cert_data: bytes,
-                       key_label: str) -> tuple[ResponderConfig, ResponderConfig, Responder]:
+                       key_label: str) -> tuple[ResponderConfig, ResponderConfig, x509.Certificate, Responder]:
         current = self.state.current
         old = next((r for r in current if r.name == ca_name), None)
         rc = next((c for c in self.config.responders if c.name == ca_name), None)
@@ -264,15 +269,16 @@ class Rotator:
         if new_rc.cert == rc.cert and label == rc.key_label:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"CA {ca_name!r} already uses this certificate and key {label!r}")
-        responder = await self._checked(new_rc, current.generation + 1)
-        return rc, new_rc, responder
+        responder = await self._checked(new_rc, current.generation + 1, cert)
+        return rc, new_rc, cert, responder
 
-    async def _commit(self, rc: ResponderConfig, new_rc: ResponderConfig, responder: Responder) -> RotateResult:
+    async def _commit(self, rc: ResponderConfig, new_rc: ResponderConfig, cert: x509.Certificate,
+                      responder: Responder) -> RotateResult:
         """Persist, then swap; runs to the end even when the RPC that asked for it is gone. Releases
         the lock ``rotate`` took."""
         try:
             try:
-                notes = await asyncio.get_running_loop().run_in_executor(None, self._persist, rc, new_rc)
+                notes = await asyncio.get_running_loop().run_in_executor(None, self._persist, rc, new_rc, cert)
             except RotationError as e:
                 self._refused(rc.name, e)
                 raise
@@ -287,8 +293,10 @@ class Rotator:
         while self._commits:
             await asyncio.gather(*self._commits, return_exceptions=True)
 
-    async def _checked(self, rc: ResponderConfig, generation: int) -> Responder:
-        """The Responder for ``rc`` after the candidate check; RotationError saying why not."""
+    async def _checked(self, rc: ResponderConfig, generation: int, cert: x509.Certificate | None = None) -> Responder:
+        """The Responder for ``rc`` after the candidate check; RotationError saying why not. ``cert``:
+        ``rc.cert`` parsed already (an RPC rotation), else parsed here. The certificate is parsed and
+        the token's public key read once; every check gets those."""
         loop = asyncio.get_running_loop()
         try:
             token_spki = await loop.run_in_executor(self.executor, self.token.public_key, rc.key_label)
@@ -298,7 +306,8 @@ class Rotator:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"refusing the new responder of CA {rc.name!r}: {e}") from None
         ca = x509.load_der_x509_certificate(rc.ca_cert)
-        cert = x509.load_der_x509_certificate(rc.cert)
+        if cert is None:
+            cert = x509.load_der_x509_certificate(rc.cert)
         try:
             problems = candidate_problems(ca, cert, token_spki, rc.key_label, self.clock.now())
         except Exception as e:  # noqa: BLE001 - an unsupported key or signature algorithm in the candidate
@@ -310,20 +319,23 @@ class Rotator:
                                 f"refusing the new responder certificate of CA {rc.name!r} "
                                 f"(serial {cert.serial_number:X}): " + "; ".join(problems))
         try:
-            return await loop.run_in_executor(self.executor, load_responder, rc, self.token, generation)
+            # candidate_problems compared the token key with the certificate's; the probe signature is left
+            algorithm = responder_algorithm(rc, cert)
+            return await loop.run_in_executor(self.executor, paired_responder, rc, cert, algorithm, self.token,
+                                              generation)
         except ConfigError as e:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION, e.message) from None
         except TokenError as e:
             raise RotationError(grpc.StatusCode.UNAVAILABLE, f"token: {e}") from None
 
     @staticmethod
-    def _persist(old: ResponderConfig, new: ResponderConfig) -> list[str]:
+    def _persist(old: ResponderConfig, new: ResponderConfig, cert: x509.Certificate) -> list[str]:
         """Write the new certificate (and key label) where the config names them. Blocking.
 
         Both new contents are prepared and both target directories checked before anything is
         written; the certificate goes first, and if the CA file cannot be written afterwards the old
         certificate bytes are put back, so the files on disk always describe one consistent
-        responder (the running one, or the new one once this returns)."""
+        responder (the running one, or the new one once this returns). ``cert``: ``new.cert``, parsed."""
         if old.cert_path is None:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"the responder.cert path of CA {old.name!r} is not known; not rotating")
@@ -340,7 +352,6 @@ class Rotator:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"cannot read {cert_path}: {e.strerror or e}; nothing was switched") from None
         pem_file = old_cert_bytes is None or b"-----BEGIN" in old_cert_bytes
-        cert = x509.load_der_x509_certificate(new.cert)
         data = cert.public_bytes(Encoding.PEM if pem_file else Encoding.DER)
         ca_text: str | None = None
         if new.key_label != old.key_label:

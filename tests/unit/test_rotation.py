@@ -420,3 +420,66 @@ def test_unsupported_certificate_is_invalid_argument(tmp_path: Path, monkeypatch
     with pytest.raises(RotationError) as info:
         env.run(env.rotator.rotate("alpha", b"0\x00"))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "UnsupportedAlgorithm" in info.value.message
+
+
+# -- each candidate check runs once ------------------------------------------------------------------------
+
+
+def _count_parses(monkeypatch: pytest.MonkeyPatch, *candidates: x509.Certificate) -> dict[bytes, int]:
+    """How often cryptography parses each candidate certificate (PEM or DER) from now on."""
+    counts = {der(c): 0 for c in candidates}
+    pems = {c.public_bytes(serialization.Encoding.PEM).strip(): der(c) for c in candidates}
+    real_der, real_pem = x509.load_der_x509_certificate, x509.load_pem_x509_certificates
+
+    def load_der(data: bytes, *args: Any) -> x509.Certificate:
+        if bytes(data) in counts:
+            counts[bytes(data)] += 1
+        return real_der(data, *args)
+
+    def load_pem(data: bytes) -> list[x509.Certificate]:
+        if bytes(data).strip() in pems:
+            counts[pems[bytes(data).strip()]] += 1
+        return real_pem(data)
+
+    monkeypatch.setattr(x509, "load_der_x509_certificate", load_der)
+    monkeypatch.setattr(x509, "load_pem_x509_certificates", load_pem)
+    return counts
+
+
+@pytest.mark.parametrize("form", ["pem", "der"])
+def test_rotation_parses_the_candidate_and_reads_the_token_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     form: str) -> None:
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    new = renewal(a)
+    env.token.public_key_calls = 0
+    parses = _count_parses(monkeypatch, new)
+    data = new.public_bytes(serialization.Encoding.PEM) if form == "pem" else der(new)
+    env.run(env.rotator.rotate("alpha", data))
+    assert env.responder("alpha").cert == der(new)  # checked, persisted and swapped
+    assert (tmp_path / "alpha" / "responder.der").read_bytes() == der(new)
+    assert env.token.public_key_calls == 1
+    assert parses == {der(new): 1}
+
+
+def test_reload_reads_each_changed_responders_token_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cas = [make_ca("alpha"), make_ca("beta"), make_ca("gamma")]
+    env = Env(tmp_path, *cas)
+    news = [renewal(ca) for ca in cas[:2]]  # two of the three change
+    for ca, new in zip(cas, news):
+        (tmp_path / ca.name / "responder.der").write_bytes(der(new))
+    env.token.public_key_calls = 0
+    parses = _count_parses(monkeypatch, *news)
+    reader = env.rotator.reader
+
+    def read_config(path: Path) -> Any:  # reading the config parses every certificate; not counted here
+        config = reader(path)
+        for d in parses:
+            parses[d] = 0
+        return config
+
+    env.rotator.reader = read_config
+    assert env.run(env.rotator.reload()) is True
+    assert [env.responder(ca.name).generation for ca in cas] == [2, 2, 1]
+    assert env.token.public_key_calls == len(news)
+    assert parses == {der(new): 1 for new in news}

@@ -161,9 +161,11 @@ class FakeToken:
     fail: Exception | None = None
     threads: set[str] = field(default_factory=set)
     signed: list[bytes] = field(default_factory=list)
+    public_key_calls: int = 0  # reads of a public key (rotation reads each candidate's once)
 
     def public_key(self, key_label: str) -> bytes:
         self.threads.add(threading.current_thread().name)
+        self.public_key_calls += 1
         if key_label not in self.keys:
             raise TokenError(f"no public key labelled {key_label!r} in token {self.label!r}")
         return self.keys[key_label].public_key().public_bytes(
