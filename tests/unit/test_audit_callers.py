@@ -14,14 +14,6 @@ import grpc
 import pytest
 from test_audit_log import SIGNER, lines_of, open_log, put_lines, rec, rechain  # type: ignore[import-not-found]
 from test_signer_audit import AUDIT_SPKI, audit_files  # type: ignore[import-not-found]
-from test_signer_service import (  # type: ignore[import-not-found]
-    NOW,
-    make_ca,
-    short_dir,
-    status,
-    token_for,
-    write_setup,
-)
 
 from shared.clock import FakeClock
 from shared.rpc import signer_pb2 as pb
@@ -30,6 +22,14 @@ from signer.audit import AuditRecord, SignedStatus, decode_record, encode_record
 from signer.config import load_signer_config
 from signer.ctl.audit import audit_main
 from signer.service import serve
+from tests.unit.signer_fixtures import (
+    NOW,
+    make_ca,
+    short_dir,
+    status,
+    token_for,
+    write_setup,
+)
 
 # What the previous version wrote for this record (signer/audit.py before the caller ids), byte for byte.
 OLD_LINE = (

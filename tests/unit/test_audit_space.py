@@ -22,7 +22,7 @@ from signer.audit_space import LOW_LOG_INTERVAL, AuditSpace, format_bytes
 from signer.config import DEFAULT_MIN_FREE, load_signer_config, parse_size
 from signer.metrics import render
 from signer.service import serve
-from tests.unit.test_signer_service import NOW, make_ca, short_dir, status, token_for, write_setup
+from tests.unit.signer_fixtures import NOW, make_ca, short_dir, status, token_for, write_setup
 
 MiB = 1 << 20
 

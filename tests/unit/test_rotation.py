@@ -23,7 +23,7 @@ from signer.config import load_signer_config
 from signer.responder_state import ResponderState
 from signer.responders import load_responders
 from signer.rotation import RotationError, Rotator, candidate_problems, with_key_label
-from tests.unit.test_signer_service import NOW, Ca, make_ca, make_cert, new_key, token_for, write_setup
+from tests.unit.signer_fixtures import NOW, Ca, make_ca, make_cert, new_key, token_for, write_setup
 
 
 def spki(key: Any) -> bytes:
@@ -377,7 +377,7 @@ def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeyp
 
 
 def test_rotation_refuses_a_private_key_that_is_not_the_pair(tmp_path: Path) -> None:
-    from tests.unit.test_signer_service import SplitKeyToken
+    from tests.unit.signer_fixtures import SplitKeyToken
 
     a = make_ca("alpha")
     env = Env(tmp_path, a)
@@ -394,7 +394,7 @@ def test_rotation_refuses_a_private_key_that_is_not_the_pair(tmp_path: Path) -> 
 
 
 def test_rotation_refuses_the_audit_key(tmp_path: Path) -> None:
-    from tests.unit.test_signer_service import AUDIT_LABEL
+    from tests.unit.signer_fixtures import AUDIT_LABEL
 
     a = make_ca("alpha")
     env = Env(tmp_path, a)

@@ -43,7 +43,7 @@ from signer.service import (
     serve,
     server_options,
 )
-from tests.unit.test_signer_service import (
+from tests.unit.signer_fixtures import (
     AUDIT_LABEL,
     DAY,
     HOUR,
