@@ -13,14 +13,6 @@ from pathlib import Path
 import grpc
 import pytest
 from test_signer_audit import AUDIT_SPKI, audit_files  # type: ignore[import-not-found]
-from test_signer_service import (  # type: ignore[import-not-found]
-    NOW,
-    make_ca,
-    short_dir,
-    status,
-    token_for,
-    write_setup,
-)
 
 from shared.clock import FakeClock
 from shared.rpc import signer_pb2 as pb
@@ -30,6 +22,14 @@ from signer.config import load_signer_config
 from signer.ctl.audit import audit_main
 from signer.service import serve
 from tests.unit.audit_helpers import SIGNER, lines_of, open_log, put_lines, rec, rechain
+from tests.unit.signer_fixtures import (
+    NOW,
+    make_ca,
+    short_dir,
+    status,
+    token_for,
+    write_setup,
+)
 
 # What the previous version wrote for this record (signer.audit before the caller ids), byte for byte.
 OLD_LINE = (

@@ -22,7 +22,7 @@ from signer.audit_space import LOW_LOG_INTERVAL, AuditSpace, format_bytes
 from signer.config import DEFAULT_MIN_FREE, load_signer_config, parse_size
 from signer.metrics import render
 from signer.service import serve
-from tests.unit.test_signer_service import NOW, make_ca, short_dir, status, token_for, write_setup
+from tests.unit.signer_fixtures import NOW, make_ca, short_dir, status, token_for, write_setup
 
 MiB = 1 << 20
 
@@ -171,7 +171,8 @@ def test_health_not_serving_metrics_flag_and_signing_goes_on(tmp_path: Path) -> 
                     health.detail, health.detail
                 reply = await stub.Sign(pb.SignRequest(responses=[status(ca.cert_id(1))]))
                 assert reply.ocsp_response
-            text = render(server.service.rotation)
+            assert server.admin is not None
+            text = render(server.service.state, server.admin.rotator, server.service.audit_space)
             assert "ocsp_signer_audit_space_low 1\n" in text
             assert f"ocsp_signer_audit_min_free_bytes {1000000 << 40}\n" in text
             free = [line for line in text.splitlines() if line.startswith("ocsp_signer_audit_free_bytes ")]
@@ -181,7 +182,8 @@ def test_health_not_serving_metrics_flag_and_signing_goes_on(tmp_path: Path) -> 
             server.service.audit_space.check()
             async with grpc.aio.insecure_channel(address) as channel:
                 assert (await pb_grpc.SignerStub(channel).Health(pb.HealthRequest())).serving
-            assert "ocsp_signer_audit_space_low 0\n" in render(server.service.rotation)
+            assert "ocsp_signer_audit_space_low 0\n" in render(server.service.state, server.admin.rotator,
+                                                               server.service.audit_space)
         finally:
             await server.stop(None)
 

@@ -21,7 +21,7 @@ from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer.config import load_signer_config
 from signer.responders import include_cert_for
 from tests.clients import go
-from tests.unit.test_signer_service import (
+from tests.unit.signer_fixtures import (
     Ca,
     make_ca,
     make_cert,

@@ -246,7 +246,7 @@ def test_a_symlink_in_place_of_the_private_directory_is_refused() -> None:
 
 
 def _conf(base: Path, address: str, listen_extra: str) -> Path:
-    from test_signer_service import make_ca, write_setup  # type: ignore[import-not-found]
+    from tests.unit.signer_fixtures import make_ca, write_setup
 
     conf = write_setup(base, [make_ca("alpha")], address=address)
     conf.write_text(conf.read_text().replace(f'address = "{address}"\n', f'address = "{address}"\n{listen_extra}'))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import types
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -21,9 +20,10 @@ from frontend.cache import ResponseCache
 from shared.clock import FakeClock
 from signer.admin import AdminService
 from signer.config import load_signer_config
+from signer.responder_state import ResponderState
 from signer.responders import load_responders
 from signer.rotation import RotationError, Rotator, candidate_problems, with_key_label
-from tests.unit.test_signer_service import NOW, Ca, make_ca, make_cert, new_key, token_for, write_setup
+from tests.unit.signer_fixtures import NOW, Ca, make_ca, make_cert, new_key, token_for, write_setup
 
 
 def spki(key: Any) -> bytes:
@@ -80,13 +80,14 @@ class Env:
         self.config = load_signer_config(self.conf)
         self.token = token_for(*cas)
         self.clock = FakeClock(NOW)
-        self.service = types.SimpleNamespace(responders=load_responders(self.config, self.token))
+        self.state = ResponderState(load_responders(self.config, self.token),
+                                    max_watchers=self.config.listen.limits.max_watchers)
         self.executor = ThreadPoolExecutor(1)
-        self.rotator = Rotator(service=self.service, config=self.config, token=self.token,
+        self.rotator = Rotator(state=self.state, config=self.config, token=self.token,
                                executor=self.executor, clock=self.clock)
 
     def responder(self, name: str) -> Any:
-        return next(r for r in self.service.responders if r.name == name)
+        return next(r for r in self.state.current if r.name == name)
 
     def run(self, coro: Any) -> Any:
         return asyncio.run(coro)
@@ -95,16 +96,16 @@ class Env:
 def test_rotate_renewal_swaps_and_persists(tmp_path: Path) -> None:
     a, b = make_ca("alpha"), make_ca("beta")
     env = Env(tmp_path, a, b)
-    before = env.service.responders
+    before = env.state.current
     new = renewal(a)
 
     async def scenario() -> Any:
         states = []
-        watch = env.rotator.watch()
+        watch = env.state.watch()
         states.append(await watch.__anext__())
         result = await env.rotator.rotate("alpha", new.public_bytes(serialization.Encoding.PEM))
         states.append(await watch.__anext__())
-        env.rotator.close()
+        env.state.close()
         async for s in watch:
             states.append(s)
         return result, states
@@ -114,13 +115,13 @@ def test_rotate_renewal_swaps_and_persists(tmp_path: Path) -> None:
     assert r is result.responder and r.cert == der(new) and r.generation == 2
     assert r.key_label == a.key_label
     assert env.responder("beta") is next(x for x in before if x.name == "beta")  # untouched, same generation 1
-    assert env.service.responders.generation == 2
+    assert env.state.current.generation == 2
     # The set a Sign in flight read is unchanged: it finishes with the old certificate.
     assert next(x for x in before if x.name == "alpha").cert == der(a.responder_cert)
     assert (tmp_path / "alpha" / "responder.der").read_bytes() == der(new)  # DER file stays DER
     assert [[(i.name, i.generation) for i in s.issuers] for s in states] == [
         [("alpha", 1), ("beta", 1)], [("alpha", 2), ("beta", 1)]]
-    assert env.rotator.watchers == 0
+    assert env.state.watchers == 0
 
 
 def test_rotate_rekey_updates_the_ca_file(tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_rotate_refused_keeps_the_old_responder(tmp_path: Path, kind: str, code:
                                                 text: str) -> None:
     a, b = make_ca("alpha"), make_ca("beta")
     env = Env(tmp_path, a, b)
-    before = env.service.responders
+    before = env.state.current
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     cert = {
         "wrong_key": lambda: make_cert("x", new_key("p256"), a.cert, a.key, ca=False,
@@ -168,7 +169,7 @@ def test_rotate_refused_keeps_the_old_responder(tmp_path: Path, kind: str, code:
         env.run(env.rotator.rotate("nope" if kind == "unknown_ca" else "alpha", data,
                                    "missing" if kind == "no_such_key" else ""))
     assert info.value.code == code and text in info.value.message, info.value.message
-    assert env.service.responders is before
+    assert env.state.current is before
     assert {p: p.read_bytes() for p in files} == files
     assert env.rotator.counts[("rotate", "refused")] == 1
 
@@ -188,14 +189,14 @@ def test_reload_swaps_changed_responders_only(tmp_path: Path) -> None:
 def test_reload_is_all_or_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     a, b = make_ca("alpha"), make_ca("beta")
     env = Env(tmp_path, a, b)
-    before = env.service.responders
+    before = env.state.current
     (tmp_path / "alpha" / "responder.der").write_bytes(der(renewal(a)))  # good
     (tmp_path / "beta" / "responder.der").write_bytes(der(renewal(b, not_after=NOW - timedelta(days=1))))  # bad
     assert env.run(env.rotator.reload()) is False
-    assert env.service.responders is before
+    assert env.state.current is before
     assert "has expired" in caplog.text and "reload refused" in caplog.text
     (tmp_path / "beta" / "responder.der").write_bytes(b"garbage")  # a config error: refused as a whole
-    assert env.run(env.rotator.reload()) is False and env.service.responders is before
+    assert env.run(env.rotator.reload()) is False and env.state.current is before
 
 
 def test_expiry_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -265,7 +266,7 @@ def test_rekey_ca_file_write_failure_restores_the_certificate(tmp_path: Path,
     a = make_ca("alpha")
     env = Env(tmp_path, a)
     cert = rekey_candidate(env, a)
-    before = env.service.responders
+    before = env.state.current
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     real = rotation.write_atomic
 
@@ -279,7 +280,7 @@ def test_rekey_ca_file_write_failure_restores_the_certificate(tmp_path: Path,
         env.run(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "old certificate was restored" in info.value.message, info.value.message
-    assert env.service.responders is before
+    assert env.state.current is before
     assert {p: p.read_bytes() for p in files} == files  # the certificate file holds the old bytes again
     load_responders(load_signer_config(env.conf), env.token)  # a restart still works
 
@@ -376,24 +377,24 @@ def test_cancelled_rotate_still_swaps_and_holds_the_lock(tmp_path: Path, monkeyp
 
 
 def test_rotation_refuses_a_private_key_that_is_not_the_pair(tmp_path: Path) -> None:
-    from tests.unit.test_signer_service import SplitKeyToken
+    from tests.unit.signer_fixtures import SplitKeyToken
 
     a = make_ca("alpha")
     env = Env(tmp_path, a)
     cert = rekey_candidate(env, a)
     env.token = SplitKeyToken(env.token.keys, private={"alpha-responder-2": new_key("p384")})
     env.rotator.token = env.token
-    before = env.service.responders
+    before = env.state.current
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with pytest.raises(RotationError) as info:
         env.run(env.rotator.rotate("alpha", der(cert), "alpha-responder-2"))
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "not the pair" in info.value.message
-    assert env.service.responders is before and {p: p.read_bytes() for p in files} == files
+    assert env.state.current is before and {p: p.read_bytes() for p in files} == files
 
 
 def test_rotation_refuses_the_audit_key(tmp_path: Path) -> None:
-    from tests.unit.test_signer_service import AUDIT_LABEL
+    from tests.unit.signer_fixtures import AUDIT_LABEL
 
     a = make_ca("alpha")
     env = Env(tmp_path, a)
@@ -419,3 +420,66 @@ def test_unsupported_certificate_is_invalid_argument(tmp_path: Path, monkeypatch
     with pytest.raises(RotationError) as info:
         env.run(env.rotator.rotate("alpha", b"0\x00"))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "UnsupportedAlgorithm" in info.value.message
+
+
+# -- each candidate check runs once ------------------------------------------------------------------------
+
+
+def _count_parses(monkeypatch: pytest.MonkeyPatch, *candidates: x509.Certificate) -> dict[bytes, int]:
+    """How often cryptography parses each candidate certificate (PEM or DER) from now on."""
+    counts = {der(c): 0 for c in candidates}
+    pems = {c.public_bytes(serialization.Encoding.PEM).strip(): der(c) for c in candidates}
+    real_der, real_pem = x509.load_der_x509_certificate, x509.load_pem_x509_certificates
+
+    def load_der(data: bytes, *args: Any) -> x509.Certificate:
+        if bytes(data) in counts:
+            counts[bytes(data)] += 1
+        return real_der(data, *args)
+
+    def load_pem(data: bytes) -> list[x509.Certificate]:
+        if bytes(data).strip() in pems:
+            counts[pems[bytes(data).strip()]] += 1
+        return real_pem(data)
+
+    monkeypatch.setattr(x509, "load_der_x509_certificate", load_der)
+    monkeypatch.setattr(x509, "load_pem_x509_certificates", load_pem)
+    return counts
+
+
+@pytest.mark.parametrize("form", ["pem", "der"])
+def test_rotation_parses_the_candidate_and_reads_the_token_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     form: str) -> None:
+    a = make_ca("alpha")
+    env = Env(tmp_path, a)
+    new = renewal(a)
+    env.token.public_key_calls = 0
+    parses = _count_parses(monkeypatch, new)
+    data = new.public_bytes(serialization.Encoding.PEM) if form == "pem" else der(new)
+    env.run(env.rotator.rotate("alpha", data))
+    assert env.responder("alpha").cert == der(new)  # checked, persisted and swapped
+    assert (tmp_path / "alpha" / "responder.der").read_bytes() == der(new)
+    assert env.token.public_key_calls == 1
+    assert parses == {der(new): 1}
+
+
+def test_reload_reads_each_changed_responders_token_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cas = [make_ca("alpha"), make_ca("beta"), make_ca("gamma")]
+    env = Env(tmp_path, *cas)
+    news = [renewal(ca) for ca in cas[:2]]  # two of the three change
+    for ca, new in zip(cas, news):
+        (tmp_path / ca.name / "responder.der").write_bytes(der(new))
+    env.token.public_key_calls = 0
+    parses = _count_parses(monkeypatch, *news)
+    reader = env.rotator.reader
+
+    def read_config(path: Path) -> Any:  # reading the config parses every certificate; not counted here
+        config = reader(path)
+        for d in parses:
+            parses[d] = 0
+        return config
+
+    env.rotator.reader = read_config
+    assert env.run(env.rotator.reload()) is True
+    assert [env.responder(ca.name).generation for ca in cas] == [2, 2, 1]
+    assert env.token.public_key_calls == len(news)
+    assert parses == {der(new): 1 for new in news}

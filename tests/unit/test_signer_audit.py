@@ -10,15 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
-from test_signer_service import (  # type: ignore[import-not-found]
-    AUDIT_KEY,
-    NOW,
-    expect_error,
-    make_ca,
-    status,
-    token_for,
-    write_setup,
-)
 
 from shared.clock import FakeClock
 from shared.config import ConfigError
@@ -27,6 +18,15 @@ from shared.rpc import signer_pb2_grpc as pb_grpc
 from signer.audit import show, verify
 from signer.config import load_signer_config
 from signer.service import serve
+from tests.unit.signer_fixtures import (
+    AUDIT_KEY,
+    NOW,
+    expect_error,
+    make_ca,
+    status,
+    token_for,
+    write_setup,
+)
 
 AUDIT_SPKI = AUDIT_KEY.public_key().public_bytes(serialization.Encoding.DER,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)

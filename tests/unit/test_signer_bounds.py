@@ -43,7 +43,7 @@ from signer.service import (
     serve,
     server_options,
 )
-from tests.unit.test_signer_service import (
+from tests.unit.signer_fixtures import (
     AUDIT_LABEL,
     DAY,
     HOUR,
@@ -294,16 +294,16 @@ def test_watch_streams_capped_first_ones_kept(tmp_path: Path) -> None:
             assert "max_watchers" in (info.value.details() or "")
             # Watch streams at their cap leave the unary share alone.
             await stub.Sign(pb.SignRequest(responses=[status(ca.cert_id(1))]))
-            # The first ones still follow changes (a state pushed by the rotator reaches both).
-            rotator = service_of[0].rotation
-            rotator._notify()
+            # The first ones still follow changes (a state pushed by the holder reaches both).
+            holder = service_of[0].state
+            holder._notify()
             for stream, _ in kept:
                 assert (await stream.read()).generation == 1
-            assert rotator.watchers == 2 and rotator.watchers_refused == 1
+            assert holder.watchers == 2 and holder.watchers_refused == 1
             for stream, _ in kept:
                 stream.cancel()
             # A closed stream frees its place.
-            await wait_for(lambda: rotator.watchers == 0)
+            await wait_for(lambda: holder.watchers == 0)
             again, state = await first_state(stub)
             assert state.generation == 1
             again.cancel()

@@ -39,9 +39,7 @@ from signer.config import (
     load_signer_config,
 )
 from signer.service import server_options
-from tests.unit.test_frontend_config import setup as frontend_setup
-from tests.unit.test_frontend_signer_client import statuses
-from tests.unit.test_signer_service import (
+from tests.unit.signer_fixtures import (
     expect_error,
     make_ca,
     run_server,
@@ -50,6 +48,8 @@ from tests.unit.test_signer_service import (
     token_for,
     write_setup,
 )
+from tests.unit.test_frontend_config import setup as frontend_setup
+from tests.unit.test_frontend_signer_client import statuses
 
 
 def options_for(min_ping_interval: float) -> list[tuple[str, int]]:

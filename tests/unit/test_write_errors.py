@@ -19,8 +19,8 @@ from signer.audit import AuditUnavailable
 from signer.files import WriteFailed, write_atomic
 from signer.rotation import RotationError
 from tests.unit.audit_helpers import open_log
+from tests.unit.signer_fixtures import make_ca
 from tests.unit.test_rotation import Env, der, renewal
-from tests.unit.test_signer_service import make_ca
 
 
 def erofs(path: object) -> OSError:
