@@ -19,6 +19,10 @@ is one compact JSON object; its ``type`` is one of:
                 record line (32 zero bytes for record 0), base64. That leaf hash is at once the chain
                 link and the record's leaf in the Merkle tree; it is computed over the line's exact
                 bytes (without the newline), so any edit to a line changes it.
+``refusal``     a Sign request the signer refused because its own status data disagrees with what it
+                was asked to sign (``RefusalRecord``): nothing was signed. The same ``writer``,
+                ``index`` and ``prev`` as a ``sig`` line, in the same chain and tree; instead of the
+                response fields it carries the statuses asked for and the ``reason``.
 ``checkpoint``  ``writer``, ``index`` (the tree size) and ``note``: a transparency-dev checkpoint
                 (``shared.audit.checkpoint``) signed by the audit key in the token::
 
@@ -61,6 +65,7 @@ from shared.audit.merkle import CompactRange
 FORMAT = "ocsp-audit/v1"
 ZERO_HASH = bytes(32)
 STATUSES = frozenset({"good", "revoked", "unknown"})
+RECORD_TYPES = frozenset({"sig", "refusal"})  # the lines that are records (leaves of the tree)
 WRITER_RE = re.compile(r"[A-Za-z0-9._]{1,64}")
 _HEX = "0123456789abcdef"
 FILE_RE = re.compile(r"audit-(?P<writer>[A-Za-z0-9._]{1,64})-(?P<seq>\d{8})-(?P<day>\d{8})\.jsonl")
@@ -119,6 +124,37 @@ class AuditRecord:
             raise ValueError("AuditRecord.pid, .uid and .gid must be all None or all ints 0..2^32-1")
 
 
+@dataclass(frozen=True, slots=True)
+class RefusalRecord:
+    """A Sign request refused because the signer's own status data disagrees: nothing was signed."""
+
+    time: datetime  # aware; when the request was refused
+    client: str
+    request_id: str
+    issuer_name: str
+    issuer_id: str
+    statuses: tuple[SignedStatus, ...]  # what the caller asked to have signed
+    reason: str  # why, for the operator (which serial, asked vs known)
+    pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.time.tzinfo is None:
+            raise ValueError("RefusalRecord.time must be timezone-aware")
+        if not self.statuses or not self.reason:
+            raise ValueError("RefusalRecord needs at least one status and a reason")
+        for st in self.statuses:
+            if st.status not in STATUSES or not st.serial or st.serial.strip(_HEX):
+                raise ValueError(f"bad status {st!r} (lowercase hex serial; good/revoked/unknown)")
+        ids = (self.pid, self.uid, self.gid)
+        if ids != (None, None, None) and not all(type(v) is int and 0 <= v <= _MAX_ID for v in ids):
+            raise ValueError("RefusalRecord.pid, .uid and .gid must be all None or all ints 0..2^32-1")
+
+
+Record = AuditRecord | RefusalRecord  # what one record line holds
+
+
 def _time_text(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -143,7 +179,7 @@ _MAX_ID = (1 << 32) - 1
 _q = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a JSON string literal, in C
 
 
-def encode_record(record: AuditRecord, writer: str, index: int, prev: bytes) -> bytes:
+def encode_record(record: Record, writer: str, index: int, prev: bytes) -> bytes:
     """The record's line, without its newline: compact JSON, fixed key order, ASCII only. The
     verifier hashes the raw bytes and parses them with ``json``; this builds the same text as
     ``json.dumps(..., separators=(",", ":"))`` would, without its per-call overhead (the hex fields
@@ -151,6 +187,12 @@ def encode_record(record: AuditRecord, writer: str, index: int, prev: bytes) -> 
     statuses = ",".join(f"[{_q(s.serial)},{_q(s.status)}]" for s in record.statuses)
     # A unix-socket caller's ids follow "client"; without them the line is what older versions wrote.
     ids = "" if record.pid is None else f',"pid":{record.pid:d},"uid":{record.uid:d},"gid":{record.gid:d}'
+    if isinstance(record, RefusalRecord):
+        return (f'{{"type":"refusal","writer":{_q(writer)},"index":{index:d},"prev":"{_b64(prev)}",'
+                f'"time":"{_time_text(record.time)}","client":{_q(record.client)}{ids},'
+                f'"request_id":{_q(record.request_id)},"issuer":{_q(record.issuer_name)},'
+                f'"issuer_id":{_q(record.issuer_id)},"statuses":[{statuses}],'
+                f'"reason":{_q(record.reason)}}}').encode()
     return (f'{{"type":"sig","writer":{_q(writer)},"index":{index:d},"prev":"{_b64(prev)}",'
             f'"time":"{_time_text_cached(record.time)}","client":{_q(record.client)}{ids},'
             f'"request_id":{_q(record.request_id)},"issuer":{_q(record.issuer_name)},'
@@ -171,8 +213,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_line(raw: bytes) -> dict[str, Any]:
     obj = json.loads(raw, object_pairs_hook=_no_duplicates)
-    if not isinstance(obj, dict) or obj.get("type") not in ("sig", "file", "checkpoint"):
-        raise ValueError("not an audit line (type must be sig, file or checkpoint)")
+    if not isinstance(obj, dict) or obj.get("type") not in ("sig", "refusal", "file", "checkpoint"):
+        raise ValueError("not an audit line (type must be sig, refusal, file or checkpoint)")
     return obj
 
 
@@ -203,28 +245,44 @@ def _parse_time(text: str) -> datetime:
 _CALLER_IDS = ("pid", "uid", "gid")
 
 
-def decode_record(obj: dict[str, Any]) -> tuple[str, int, bytes, AuditRecord]:
-    """(writer, index, prev, record) from a parsed ``sig`` line; ValueError when malformed."""
+_COMMON_FIELDS = frozenset({"type", "writer", "index", "prev", "time", "client", "request_id", "issuer",
+                            "issuer_id", "statuses", *_CALLER_IDS})
+_FIELDS = {"sig": _COMMON_FIELDS | {"nonce", "responder_cert_sha256", "key_label", "generation", "response_sha256"},
+           "refusal": _COMMON_FIELDS | {"reason"}}
+
+
+def decode_record(obj: dict[str, Any]) -> tuple[str, int, bytes, Record]:
+    """(writer, index, prev, record) from a parsed ``sig`` or ``refusal`` line; ValueError when malformed."""
+    kind = obj.get("type")
+    if kind not in RECORD_TYPES:
+        raise ValueError(f"not a record line (type {kind!r})")
     statuses = required_field(obj, "statuses", list)
     if not all(isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s) for s in statuses):
         raise ValueError("field 'statuses' is not a list of [serial, status]")
-    extra = set(obj) - {"type", "writer", "index", "prev", "time", "client", "request_id", "issuer",
-                        "issuer_id", "statuses", "nonce", "responder_cert_sha256", "key_label",
-                        "generation", "response_sha256", *_CALLER_IDS}
+    extra = set(obj) - _FIELDS[kind]
     if extra:
         raise ValueError(f"unknown fields {sorted(extra)}")
     present = [k for k in _CALLER_IDS if k in obj]
     if present and len(present) != len(_CALLER_IDS):
         raise ValueError(f"fields {', '.join(_CALLER_IDS)} come together, not only {', '.join(present)}")
     ids = {k: required_field(obj, k, int) for k in present}
-    record = AuditRecord(
-        time=_parse_time(required_field(obj, "time", str)), client=required_field(obj, "client", str),
-        request_id=required_field(obj, "request_id", str), issuer_name=required_field(obj, "issuer", str),
-        issuer_id=required_field(obj, "issuer_id", str),
-        statuses=tuple(SignedStatus(s[0], s[1]) for s in statuses), nonce=required_field(obj, "nonce", bool),
-        responder_fingerprint=required_field(obj, "responder_cert_sha256", str),
-        key_label=required_field(obj, "key_label", str), generation=required_field(obj, "generation", int),
-        response_sha256=required_field(obj, "response_sha256", str), **ids)
+    record: Record
+    if kind == "refusal":
+        record = RefusalRecord(
+            time=_parse_time(required_field(obj, "time", str)), client=required_field(obj, "client", str),
+            request_id=required_field(obj, "request_id", str), issuer_name=required_field(obj, "issuer", str),
+            issuer_id=required_field(obj, "issuer_id", str),
+            statuses=tuple(SignedStatus(s[0], s[1]) for s in statuses), reason=required_field(obj, "reason", str),
+            **ids)
+    else:
+        record = AuditRecord(
+            time=_parse_time(required_field(obj, "time", str)), client=required_field(obj, "client", str),
+            request_id=required_field(obj, "request_id", str), issuer_name=required_field(obj, "issuer", str),
+            issuer_id=required_field(obj, "issuer_id", str),
+            statuses=tuple(SignedStatus(s[0], s[1]) for s in statuses), nonce=required_field(obj, "nonce", bool),
+            responder_fingerprint=required_field(obj, "responder_cert_sha256", str),
+            key_label=required_field(obj, "key_label", str), generation=required_field(obj, "generation", int),
+            response_sha256=required_field(obj, "response_sha256", str), **ids)
     index = required_field(obj, "index", int)
     if index < 0:
         raise ValueError("negative index")

@@ -14,9 +14,10 @@ from shared.audit import checkpoint as cpt
 from shared.audit.merkle import CompactRange, leaf_hash
 from signer.audit.format import (
     FORMAT,
+    RECORD_TYPES,
     ZERO_HASH,
-    AuditRecord,
     CheckpointPolicy,
+    Record,
     checkpoint_extensions,
     decode_header,
     decode_record,
@@ -410,7 +411,7 @@ def verify(paths: Iterable[Path | str], key: bytes | Path | str, *,
                         v.fail(loc, "a file header must be the first line of its file, and only there")
                     if obj["type"] == "file":
                         v.header(loc, obj)
-                    elif obj["type"] == "sig":
+                    elif obj["type"] in RECORD_TYPES:
                         records += 1
                         v.record(loc, raw, obj)
                     else:
@@ -469,7 +470,7 @@ class LoggedRecord:
     line: int
     writer: str
     index: int
-    record: AuditRecord
+    record: Record
     raw: str
 
 
@@ -492,7 +493,7 @@ def show(paths: Iterable[Path | str], *, serial: str | None = None, issuer: str 
     for p in sorted(Path(x) for x in paths):
         with open(p, "rb") as f:
             for n, raw in enumerate(f, start=1):
-                if not raw.endswith(b"\n") or b'"type":"sig"' not in raw:
+                if not raw.endswith(b"\n") or (b'"type":"sig"' not in raw and b'"type":"refusal"' not in raw):
                     continue
                 try:
                     writer, index, _prev, record = decode_record(parse_line(raw[:-1]))

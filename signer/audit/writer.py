@@ -35,10 +35,11 @@ from shared.audit.merkle import CompactRange, leaf_hash
 from shared.clock import Clock
 from signer.audit.format import (
     FILE_RE,
+    RECORD_TYPES,
     WRITER_RE,
     ZERO_HASH,
-    AuditRecord,
     CheckpointPolicy,
+    Record,
     checkpoint_body,
     checkpoint_line,
     decode_header,
@@ -207,7 +208,7 @@ def _scan(directory: Path, writer: str) -> _State:
         for n, raw in enumerate(lines[1:], start=2):
             try:
                 obj = parse_line(raw)
-                if obj["type"] == "sig":
+                if obj["type"] in RECORD_TYPES:
                     w, index, prev, record = decode_record(obj)
                     if w != writer or index != st.rng.size or prev != st.head:
                         raise ValueError("record does not continue the hash chain")
@@ -258,7 +259,7 @@ class AuditLog:
         self._fd: int | None = None
         self._fd_path: Path | None = None
         self._resync = False
-        self._pending: list[tuple[AuditRecord | None, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Record | None, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
@@ -353,7 +354,7 @@ class AuditLog:
         """The newest signed checkpoint note; ship it off the host to make truncation detectable."""
         return self._state.checkpoint_note
 
-    async def append(self, record: AuditRecord) -> None:
+    async def append(self, record: Record) -> None:
         """Durable on return; raises AuditUnavailable when the record could not be written."""
         if self._closed:
             raise AuditUnavailable("the audit log is closed")
@@ -396,7 +397,7 @@ class AuditLog:
         self._release_lock()  # a log dropped without close() (its process is as good as dead)
 
     # -- group commit ---------------------------------------------------------------------------------
-    def _enqueue(self, item: AuditRecord | None) -> asyncio.Future[None]:
+    def _enqueue(self, item: Record | None) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._pending.append((item, fut))
@@ -447,7 +448,7 @@ class AuditLog:
                 if not fut.done():
                     fut.set_exception(AuditUnavailable("the audit log is closed"))
 
-    async def _commit(self, batch: Sequence[tuple[AuditRecord | None, asyncio.Future[None]]]) -> None:
+    async def _commit(self, batch: Sequence[tuple[Record | None, asyncio.Future[None]]]) -> None:
         loop = asyncio.get_running_loop()
         if self._resync:
             try:
