@@ -97,7 +97,9 @@ class Policy:
                 raise PolicyError(grpc.StatusCode.PERMISSION_DENIED,
                                   f"{where}.cert_id: issuer {found.name!r} differs from {responder.name!r}; "
                                   "one request, one responder")
-            statuses.append(self._status(where, item, cert_id, now, skew))
+            st = self._status(where, item, cert_id, now, skew)
+            self._consistent(where, st, statuses, found)
+            statuses.append(st)
 
         assert responder is not None
         if not responder.not_before <= now <= responder.not_after:
@@ -120,6 +122,28 @@ class Policy:
         if not MIN_NONCE <= length <= MAX_NONCE:
             raise _invalid(f"nonce: {length} octets; {MIN_NONCE}..{MAX_NONCE} allowed (RFC 9654)")
         return nonce
+
+    @staticmethod
+    def _consistent(where: str, st: SingleStatus, before: list[SingleStatus], responder: Responder) -> None:
+        """What no honest frontend sends: one certificate (the same CertID twice, or one serial under two
+        hash algorithms) with two different answers, a revocation older than the CA certificate, an
+        invalidity date after the revocation. The same CertID twice with the same answer is signed: a
+        client may ask twice, and RFC 6960 4.2.2 wants a SingleResponse for each certificate asked."""
+        for other in before:
+            if other.cert_id.serial == st.cert_id.serial and (
+                    other.status, other.revocation, other.this_update, other.next_update) != (
+                    st.status, st.revocation, st.this_update, st.next_update):
+                what = "CertID" if other.cert_id == st.cert_id else f"serial {st.cert_id.serial.hex()}"
+                raise _invalid(f"{where}: the same {what} twice, with two different answers")
+        r = st.revocation
+        if r is None:
+            return
+        if r.time != EPOCH and r.time < responder.ca_not_before:
+            raise _invalid(f"{where}.revocation_time: {r.time:%Y-%m-%dT%H:%M:%SZ} is before the CA certificate "
+                           f"of {responder.name!r} was valid ({responder.ca_not_before:%Y-%m-%dT%H:%M:%SZ})")
+        if r.invalidity_date is not None and r.invalidity_date > r.time:
+            raise _invalid(f"{where}.invalidity_date: {r.invalidity_date:%Y-%m-%dT%H:%M:%SZ} is after the "
+                           f"revocation time {r.time:%Y-%m-%dT%H:%M:%SZ}")
 
     def _status(self, where: str, item: pb.SingleStatus, cert_id: CertId, now: datetime,
                 skew: timedelta) -> SingleStatus:

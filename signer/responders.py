@@ -46,6 +46,7 @@ class Responder:
     fingerprint: str  # SHA-256 of ``cert``, hex
     not_before: datetime
     not_after: datetime
+    ca_not_before: datetime  # the CA certificate's notBefore: no revocation of its certificates is older
 
     @property
     def certs(self) -> tuple[bytes, ...]:
@@ -198,6 +199,7 @@ def paired_responder(rc: ResponderConfig, cert: x509.Certificate, algorithm: Sig
         fingerprint=hashlib.sha256(rc.cert).hexdigest(),
         not_before=cert.not_valid_before_utc.astimezone(UTC),
         not_after=cert.not_valid_after_utc.astimezone(UTC),
+        ca_not_before=x509.load_der_x509_certificate(rc.ca_cert).not_valid_before_utc.astimezone(UTC),
     )
 
 

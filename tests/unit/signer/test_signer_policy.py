@@ -30,11 +30,15 @@ HASHES = {pb.SHA1: HashAlgorithm.SHA1, pb.SHA256: HashAlgorithm.SHA256, pb.SHA38
           pb.SHA512: HashAlgorithm.SHA512}
 
 
+CA_NOT_BEFORE = NOW - timedelta(days=3650)
+
+
 def responder(name: str, *, not_before: datetime = NOW - timedelta(days=30),
               not_after: datetime = NOW + timedelta(days=30)) -> Responder:
     return Responder(name=name, issuer_cert=b"", cert=b"", key_label=name,
                      algorithm=SignatureAlgorithm.ECDSA_SHA256, responder_id=None, include_cert=True,
-                     generation=1, fingerprint="00", not_before=not_before, not_after=not_after)
+                     generation=1, fingerprint="00", not_before=not_before, not_after=not_after,
+                     ca_not_before=CA_NOT_BEFORE)
 
 
 class FakeResponders:
@@ -97,7 +101,22 @@ CASES: list[Case] = [
     ("revoked-invalidity", lambda: request(revoked(invalidity_date=T - 2 * DAY)), OK, ""),
     ("extended-revoked", lambda: request(revoked(revocation_time=0, revocation_reason=6)), OK, ""),
     ("all-hashes", lambda: request(*(good(cert_id=cert_id(algorithm=a)) for a in SIZES)), OK, ""),
-    ("max-cert-ids", lambda: request(*[good()] * 4), OK, ""),
+    ("max-cert-ids", lambda: request(*(good(cert_id=cert_id(serial=bytes([1, i]))) for i in range(4))), OK, ""),
+    # what no honest frontend sends
+    ("same-cert-id-twice", lambda: request(good(), revoked()), INVALID, "the same CertID twice, with two"),
+    ("same-cert-id-twice-other-window", lambda: request(good(), good(next_update=T + 2 * DAY)), INVALID,
+     "the same CertID twice, with two"),
+    ("same-cert-id-twice-agreeing", lambda: request(good(), good()), OK, ""),
+    ("one-serial-two-hashes-agreeing", lambda: request(good(), good(cert_id=cert_id(algorithm=pb.SHA256))),
+     OK, ""),
+    ("one-serial-two-hashes-disagreeing",
+     lambda: request(good(), revoked(cert_id=cert_id(algorithm=pb.SHA256))), INVALID, "the same serial 0102 twice"),
+    ("revoked-before-the-ca", lambda: request(revoked(revocation_time=int(CA_NOT_BEFORE.timestamp()) - 1)),
+     INVALID, "before the CA certificate"),
+    ("revoked-when-the-ca-began", lambda: request(revoked(revocation_time=int(CA_NOT_BEFORE.timestamp()))), OK, ""),
+    ("invalidity-after-revocation", lambda: request(revoked(invalidity_date=T - DAY + 1)),
+     INVALID, "is after the revocation time"),
+    ("invalidity-at-revocation", lambda: request(revoked(invalidity_date=T - DAY)), OK, ""),
     ("this-update-within-skew", lambda: request(good(this_update=T + 300)), OK, ""),
     ("validity-exactly-max", lambda: request(good(this_update=T - HOUR, next_update=T - HOUR + 7 * DAY)),
      OK, ""),
@@ -116,7 +135,7 @@ CASES: list[Case] = [
     ("two-responders", lambda: request(good(), good(cert_id=cert_id(issuer=b"\xbb"))),
      DENIED, "one responder"),
     # counts
-    ("too-many", lambda: request(*[good()] * 5), INVALID, "1..4"),
+    ("too-many", lambda: request(*(good(cert_id=cert_id(serial=bytes([1, i]))) for i in range(5))), INVALID, "1..4"),
     ("request-id-long", lambda: request(request_id="x" * 257), INVALID, "request_id"),
     # CertID shape
     ("no-cert-id", lambda: request(pb.SingleStatus(status=pb.GOOD, this_update=T, next_update=T + DAY)),
