@@ -39,7 +39,7 @@ from shared.ocsp.types import CertStatus, HashAlgorithm, SingleStatus
 from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
-from shared.rpc.metadata import REFUSED
+from shared.rpc.metadata import REFUSED, STATUS_DISAGREES
 
 log = logging.getLogger("frontend.signer_client")
 
@@ -51,7 +51,7 @@ _STATUSES = {CertStatus.GOOD: pb.GOOD, CertStatus.REVOKED: pb.REVOKED, CertStatu
 # clock): not the client's fault and not a bug, but a state an operator fixes, so tryLater (logged).
 TRY_LATER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             grpc.StatusCode.INVALID_ARGUMENT})
+                             grpc.StatusCode.INVALID_ARGUMENT, STATUS_DISAGREES})
 POLICY_LOG_INTERVAL = 10.0  # seconds between two log lines about policy refusals
 # Codes after which another signer may well succeed.
 FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -224,6 +224,9 @@ class SignerClient:
                 code = e.code() if hasattr(e, "code") else None
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     self._log_policy_refusal(last)
+                elif code == STATUS_DISAGREES:
+                    self._policy_log.log(logging.ERROR, "status", "the signer's status data disagrees with ours "
+                                         "(answering tryLater; a reload in progress on one side?): %s", last)
                 log.debug("%s (address %s)", last, self.addresses[(start + i) % n])
                 if code in FAILOVER_CODES and i + 1 < n:
                     continue

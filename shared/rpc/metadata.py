@@ -7,4 +7,11 @@ trailing metadata key ``REFUSED`` (value: the code's name), and the frontend ret
 connection only when that mark is missing (frontend.signer_client), never one the signer refused.
 """
 
+import grpc
+
 REFUSED = "ocsp-signer-refused"
+
+# The status code of a Sign the signer refused because its own copy of the CA's status data disagrees
+# with a status asked for (signer.status_check): the frontend answers tryLater and logs it apart from
+# policy refusals, since it means the two halves' data differ (a reload in progress, or tampering).
+STATUS_DISAGREES = grpc.StatusCode.ABORTED

@@ -66,6 +66,10 @@ class SignerServicer:
         that no single responder may answer
         INVALID_ARGUMENT    a field outside policy (times, reason, nonce length...)
         FAILED_PRECONDITION the responder cannot sign now (expired certificate)
+        ABORTED             the signer's own copy of the CA's status data disagrees
+        with a status asked for ([policy] verify_status): nothing
+        signed, a refusal record in the audit log; the frontend
+        answers tryLater
         UNAVAILABLE         token not ready, or the audit log not writable (the
         response was not released; the frontend answers tryLater)
         RESOURCE_EXHAUSTED  a message larger than the largest valid request (sized

@@ -64,7 +64,7 @@ def test_to_proto() -> None:
     (grpc.StatusCode.UNAVAILABLE, TryLater), (grpc.StatusCode.DEADLINE_EXCEEDED, TryLater),
     (grpc.StatusCode.FAILED_PRECONDITION, TryLater), (grpc.StatusCode.RESOURCE_EXHAUSTED, TryLater),
     (grpc.StatusCode.PERMISSION_DENIED, Unauthorized), (grpc.StatusCode.INVALID_ARGUMENT, TryLater),
-    (grpc.StatusCode.INTERNAL, InternalError),
+    (grpc.StatusCode.ABORTED, TryLater), (grpc.StatusCode.INTERNAL, InternalError),
 ])
 def test_error_mapping(tmp_path: Path, code: grpc.StatusCode, error: type) -> None:
     async def go() -> None:
@@ -84,13 +84,16 @@ def test_error_mapping(tmp_path: Path, code: grpc.StatusCode, error: type) -> No
     asyncio.run(go())
 
 
-def test_policy_refusal_is_try_later_and_logged_rate_limited(tmp_path: Path,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
-    # INVALID_ARGUMENT is the signer's policy refusing (e.g. a CRL thisUpdate ahead of its clock):
-    # tryLater for the client, and the operator is told why, once per interval rather than per request.
+@pytest.mark.parametrize("code,words", [(grpc.StatusCode.INVALID_ARGUMENT, "policy refused"),
+                                        (grpc.StatusCode.ABORTED, "status data disagrees")])
+def test_policy_refusal_is_try_later_and_logged_rate_limited(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                            code: grpc.StatusCode, words: str) -> None:
+    # INVALID_ARGUMENT is the signer's policy refusing (e.g. a CRL thisUpdate ahead of its clock),
+    # ABORTED its own status data disagreeing with ours: tryLater for the client, and the operator is
+    # told why, once per interval rather than per request.
     async def go() -> None:
         stand = Stand()
-        stand.abort_with = grpc.StatusCode.INVALID_ARGUMENT
+        stand.abort_with = code
         address = f"unix:{tmp_path}/s.sock"
         server = await start(address, stand)
         client = SignerClient([address], 2.0)
@@ -105,7 +108,7 @@ def test_policy_refusal_is_try_later_and_logged_rate_limited(tmp_path: Path,
     with caplog.at_level("ERROR", logger="frontend.signer_client"):
         asyncio.run(go())
     (record,) = [r for r in caplog.records if r.name == "frontend.signer_client"]
-    assert "policy refused" in record.getMessage() and "INVALID_ARGUMENT: no" in record.getMessage()
+    assert words in record.getMessage() and f"{code.name}: no" in record.getMessage()
 
 
 def test_dead_signer_fails_fast_then_recovers(tmp_path: Path) -> None:
