@@ -41,7 +41,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
-from frontend.status.base import (
+from shared.clock import Clock, SystemClock
+from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
+from shared.status.base import (
     GOOD,
     UNKNOWN,
     FileStatusSource,
@@ -51,8 +53,6 @@ from frontend.status.base import (
     check_shrink,
     check_stale,
 )
-from shared.clock import Clock, SystemClock
-from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EXTENDED_REVOKED = StatusInfo(CertStatus.REVOKED, Revocation(EPOCH, RevocationReason.CERTIFICATE_HOLD))

@@ -31,8 +31,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_shrink
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
+from shared.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_shrink
 
 _REASONS = {
     "unspecified": RevocationReason.UNSPECIFIED,
