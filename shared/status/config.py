@@ -17,6 +17,7 @@ answers from the data, the signer checks what it signs against its own copy of t
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -67,12 +68,13 @@ def read_share(sec: Section, name: str, default: float) -> float:
     return float(m.group(1)) / 100
 
 
-def read_status_config(sec: Section) -> StatusConfig:
+def read_status_config(sec: Section, *, files_must_exist: bool = True) -> StatusConfig:
     """The ``[status]`` table ``sec`` (its keys read and checked; the caller's ``finish()`` rejects
-    the others). Raises ConfigError naming the file and the key; the files named must exist."""
+    the others). Raises ConfigError naming the file and the key. The files named must exist unless
+    ``files_must_exist`` is false (the signer, which may run without a copy: ``missing_files``)."""
     source = sec.choice("source", ("index", "crl"))
     path = sec.path("path")
-    if not path.exists():
+    if files_must_exist and not path.exists():
         raise sec.error("path", f"{path} does not exist")
     check = sec.duration("check_interval", DEFAULT_CHECK_INTERVAL, minimum=timedelta(milliseconds=100))
     max_shrink = read_share(sec, "max_shrink", DEFAULT_MAX_SHRINK)
@@ -89,7 +91,7 @@ def read_status_config(sec: Section) -> StatusConfig:
         raise sec.error("validity",
                         "only for source = \"index\" (a CRL carries its own thisUpdate/nextUpdate)")
     issued = sec.path("issued_serials", None)
-    if issued is not None and not issued.exists():
+    if files_must_exist and issued is not None and not issued.exists():
         raise sec.error("issued_serials", f"{issued} does not exist")
     if not sec.has("unissued"):
         raise sec.error("unissued", "is required for source = \"crl\": choose the status of serials not "
@@ -100,6 +102,14 @@ def read_status_config(sec: Section) -> StatusConfig:
                                       "shrink: entries of expired certificates drop off it)")
     return StatusConfig(source=source, path=path, validity=timedelta(0), check_interval=check,
                         issued_serials=issued, unissued=unissued, max_shrink=max_shrink)
+
+
+def missing_files(status: StatusConfig) -> list[tuple[str, Path]]:
+    """(key, path) of each file ``status`` names that this process cannot read."""
+    named = [("path", status.path)]
+    if status.issued_serials is not None:
+        named.append(("issued_serials", status.issued_serials))
+    return [(key, p) for key, p in named if not (p.is_file() and os.access(p, os.R_OK))]
 
 
 def make_source(ca_name: str, ca_cert_der: bytes, status: StatusConfig,
