@@ -59,6 +59,16 @@ class Snapshot(ABC):
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """(thisUpdate, nextUpdate) of an answer made at ``now``; TryLater when the data is stale."""
 
+    @abstractmethod
+    def issued_at(self) -> datetime | None:
+        """The time the data itself carries, which every answer from it carries as thisUpdate (a
+        CRL's thisUpdate); None when answers take the time they are made (index.txt)."""
+
+    @abstractmethod
+    def listed(self, serial: int) -> bool:
+        """True when the data names ``serial`` (issued, or revoked); False when ``status(serial)`` is
+        the answer for a serial the data does not know (index.txt: unknown; CRL: ``unissued``)."""
+
     def interval(self) -> tuple[timedelta, str] | None:
         """nextUpdate - thisUpdate of the answers, and where it comes from (for the operator); None
         when unknown."""

@@ -105,6 +105,13 @@ class CrlSnapshot(Snapshot):
         check_stale(self.name, now, self.next_update)
         return self.this_update, self.next_update
 
+    def issued_at(self) -> datetime:
+        return self.this_update
+
+    def listed(self, serial: int) -> bool:
+        issued = self.issued
+        return serial in self.revoked or (issued is not None and serial in issued)
+
     def interval(self) -> tuple[timedelta, str]:
         return self.next_update - self.this_update, "the CRL's thisUpdate..nextUpdate, which answers carry"
 

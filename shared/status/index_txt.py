@@ -106,6 +106,12 @@ class IndexSnapshot(Snapshot):
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         return now, now + self.validity
 
+    def issued_at(self) -> None:
+        return None  # answers carry the time they are made
+
+    def listed(self, serial: int) -> bool:
+        return serial in self.entries
+
     def interval(self) -> tuple[timedelta, str]:
         return self.validity, "status.validity"
 
