@@ -16,37 +16,26 @@ from collections.abc import Sequence
 
 from frontend.app import CaEntry, OcspApp
 from frontend.cache import ResponseCache
-from frontend.config import CaConfig, FrontendConfig, load_frontend_config
+from frontend.config import FrontendConfig, load_frontend_config
 from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
-from frontend.status.base import FileStatusSource, StatusDataError
-from frontend.status.crl import CrlSource
-from frontend.status.index_txt import IndexTxtSource
 from frontend.watch import ResponderWatch
 from shared import logsafe
 from shared.config import ConfigError
 from shared.ocsp.certid import IssuerIndex
+from shared.status.base import StatusDataError
+from shared.status.config import make_source
 
 log = logging.getLogger("frontend")
-
-
-def make_source(ca: CaConfig) -> FileStatusSource:
-    st = ca.status
-    interval = st.check_interval.total_seconds()
-    if st.source == "index":
-        return IndexTxtSource(ca.name, st.path, st.validity, interval, max_shrink=st.max_shrink)
-    assert st.unissued is not None
-    return CrlSource(ca.name, st.path, ca.ca_cert_der, unissued=st.unissued,
-                     issued_serials=st.issued_serials, check_interval=interval, max_shrink=st.max_shrink)
 
 
 def load_cas(cfg: FrontendConfig) -> IssuerIndex[CaEntry]:
     """Build every CA's status source and load its data once; faults are ConfigErrors."""
     index: IssuerIndex[CaEntry] = IssuerIndex()
     for ca in cfg.cas:
-        source = make_source(ca)
+        source = make_source(ca.name, ca.ca_cert_der, ca.status)
         try:
             source.load_now()
         except StatusDataError as e:

@@ -26,7 +26,6 @@ from typing import Protocol
 from frontend.cache import Entry, ResponseCache
 from frontend.config import ListenConfig
 from frontend.signer_client import SignResult
-from frontend.status.base import FileStatusSource
 from shared.clock import Clock, SystemClock
 from shared.ocsp.certid import IssuerIndex
 from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
@@ -34,6 +33,7 @@ from shared.ocsp.request import decode_request
 from shared.ocsp.response import error_response
 from shared.ocsp.types import CertId, HashAlgorithm, IssuerKey, ParsedRequest, ResponseStatus, SingleStatus
 from shared.ratelog import RateLimitedLog
+from shared.status.base import FileStatusSource
 
 log = logging.getLogger("frontend.server")
 

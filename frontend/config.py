@@ -6,7 +6,6 @@ signer's and is ignored here (its keys are not even looked at).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -16,16 +15,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from frontend.tls import SignerTls, load_signer_tls
 from shared.config import ConfigError, Section, read_certificate
 from shared.ocsp.types import HashAlgorithm
+from shared.status.config import StatusConfig, read_status_config
 
 _HASH_NAMES = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA256,
                "sha384": HashAlgorithm.SHA384, "sha512": HashAlgorithm.SHA512}
-UNISSUED_CHOICES = ("unknown", "revoked", "good")
-DEFAULT_MAX_SHRINK = 0.1
-# index: how long answers are valid. The CA/Browser Forum Baseline Requirements (4.9.10) want 8 h to
-# 10 d for publicly-trusted certificates; a day is the common choice (the frontend re-signs an answer
-# every cache.max_age, far inside it).
-DEFAULT_INDEX_VALIDITY = timedelta(hours=24)
-_SHARE = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,23 +88,6 @@ class CacheConfig:
     # After the signer replaces a CA's responder (rotation), cached answers signed by the old one are
     # still served this long, then dropped; 0 = at once. A few seconds spreads the re-signing load.
     rotation_grace: timedelta = timedelta(seconds=2)
-
-
-@dataclass(frozen=True, slots=True)
-class StatusConfig:
-    source: str  # "index" | "crl"
-    path: Path
-    # index: nextUpdate = thisUpdate + validity. (crl: the CRL's own thisUpdate/nextUpdate.)
-    validity: timedelta
-    # How often the files are checked for changes (stat); SIGHUP forces a re-read.
-    check_interval: timedelta
-    # crl: optional list of issued serials (hex, one a line, '#' comments).
-    issued_serials: Path | None = None
-    # crl: status of serials not known to be issued ("unknown" | "revoked" | "good").
-    unissued: str | None = None
-    # index, and crl with issued_serials: a reload that would lose more than this share (0..1) of the
-    # loaded serials is refused (the last good data stays); 1.0 turns the check off.
-    max_shrink: float = DEFAULT_MAX_SHRINK
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,58 +207,13 @@ def _cache(sec: Section) -> CacheConfig:
     )
 
 
-def _share(sec: Section, name: str, default: float) -> float:
-    """A share written as a percentage, "10%" or "2.5%", 0% to 100%."""
-    if not sec.has(name):
-        sec.ignore(name)
-        return default
-    text = sec.str(name)
-    m = _SHARE.fullmatch(text.strip())
-    if m is None or float(m.group(1)) > 100:
-        raise sec.error(name, f"must be a percentage from \"0%\" to \"100%\" such as \"10%\", not {text!r}")
-    return float(m.group(1)) / 100
-
-
-def _status(sec: Section) -> StatusConfig:
-    source = sec.choice("source", ("index", "crl"))
-    path = sec.path("path")
-    if not path.exists():
-        raise sec.error("path", f"{path} does not exist")
-    check = sec.duration("check_interval", timedelta(seconds=5), minimum=timedelta(milliseconds=100))
-    max_shrink = _share(sec, "max_shrink", DEFAULT_MAX_SHRINK)
-    if source == "index":
-        validity = sec.duration("validity", DEFAULT_INDEX_VALIDITY, minimum=timedelta(minutes=1))
-        for key in ("issued_serials", "unissued"):
-            if sec.has(key):
-                sec.ignore(key)
-                raise sec.error(key, "only for source = \"crl\" (an index.txt knows what was issued)")
-        return StatusConfig(source=source, path=path, validity=validity, check_interval=check,
-                            max_shrink=max_shrink)
-    if sec.has("validity"):
-        sec.ignore("validity")
-        raise sec.error("validity",
-                        "only for source = \"index\" (a CRL carries its own thisUpdate/nextUpdate)")
-    issued = sec.path("issued_serials", None)
-    if issued is not None and not issued.exists():
-        raise sec.error("issued_serials", f"{issued} does not exist")
-    if not sec.has("unissued"):
-        raise sec.error("unissued", "is required for source = \"crl\": choose the status of serials not "
-                                    "known to be issued: \"unknown\", \"revoked\" (RFC 6960 2.2) or \"good\"")
-    unissued = sec.choice("unissued", UNISSUED_CHOICES)
-    if issued is None and sec.has("max_shrink"):
-        raise sec.error("max_shrink", "only for source = \"index\" or with issued_serials (a CRL itself may "
-                                      "shrink: entries of expired certificates drop off it)")
-    return StatusConfig(source=source, path=path, validity=timedelta(0), check_interval=check,
-                        issued_serials=issued, unissued=unissued, max_shrink=max_shrink)
-
-
 def load_ca_file(path: Path) -> CaConfig:
     sec = Section.load(path)
     name = sec.str("name", path.stem)
     ca_path, ca_cert = read_certificate(sec, "ca_cert")
     der = ca_cert.public_bytes(Encoding.DER)
     sec.ignore("responder")
-    status = _status(sec.section("status", required=True))
+    status = read_status_config(sec.section("status", required=True))
     sec.finish()
     return CaConfig(name=name, file=path, ca_cert_path=ca_path, ca_cert_der=der, status=status)
 

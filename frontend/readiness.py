@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from frontend.signer_client import SignerHealth
-from frontend.status.base import FileStatusSource
 from shared.clock import Clock, SystemClock
+from shared.status.base import FileStatusSource
 
 log = logging.getLogger("frontend.readiness")
 

@@ -1,4 +1,5 @@
-"""The signer's configuration: etc/signer.toml and the ``[responder]`` table of each ca.d/*.toml.
+"""The signer's configuration: etc/signer.toml and the ``[responder]`` and ``[status]`` tables of each
+ca.d/*.toml (``[status]`` read by the frontend's own parser, shared.status.config).
 
 Everything is validated here, before anything starts: the files are read, the certificates parsed,
 each responder certificate checked against its CA. Errors name the file and the key
@@ -27,6 +28,9 @@ each responder certificate checked against its CA. Errors name the file and the 
     max_clock_skew = "5m"           # how far ahead of our clock thisUpdate/revocationTime may be
     max_cert_ids = 8                # most SingleResponses in one signed response
     expiry_warning = "30d"          # warn (log + metric) when a responder certificate expires sooner
+    verify_status = true            # check each status against the signer's own copy of the CA's
+                                    # [status] data (read now; the Sign path uses it: issue 9);
+                                    # absent: on for the CA files whose [status] files are here
     [admin]                         # optional: ocspctl rotate and other Admin RPCs
     socket = "/run/ocsp/admin.sock" # unix socket for Admin RPCs (default: none)
     socket_mode = "0600"            # its permissions: "0600" (owner) or "0660" (+ group)
@@ -49,6 +53,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shared.config import ConfigError, Section, read_certificate
+from shared.status.config import StatusConfig, missing_files, read_status_config
 from signer.tls_config import TlsConfig, load_tls
 from signer.unix_socket import MAX_PATH_BYTES, SOCKET_MODES, longest_private_path, private_dir_for
 
@@ -132,6 +137,12 @@ class PolicyConfig:
     max_cert_ids: int = DEFAULT_MAX_CERT_IDS
     # A responder certificate expiring sooner than this is logged (WARNING) and flagged in metrics.
     expiry_warning: timedelta = DEFAULT_EXPIRY_WARNING
+    # Check each status the frontend asks to have signed against the signer's own copy of the CA's
+    # status data (the ca.d file's [status] table, loaded by the frontend's code). True: every CA file
+    # must have [status] with its files on this host. False: [status] is not read (a compromised
+    # frontend can have any status signed). None (not set, "auto"): checked for each CA file whose
+    # [status] table names files this host can read.
+    verify_status: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +191,12 @@ class ResponderConfig:
     # signer.responders.include_cert_for).
     include_cert: bool | None
     cert_path: Path | None = None  # where ``cert`` was read from (rotation writes the new one there)
+    # The [status] table (shared.status.config), when the signer checks this CA's statuses against it;
+    # None when the file has none, policy.verify_status is false, or (auto) its files are not here.
+    status: StatusConfig | None = None
+    # Auto mode only: why a [status] table present in the file is not used ("status.path: ... cannot
+    # be read"), for the start-up warning; None otherwise.
+    status_unused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +211,11 @@ class SignerConfig:
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     tls: TlsConfig | None = None  # [tls]: mTLS on the listener; None = plaintext (unix/loopback only)
+
+    @property
+    def verifies_status(self) -> bool:
+        """True when the signer checks statuses against its own data for at least one CA."""
+        return any(rc.status is not None for rc in self.responders)
 
 
 def load_signer_config(path: str | Path) -> SignerConfig:
@@ -210,7 +232,7 @@ def load_signer_config(path: str | Path) -> SignerConfig:
     sec.finish()
     if not ca_dir.is_dir():
         raise sec.error("ca_dir", f"{ca_dir} is not a directory")
-    responders = _responders(sec, ca_dir)
+    responders = _responders(sec, ca_dir, policy.verify_status)
     for rc in responders:
         if rc.key_label == audit.key_label:
             raise sec.error("audit.key_label", f"{audit.key_label!r} is also the responder key of CA {rc.name!r} "
@@ -315,6 +337,7 @@ def _policy(sec: Section) -> PolicyConfig:
         max_clock_skew=sec.duration("max_clock_skew", DEFAULT_MAX_CLOCK_SKEW, maximum=timedelta(hours=1)),
         max_cert_ids=sec.int("max_cert_ids", DEFAULT_MAX_CERT_IDS, minimum=1, maximum=MAX_CERT_IDS_LIMIT),
         expiry_warning=sec.duration("expiry_warning", DEFAULT_EXPIRY_WARNING),
+        verify_status=sec.bool("verify_status", None),
     )
 
 
@@ -410,7 +433,7 @@ def _size(sec: Section, name: str, default: int) -> int:
 # -- ca.d/*.toml -----------------------------------------------------------------
 
 
-def _responders(top: Section, ca_dir: Path) -> tuple[ResponderConfig, ...]:
+def _responders(top: Section, ca_dir: Path, verify_status: bool | None) -> tuple[ResponderConfig, ...]:
     files = sorted(p for p in ca_dir.glob("*.toml") if p.is_file())
     if not files:
         raise top.error("ca_dir", f"no *.toml CA files in {ca_dir}")
@@ -418,7 +441,7 @@ def _responders(top: Section, ca_dir: Path) -> tuple[ResponderConfig, ...]:
     names: dict[str, Path] = {}
     issuers: dict[tuple[bytes, bytes], Path] = {}
     for f in files:
-        rc = _ca_file(f)
+        rc = _ca_file(f, verify_status)
         if rc.name in names:
             raise ConfigError(f, "name", f"CA name {rc.name!r} is also used by {names[rc.name]}")
         names[rc.name] = f
@@ -432,11 +455,11 @@ def _responders(top: Section, ca_dir: Path) -> tuple[ResponderConfig, ...]:
     return tuple(out)
 
 
-def _ca_file(path: Path) -> ResponderConfig:
+def _ca_file(path: Path, verify_status: bool | None = None) -> ResponderConfig:
     sec = Section.load(path)
     name = sec.str("name", path.stem)
     _, ca = read_certificate(sec, "ca_cert")
-    sec.ignore("status")  # the frontend's table
+    status, unused = _status(sec, verify_status)
     rsec = sec.section("responder", required=True)
     cert_path, cert = read_certificate(rsec, "cert")
     key_label = rsec.str("key_label")
@@ -446,7 +469,31 @@ def _ca_file(path: Path) -> ResponderConfig:
     check_responder_cert(rsec, "cert", ca, cert)
     return ResponderConfig(
         file=path, name=name, ca_cert=ca.public_bytes(_DER), cert=cert.public_bytes(_DER),
-        key_label=key_label, responder_id=responder_id, include_cert=include_cert, cert_path=cert_path)
+        key_label=key_label, responder_id=responder_id, include_cert=include_cert, cert_path=cert_path,
+        status=status, status_unused=unused)
+
+
+def _status(sec: Section, verify_status: bool | None) -> tuple[StatusConfig | None, str | None]:
+    """The CA file's [status] table as the signer uses it: (config or None, why a present table is
+    not used). Read with the frontend's parser, so both halves accept and reject the same tables."""
+    if verify_status is False:
+        sec.ignore("status")  # switched off: the frontend's table only
+        return None, None
+    if not sec.has("status"):
+        if verify_status:
+            raise sec.error("status", "missing: signer.toml sets policy.verify_status = true, which needs "
+                                      "every CA file to have a [status] table (the status data to check "
+                                      "against, as the frontend reads it)")
+        return None, None
+    status = read_status_config(sec.section("status"), files_must_exist=bool(verify_status))
+    missing = missing_files(status)
+    if not missing:
+        return status, None
+    key, p = missing[0]
+    if verify_status:
+        raise sec.error(f"status.{key}", f"{p} cannot be read (policy.verify_status = true needs this "
+                                         "host's own copy of the status data)")
+    return None, f"status.{key}: {p} cannot be read on this host"
 
 
 _DER = Encoding.DER

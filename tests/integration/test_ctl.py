@@ -523,9 +523,9 @@ def test_demo_index_txt_format(demo_dir: tuple[Path, Ctl]) -> None:
 
 def test_frontend_reads_the_demo_status_files(demo_dir: tuple[Path, Ctl]) -> None:
     """The demo writes its index.txt, CRL and issued list as the frontend's own parsers read them."""
-    from frontend.status.crl import parse_serial_list, revoked_entries, verified_crl
-    from frontend.status.index_txt import parse_index
     from shared.ocsp.types import CertStatus, RevocationReason
+    from shared.status.crl import parse_serial_list, revoked_entries, verified_crl
+    from shared.status.index_txt import parse_index
 
     d, _ = demo_dir
     index = parse_index((d / "rsa-ca/index.txt").read_bytes().decode(), dt.timedelta(hours=24))

@@ -1,7 +1,7 @@
 """The demo CAs' status files: the RSA CA's OpenSSL database (index.txt), the EC CA's CRL and its list
 of issued serials (issued.txt).
 
-The files are written as the frontend reads them (frontend/status/index_txt.py and crl.py; the tests
+The files are written as the frontend reads them (shared/status/index_txt.py and crl.py; the tests
 check the demo's files with those parsers): an index.txt line is six tab-separated fields ended by
 "\\n" and by nothing else (a subject may hold U+2028 or U+0085, which ``str.splitlines`` would take
 for line ends), and a file whose last line has no newline is cut short.

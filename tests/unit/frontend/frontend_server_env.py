@@ -28,11 +28,11 @@ from frontend.config import ListenConfig
 from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
 from frontend.signer_client import SignResult
-from frontend.status.crl import CrlSource
-from frontend.status.index_txt import IndexTxtSource
 from shared.clock import FakeClock
 from shared.ocsp.response import error_response
 from shared.ocsp.types import HashAlgorithm, ResponseStatus, SingleStatus
+from shared.status.crl import CrlSource
+from shared.status.index_txt import IndexTxtSource
 from tests.unit.frontend.frontend_pki import NOW, TestCA, write
 
 MALFORMED = error_response(ResponseStatus.MALFORMED_REQUEST)

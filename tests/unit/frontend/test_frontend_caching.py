@@ -23,8 +23,8 @@ from frontend.app import CaEntry, OcspApp, build_issuers
 from frontend.cache import ResponseCache
 from frontend.config import ListenConfig
 from frontend.http_answer import static_headers
-from frontend.status.index_txt import IndexTxtSource
 from shared.clock import FakeClock
+from shared.status.index_txt import IndexTxtSource
 from tests.integration.conftest import wait_until
 from tests.unit.frontend.frontend_pki import NOW, TestCA, write
 from tests.unit.frontend.frontend_server_env import (

@@ -163,7 +163,7 @@ def test_max_shrink_needs_something_to_shrink(tmp_path: Path, ca: TestCA) -> Non
 def test_default_index_validity_meets_the_baseline_requirements(tmp_path: Path, ca: TestCA) -> None:
     """BR 4.9.10: 8 h <= nextUpdate - thisUpdate + 1 s <= 10 d; and the signer's default admits it, and
     the longest CRL window the BRs allow (10 days, 4.9.7)."""
-    from frontend.status.base import br_compliant
+    from shared.status.base import br_compliant
     from signer.config import PolicyConfig
 
     validity = load_frontend_config(setup(tmp_path, ca)).cas[0].status.validity

@@ -14,9 +14,9 @@ from cryptography import x509
 from frontend.config import ListenConfig
 from frontend.readiness import STARTING, Readiness, judge
 from frontend.signer_client import SignerHealth
-from frontend.status.crl import CrlSource
-from frontend.status.index_txt import IndexTxtSource
 from shared.clock import FakeClock
+from shared.status.crl import CrlSource
+from shared.status.index_txt import IndexTxtSource
 from tests.unit.frontend.frontend_pki import NOW, TestCA, write
 from tests.unit.frontend.frontend_server_env import Env
 

@@ -10,10 +10,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from frontend.status.crl import parse_serial_list, revoked_entries, verified_crl
-from frontend.status.index_txt import parse_index
 from shared.config import parse_certificate
 from shared.ocsp.types import CertStatus, RevocationReason
+from shared.status.crl import parse_serial_list, revoked_entries, verified_crl
+from shared.status.index_txt import parse_index
 from signer.ctl.common import CtlError, load_certificate
 from signer.ctl.demo import ca_db
 from signer.ctl.demo.pki import self_signed_ca

@@ -26,7 +26,7 @@ from shared.ocsp.errors import TryLater
 from shared.ocsp.types import CertStatus, StatusInfo
 from shared.ratelog import RateLimitedLog
 
-log = logging.getLogger("frontend.status")
+log = logging.getLogger("ocsp.status")  # both halves: the frontend and the signer load status data
 
 RETRY_LOG_INTERVAL = 60.0  # seconds between two log lines about the same not-yet-valid refusal
 
@@ -58,6 +58,16 @@ class Snapshot(ABC):
     @abstractmethod
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """(thisUpdate, nextUpdate) of an answer made at ``now``; TryLater when the data is stale."""
+
+    @abstractmethod
+    def issued_at(self) -> datetime | None:
+        """The time the data itself carries, which every answer from it carries as thisUpdate (a
+        CRL's thisUpdate); None when answers take the time they are made (index.txt)."""
+
+    @abstractmethod
+    def listed(self, serial: int) -> bool:
+        """True when the data names ``serial`` (issued, or revoked); False when ``status(serial)`` is
+        the answer for a serial the data does not know (index.txt: unknown; CRL: ``unissued``)."""
 
     def interval(self) -> tuple[timedelta, str] | None:
         """nextUpdate - thisUpdate of the answers, and where it comes from (for the operator); None
@@ -276,8 +286,8 @@ def check_shrink(where: str, what: str, new: int, loaded: int | None, max_shrink
         raise StatusDataError(
             f"{where}: has {new} {what} where the loaded data has {loaded}: {lost / loaded:.0%} fewer, more "
             f"than status.max_shrink ({format_share(max_shrink)}) allows (a copy cut short?). If they "
-            "were removed on purpose, restart the frontend (start-up takes the file as it is) or raise "
-            "status.max_shrink")
+            "were removed on purpose, restart the frontend or signer reading it (start-up takes the file as "
+            "it is) or raise status.max_shrink")
 
 
 def format_share(share: float) -> str:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from frontend.status.base import StatusDataError
-from frontend.status.index_txt import IndexTxtSource, parse_index, parse_revocation, parse_time
 from shared.ocsp.errors import TryLater
 from shared.ocsp.types import CertStatus, RevocationReason
+from shared.status.base import StatusDataError
+from shared.status.index_txt import IndexTxtSource, parse_index, parse_revocation, parse_time
 
 H = timedelta(hours=1)
 
@@ -248,7 +248,7 @@ def test_truncated_and_empty_replacements_keep_the_last_good_data(tmp_path: Path
         assert await src.refresh()
         assert src.current().status(never_issued).status is CertStatus.REVOKED
 
-    with caplog.at_level("INFO", logger="frontend.status"):
+    with caplog.at_level("INFO", logger="ocsp.status"):
         asyncio.run(go())
 
 
@@ -271,7 +271,7 @@ def test_shrink_limit(tmp_path: Path, max_shrink: float, kept: int, accepted: bo
     async def go() -> bool:
         return await src.refresh()
 
-    with caplog.at_level("ERROR", logger="frontend.status"):
+    with caplog.at_level("ERROR", logger="ocsp.status"):
         assert asyncio.run(go()) is accepted
     assert len(src.current().entries) == (kept if accepted else 100)
     if not accepted:
@@ -316,7 +316,7 @@ def test_file_changing_while_read_is_not_installed(tmp_path: Path, caplog: pytes
     src.times = src.parses + 1  # the next parse sees the file change under it
 
     async def go() -> None:
-        with caplog.at_level("WARNING", logger="frontend.status"):
+        with caplog.at_level("WARNING", logger="ocsp.status"):
             assert not await src.refresh()
         assert src.current().status(0x11).status is CertStatus.UNKNOWN  # what was read is not used
         assert any("changed while being read" in r.getMessage() for r in caplog.records)
@@ -358,7 +358,7 @@ def test_start_up_warns_when_the_window_is_outside_the_brs(tmp_path: Path, caplo
     path = tmp_path / "index.txt"
     path.write_text(FULL)
     src = IndexTxtSource("ca-x", path, validity)
-    with caplog.at_level("WARNING", logger="frontend.status"):
+    with caplog.at_level("WARNING", logger="ocsp.status"):
         src.load_now()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     if warned:
@@ -373,13 +373,13 @@ def test_start_up_warns_when_the_window_is_outside_the_brs(tmp_path: Path, caplo
         assert await src.refresh()
 
     caplog.clear()
-    with caplog.at_level("WARNING", logger="frontend.status"):
+    with caplog.at_level("WARNING", logger="ocsp.status"):
         asyncio.run(go())
     assert [r for r in caplog.records if r.levelname == "WARNING"] == []  # said once, at start-up
 
 
 def test_warning_names_the_window() -> None:
-    from frontend.status.base import format_duration
+    from shared.status.base import format_duration
 
     assert format_duration(timedelta(hours=1)) == "1h"
     assert format_duration(timedelta(days=10)) == "10d"
@@ -411,7 +411,7 @@ def test_failed_parse_of_a_file_changing_while_read_is_retried_not_failed(
     src.whole = whole
 
     async def go() -> None:
-        with caplog.at_level("WARNING", logger="frontend.status"):
+        with caplog.at_level("WARNING", logger="ocsp.status"):
             assert not await src.refresh()
         assert not [r for r in caplog.records if r.levelname == "ERROR"]
         assert any("changed while being read" in r.getMessage() for r in caplog.records)

@@ -41,7 +41,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
-from frontend.status.base import (
+from shared.clock import Clock, SystemClock
+from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
+from shared.status.base import (
     GOOD,
     UNKNOWN,
     FileStatusSource,
@@ -51,8 +53,6 @@ from frontend.status.base import (
     check_shrink,
     check_stale,
 )
-from shared.clock import Clock, SystemClock
-from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EXTENDED_REVOKED = StatusInfo(CertStatus.REVOKED, Revocation(EPOCH, RevocationReason.CERTIFICATE_HOLD))
@@ -104,6 +104,13 @@ class CrlSnapshot(Snapshot):
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         check_stale(self.name, now, self.next_update)
         return self.this_update, self.next_update
+
+    def issued_at(self) -> datetime:
+        return self.this_update
+
+    def listed(self, serial: int) -> bool:
+        issued = self.issued
+        return serial in self.revoked or (issued is not None and serial in issued)
 
     def interval(self) -> tuple[timedelta, str]:
         return self.next_update - self.this_update, "the CRL's thisUpdate..nextUpdate, which answers carry"

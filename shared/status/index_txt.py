@@ -31,8 +31,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from frontend.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_shrink
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
+from shared.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_shrink
 
 _REASONS = {
     "unspecified": RevocationReason.UNSPECIFIED,
@@ -105,6 +105,12 @@ class IndexSnapshot(Snapshot):
 
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         return now, now + self.validity
+
+    def issued_at(self) -> None:
+        return None  # answers carry the time they are made
+
+    def listed(self, serial: int) -> bool:
+        return serial in self.entries
 
     def interval(self) -> tuple[timedelta, str]:
         return self.validity, "status.validity"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from frontend.status.base import StatusDataError
-from frontend.status.crl import EPOCH, CrlSource, parse_serial_list
 from shared.ocsp.errors import TryLater
 from shared.ocsp.types import CertStatus, RevocationReason
+from shared.status.base import StatusDataError
+from shared.status.crl import EPOCH, CrlSource, parse_serial_list
 from tests.unit.frontend.frontend_pki import NOW, TestCA, crl_without_next_update, write
 
 KC = x509.ReasonFlags.key_compromise
@@ -182,7 +182,7 @@ def test_reload_refuses_rollback(tmp_path: Path, ca: TestCA, caplog: pytest.LogC
         assert await src.refresh(force=True)
         assert src.current().status(0x50).status is CertStatus.GOOD
 
-    with caplog.at_level("ERROR", logger="frontend.status"):
+    with caplog.at_level("ERROR", logger="ocsp.status"):
         asyncio.run(go())
 
 
@@ -274,7 +274,7 @@ def test_issued_list_bad_replacements_keep_the_last_good(tmp_path: Path, ca: Tes
         assert await src.refresh()
         assert src.current().status(last).status is CertStatus.UNKNOWN
 
-    with caplog.at_level("ERROR", logger="frontend.status"):
+    with caplog.at_level("ERROR", logger="ocsp.status"):
         asyncio.run(go())
 
 
@@ -311,7 +311,7 @@ def test_crl_window_outside_the_brs_is_warned_about(tmp_path: Path, ca: TestCA, 
     """A CRL-backed answer carries the CRL's thisUpdate..nextUpdate: warned about (never refused) at
     start-up, and again when a new CRL's window has another length."""
     crl = ca.crl([], this_update=NOW - timedelta(minutes=1), next_update=NOW - timedelta(minutes=1) + window)
-    with caplog.at_level("WARNING", logger="frontend.status"):
+    with caplog.at_level("WARNING", logger="ocsp.status"):
         src = source(tmp_path, ca, crl, "unknown")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == (1 if warned else 0)
@@ -323,7 +323,7 @@ def test_crl_window_outside_the_brs_is_warned_about(tmp_path: Path, ca: TestCA, 
         assert await src.refresh()
 
     caplog.clear()
-    with caplog.at_level("WARNING", logger="frontend.status"):
+    with caplog.at_level("WARNING", logger="ocsp.status"):
         asyncio.run(go(ca.crl([], this_update=NOW, next_update=NOW + window)))  # same length: quiet
         assert [r for r in caplog.records if r.levelname == "WARNING"] == []
         asyncio.run(go(ca.crl([], this_update=NOW + timedelta(seconds=1),
