@@ -24,6 +24,7 @@ from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.status.base import FileStatusSource, StatusDataError
 from frontend.status.crl import CrlSource
 from frontend.status.index_txt import IndexTxtSource
+from frontend.tasks import cancel_all
 from frontend.watch import ResponderWatch
 from shared import logsafe
 from shared.config import ConfigError
@@ -111,9 +112,7 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
         log.info("stopping")
     finally:
         await server.stop()
-        for t in [*watchers, *reloads]:
-            t.cancel()
-        await asyncio.gather(*watchers, *reloads, return_exceptions=True)
+        await cancel_all([*watchers, *reloads])
         await responder_watch.stop()
         await readiness.stop()
         await signer.close()
