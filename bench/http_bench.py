@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import cpu_seconds, demo_missing
 from tests.integration.conftest import http_healthy, signer_healthy, wait_until
 from tests.integration.ocsp_client import build_request, load_cert
 
@@ -62,11 +63,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(port: int, bodies: list[bytes], connections: int, seconds: float) -> int:
@@ -122,8 +118,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="median of this many runs per row")
     args = ap.parse_args()
     demo: Path = args.demo
-    if not (demo / "etc" / "frontend.toml").exists():
-        print(f"no demo PKI in {demo}: run `ocspctl demo setup --dir {demo}` first", file=sys.stderr)
+    if demo_missing(demo, "frontend.toml"):
         return 2
     bindir = Path(sys.executable).parent
     env = dict(os.environ)
