@@ -4,6 +4,7 @@ requests and load, and the interleaved medians."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -24,6 +25,15 @@ Load = Callable[[str, list[object], int, float], Awaitable[int]]
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def demo_parser(doc: str | None, seconds: float) -> argparse.ArgumentParser:
+    """The options of a benchmark on the demo PKI: --demo, --seconds (a run), --runs (the median of)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--demo", type=Path, default=ROOT / "var" / "demo")
+    ap.add_argument("--seconds", type=float, default=seconds)
+    ap.add_argument("--runs", type=int, default=3, help="median of this many runs per row")
+    return ap
 
 
 def demo_missing(demo: Path, name: str) -> bool:

@@ -15,7 +15,6 @@ with the servers, so the CPU-per-request column is the figure to compare, not re
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import cpu_seconds, demo_missing
+from bench._common import cpu_seconds, demo_missing, demo_parser
 from tests.integration.conftest import http_healthy, signer_healthy, wait_until
 from tests.integration.ocsp_client import build_request, load_cert
 
@@ -111,11 +110,8 @@ def nonce_bodies(cert_path: Path, issuer_path: Path, count: int) -> list[bytes]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--demo", type=Path, default=ROOT / "var" / "demo")
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap = demo_parser(__doc__, 5.0)
     ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--runs", type=int, default=3, help="median of this many runs per row")
     args = ap.parse_args()
     demo: Path = args.demo
     if demo_missing(demo, "frontend.toml"):

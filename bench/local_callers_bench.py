@@ -12,7 +12,6 @@ relay/direct measured in the same run, per row.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import (
     demo_missing,
+    demo_parser,
     interleaved_medians,
     measure,
     plaintext_unix_config,
@@ -73,10 +73,7 @@ async def health_load(address: str, _requests: list[object], concurrency: int, s
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--demo", type=Path, default=ROOT / "var" / "demo")
-    ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--runs", type=int, default=3, help="median of this many runs per row")
+    ap = demo_parser(__doc__, 4.0)
     args = ap.parse_args()
     demo: Path = args.demo
     if demo_missing(demo, "signer.toml"):

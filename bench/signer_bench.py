@@ -10,7 +10,6 @@ on/off measured in the same run, per key type.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import (
     demo_missing,
+    demo_parser,
     interleaved_medians,
     measure,
     plaintext_unix_config,
@@ -54,11 +54,8 @@ asyncio.run(main())
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--demo", type=Path, default=ROOT / "var" / "demo")
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap = demo_parser(__doc__, 4.0)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--runs", type=int, default=3, help="median of this many runs per row")
     args = ap.parse_args()
     demo: Path = args.demo
     if demo_missing(demo, "signer.toml"):
