@@ -88,7 +88,7 @@ def load_signer_tls(sec: Section, addresses: tuple[str, ...], address_key: str) 
     if mode & 0o077:
         log.warning("%s: %s: %s is readable by group or others (mode %04o); make it 0600, owned by the "
                     "service user", sec.file, sec.key("tls_key"), key, stat.S_IMODE(mode))
-    # The DMZ never parses key material in Python (tests/unit/test_frontend_imports.py): gRPC core loads
+    # The DMZ never parses key material in Python (tests/unit/frontend/test_frontend_imports.py): gRPC core loads
     # it, and a key that does not match tls_cert fails the first handshake (logged, answered tryLater).
     if b"-----BEGIN" not in key_pem or b"KEY-----" not in key_pem:
         raise sec.error("tls_key", f"{key} holds no PEM key")

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -25,7 +24,9 @@ from shared.config import ConfigError
 from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
+from signer.audit_space import AuditSpace
 from signer.config import AdminConfig, SignerConfig
+from signer.responder_state import ResponderState
 from signer.rotation import RotationError, Rotator
 from signer.token import Token, TokenError
 from signer.unix_socket import created_with_mode
@@ -98,26 +99,29 @@ async def start_admin_socket(config: AdminConfig, rotator: Rotator) -> grpc.aio.
     return server
 
 
-class RotationRuntime:
-    """What rotation adds to a running signer, wired by ``signer.service.serve``: the Rotator, Admin on
-    the main listener (identity-checked) and on the admin socket, SIGHUP reloads, metrics."""
+class AdminPlane:
+    """The signer's admin plane, wired by ``signer.service.serve``: the Rotator (which swaps the
+    ``ResponderState`` the Signer service reads), Admin on the main listener (identity-checked) and on
+    the admin socket, SIGHUP reloads, metrics."""
 
-    def __init__(self, rotator: Rotator, config: SignerConfig) -> None:
+    def __init__(self, rotator: Rotator, state: ResponderState, audit_space: AuditSpace | None,
+                 config: SignerConfig) -> None:
         self.rotator = rotator
+        self.state = state
+        self.audit_space = audit_space  # the metrics report it
         self.config = config
         self.admin_server: grpc.aio.Server | None = None
         self.metrics_server: asyncio.AbstractServer | None = None
         self._reloads: set[asyncio.Task[bool]] = set()
 
     @classmethod
-    def attach(cls, server: grpc.aio.Server, service: Any, config: SignerConfig, token: Token,
-               executor: Executor, clock: Clock) -> RotationRuntime:
+    def attach(cls, server: grpc.aio.Server, state: ResponderState, audit_space: AuditSpace | None,
+               config: SignerConfig, token: Token, executor: Executor, clock: Clock) -> AdminPlane:
         """Before ``server.start()``: make the Rotator and add Admin to the main listener."""
-        rotator = Rotator(service=service, config=config, token=token, executor=executor, clock=clock)
-        service.rotation = rotator
+        rotator = Rotator(state=state, config=config, token=token, executor=executor, clock=clock)
         pb_grpc.add_AdminServicer_to_server(
             AdminService(rotator, trusted=False, allowed_clients=config.admin.allowed_clients), server)
-        return cls(rotator, config)
+        return cls(rotator, state, audit_space, config)
 
     async def start(self) -> None:
         """After ``server.start()``: admin socket, metrics, expiry checks. Raises ConfigError."""
@@ -130,7 +134,8 @@ class RotationRuntime:
             from signer.metrics import start_metrics
 
             try:
-                self.metrics_server = await start_metrics(self.config.metrics.address, self.rotator)
+                self.metrics_server = await start_metrics(self.config.metrics.address, self.state, self.rotator,
+                                                         self.audit_space)
             except OSError as e:
                 raise ConfigError(self.config.file, "metrics.address",
                                   f"cannot listen on {self.config.metrics.address}: {e.strerror or e}") from None
@@ -143,7 +148,8 @@ class RotationRuntime:
         task.add_done_callback(self._reloads.discard)
 
     async def stop(self) -> None:
-        """Before the main server stops: end Watch streams, stop the admin socket and metrics."""
+        """Before the main server stops (after ``ResponderState.close`` ended the Watch streams): stop
+        the expiry checks, the admin socket and metrics."""
         self.rotator.close()
         if self.admin_server is not None:
             await self.admin_server.stop(1.0)

@@ -14,8 +14,9 @@ nothing to update on the signing path.
     ocsp_signer_audit_min_free_bytes              [audit] min_free
     ocsp_signer_audit_space_low                   1 while free space is below min_free (or cannot be read)
 
-The audit space figures are those of the signer's periodic check (signer.audit_space, reached as
-``rotator.service.audit_space``), not read at scrape time.
+Responders and Watch streams come from ``signer.responder_state.ResponderState``, rotation counts and
+the expiry warning from the Rotator. The audit space figures are those of the signer's periodic check
+(signer.audit_space), not read at scrape time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from signer.audit_space import AuditSpace
+from signer.responder_state import ResponderState
 from signer.rotation import Rotator
 
 log = logging.getLogger("ocsp-signer")
@@ -32,7 +35,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(rotator: Rotator) -> str:
+def render(state: ResponderState, rotator: Rotator, space: AuditSpace | None) -> str:
     now = rotator.clock.now()
     warn = rotator.expiry_warning.total_seconds()
     lines = []
@@ -42,7 +45,7 @@ def render(rotator: Rotator) -> str:
         "ocsp_signer_responder_expiry_seconds": [],
         "ocsp_signer_responder_expiring": [],
     }
-    for r in rotator.current:
+    for r in state.current:
         ca = f'{{ca="{_label(r.name)}"}}'
         left = (r.not_after - now).total_seconds()
         series["ocsp_signer_responder_generation"].append(f"{ca} {r.generation}")
@@ -55,10 +58,9 @@ def render(rotator: Rotator) -> str:
     lines.append("# TYPE ocsp_signer_rotations_total counter")
     for (kind, result), n in sorted(rotator.counts.items()):
         lines.append(f'ocsp_signer_rotations_total{{kind="{kind}",result="{result}"}} {n}')
-    lines += ["# TYPE ocsp_signer_watch_streams gauge", f"ocsp_signer_watch_streams {rotator.watchers}",
+    lines += ["# TYPE ocsp_signer_watch_streams gauge", f"ocsp_signer_watch_streams {state.watchers}",
               "# TYPE ocsp_signer_watch_refused_total counter",
-              f"ocsp_signer_watch_refused_total {rotator.watchers_refused}"]
-    space = getattr(rotator.service, "audit_space", None)
+              f"ocsp_signer_watch_refused_total {state.watchers_refused}"]
     if space is not None:
         lines.append("# TYPE ocsp_signer_audit_free_bytes gauge")
         if space.free_bytes is not None:
@@ -68,7 +70,8 @@ def render(rotator: Rotator) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def start_metrics(address: str, rotator: Rotator) -> asyncio.AbstractServer:
+async def start_metrics(address: str, state: ResponderState, rotator: Rotator,
+                        space: AuditSpace | None) -> asyncio.AbstractServer:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
 
@@ -77,7 +80,7 @@ async def start_metrics(address: str, rotator: Rotator) -> asyncio.AbstractServe
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             target = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
             if head.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics":
-                body, status = render(rotator).encode(), b"200 OK"
+                body, status = render(state, rotator, space).encode(), b"200 OK"
             else:
                 body, status = b"not found\n", b"404 Not Found"
             writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"

@@ -1,8 +1,8 @@
 """Responders: for each configured CA, who signs (certificate + key in the token) and how.
 
-A ``ResponderSet`` is immutable and is replaced as a whole (rotation swaps the service's reference in
-one assignment), so a request always sees one consistent set: the responder it looked up, its key
-label and its generation belong together.
+A ``ResponderSet`` is immutable and is replaced as a whole (rotation swaps the reference
+signer.responder_state's ``ResponderState`` holds, in one assignment), so a request always sees one
+consistent set: the responder it looked up, its key label and its generation belong together.
 """
 
 from __future__ import annotations
@@ -141,6 +141,15 @@ def include_cert_for(rc: ResponderConfig) -> bool:
     return rc.cert != rc.ca_cert
 
 
+def responder_algorithm(rc: ResponderConfig, cert: x509.Certificate) -> SignatureAlgorithm:
+    """How the key of ``cert`` (``rc.cert``, parsed) signs; ConfigError naming ``responder.cert`` when
+    the signer cannot sign with such a key."""
+    try:
+        return algorithm_for_key(cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    except UnsupportedKey as e:
+        raise ConfigError(rc.file, "responder.cert", str(e)) from None
+
+
 def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Responder:
     """Check the token holds the key for ``rc``'s certificate (its public key object matches, and its
     private key signs a probe that verifies with the certificate) and build its Responder.
@@ -148,15 +157,12 @@ def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Respon
     Blocking: calls the token. Raises ConfigError naming the CA file and key on any mismatch.
     """
     cert = x509.load_der_x509_certificate(rc.cert)
-    cert_spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    try:
-        algorithm = algorithm_for_key(cert_spki)
-    except UnsupportedKey as e:
-        raise ConfigError(rc.file, "responder.cert", str(e)) from None
+    algorithm = responder_algorithm(rc, cert)
     try:
         token_spki = token.public_key(rc.key_label)
     except TokenError as e:
         raise ConfigError(rc.file, "responder.key_label", str(e)) from None
+    cert_spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     try:
         same = canonical_spki(token_spki) == cert_spki
     except ValueError:
@@ -165,6 +171,15 @@ def load_responder(rc: ResponderConfig, token: Token, generation: int) -> Respon
         raise ConfigError(rc.file, "responder.key_label",
                           f"the token's key {rc.key_label!r} is not the key of the responder certificate "
                           "(wrong label, or the certificate belongs to another key)")
+    return paired_responder(rc, cert, algorithm, token, generation)
+
+
+def paired_responder(rc: ResponderConfig, cert: x509.Certificate, algorithm: SignatureAlgorithm, token: Token,
+                     generation: int) -> Responder:
+    """The Responder for ``rc`` (``cert``: ``rc.cert`` parsed, ``algorithm``: ``responder_algorithm``)
+    whose token public key the caller has found to be the certificate's: the private key signs a probe
+    that verifies with the certificate (``check_key_pair``), then the Responder is built. Blocking
+    (calls the token); ConfigError naming the CA file and key when the pair does not match."""
     check_key_pair(rc, cert, algorithm, token)
     include = include_cert_for(rc)
     if include and rc.cert == rc.ca_cert and not _self_signed(cert):

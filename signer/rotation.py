@@ -14,11 +14,17 @@ new label must exist), it is issued by the CA (signature), valid now, and carrie
 (or is the CA certificate itself, as the config allows). A refused candidate leaves the current
 responder signing.
 
-The swap is one assignment of ``service.responders`` to a new immutable ``ResponderSet``. Each Sign
-RPC reads that reference once, so a signature in flight finishes with the responder (key label,
-certificate, generation) it started with, and every later one uses the new. Old keys stay in the
-token. Every change gets a new generation (the set's counter plus one), which reaches the frontends
-on each SignReply and through the Watch stream, so they retire answers cached from the old responder.
+The swap is ``ResponderState.swap`` (signer.responder_state): one assignment of the holder's current
+immutable ``ResponderSet``. Each Sign RPC reads that reference once, so a signature in flight finishes
+with the responder (key label, certificate, generation) it started with, and every later one uses the
+new. Old keys stay in the token. Every change gets a new generation (the set's counter plus one),
+which reaches the frontends on each SignReply and through the Watch stream (which ``ResponderState``
+serves), so they retire answers cached from the old responder.
+
+Each check of a candidate runs once: a rotation parses the candidate certificate once and reads the
+token's public key for it once, and hands those on (``candidate_problems``, then
+``signer.responders.paired_responder`` for the probe signature), and the persisted file is encoded from
+the same parsed certificate.
 """
 
 from __future__ import annotations
@@ -30,11 +36,10 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 from cryptography import x509
@@ -44,10 +49,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shared.clock import Clock
 from shared.config import ConfigError, parse_certificate
-from shared.rpc import signer_pb2 as pb
 from signer.config import ResponderConfig, SignerConfig, load_signer_config
 from signer.files import check_private_directory, os_error_text, write_atomic, write_problem
-from signer.responders import Responder, ResponderSet, canonical_spki, load_responder
+from signer.responder_state import TIME_FMT, ResponderState
+from signer.responders import Responder, ResponderSet, canonical_spki, paired_responder, responder_algorithm
 from signer.token import Token, TokenError
 from signer.tomltext import toml_string
 
@@ -55,11 +60,6 @@ log = logging.getLogger("ocsp-signer")
 
 EXPIRY_CHECK_INTERVAL = 3600.0  # seconds between expiry checks (each logs expiring responders)
 MAX_KEY_LABEL = 128
-TIME_FMT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-class WatchersFull(Exception):
-    """Watch refused: ``[listen] max_watchers`` streams are open already (the caller gets RESOURCE_EXHAUSTED)."""
 
 
 class RotationError(Exception):
@@ -184,11 +184,12 @@ class RotateResult:
 
 
 class Rotator:
-    """Owns changes to ``service.responders``: RPC rotations, SIGHUP reloads, Watch streams, expiry."""
+    """Decides changes to the responders (``state.swap``): RPC rotations, SIGHUP reloads; and the
+    expiry checks."""
 
-    def __init__(self, *, service: Any, config: SignerConfig, token: Token, executor: Executor,
+    def __init__(self, *, state: ResponderState, config: SignerConfig, token: Token, executor: Executor,
                  clock: Clock, reader: Callable[[Path], SignerConfig] = load_signer_config) -> None:
-        self.service = service  # has a ``responders`` attribute, read once per RPC
+        self.state = state  # the current ResponderSet, and the Watch streams told of each swap
         self.config = config
         self.token = token
         self.executor = executor  # the one pkcs11 thread
@@ -196,17 +197,9 @@ class Rotator:
         self.reader = reader
         self.expiry_warning: timedelta = config.policy.expiry_warning
         self._lock = asyncio.Lock()
-        self._watchers: set[asyncio.Queue[pb.ResponderState | None]] = set()
-        self.max_watchers: int = config.listen.limits.max_watchers
-        self.watchers_refused = 0  # Watch calls refused at the cap (metrics)
-        self._closed = False
         self._expiry_task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[RotateResult]] = set()  # persist+swap steps under way
         self.counts: dict[tuple[str, str], int] = {}  # (kind, result) -> n, for metrics
-
-    @property
-    def current(self) -> ResponderSet:
-        return self.service.responders  # type: ignore[no-any-return]
 
     def _count(self, kind: str, result: str) -> None:
         self.counts[(kind, result)] = self.counts.get((kind, result), 0) + 1
@@ -249,8 +242,8 @@ class Rotator:
             task.exception()  # retrieved: a refusal was logged by _commit; the caller may be gone
 
     async def _prepare(self, ca_name: str, cert_data: bytes,
-                       key_label: str) -> tuple[ResponderConfig, ResponderConfig, Responder]:
-        current = self.current
+                       key_label: str) -> tuple[ResponderConfig, ResponderConfig, x509.Certificate, Responder]:
+        current = self.state.current
         old = next((r for r in current if r.name == ca_name), None)
         rc = next((c for c in self.config.responders if c.name == ca_name), None)
         if old is None or rc is None:
@@ -276,15 +269,16 @@ class Rotator:
         if new_rc.cert == rc.cert and label == rc.key_label:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"CA {ca_name!r} already uses this certificate and key {label!r}")
-        responder = await self._checked(new_rc, current.generation + 1)
-        return rc, new_rc, responder
+        responder = await self._checked(new_rc, current.generation + 1, cert)
+        return rc, new_rc, cert, responder
 
-    async def _commit(self, rc: ResponderConfig, new_rc: ResponderConfig, responder: Responder) -> RotateResult:
+    async def _commit(self, rc: ResponderConfig, new_rc: ResponderConfig, cert: x509.Certificate,
+                      responder: Responder) -> RotateResult:
         """Persist, then swap; runs to the end even when the RPC that asked for it is gone. Releases
         the lock ``rotate`` took."""
         try:
             try:
-                notes = await asyncio.get_running_loop().run_in_executor(None, self._persist, rc, new_rc)
+                notes = await asyncio.get_running_loop().run_in_executor(None, self._persist, rc, new_rc, cert)
             except RotationError as e:
                 self._refused(rc.name, e)
                 raise
@@ -299,8 +293,10 @@ class Rotator:
         while self._commits:
             await asyncio.gather(*self._commits, return_exceptions=True)
 
-    async def _checked(self, rc: ResponderConfig, generation: int) -> Responder:
-        """The Responder for ``rc`` after the candidate check; RotationError saying why not."""
+    async def _checked(self, rc: ResponderConfig, generation: int, cert: x509.Certificate | None = None) -> Responder:
+        """The Responder for ``rc`` after the candidate check; RotationError saying why not. ``cert``:
+        ``rc.cert`` parsed already (an RPC rotation), else parsed here. The certificate is parsed and
+        the token's public key read once; every check gets those."""
         loop = asyncio.get_running_loop()
         try:
             token_spki = await loop.run_in_executor(self.executor, self.token.public_key, rc.key_label)
@@ -310,7 +306,8 @@ class Rotator:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"refusing the new responder of CA {rc.name!r}: {e}") from None
         ca = x509.load_der_x509_certificate(rc.ca_cert)
-        cert = x509.load_der_x509_certificate(rc.cert)
+        if cert is None:
+            cert = x509.load_der_x509_certificate(rc.cert)
         try:
             problems = candidate_problems(ca, cert, token_spki, rc.key_label, self.clock.now())
         except Exception as e:  # noqa: BLE001 - an unsupported key or signature algorithm in the candidate
@@ -322,20 +319,23 @@ class Rotator:
                                 f"refusing the new responder certificate of CA {rc.name!r} "
                                 f"(serial {cert.serial_number:X}): " + "; ".join(problems))
         try:
-            return await loop.run_in_executor(self.executor, load_responder, rc, self.token, generation)
+            # candidate_problems compared the token key with the certificate's; the probe signature is left
+            algorithm = responder_algorithm(rc, cert)
+            return await loop.run_in_executor(self.executor, paired_responder, rc, cert, algorithm, self.token,
+                                              generation)
         except ConfigError as e:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION, e.message) from None
         except TokenError as e:
             raise RotationError(grpc.StatusCode.UNAVAILABLE, f"token: {e}") from None
 
     @staticmethod
-    def _persist(old: ResponderConfig, new: ResponderConfig) -> list[str]:
+    def _persist(old: ResponderConfig, new: ResponderConfig, cert: x509.Certificate) -> list[str]:
         """Write the new certificate (and key label) where the config names them. Blocking.
 
         Both new contents are prepared and both target directories checked before anything is
         written; the certificate goes first, and if the CA file cannot be written afterwards the old
         certificate bytes are put back, so the files on disk always describe one consistent
-        responder (the running one, or the new one once this returns)."""
+        responder (the running one, or the new one once this returns). ``cert``: ``new.cert``, parsed."""
         if old.cert_path is None:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"the responder.cert path of CA {old.name!r} is not known; not rotating")
@@ -352,7 +352,6 @@ class Rotator:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"cannot read {cert_path}: {e.strerror or e}; nothing was switched") from None
         pem_file = old_cert_bytes is None or b"-----BEGIN" in old_cert_bytes
-        cert = x509.load_der_x509_certificate(new.cert)
         data = cert.public_bytes(Encoding.PEM if pem_file else Encoding.DER)
         ca_text: str | None = None
         if new.key_label != old.key_label:
@@ -431,8 +430,8 @@ class Rotator:
                 log.error("SIGHUP: reload refused, responders unchanged: %s", e)
                 return False
             old_rcs = {rc.name: rc for rc in self.config.responders}
-            current = {r.name: r for r in self.current}
-            generation = self.current.generation + 1
+            current = {r.name: r for r in self.state.current}
+            generation = self.state.current.generation + 1
             changed: list[ResponderConfig] = []
             problems: list[str] = []
             built: dict[str, Responder] = {}
@@ -450,7 +449,7 @@ class Rotator:
                 for p in problems:
                     log.error("SIGHUP: %s", p)
                 log.error("SIGHUP: reload refused (%d problem%s), responders unchanged (generation %d)",
-                          len(problems), "" if len(problems) == 1 else "s", self.current.generation)
+                          len(problems), "" if len(problems) == 1 else "s", self.state.current.generation)
                 return False
             outside = dataclasses.replace(new_config, responders=self.config.responders) != self.config
             if outside:
@@ -458,7 +457,7 @@ class Rotator:
                             "(listen, token, policy, admin, ...) need a restart", self.config.file)
             if not changed and not removed:
                 self._count("reload", "unchanged")
-                log.info("SIGHUP: responders unchanged (generation %d)", self.current.generation)
+                log.info("SIGHUP: responders unchanged (generation %d)", self.state.current.generation)
                 return False
             order = [rc.name for rc in new_config.responders]
             responders = [built.get(name) or current[name] for name in order]
@@ -471,7 +470,7 @@ class Rotator:
     # -- the swap ----------------------------------------------------------------------------------------
     def _swap(self, rcs: list[ResponderConfig], responders: list[Responder], why: str) -> None:
         by_name = {r.name: r for r in responders}
-        new_set = ResponderSet.of([by_name.get(r.name, r) for r in self.current],
+        new_set = ResponderSet.of([by_name.get(r.name, r) for r in self.state.current],
                                   max(r.generation for r in responders))
         names = {rc.name for rc in rcs}
         self.config = dataclasses.replace(
@@ -480,64 +479,15 @@ class Rotator:
         self._install(new_set, why)
 
     def _install(self, new_set: ResponderSet, why: str) -> None:
-        old = {r.name: r for r in self.current}
-        self.service.responders = new_set  # the switch: one reference assignment
-        for r in new_set:
-            o = old.get(r.name)
-            if o is not None and o is r:
-                continue
-            log.info("%s: CA %r now signs with responder generation %d (was %s): key %r, certificate "
-                     "SHA-256 %s, valid %s to %s", why, r.name, r.generation,
-                     o.generation if o is not None else "none", r.key_label, r.fingerprint,
-                     f"{r.not_before:{TIME_FMT}}", f"{r.not_after:{TIME_FMT}}")
-        self._notify()
+        self.state.swap(new_set, why)
         self.check_expiry()
-
-    # -- Watch ---------------------------------------------------------------------------------------------
-    def state(self) -> pb.ResponderState:
-        rs = self.current
-        return pb.ResponderState(generation=rs.generation, issuers=[
-            pb.IssuerGeneration(name=r.name, issuer_sha256=hashlib.sha256(r.issuer_cert).digest(),
-                                generation=r.generation, responder_fingerprint=r.fingerprint)
-            for r in rs])
-
-    def _notify(self) -> None:
-        state = self.state()
-        for q in self._watchers:
-            _replace(q, state)
-
-    async def watch(self) -> AsyncIterator[pb.ResponderState]:
-        """The current state, then the whole state after each change, until ``close()``. Raises
-        WatchersFull (before yielding anything) while ``max_watchers`` streams are open: each holds a
-        call slot, a connection and its buffers for as long as it lasts."""
-        q: asyncio.Queue[pb.ResponderState | None] = asyncio.Queue(maxsize=1)
-        if self._closed:
-            return
-        if len(self._watchers) >= self.max_watchers:
-            self.watchers_refused += 1
-            raise WatchersFull(f"{len(self._watchers)} Watch streams are open, the most this signer allows "
-                               "([listen] max_watchers); SignReply generations still arrive")
-        self._watchers.add(q)
-        try:
-            yield self.state()
-            while True:
-                item = await q.get()
-                if item is None:
-                    return
-                yield item
-        finally:
-            self._watchers.discard(q)
-
-    @property
-    def watchers(self) -> int:
-        return len(self._watchers)
 
     # -- expiry --------------------------------------------------------------------------------------------
     def check_expiry(self) -> list[Responder]:
         """Log every responder certificate that expires within ``expiry_warning`` (or has expired)."""
         now = self.clock.now()
         expiring = []
-        for r in self.current:
+        for r in self.state.current:
             left = r.not_after - now
             if left <= timedelta(0):
                 log.error("responder certificate of CA %r expired at %s: its requests fail (tryLater) until "
@@ -560,25 +510,9 @@ class Rotator:
             self.check_expiry()
 
     def close(self) -> None:
-        """End every Watch stream (the signer is stopping) and the expiry checks."""
-        self._closed = True
-        for q in self._watchers:
-            _replace(q, None)
+        """Stop the expiry checks (the signer is stopping)."""
         if self._expiry_task is not None:
             self._expiry_task.cancel()
-
-
-def _replace(q: asyncio.Queue[Any], item: Any) -> None:
-    """Put ``item``, dropping an undelivered older state: each state is complete, the latest suffices."""
-    while True:
-        try:
-            q.put_nowait(item)
-            return
-        except asyncio.QueueFull:
-            try:
-                q.get_nowait()
-            except asyncio.QueueEmpty:
-                pass
 
 
 def _days(d: timedelta) -> str:

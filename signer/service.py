@@ -24,15 +24,14 @@ from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from shared.rpc.metadata import REFUSED
 from signer import startup
-from signer.admin import RotationRuntime
+from signer.admin import AdminPlane
 from signer.audit import AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus
 from signer.audit_space import AuditSpace
 from signer.config import SignerConfig
 from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
 from signer.policy import Policy, PolicyError, check_known_fields, largest_sign_request
-from signer.responders import ResponderSet
-from signer.rotation import WatchersFull
+from signer.responder_state import ResponderState, WatchersFull
 from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
 from signer.token import Token, TokenError
 
@@ -75,10 +74,9 @@ def client_identity(context: grpc.aio.ServicerContext) -> str:
 
 
 class SignerService(pb_grpc.SignerServicer):
-    def __init__(self, *, responders: ResponderSet, token: Token, policy: Policy, clock: Clock,
+    def __init__(self, *, state: ResponderState, token: Token, policy: Policy, clock: Clock,
                  executor: ThreadPoolExecutor, audit: AuditLog, token_name: str = "") -> None:
-        # Replaced as a whole (rotation); each RPC reads it once.
-        self.responders = responders
+        self.state = state  # the current responders (each RPC reads ``state.current`` once) and Watch
         self.token = token
         self.policy = policy
         self.clock = clock
@@ -86,8 +84,7 @@ class SignerService(pb_grpc.SignerServicer):
         self.audit = audit
         self.token_name = token_name
         self.serving = True
-        self.rotation: Any = None  # signer.rotation.Rotator, set by serve(); serves Watch
-        self.audit_space: Any = None  # signer.audit_space.AuditSpace, set by serve(); Health reads it
+        self.audit_space: AuditSpace | None = None  # set by serve(); Health reads it
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         code: grpc.StatusCode
@@ -112,7 +109,7 @@ class SignerService(pb_grpc.SignerServicer):
     async def _sign(self, request: pb.SignRequest, client: str) -> pb.SignReply:
         if not self.serving:
             raise PolicyError(grpc.StatusCode.UNAVAILABLE, "the signer is shutting down")
-        job = self.policy.check(request, self.responders)
+        job = self.policy.check(request, self.state.current)
         r = job.responder
         produced_at = self.clock.now()
         tbs = build_response_data(responder_id=r.responder_id, produced_at=produced_at,
@@ -142,13 +139,13 @@ class SignerService(pb_grpc.SignerServicer):
                          not_after=int(r.not_after.timestamp()),
                          expires_in=int((r.not_after - self.clock.now()).total_seconds()),
                          responder_fingerprint=r.fingerprint, key_label=r.key_label)
-            for r in self.responders])
+            for r in self.state.current])
 
     async def Watch(self, request: pb.WatchRequest,
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponderState]:
         await _refuse_unknown_fields(request, context)
         try:
-            async for state in self.rotation.watch():
+            async for state in self.state.watch():
                 yield state
         except WatchersFull as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
@@ -169,7 +166,7 @@ class SignerService(pb_grpc.SignerServicer):
         space_problem = self.audit_space.problem() if self.audit_space is not None else None
         if space_problem:
             return pb.HealthReply(serving=False, detail=f"audit disk: {space_problem}")
-        rs = self.responders
+        rs = self.state.current
         detail = f"token {self.token_name!r} logged in, {len(rs)} responders, generation {rs.generation}"
         return pb.HealthReply(serving=True, detail=detail)
 
@@ -190,15 +187,16 @@ class SignerServer:
         self.server = server
         self.service = service
         self._owns_token = owns_token
-        self.rotation: RotationRuntime | None = None
+        self.admin: AdminPlane | None = None
         self.local: LocalListener | None = None  # a unix: listen.address: its public socket and relay
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE) -> None:
         self.service.serving = False
         if self.service.audit_space is not None:
             await self.service.audit_space.stop()
-        if self.rotation is not None:
-            await self.rotation.stop()  # ends Watch streams, which would otherwise hold the grace
+        self.service.state.close()  # ends Watch streams, which would otherwise hold the grace
+        if self.admin is not None:
+            await self.admin.stop()
         if self.local is not None:
             self.local.stop_accepting()  # connections already open are relayed through the grace
         await self.server.stop(grace)
@@ -270,7 +268,7 @@ def limits_summary(config: SignerConfig) -> str:
 
 def maximum_concurrent_rpcs(config: SignerConfig) -> int:
     """gRPC's one limit on calls in progress counts every call: unary calls get ``max_concurrent_rpcs``
-    of it and Watch streams the ``max_watchers`` on top, which the Rotator enforces by itself, so
+    of it and Watch streams the ``max_watchers`` on top, which ResponderState enforces by itself, so
     however many streams are open the unary calls always have their share."""
     limits = config.listen.limits
     return limits.max_concurrent_rpcs + limits.max_watchers
@@ -302,20 +300,22 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
             log.warning("responder certificate of %r is not valid now (%s to %s); its requests will fail",
                         r.name, r.not_before, r.not_after)
 
-    service = SignerService(responders=responders, token=token, policy=Policy(config.policy, clock),
+    state = ResponderState(responders, max_watchers=config.listen.limits.max_watchers)
+    service = SignerService(state=state, token=token, policy=Policy(config.policy, clock),
                             clock=clock, executor=executor, audit=audit,
                             token_name=str(token.label or ""))
     # Free space in the audit directory, read once now (an ERROR before the first request when it is
     # low already), then every space_check_interval.
-    service.audit_space = AuditSpace(config.audit.dir, config.audit.min_free,
-                                     interval=config.audit.space_check_interval.total_seconds())
-    service.audit_space.check()
+    audit_space = AuditSpace(config.audit.dir, config.audit.min_free,
+                             interval=config.audit.space_check_interval.total_seconds())
+    service.audit_space = audit_space
+    audit_space.check()
     local = local_listener(config)
     server = grpc.aio.server(interceptors=transport_interceptors(config, local), options=server_options(config),
                              maximum_concurrent_rpcs=maximum_concurrent_rpcs(config))
     pb_grpc.add_SignerServicer_to_server(service, server)
     wrapper = SignerServer(server, service, owns_token=owns_token)
-    wrapper.rotation = RotationRuntime.attach(server, service, config, token, executor, clock)
+    wrapper.admin = AdminPlane.attach(server, state, audit_space, config, token, executor, clock)
     wrapper.local = local
     try:
         if local is not None:
@@ -329,7 +329,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
         await wrapper.stop(None)
         raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}")
     await server.start()
-    service.audit_space.start()
+    audit_space.start()
     try:
         if local is not None:
             await local.start()
@@ -338,7 +338,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
         raise ConfigError(config.file, "listen.address",
                           f"cannot listen on {config.listen.address}: {e.strerror or e}") from None
     try:
-        await wrapper.rotation.start()
+        await wrapper.admin.start()
     except ConfigError:
         await wrapper.stop(None)
         raise
@@ -362,8 +362,8 @@ async def run(config: SignerConfig) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    if server.rotation is not None:
-        loop.add_signal_handler(signal.SIGHUP, server.rotation.on_sighup)
+    if server.admin is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.admin.on_sighup)
     await stopping.wait()
     log.info("%s: stopping (grace %ss)", received[0].name, SHUTDOWN_GRACE)
     await server.stop(SHUTDOWN_GRACE)

@@ -2,7 +2,7 @@
 
 ``build_response_data`` is on the signing hot path, so it writes DER directly with a few precomputed
 pieces instead of building an asn1crypto tree (which costs tens of times more). The DER it writes is
-checked against asn1crypto and cryptography in tests/unit/test_response.py. The signature is made
+checked against asn1crypto and cryptography in tests/unit/shared/test_response.py. The signature is made
 elsewhere (in the token); ``signed_response`` only wraps it.
 """
 

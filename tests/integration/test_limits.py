@@ -31,8 +31,8 @@ import pytest
 from cryptography.x509 import ocsp
 
 from tests.integration.conftest import Demo, Process, free_port, http_healthy, tool, wait_until
+from tests.integration.hostile_wire import Wire, good_request, ocsp_get, ocsp_post
 from tests.integration.ocsp_client import build_multi_request, load_cert
-from tests.integration.test_hostile import Wire, good_request, ocsp_get, ocsp_post
 
 pytestmark = pytest.mark.integration
 

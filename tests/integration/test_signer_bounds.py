@@ -40,7 +40,7 @@ from shared.rpc import signer_pb2_grpc as pb_grpc
 from tests.integration.conftest import Demo, Process, free_port, wait_until
 from tests.integration.ocsp_client import build_request, load_cert, post, random_nonce, verify_basic
 from tests.integration.private_stack import ask, frontend_process, get, short_dir, signer_process
-from tests.unit.test_signer_bounds import padded
+from tests.unit.signer.test_signer_bounds import padded
 
 pytestmark = pytest.mark.integration
 
