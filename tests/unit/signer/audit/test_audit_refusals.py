@@ -14,7 +14,15 @@ import pytest
 
 from shared.clock import FakeClock
 from signer.audit import RefusalRecord, SignedStatus, decode_record, encode_record, show
-from tests.unit.signer.audit.audit_helpers import START, check, lines_of, only_failure, open_log, put_lines, rec
+from tests.unit.signer.audit.audit_helpers import (
+    START,
+    check,
+    lines_of,
+    only_failure,
+    open_log,
+    put_lines,
+    rec,
+)
 
 
 def refusal(i: int, serial: str = "beef", reason: str = "asked good, the CRL says revoked") -> RefusalRecord:
