@@ -33,6 +33,7 @@ bench: venv softhsm
 	$(BIN)/python bench/audit_bench.py
 	$(BIN)/python bench/get_path_bench.py
 	$(BIN)/python bench/status_check_bench.py
+	$(BIN)/python bench/local_callers_bench.py --demo $(VAR)/demo --seconds 2
 
 # Debian packages: SoftHSM, the OpenSSL CLI, and the GnuTLS, NSS and Go (x/crypto/ocsp) clients the tests use.
 system:

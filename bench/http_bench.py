@@ -15,7 +15,6 @@ with the servers, so the CPU-per-request column is the figure to compare, not re
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -28,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import cpu_seconds, demo_missing, demo_parser
 from tests.integration.conftest import http_healthy, signer_healthy, wait_until
 from tests.integration.ocsp_client import build_request, load_cert
 
@@ -62,11 +62,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(port: int, bodies: list[bytes], connections: int, seconds: float) -> int:
@@ -115,15 +110,11 @@ def nonce_bodies(cert_path: Path, issuer_path: Path, count: int) -> list[bytes]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--demo", type=Path, default=ROOT / "var" / "demo")
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap = demo_parser(__doc__, 5.0)
     ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--runs", type=int, default=3, help="median of this many runs per row")
     args = ap.parse_args()
     demo: Path = args.demo
-    if not (demo / "etc" / "frontend.toml").exists():
-        print(f"no demo PKI in {demo}: run `ocspctl demo setup --dir {demo}` first", file=sys.stderr)
+    if demo_missing(demo, "frontend.toml"):
         return 2
     bindir = Path(sys.executable).parent
     env = dict(os.environ)

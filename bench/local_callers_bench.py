@@ -12,21 +12,25 @@ relay/direct measured in the same run, per row.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.http_bench import cpu_seconds
-from bench.signer_bench import load, sign_requests
+from bench._common import (
+    demo_missing,
+    demo_parser,
+    interleaved_medians,
+    measure,
+    plaintext_unix_config,
+    sign_load,
+    sign_requests,
+    signer_child,
+)
 
 CHILD = r"""
 import asyncio, sys
@@ -44,29 +48,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def run_row(config: Path, mode: str, demo: Path, ca: str, concurrency: int, seconds: float) -> dict[str, float]:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(config), mode, str(ROOT)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline().decode().split()
-        if not line or line[0] != "ready":
-            raise RuntimeError("the benchmark signer did not start")
-        address = line[1]
-        requests = sign_requests(demo, ca, 1000) if ca != "health" else []
-        calls = load if requests else health_load
-        asyncio.run(calls(address, requests, concurrency, 0.5))  # warm-up
-        before = cpu_seconds(child.pid)
-        t0 = time.monotonic()
-        n = asyncio.run(calls(address, requests, concurrency, seconds))
-        elapsed = time.monotonic() - t0
-        cpu = cpu_seconds(child.pid) - before
-        return {"rps": n / elapsed, "cpu_us": cpu / max(n, 1) * 1e6, "lat_us": elapsed / max(n, 1) * concurrency * 1e6}
-    finally:
-        child.terminate()
-        child.wait(10)
 
 
 async def health_load(address: str, _requests: list[object], concurrency: int, seconds: float) -> int:
@@ -91,48 +72,25 @@ async def health_load(address: str, _requests: list[object], concurrency: int, s
     return done
 
 
-def plaintext_unix_config(signer_toml: Path, tmp: str) -> Path:
-    """The demo's signer config on its own unix socket and audit directory, without [tls]."""
-    text = signer_toml.read_text()
-    cfg = tomllib.loads(text)
-    text = text.replace(f'"{cfg["listen"]["address"]}"', f'"unix:{tmp}/s.sock"', 1)
-    text = text.replace(f'"{cfg["audit"]["dir"]}"', f'"{tmp}/audit"', 1)
-    if "admin" in cfg and "socket" in cfg["admin"]:
-        text = text.replace(f'"{cfg["admin"]["socket"]}"', f'"{tmp}/admin.sock"', 1)
-    kept, skipping = [], False
-    for line in text.splitlines():
-        if line.startswith("["):
-            skipping = line.strip() == "[tls]"
-        if not skipping:
-            kept.append(line)
-    config = Path(tmp) / "signer.toml"
-    config.write_text("\n".join(kept) + "\n")
-    return config
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--demo", type=Path, default=ROOT / "var" / "demo")
-    ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--runs", type=int, default=3, help="median of this many runs per row")
+    ap = demo_parser(__doc__, 4.0)
     args = ap.parse_args()
     demo: Path = args.demo
-    signer_toml = demo / "etc" / "signer.toml"
-    if not signer_toml.exists():
-        print(f"no demo PKI in {demo}: run `ocspctl demo setup --dir {demo}` first", file=sys.stderr)
+    if demo_missing(demo, "signer.toml"):
         return 2
     rows = []
     with tempfile.TemporaryDirectory(prefix="lbench", dir="/tmp") as tmp:
-        config = plaintext_unix_config(signer_toml, tmp)
+        config = plaintext_unix_config(demo / "etc" / "signer.toml", tmp)
         for ca, label, concurrency in (("ec-ca", "P-256", 32), ("ec-ca", "P-256", 1), ("rsa-ca", "RSA-2048", 32),
                                        ("health", "Health", 32)):
-            # Interleaved (direct, relay, direct, ...) so that drift in the machine's speed hits both alike.
-            samples: dict[str, list[dict[str, float]]] = {"direct": [], "relay": []}
-            for _ in range(args.runs):
-                for mode in ("direct", "relay"):
-                    samples[mode].append(run_row(config, mode, demo, ca, concurrency, args.seconds))
-            result = {mode: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for mode, runs in samples.items()}
-            rows.append((label, concurrency, result))
+            def row(mode: str, ca: str = ca, concurrency: int = concurrency) -> dict[str, float]:
+                with signer_child(CHILD, config, mode) as (pid, address):
+                    if ca == "health":
+                        return measure(pid, health_load, address, [], concurrency, args.seconds)
+                    return measure(pid, sign_load, address, sign_requests(demo, ca, 1000), concurrency,
+                                   args.seconds)
+
+            rows.append((label, concurrency, interleaved_medians(("direct", "relay"), args.runs, row)))
     print(f"{'key':9} {'in flight':>9} {'direct RPC/s':>13} {'relay RPC/s':>12} {'relay/direct':>13} "
           f"{'CPU µs/RPC direct':>18} {'relay':>6} {'ratio':>6} {'latency µs direct':>18} {'relay':>6}")
     for label, concurrency, r in rows:

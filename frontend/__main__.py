@@ -21,6 +21,7 @@ from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
+from frontend.tasks import cancel_all
 from frontend.watch import ResponderWatch
 from shared import logsafe
 from shared.config import ConfigError
@@ -100,9 +101,7 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
         log.info("stopping")
     finally:
         await server.stop()
-        for t in [*watchers, *reloads]:
-            t.cancel()
-        await asyncio.gather(*watchers, *reloads, return_exceptions=True)
+        await cancel_all([*watchers, *reloads])
         await responder_watch.stop()
         await readiness.stop()
         await signer.close()

@@ -19,6 +19,7 @@ from frontend.config import ListenConfig
 from frontend.http_answer import ocsp_error_http, ocsp_http
 from frontend.http_conn import MAX_REFUSING, ConnectionPool, HttpConnection, etag_matches, plain, reset
 from frontend.readiness import READY_PATH, Readiness
+from frontend.tasks import cancel_and_wait
 from shared.ocsp import http as ohttp
 from shared.ocsp.errors import OCSPError
 from shared.ocsp.types import ResponseStatus
@@ -158,12 +159,7 @@ class FrontendServer:
         for conn in [*self.connections, *self.pool.refusing]:
             if conn.transport is not None:
                 reset(conn.transport)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._sweeper)
         if self._server is not None:
             await self._server.wait_closed()
 

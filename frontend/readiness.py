@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from frontend.signer_client import SignerHealth
+from frontend.tasks import cancel_and_wait
 from shared.clock import Clock, SystemClock
 from shared.status.base import FileStatusSource
 
@@ -123,13 +124,8 @@ class Readiness:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="readiness")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

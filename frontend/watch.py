@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from frontend.cache import ResponseCache
+from frontend.tasks import cancel_all
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
 
@@ -48,9 +49,7 @@ class ResponderWatch:
                        for address, channel in self.channels]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self._tasks = []
 
     def apply(self, state: pb.ResponderState, address: str = "") -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.ratelog import RateLimitedLog
+from signer.tasks import cancel_and_wait
 
 log = logging.getLogger("ocsp-signer")
 
@@ -114,10 +115,5 @@ class AuditSpace:
             self.apply(await loop.run_in_executor(None, self.read))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

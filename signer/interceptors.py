@@ -1,6 +1,8 @@
 """Run a check before every RPC handler of a grpc.aio server (the interceptors of signer.tls and
 signer.local_callers).
 
+``AdmittingInterceptor`` is their common base: a subclass implements ``admit(context, method)``, and
+every method the server has (unknown methods stay unknown) runs it first, through ``wrap_handler``.
 ``wrap_handler(handler, check, method)`` returns the same handler with ``await check(context, method)``
 run first, in the call's own task: grpc.aio runs every RPC in a task of its own, so a context variable
 ``check`` sets is that call's, visible to the servicer. ``check`` aborts the call (``context.abort``
@@ -14,8 +16,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from grpc import aio
 
 Check = Callable[[Any, str], Awaitable[None]]
+
+
+class AdmittingInterceptor(aio.ServerInterceptor):
+    """Runs ``admit`` before every handler; ``admit`` aborts the call to refuse it."""
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return wrap_handler(handler, self.admit, handler_call_details.method)
+
+    async def admit(self, context: Any, method: str) -> None:
+        raise NotImplementedError
 
 
 def wrap_handler(handler: grpc.RpcMethodHandler, check: Check, method: str) -> grpc.RpcMethodHandler:

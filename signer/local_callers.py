@@ -37,16 +37,14 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc import aio
 
 from shared.ratelog import RateLimitedLog
-from signer.interceptors import wrap_handler
+from signer.interceptors import AdmittingInterceptor
 from signer.unix_socket import (
     created_with_mode,
     make_private_dir,
@@ -379,7 +377,7 @@ def _remove_stale_socket(path: Path) -> None:
 # -- the interceptor ----------------------------------------------------------------------------------
 
 
-class LocalCallerInterceptor(aio.ServerInterceptor):
+class LocalCallerInterceptor(AdmittingInterceptor):
     """Runs every call with its unix-socket caller's credentials (``caller()``); refuses a call whose
     peer is not a connection the relay made."""
 
@@ -387,15 +385,7 @@ class LocalCallerInterceptor(aio.ServerInterceptor):
         self.listener = listener
         self._refusals = RateLimitedLog(log, REFUSAL_LOG_INTERVAL, time.monotonic)
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return wrap_handler(handler, self._admit, handler_call_details.method)
-
-    async def _admit(self, context: Any, method: str) -> None:
+    async def admit(self, context: Any, method: str) -> None:
         peer = context.peer()
         creds = self.listener.lookup(peer)
         if creds is None:

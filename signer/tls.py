@@ -19,14 +19,13 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
 from shared.tls import PeerCertificate, first_allowed
-from signer.interceptors import wrap_handler
+from signer.interceptors import AdmittingInterceptor
 from signer.local_callers import LocalCallerInterceptor, LocalListener
 from signer.tls_config import TlsConfig
 
@@ -88,20 +87,12 @@ def client_identity(context: Any) -> str:
     return f"plaintext:{context.peer() or 'unknown'}"
 
 
-class ClientAuthInterceptor(aio.ServerInterceptor):
+class ClientAuthInterceptor(AdmittingInterceptor):
     def __init__(self, tls: TlsConfig) -> None:
         self.tls = tls
         self._seen: set[tuple[str, str]] = set()
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return wrap_handler(handler, self._admit, handler_call_details.method)
-
-    async def _admit(self, context: Any, method: str) -> None:
+    async def admit(self, context: Any, method: str) -> None:
         _verified.set(await self._check(context, method))
 
     async def _check(self, context: Any, method: str) -> str:

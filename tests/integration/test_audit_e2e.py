@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -14,16 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp
 
-from tests.integration.conftest import (
-    Demo,
-    Process,
-    free_port,
-    http_healthy,
-    signer_healthy,
-    tool,
-    wait_until,
-)
+from tests.integration.conftest import Demo, Process, free_port, wait_until
 from tests.integration.ocsp_client import build_request, load_cert, post, random_nonce
+from tests.integration.private_stack import demo_config, ocsp_frontend, ocsp_signer, running
 
 pytestmark = pytest.mark.integration
 
@@ -136,35 +128,19 @@ def chain(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     responses, then stops cleanly: its chain spans several files."""
     d = tmp_path_factory.mktemp("retention")
     address = f"unix:{d / 'signer.sock'}"
-    text = demo.path("etc", "signer.toml").read_text()
-    text = re.sub(r"(?m)^address = .*$", f'address = "{address}"', text, count=1)
-    text = re.sub(r"(?m)^socket = .*$", f'socket = "{d / "admin.sock"}"', text)
-    text = re.sub(r"(?m)^dir = .*$", f'dir = "{d / "audit"}"', text)
-    small = 'writer_id = "retention"\nmax_file_bytes = 4096\ncheckpoint_every = 5'
-    text = re.sub(r"(?m)^writer_id = .*$", small, text)
-    (d / "signer.toml").write_text(text)
+    signer_conf = demo_config(demo, "signer.toml", d / "signer.toml", {
+        "address": address, "socket": d / "admin.sock", "dir": d / "audit", "writer_id": "retention",
+    }, after={"writer_id": "max_file_bytes = 4096\ncheckpoint_every = 5"})
     port = free_port()
-    text = demo.path("etc", "frontend.toml").read_text()
-    text = re.sub(r"(?m)^port = .*$", f"port = {port}", text, count=1)
-    text = re.sub(r"(?m)^address = .*$", f'address = "{address}"', text, count=1)
-    (d / "frontend.toml").write_text(text)
-    signer = Process("ocsp-signer", [tool("ocsp-signer"), "--config", str(d / "signer.toml")], demo.env,
-                     lambda: signer_healthy(address), d / "signer.log")
-    frontend = Process("ocsp-frontend", [tool("ocsp-frontend"), "--config", str(d / "frontend.toml")],
-                       demo.env, lambda: http_healthy(port), d / "frontend.log")
-    signer.start()
-    try:
-        frontend.start()
-        try:
-            issuer = load_cert(demo.path("rsa-ca", "ca.pem"))
-            leaf = load_cert(demo.path("rsa-ca", "leaf-good.pem"))
-            for _ in range(40):
-                body = post(port, build_request(leaf, issuer, nonce=random_nonce()))[2]
-                assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
-        finally:
-            frontend.stop()
-    finally:
-        assert signer.stop() == 0, signer.tail()
+    frontend_conf = demo_config(demo, "frontend.toml", d / "frontend.toml", {"port": port, "address": address})
+    signer = ocsp_signer(demo, signer_conf, address)
+    with running(signer, ocsp_frontend(demo, frontend_conf, port)):
+        issuer = load_cert(demo.path("rsa-ca", "ca.pem"))
+        leaf = load_cert(demo.path("rsa-ca", "leaf-good.pem"))
+        for _ in range(40):
+            body = post(port, build_request(leaf, issuer, nonce=random_nonce()))[2]
+            assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert signer.stop() == 0, signer.tail()  # stopped cleanly: its return code again
     files = sorted((d / "audit").glob("audit-retention-*.jsonl"))
     assert len(files) >= 6, [f.name for f in files]
     return files

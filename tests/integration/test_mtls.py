@@ -23,16 +23,9 @@ from cryptography.x509 import ocsp
 
 from shared.rpc import signer_pb2, signer_pb2_grpc
 from signer.ctl.demo import transport
-from tests.integration.conftest import (
-    Demo,
-    Process,
-    free_port,
-    http_healthy,
-    signer_healthy,
-    tool,
-    wait_until,
-)
+from tests.integration.conftest import Demo, Process, free_port, wait_until
 from tests.integration.ocsp_client import build_request, load_cert, post
+from tests.integration.private_stack import check_config, demo_config, ocsp_frontend, ocsp_signer, running
 
 pytestmark = pytest.mark.integration
 
@@ -61,29 +54,18 @@ def _pem(path: Path, cert: x509.Certificate, key: object) -> tuple[Path, Path]:
 
 def signer_toml(demo: Demo, d: Path, address: str) -> Path:
     """The demo's signer.toml on a TCP port with a [tls] table, its own audit chain and admin socket."""
-    text = demo.path("etc", "signer.toml").read_text()
-    text = re.sub(r'(?m)^address = .*$', f'address = "{address}"', text, count=1)
-    text = re.sub(r'(?m)^dir = .*$', f'dir = "{d / "audit"}"', text)
-    text = re.sub(r'(?m)^writer_id = .*$', 'writer_id = "mtls"', text)
-    text = re.sub(r'(?m)^socket = .*$', f'socket = "{d / "admin.sock"}"', text)
     tls = demo.path("tls")
-    text += (f'\n[tls]\ncert = "{tls / "signer.pem"}"\nkey = "{tls / "signer-key.pem"}"\n'
-             f'client_ca = "{tls / "ca.pem"}"\nallowed_clients = ["cn:ocsp-frontend", "cn:ocsp-admin"]\n')
-    path = d / "signer.toml"
-    path.write_text(text)
-    return path
+    return demo_config(demo, "signer.toml", d / "signer.toml", {
+        "address": address, "dir": d / "audit", "writer_id": "mtls", "socket": d / "admin.sock",
+    }, append=(f'\n[tls]\ncert = "{tls / "signer.pem"}"\nkey = "{tls / "signer-key.pem"}"\n'
+               f'client_ca = "{tls / "ca.pem"}"\nallowed_clients = ["cn:ocsp-frontend", "cn:ocsp-admin"]\n'))
 
 
 def frontend_toml(demo: Demo, d: Path, name: str, address: str, tls_ca: Path, http_port: int) -> Path:
-    text = demo.path("etc", "frontend.toml").read_text()
-    text = re.sub(r'(?m)^port = .*$', f"port = {http_port}", text, count=1)
     tls = demo.path("tls")
-    text = re.sub(r'(?m)^\[signer\]\naddress = .*$',
-                  f'[signer]\naddress = "{address}"\ntls_ca = "{tls_ca}"\n'
-                  f'tls_cert = "{tls / "frontend.pem"}"\ntls_key = "{tls / "frontend-key.pem"}"', text)
-    path = d / f"{name}.toml"
-    path.write_text(text)
-    return path
+    return demo_config(demo, "frontend.toml", d / f"{name}.toml", {"port": http_port, "address": address},
+                       after={"address": f'tls_ca = "{tls_ca}"\ntls_cert = "{tls / "frontend.pem"}"\n'
+                                         f'tls_key = "{tls / "frontend-key.pem"}"'})
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +76,7 @@ def tls_signer(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     probe = d / "probe.toml"  # what the readiness check reads: the frontend's tls keys
     probe.write_text(frontend_toml(demo, d, "probe-src", address, demo.path("tls", "ca.pem"), 1)
                      .read_text())
-    p = Process("ocsp-signer", [tool("ocsp-signer"), "--config", str(config)], demo.env,
-                lambda: signer_healthy(address, probe), d / "signer.log")
+    p = ocsp_signer(demo, config, address, probe=probe)
     p.start()
     yield TlsSigner(p, address, d, demo.path("tls"))
     p.stop()
@@ -198,10 +179,8 @@ def test_frontend_verifies_the_signer(demo: Demo, tls_signer: TlsSigner, which: 
     tls_ca = tls_signer.tls / "ca.pem" if which == "right-ca" else other.ca
     port = free_port()
     config = frontend_toml(demo, d, f"frontend-{which}", tls_signer.address, tls_ca, port)
-    p = Process(f"ocsp-frontend-{which}", [tool("ocsp-frontend"), "--config", str(config)], demo.env,
-                lambda: http_healthy(port), d / f"frontend-{which}.log")
-    p.start()
-    try:
+    p = ocsp_frontend(demo, config, port, name=f"ocsp-frontend-{which}")
+    with running(p):
         issuer = load_cert(demo.path("rsa-ca", "ca.pem"))
         der = build_request(load_cert(demo.path("rsa-ca", "leaf-good.pem")), issuer)
         status, _, body = post(port, der)
@@ -215,8 +194,6 @@ def test_frontend_verifies_the_signer(demo: Demo, tls_signer: TlsSigner, which: 
             wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in p.log.read_text(errors="replace"), 10,
                        "the frontend to log why")
             assert "tryLater" in p.log.read_text()
-    finally:
-        p.stop()
 
 
 def test_plaintext_to_a_remote_signer_is_a_config_error(demo: Demo, tmp_path: Path) -> None:
@@ -225,7 +202,6 @@ def test_plaintext_to_a_remote_signer_is_a_config_error(demo: Demo, tmp_path: Pa
     text = re.sub(r'(?m)^tls_(ca|cert|key) = .*\n', "", text)
     config = tmp_path / "frontend.toml"
     config.write_text(text)
-    r = subprocess.run([tool("ocsp-frontend"), "--config", str(config), "--check"], env=demo.env,
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = check_config(demo, "ocsp-frontend", config)
     assert r.returncode == 2
     assert f"{config}: signer.address: 192.0.2.10:50051 is not a unix socket or loopback address" in r.stderr

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,16 +25,9 @@ from cryptography.x509 import ocsp
 
 from shared.ocsp.certid import issuer_keys
 from shared.ocsp.types import HashAlgorithm
-from tests.integration.conftest import (
-    Demo,
-    Process,
-    free_port,
-    http_healthy,
-    signer_healthy,
-    tool,
-    wait_until,
-)
+from tests.integration.conftest import Demo, Process, free_port, wait_until
 from tests.integration.ocsp_client import load_cert, post, random_nonce, response_nonce, verify_basic
+from tests.integration.private_stack import check_config, demo_config, ocsp_frontend, ocsp_signer, running
 
 pytestmark = pytest.mark.integration
 
@@ -103,32 +95,17 @@ def stack(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
         'unissued = "unknown"\ncheck_interval = "100ms"\n')
 
     address = f"unix:{d / 'signer.sock'}"
-    text = demo.path("etc", "signer.toml").read_text()
-    assert re.search(r'(?m)^max_validity = .*\n', text)
-    text = re.sub(r'(?m)^max_validity = .*\n', "", text)  # the signer's default policy
-    text = re.sub(r'(?m)^address = .*$', f'address = "{address}"', text, count=1)
-    text = re.sub(r'(?m)^writer_id = .*$', 'writer_id = "status_files"', text)
-    text = re.sub(r'(?m)^socket = .*$', f'socket = "{d / "admin.sock"}"', text)
-    (d / "signer.toml").write_text(text)
-
+    signer_conf = demo_config(demo, "signer.toml", d / "signer.toml", {
+        "max_validity": None,  # the signer's default policy
+        "address": address, "writer_id": "status_files", "socket": d / "admin.sock",
+    })
     port = free_port()
-    text = demo.path("etc", "frontend.toml").read_text()
-    text = re.sub(r'(?m)^ca_dir = .*$', f'ca_dir = "{d / "ca.d"}"', text, count=1)
-    text = re.sub(r'(?m)^port = .*$', f"port = {port}", text, count=1)
-    text = re.sub(r'(?m)^address = .*$', f'address = "{address}"', text, count=1)
-    (d / "frontend.toml").write_text(text)
-
-    sp = Process("ocsp-signer-status-files", [tool("ocsp-signer"), "--config", str(d / "signer.toml")], demo.env,
-                 lambda: signer_healthy(address, d / "frontend.toml"), d / "signer.log")
-    sp.start()
-    fp = Process("ocsp-frontend-status-files", [tool("ocsp-frontend"), "--config", str(d / "frontend.toml")],
-                 demo.env, lambda: http_healthy(port), d / "frontend.log")
-    try:
-        fp.start()
+    frontend_conf = demo_config(demo, "frontend.toml", d / "frontend.toml",
+                                {"ca_dir": d / "ca.d", "port": port, "address": address})
+    sp = ocsp_signer(demo, signer_conf, address, name="ocsp-signer-status-files", probe=frontend_conf)
+    fp = ocsp_frontend(demo, frontend_conf, port, name="ocsp-frontend-status-files")
+    with running(sp, fp):
         yield Stack(d, demo, sp, fp, port)
-    finally:
-        fp.stop()
-        sp.stop()
 
 
 # -- asking ---------------------------------------------------------------------------------------------
@@ -360,8 +337,7 @@ def test_bad_file_at_start_up_is_an_error_naming_file_and_line(stack: Stack, tmp
     config = tmp_path / "frontend.toml"
     config.write_text(re.sub(r'(?m)^ca_dir = .*$', f'ca_dir = "{ca_d}"',
                              stack.dir.joinpath("frontend.toml").read_text(), count=1))
-    r = subprocess.run([tool("ocsp-frontend"), "--config", str(config), "--check"], env=stack.demo.env,
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = check_config(stack.demo, "ocsp-frontend", config)
     assert r.returncode == 2, r
     expected = {
         "cut mid-line": f"{ca_d / 'demo-rsa.toml'}: status.path: {tmp_path / 'index.txt'}:{n}: the last line has "
@@ -399,8 +375,7 @@ def test_window_outside_the_brs_is_warned_about_at_start(stack: Stack, tmp_path:
     config = tmp_path / "frontend.toml"
     config.write_text(re.sub(r'(?m)^ca_dir = .*$', f'ca_dir = "{ca_d}"',
                              stack.dir.joinpath("frontend.toml").read_text(), count=1))
-    r = subprocess.run([tool("ocsp-frontend"), "--config", str(config), "--check"], env=stack.demo.env,
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = check_config(stack.demo, "ocsp-frontend", config)
     assert r.returncode == 0, r  # a warning, not a refusal
     warnings = [line for line in r.stderr.splitlines() if "outside the 8h..10d" in line]
     assert len(warnings) == 1, r.stderr
