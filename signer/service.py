@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,22 +21,33 @@ import grpc
 from shared.clock import Clock, SystemClock
 from shared.config import ConfigError
 from shared.ocsp.response import build_response_data, signed_response
+from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
-from shared.rpc.metadata import REFUSED
+from shared.rpc.metadata import REFUSED, STATUS_DISAGREES
 from signer import startup
 from signer.admin import AdminPlane
-from signer.audit import AuditLog, AuditRecord, AuditUnavailable, Pkcs11CheckpointSigner, SignedStatus
+from signer.audit import (
+    AuditLog,
+    AuditRecord,
+    AuditUnavailable,
+    Pkcs11CheckpointSigner,
+    RefusalRecord,
+    SignedStatus,
+)
 from signer.audit_space import AuditSpace
 from signer.config import SignerConfig
 from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
-from signer.policy import Policy, PolicyError, check_known_fields, largest_sign_request
+from signer.policy import Policy, PolicyError, SignJob, check_known_fields, largest_sign_request
 from signer.responder_state import ResponderState, WatchersFull
+from signer.status_verify import StatusVerifier
 from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
 from signer.token import Token, TokenError
 
 log = logging.getLogger("ocsp-signer")
+
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between two ERROR lines about one caller's refusals for one CA
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight RPCs get to finish on SIGTERM/SIGINT
 MAX_PING_STRIKES = 2  # gRPC's default, stated: too-early keepalive pings tolerated before GOAWAY
@@ -84,7 +96,10 @@ class SignerService(pb_grpc.SignerServicer):
         self.audit = audit
         self.token_name = token_name
         self.serving = True
-        self.audit_space: AuditSpace | None = None  # set by serve(); Health reads it
+        self.audit_space: AuditSpace | None = None
+        # The signer's own status data ([policy] verify_status), set by serve(); None = not checked.
+        self.verifier: StatusVerifier | None = None
+        self._refusal_log = RateLimitedLog(log, REFUSAL_LOG_INTERVAL, time.monotonic)  # set by serve(); Health reads it
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         code: grpc.StatusCode
@@ -110,6 +125,10 @@ class SignerService(pb_grpc.SignerServicer):
         if not self.serving:
             raise PolicyError(grpc.StatusCode.UNAVAILABLE, "the signer is shutting down")
         job = self.policy.check(request, self.state.current)
+        if self.verifier is not None:
+            problem = await self.verifier.problem(job)
+            if problem is not None:
+                await self._refuse(job, client, problem)
         r = job.responder
         produced_at = self.clock.now()
         tbs = build_response_data(responder_id=r.responder_id, produced_at=produced_at,
@@ -129,6 +148,24 @@ class SignerService(pb_grpc.SignerServicer):
             pid=None if ids is None else ids.pid, uid=None if ids is None else ids.uid,
             gid=None if ids is None else ids.gid))
         return pb.SignReply(ocsp_response=der, generation=r.generation, responder_fingerprint=r.fingerprint)
+
+    async def _refuse(self, job: SignJob, client: str, problem: str) -> None:
+        """A status the signer's own data contradicts: logged, recorded in the audit log (a refusal
+        record: nothing was signed), and refused with STATUS_DISAGREES (the frontend answers tryLater).
+        Raises PolicyError; AuditUnavailable when even the refusal cannot be recorded."""
+        r = job.responder
+        self._refusal_log.log(logging.ERROR, (client, r.name),
+                              "REFUSED to sign for %s, CA %r, request %r: %s (the signer's own status data "
+                              "disagrees; a frontend reading other data, or lying)", client, r.name,
+                              job.request_id, problem)
+        ids = local_caller()
+        await self.audit.append(RefusalRecord(
+            time=self.clock.now(), client=client, request_id=job.request_id, issuer_name=r.name,
+            issuer_id=r.issuer_id,
+            statuses=tuple(SignedStatus(st.cert_id.serial.hex(), st.status.value) for st in job.statuses),
+            reason=problem, pid=None if ids is None else ids.pid, uid=None if ids is None else ids.uid,
+            gid=None if ids is None else ids.gid))
+        raise PolicyError(STATUS_DISAGREES, f"refused: {problem} (the signer's own status data disagrees)")
 
     async def Responders(self, request: pb.RespondersRequest,
                          context: grpc.aio.ServicerContext) -> pb.RespondersReply:
@@ -189,12 +226,15 @@ class SignerServer:
         self._owns_token = owns_token
         self.admin: AdminPlane | None = None
         self.local: LocalListener | None = None  # a unix: listen.address: its public socket and relay
+        self._reloads: set[asyncio.Task[None]] = set()  # status reloads SIGHUP started
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE) -> None:
         self.service.serving = False
         if self.service.audit_space is not None:
             await self.service.audit_space.stop()
         self.service.state.close()  # ends Watch streams, which would otherwise hold the grace
+        if self.service.verifier is not None:
+            await self.service.verifier.close()
         if self.admin is not None:
             await self.admin.stop()
         if self.local is not None:
@@ -210,6 +250,17 @@ class SignerServer:
         if self._owns_token:
             await loop.run_in_executor(self.service.executor, self.service.token.close)
         self.service.executor.shutdown(wait=False)
+
+    def on_sighup(self) -> None:
+        """SIGHUP: the admin plane re-reads signer.toml and the [responder] tables; the signer's own
+        status data is re-read at once (as the frontend does on its SIGHUP)."""
+        if self.admin is not None:
+            self.admin.on_sighup()
+        verifier = self.service.verifier
+        if verifier is not None:
+            task = asyncio.get_running_loop().create_task(verifier.reload())
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
@@ -309,6 +360,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
     audit_space = AuditSpace(config.audit.dir, config.audit.min_free,
                              interval=config.audit.space_check_interval.total_seconds())
     service.audit_space = audit_space
+    service.verifier = ready.status
     audit_space.check()
     local = local_listener(config)
     server = grpc.aio.server(interceptors=transport_interceptors(config, local), options=server_options(config),
@@ -330,6 +382,8 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
         raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}")
     await server.start()
     audit_space.start()
+    if service.verifier is not None:
+        service.verifier.start()
     try:
         if local is not None:
             await local.start()
@@ -363,7 +417,7 @@ async def run(config: SignerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     if server.admin is not None:
-        loop.add_signal_handler(signal.SIGHUP, server.admin.on_sighup)
+        loop.add_signal_handler(signal.SIGHUP, server.on_sighup)
     await stopping.wait()
     log.info("%s: stopping (grace %ss)", received[0].name, SHUTDOWN_GRACE)
     await server.stop(SHUTDOWN_GRACE)

@@ -8,10 +8,13 @@ In order, each failure a ``ConfigError`` naming the file and key:
    allowed with a WARNING, since every local user can sign through it) and the addresses: the listen
    and metrics hosts resolve, the listen and admin socket paths can be created and are not served by
    another process, the listen socket's private directory (signer.local_callers) is the signer's;
-2. token login (PIN, module, token);
-3. every responder: the token key matches its certificate and signs a probe that verifies;
-4. the audit key: present, of a supported type, signs a probe that verifies with its public key;
-5. the audit log: directory created if missing and accepting new files, the current file
+2. the signer's own status data ([policy] verify_status): every CA file's [status] table the signer
+   uses is loaded and verified as the frontend does (a warning names each CA whose statuses are not
+   checked, and says what that means);
+3. token login (PIN, module, token);
+4. every responder: the token key matches its certificate and signs a probe that verifies;
+5. the audit key: present, of a supported type, signs a probe that verifies with its public key;
+6. the audit log: directory created if missing and accepting new files, the current file
    appendable, this writer_id's lock free, the existing chain readable, the checkpoint policy valid.
 
 --check stops there: it binds no port and writes no audit record. A start then opens the log for
@@ -39,6 +42,7 @@ from shared.config import ConfigError
 from signer.audit import AuditLog, AuditUnavailable, Pkcs11CheckpointSigner, WriterBusy
 from signer.config import SignerConfig
 from signer.responders import ResponderSet, load_responders, signature_verifies
+from signer.status_verify import StatusVerifier
 from signer.token import Pkcs11Token, Token, TokenError, read_pin
 from signer.unix_socket import private_dir_for, private_dir_problem
 
@@ -57,6 +61,7 @@ class Prepared:
     audit_signer: Pkcs11CheckpointSigner
     audit: AuditLog | None  # None for --check
     audit_records: int  # records already in this writer's chain
+    status: StatusVerifier | None = None  # the signer's own status data ([policy] verify_status)
 
 
 # -- no token needed ----------------------------------------------------------------------------------
@@ -236,6 +241,23 @@ async def open_audit(config: SignerConfig, audit_signer: Pkcs11CheckpointSigner,
     return audit
 
 
+def status_warnings(config: SignerConfig) -> list[str]:
+    """What start-up says about CAs whose statuses the signer does not check against its own data."""
+    risk = ("a compromised frontend can have any status signed for its certificates (e.g. good for a "
+            "revoked one) within policy; see README, Threat model")
+    if config.policy.verify_status is False:
+        return [(f"policy.verify_status = false in {config.file}: statuses are not checked against the "
+                 f"signer's own data; {risk}")]
+    lines = []
+    for rc in config.responders:
+        if rc.status is not None:
+            continue
+        why = rc.status_unused or "its CA file has no [status] table"
+        lines.append(f"CA {rc.name!r}: statuses not checked against the signer's own data ({why}; "
+                     f"{rc.file}); {risk}")
+    return lines
+
+
 # -- all of it ---------------------------------------------------------------------------------------
 
 
@@ -250,6 +272,9 @@ async def prepare(config: SignerConfig, *, token: Token | None, clock: Clock, ex
     """
     check_config(config)
     loop = asyncio.get_running_loop()
+    status = await loop.run_in_executor(None, StatusVerifier.load, config, clock)
+    for line in status_warnings(config):
+        log.warning("%s", line)
     owned = None
     if token is None:
         token = owned = await loop.run_in_executor(executor, open_token, config)
@@ -262,7 +287,7 @@ async def prepare(config: SignerConfig, *, token: Token | None, clock: Clock, ex
             await loop.run_in_executor(executor, owned.close)
         raise
     return Prepared(token=token, responders=responders, audit_signer=audit_signer, audit=audit,
-                    audit_records=records)
+                    audit_records=records, status=status)
 
 
 async def check(config: SignerConfig, clock: Clock) -> Prepared:

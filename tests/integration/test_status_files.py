@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,11 @@ class Stack:
         return self.dir / "issued.txt"
 
 
+# Revocation times of the synthetic entries: after the demo CA's notBefore (an hour before its set-up),
+# which the signer's policy requires of every revocation, and in the past.
+REVOKED_AT = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%y%m%d%H%M%SZ")
+
+
 def _index_line(flag: str, serial: int, revocation: str = "") -> str:
     return "\t".join([flag, "301231235959Z", revocation, f"{serial:X}", "unknown", f"/CN=synthetic {serial:X}"])
 
@@ -65,7 +70,7 @@ def good_index(demo: Demo) -> str:
     revoked last line."""
     lines = [_index_line("V", 0x6000 + i) for i in range(SYNTHETIC)]
     lines += demo.path("rsa-ca", "index.txt").read_text().splitlines()
-    lines.append(_index_line("R", LAST_SERIAL, "250102030405Z,keyCompromise"))
+    lines.append(_index_line("R", LAST_SERIAL, f"{REVOKED_AT},keyCompromise"))
     return "".join(line + "\n" for line in lines)
 
 
@@ -86,18 +91,21 @@ def stack(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
     (d / "index.txt").write_text(good_index(demo))
     (d / "issued.txt").write_text(good_issued(demo))
     (d / "crl.pem").write_bytes(demo.path("ec-ca", "crl.pem").read_bytes())
-    (d / "ca.d" / "demo-rsa.toml").write_text(
-        f'name = "demo-rsa"\nca_cert = "{demo.path("rsa-ca", "ca.pem")}"\n'
-        f'[status]\nsource = "index"\npath = "{d / "index.txt"}"\ncheck_interval = "100ms"\n')
-    (d / "ca.d" / "demo-ec.toml").write_text(
-        f'name = "demo-ec"\nca_cert = "{demo.path("ec-ca", "ca.pem")}"\n'
-        f'[status]\nsource = "crl"\npath = "{d / "crl.pem"}"\nissued_serials = "{d / "issued.txt"}"\n'
-        'unissued = "unknown"\ncheck_interval = "100ms"\n')
+    # One ca.d for both halves, as the demo has: the signer checks every status against the same files
+    # ([policy] verify_status, on since its CA files carry [status] tables it can read).
+    def ca_file(name: str, status: str) -> str:
+        head = demo.path("etc", "ca.d", f"{name}.toml").read_text().split("[status]")[0]
+        return f"{head}[status]\n{status}check_interval = \"100ms\"\n"
+
+    (d / "ca.d" / "demo-rsa.toml").write_text(ca_file("demo-rsa", f'source = "index"\npath = "{d / "index.txt"}"\n'))
+    (d / "ca.d" / "demo-ec.toml").write_text(ca_file(
+        "demo-ec", f'source = "crl"\npath = "{d / "crl.pem"}"\nissued_serials = "{d / "issued.txt"}"\n'
+                   'unissued = "unknown"\n'))
 
     address = f"unix:{d / 'signer.sock'}"
     signer_conf = demo_config(demo, "signer.toml", d / "signer.toml", {
         "max_validity": None,  # the signer's default policy
-        "address": address, "writer_id": "status_files", "socket": d / "admin.sock",
+        "address": address, "writer_id": "status_files", "socket": d / "admin.sock", "ca_dir": d / "ca.d",
     })
     port = free_port()
     frontend_conf = demo_config(demo, "frontend.toml", d / "frontend.toml",
@@ -214,7 +222,7 @@ def test_bad_index_replacements_keep_the_last_good_data(stack: Stack) -> None:
     reloaded = "demo-rsa: status data reloaded"
     before = log_count(stack.frontend, reloaded)
     good_leaf = f"{serials['good']:X}"
-    newer = "".join(re.sub(rf"^V(\t[^\t]*)\t\t(0?{good_leaf})\t", r"R\1\t250101000000Z,superseded\t\2\t", line)
+    newer = "".join(re.sub(rf"^V(\t[^\t]*)\t\t(0?{good_leaf})\t", rf"R\1\t{REVOKED_AT},superseded\t\2\t", line)
                     for line in good.splitlines(keepends=True))
     assert newer != good
     replace_atomically(stack.index, newer)
@@ -232,7 +240,7 @@ def test_index_written_in_place_is_not_taken_half_way(stack: Stack) -> None:
     """A writer caught half-way (in place, not renamed): the half file is refused, the whole one taken."""
     serials, expected = index_expectations(stack)
     good = stack.index.read_text()
-    newer = good + _index_line("R", 0x6FFF, "250101000000Z,keyCompromise") + "\n"
+    newer = good + _index_line("R", 0x6FFF, f"{REVOKED_AT},keyCompromise") + "\n"
     failed = f"status reload of {stack.index} FAILED, keeping the last good data"
     reloaded = "demo-rsa: status data reloaded"
     before_failed, before_reloaded = log_count(stack.frontend, failed), log_count(stack.frontend, reloaded)
@@ -269,8 +277,12 @@ def test_small_loss_is_accepted_and_a_restart_takes_a_pruned_file(stack: Stack) 
     before = log_count(stack.frontend, failed)
     replace_atomically(stack.index, pruned)
     wait_for_log(stack.frontend, failed, before, "the large prune")
+    # Both halves read the file and both refused the prune: both are restarted (the signer checks
+    # every status against its own copy, so a frontend alone taking the pruned file gets tryLater).
     stack.frontend.stop()
+    stack.signer.stop()
     try:
+        stack.signer.start()
         before = log_count(stack.frontend, "listening on")
         stack.frontend.start()
         assert log_count(stack.frontend, "listening on") > before

@@ -127,3 +127,20 @@ def test_no_module_is_over_700_lines() -> None:
     assert MODULES["signer.audit.writer"] in files and ROOT / "tests" / "conftest.py" in files
     sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in files}
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+GRPC_PROBE = r"""
+import sys
+import signer.__main__  # what ocsp-signer imports before signer.handshake_log sets gRPC core's environment
+print("grpc" in sys.modules)
+"""
+
+
+def test_the_signer_entry_point_loads_no_grpc_before_its_set_up() -> None:
+    """gRPC core reads GRPC_TRACE and the cipher list once, at its first import: signer/__main__ (and
+    what it imports: config, startup) must not load grpc, or handshake refusals go unlogged and TLS 1.2
+    stays on (signer.handshake_log)."""
+    out = subprocess.run([sys.executable, "-c", GRPC_PROBE], cwd=ROOT, check=False, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -225,7 +225,7 @@ def test_check_and_wrong_pin(softhsm, tmp_path: Path) -> None:
     bad = subprocess.run(_signer_cmd("--config", str(conf), "--check"), env=softhsm.env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2
-    assert bad.stderr.startswith(f"ocsp-signer: {conf}: token.pin_file: ")
+    assert bad.stderr.splitlines()[-1].startswith(f"ocsp-signer: {conf}: token.pin_file: ")
     assert "wrong PIN" in bad.stderr
 
 
