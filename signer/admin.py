@@ -28,6 +28,7 @@ from signer.audit_space import AuditSpace
 from signer.config import AdminConfig, SignerConfig
 from signer.responder_state import ResponderState
 from signer.rotation import RotationError, Rotator
+from signer.status_verify import StatusVerifier
 from signer.token import Token, TokenError
 from signer.unix_socket import created_with_mode
 
@@ -109,6 +110,7 @@ class AdminPlane:
         self.rotator = rotator
         self.state = state
         self.audit_space = audit_space  # the metrics report it
+        self.verifier: StatusVerifier | None = None  # set by serve(); the metrics count its refusals
         self.config = config
         self.admin_server: grpc.aio.Server | None = None
         self.metrics_server: asyncio.AbstractServer | None = None
@@ -135,7 +137,7 @@ class AdminPlane:
 
             try:
                 self.metrics_server = await start_metrics(self.config.metrics.address, self.state, self.rotator,
-                                                         self.audit_space)
+                                                         self.audit_space, self.verifier)
             except OSError as e:
                 raise ConfigError(self.config.file, "metrics.address",
                                   f"cannot listen on {self.config.metrics.address}: {e.strerror or e}") from None

@@ -13,6 +13,8 @@ nothing to update on the signing path.
     ocsp_signer_audit_free_bytes                  free bytes in [audit] dir at the last check (absent if unreadable)
     ocsp_signer_audit_min_free_bytes              [audit] min_free
     ocsp_signer_audit_space_low                   1 while free space is below min_free (or cannot be read)
+    ocsp_signer_status_refusals_total{ca}         Sign requests refused: the signer's own status data disagreed
+    ocsp_signer_status_checked{ca}                1 for each CA whose statuses are checked ([policy] verify_status)
 
 Responders and Watch streams come from ``signer.responder_state.ResponderState``, rotation counts and
 the expiry warning from the Rotator. The audit space figures are those of the signer's periodic check
@@ -27,6 +29,7 @@ import logging
 from signer.audit_space import AuditSpace
 from signer.responder_state import ResponderState
 from signer.rotation import Rotator
+from signer.status_verify import StatusVerifier
 
 log = logging.getLogger("ocsp-signer")
 
@@ -35,7 +38,8 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(state: ResponderState, rotator: Rotator, space: AuditSpace | None) -> str:
+def render(state: ResponderState, rotator: Rotator, space: AuditSpace | None,
+           verifier: StatusVerifier | None = None) -> str:
     now = rotator.clock.now()
     warn = rotator.expiry_warning.total_seconds()
     lines = []
@@ -67,11 +71,17 @@ def render(state: ResponderState, rotator: Rotator, space: AuditSpace | None) ->
             lines.append(f"ocsp_signer_audit_free_bytes {space.free_bytes}")
         lines += ["# TYPE ocsp_signer_audit_min_free_bytes gauge", f"ocsp_signer_audit_min_free_bytes {space.min_free}",
                   "# TYPE ocsp_signer_audit_space_low gauge", f"ocsp_signer_audit_space_low {1 if space.low else 0}"]
+    if verifier is not None:
+        lines.append("# TYPE ocsp_signer_status_checked gauge")
+        lines += [f'ocsp_signer_status_checked{{ca="{_label(name)}"}} 1' for name in sorted(verifier.sources)]
+        lines.append("# TYPE ocsp_signer_status_refusals_total counter")
+        lines += [f'ocsp_signer_status_refusals_total{{ca="{_label(name)}"}} {verifier.refusals.get(name, 0)}'
+                  for name in sorted(verifier.sources)]
     return "\n".join(lines) + "\n"
 
 
 async def start_metrics(address: str, state: ResponderState, rotator: Rotator,
-                        space: AuditSpace | None) -> asyncio.AbstractServer:
+                        space: AuditSpace | None, verifier: StatusVerifier | None = None) -> asyncio.AbstractServer:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
 
@@ -80,7 +90,7 @@ async def start_metrics(address: str, state: ResponderState, rotator: Rotator,
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             target = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
             if head.startswith(b"GET ") and target.split(b"?")[0] == b"/metrics":
-                body, status = render(state, rotator, space).encode(), b"200 OK"
+                body, status = render(state, rotator, space, verifier).encode(), b"200 OK"
             else:
                 body, status = b"not found\n", b"404 Not Found"
             writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"

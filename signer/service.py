@@ -368,6 +368,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
     pb_grpc.add_SignerServicer_to_server(service, server)
     wrapper = SignerServer(server, service, owns_token=owns_token)
     wrapper.admin = AdminPlane.attach(server, state, audit_space, config, token, executor, clock)
+    wrapper.admin.verifier = service.verifier
     wrapper.local = local
     try:
         if local is not None:

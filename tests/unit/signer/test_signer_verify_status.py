@@ -93,3 +93,23 @@ def test_verify_status_false_is_warned_about(tmp_path: Path) -> None:
     assert not config.verifies_status
     (warning,) = status_warnings(config)
     assert "policy.verify_status = false" in warning and "compromised frontend" in warning
+
+
+def test_metrics_count_refusals_by_ca() -> None:
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from shared.clock import FakeClock
+    from signer.metrics import render
+    from signer.status_verify import StatusVerifier
+    from tests.unit.signer.signer_fixtures import NOW
+
+    verifier = StatusVerifier(sources={"alpha": object(), "beta": object()},  # type: ignore[dict-item]
+                              clock=FakeClock(NOW), max_clock_skew=timedelta(minutes=5), refusals={"alpha": 3})
+    state = SimpleNamespace(current=(), watchers=0, watchers_refused=0)
+    rotator = SimpleNamespace(clock=FakeClock(NOW), expiry_warning=timedelta(days=1), counts={})
+    text = render(state, rotator, None, verifier)  # type: ignore[arg-type]
+    assert 'ocsp_signer_status_refusals_total{ca="alpha"} 3\n' in text
+    assert 'ocsp_signer_status_refusals_total{ca="beta"} 0\n' in text
+    assert 'ocsp_signer_status_checked{ca="beta"} 1\n' in text
+    assert "ocsp_signer_status" not in render(state, rotator, None)  # type: ignore[arg-type]
