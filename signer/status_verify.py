@@ -11,8 +11,10 @@ for a change once (a stat when nothing changed) and the job judged again before 
 replaced on disk is read by both halves within their ``check_interval``, and that skew must not turn
 into refusals.
 
-A CA without a source is not checked (verify_status off for it: a warning at start says so); one
-whose data cannot be used (expired, never loaded) refuses every status (fail closed).
+A CA without a source at start is not checked (its status files are not on this host: a warning at
+start says so); one whose data cannot be used (expired, never loaded) refuses every status, and so
+does a CA added by a SIGHUP reload since the start, whose data was never loaded (fail closed: the
+signer must be restarted to read a new or changed [status] table).
 """
 
 from __future__ import annotations
@@ -47,13 +49,16 @@ class StatusVerifier:
     clock: Clock
     max_clock_skew: timedelta
     refusals: dict[str, int] = field(default_factory=dict)
+    unchecked: frozenset[str] = frozenset()  # CAs configured at start without status data here
     _watchers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def load(cls, config: SignerConfig, clock: Clock) -> StatusVerifier | None:
-        """Build and load every CA's source (blocking: start-up, before serving). None when no CA is
-        checked. ConfigError naming the CA file when its data cannot be used; an honest frontend
-        refuses the same files at its start."""
+        """Build and load every CA's source (blocking: start-up, before serving). None when
+        ``policy.verify_status = false``. ConfigError naming the CA file when its data cannot be used;
+        an honest frontend refuses the same files at its start."""
+        if config.policy.verify_status is False:
+            return None
         sources: dict[str, FileStatusSource] = {}
         for rc in config.responders:
             if rc.status is None:
@@ -65,9 +70,8 @@ class StatusVerifier:
                 raise ConfigError(rc.file, "status.path", f"{e} (policy.verify_status checks every status "
                                   "against this data)") from None
             sources[rc.name] = source
-        if not sources:
-            return None
-        return cls(sources, clock, config.policy.max_clock_skew)
+        unchecked = frozenset(rc.name for rc in config.responders if rc.name not in sources)
+        return cls(sources, clock, config.policy.max_clock_skew, unchecked=unchecked)
 
     def start(self) -> None:
         """Watch the files for changes (on the running loop)."""
@@ -89,7 +93,11 @@ class StatusVerifier:
         checked); else the first disagreement, naming the serial: "serial 1a2b: asked good, ..."."""
         source = self.sources.get(job.responder.name)
         if source is None:
-            return None
+            if job.responder.name in self.unchecked:
+                return None
+            self.refusals[job.responder.name] = self.refusals.get(job.responder.name, 0) + 1
+            return (f"CA {job.responder.name!r} was added after the signer started: its status data is not "
+                    "loaded (restart the signer to check its statuses)")
         found = self._first_problem(source, job)
         if found is None:
             return None

@@ -113,3 +113,26 @@ def test_metrics_count_refusals_by_ca() -> None:
     assert 'ocsp_signer_status_refusals_total{ca="beta"} 0\n' in text
     assert 'ocsp_signer_status_checked{ca="beta"} 1\n' in text
     assert "ocsp_signer_status" not in render(state, rotator, None)  # type: ignore[arg-type]
+
+
+def test_a_ca_added_after_start_is_refused_until_a_restart() -> None:
+    """A SIGHUP may add a CA; its status data was never loaded, so its statuses cannot be checked:
+    refused (fail closed), while a CA that had no status files at start stays unchecked, as warned."""
+    import asyncio
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from shared.clock import FakeClock
+    from signer.status_verify import StatusVerifier
+    from tests.unit.signer.signer_fixtures import NOW
+
+    verifier = StatusVerifier(sources={}, clock=FakeClock(NOW), max_clock_skew=timedelta(minutes=5),
+                              unchecked=frozenset({"old"}))
+
+    def job(name: str) -> object:
+        return SimpleNamespace(responder=SimpleNamespace(name=name), statuses=())
+
+    assert asyncio.run(verifier.problem(job("old"))) is None  # type: ignore[arg-type]
+    problem = asyncio.run(verifier.problem(job("new")))  # type: ignore[arg-type]
+    assert problem is not None and "added after the signer started" in problem
+    assert verifier.refusals == {"new": 1}
