@@ -2,7 +2,8 @@
 session's demo token: a private signer (and frontend) per test, so their settings stay theirs.
 
 - A flood of Sign requests padded to 1 MiB (the issue: 600 of them took the signer from 82 to 1,081
-  MiB) is refused RESOURCE_EXHAUSTED and leaves VmRSS where it was.
+  MiB) is refused RESOURCE_EXHAUSTED, and VmRSS does not grow with the number of them (a flood 4 times
+  as long, after the first, adds next to nothing to gRPC's and malloc's high-water mark).
 - Watch streams past ``[listen] max_watchers`` are refused while the first ones keep following
   rotations.
 - ``max_connection_age`` recycles the frontend's connection, Watch stream included, while a client
@@ -152,7 +153,7 @@ def test_padded_flood_refused_without_growing_memory(demo: Demo, tmp_path: Path,
     payload = padded(base, MiB)
     before = vm_rss(pid)
 
-    async def flood() -> list[grpc.StatusCode]:
+    async def flood(n: int) -> list[grpc.StatusCode]:
         codes: list[grpc.StatusCode] = []
         channels = [grpc.aio.insecure_channel(s.address, options=[("grpc.use_local_subchannel_pool", 1)])
                     for _ in range(6)]
@@ -167,18 +168,28 @@ def test_padded_flood_refused_without_growing_memory(demo: Demo, tmp_path: Path,
                 except grpc.aio.AioRpcError as e:
                     codes.append(e.code())
 
-            await asyncio.gather(*(one(i) for i in range(600)))
+            await asyncio.gather(*(one(i) for i in range(n)))
         finally:
             for ch in channels:
                 await ch.close()
         return codes
 
-    codes = asyncio.run(flood())
-    after = vm_rss(pid)
-    print(f"VmRSS {before / MiB:.0f} -> {after / MiB:.0f} MiB")
-    assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, {c: codes.count(c) for c in set(codes)}
-    # Generous: the issue measured +1,000 MiB for this flood.
-    assert after - before < 64 * MiB, f"VmRSS {before // MiB} -> {after // MiB} MiB"
+    def refused(n: int) -> int:
+        """VmRSS once ``n`` padded requests were all refused."""
+        codes = asyncio.run(flood(n))
+        assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, {c: codes.count(c) for c in set(codes)}
+        return vm_rss(pid)
+
+    # What a flood costs is gRPC's working set (receive buffers, the frames in flight on each connection's
+    # streams) plus what glibc malloc keeps of it once freed, a high-water mark reached at random: measured,
+    # 600 refused requests took VmRSS up by 13 to 200 MiB from run to run, 2,400 more left it at 60 to 200
+    # MiB over the start, never growing with the count (MALLOC_ARENA_MAX=2 does not lower it). So the
+    # claim "padded requests are not buffered" is checked as memory not growing with their NUMBER: after
+    # 3,000 of them (3,000 MiB sent) VmRSS must be up by less than buffering even the first 600 would cost.
+    first = refused(600)
+    second = refused(2400)
+    print(f"VmRSS {before / MiB:.0f} -> {first / MiB:.0f} (600 refused) -> {second / MiB:.0f} MiB (2,400 more)")
+    assert second - before < 512 * MiB, f"VmRSS {before // MiB} -> {second // MiB} MiB after 3,000 padded requests"
     assert health(s.address).serving
 
 
