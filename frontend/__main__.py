@@ -20,6 +20,7 @@ from frontend.config import FrontendConfig, load_frontend_config
 from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
+from frontend.sign_limit import BoundedSigner
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.tasks import cancel_all
 from frontend.watch import ResponderWatch
@@ -73,7 +74,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     sources = [ca.source for ca in issuers.values()]
     readiness = Readiness(signer.health, sources, interval=cfg.signer.health_interval, timeout=cfg.signer.timeout)
     readiness.start()
-    app = OcspApp(issuers=issuers, signer=signer, cache=cache, listen=cfg.listen,
+    bounded = BoundedSigner(signer, cfg.signer.max_in_flight)  # tryLater at once past the bound
+    app = OcspApp(issuers=issuers, signer=bounded, cache=cache, listen=cfg.listen,
                   stored_headers=static_headers)
     server = FrontendServer(app, cfg.listen, readiness)
     host, port = await server.start()

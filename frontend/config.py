@@ -72,6 +72,9 @@ class SignerClientConfig:
     keepalive_timeout: float = 10.0
     # How often each signer's Health RPC is asked, for /-/ready.
     health_interval: float = 2.0
+    # Most signatures in flight at once for this frontend process (frontend.sign_limit): past it a
+    # request that needs one is answered tryLater at once rather than waiting out the timeout.
+    max_in_flight: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +194,10 @@ def _signer(sec: Section) -> SignerClientConfig:
                                      minimum=timedelta(milliseconds=100), maximum=timedelta(minutes=5))
     health_interval = sec.duration("health_interval", timedelta(seconds=d.health_interval),
                                    minimum=timedelta(milliseconds=100), maximum=timedelta(hours=1))
+    max_in_flight = sec.int("max_in_flight", d.max_in_flight, minimum=1, maximum=100_000)
     return SignerClientConfig(addresses=addrs, timeout=_seconds(timeout), tls=tls, keepalive=_seconds(keepalive),
                               keepalive_timeout=_seconds(keepalive_timeout),
-                              health_interval=_seconds(health_interval))
+                              health_interval=_seconds(health_interval), max_in_flight=max_in_flight)
 
 
 def _cache(sec: Section) -> CacheConfig:
