@@ -172,7 +172,8 @@ def decode_request(der: bytes, *, max_cert_ids: int = 64) -> ParsedRequest:
 def decode_request_fast(der: bytes, *, max_cert_ids: int = 64) -> ParsedRequest | None:
     """The fast path: what ``decode_request_general`` returns for a common request, or None when that
     decoder must decide (another shape, not DER, or something it refuses). Never raises."""
-    if max_cert_ids < 1 or not isinstance(der, (bytes, bytearray, memoryview)):
+    if not isinstance(der, (bytes, bytearray, memoryview)) or not isinstance(max_cert_ids, int) \
+            or max_cert_ids < 1:
         return None
     parsed = decode_common(bytes(der))
     if parsed is None or (parsed.nonce is not None

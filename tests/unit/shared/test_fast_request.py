@@ -158,6 +158,11 @@ def test_a_limit_below_one_is_left_to_the_general_decoder(limit: int) -> None:
         decode_request(SHA1, max_cert_ids=limit)
 
 
+def test_a_limit_not_an_int_is_left_to_the_general_decoder() -> None:
+    assert decode_request_fast(SHA1, max_cert_ids=None) is None  # type: ignore[arg-type]
+    assert outcome(decode_request, SHA1, None) == outcome(decode_request_general, SHA1, None)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("wrap", [bytearray, memoryview])
 def test_bytes_like_input_gives_bytes(wrap: type) -> None:
     parsed = decode_request(wrap(vector("req-nonce-16.der")))
