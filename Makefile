@@ -32,6 +32,7 @@ bench: venv softhsm
 	$(BIN)/python bench/signer_bench.py --demo $(VAR)/demo
 	$(BIN)/python bench/audit_bench.py
 	$(BIN)/python bench/get_path_bench.py
+	$(BIN)/python bench/decode_bench.py
 	$(BIN)/python bench/status_check_bench.py
 	$(BIN)/python bench/local_callers_bench.py --demo $(VAR)/demo --seconds 2
 

@@ -1,8 +1,13 @@
 """Decode an OCSPRequest (RFC 6960 4.1) into a ``ParsedRequest``: eager, strict, bounded.
 
 asn1crypto parses lazily, so every field the responder needs is read inside the one ``try`` of
-``decode_request``; whatever goes wrong there becomes ``MalformedRequest`` with a short reason.
+``decode_request_general``; whatever goes wrong there becomes ``MalformedRequest`` with a short reason.
 requestorName and optionalSignature are accepted and not looked into.
+
+``decode_request`` first tries ``decode_request_fast`` (``fast_request.decode_common``, a hand-written
+decoder of the common request: one CertID, an optional nonce), which accepts only what the general
+decoder here, ``decode_request_general``, accepts with the same result; for anything else the
+general one decides.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from asn1crypto import core, ocsp, x509
 
 from shared.ocsp.certid import serial_problem
 from shared.ocsp.errors import MalformedRequest
+from shared.ocsp.fast_request import decode_common
 from shared.ocsp.types import DIGEST_SIZES, CertId, HashAlgorithm, ParsedRequest
 
-__all__ = ["MAX_NONCE", "MIN_NONCE", "decode_request", "nonce_length"]
+__all__ = ["MAX_NONCE", "MIN_NONCE", "decode_request", "decode_request_fast", "decode_request_general",
+           "nonce_length"]
 
 MIN_NONCE = 1  # RFC 9654 2.1
 MAX_NONCE = 128
@@ -158,6 +165,26 @@ def _cert_id(cid: ocsp.CertId) -> CertId:
 
 def decode_request(der: bytes, *, max_cert_ids: int = 64) -> ParsedRequest:
     """Decode a DER OCSPRequest. Raises ``MalformedRequest`` for anything we will not answer."""
+    parsed = decode_request_fast(der, max_cert_ids=max_cert_ids)
+    return decode_request_general(der, max_cert_ids=max_cert_ids) if parsed is None else parsed
+
+
+def decode_request_fast(der: bytes, *, max_cert_ids: int = 64) -> ParsedRequest | None:
+    """The fast path: what ``decode_request_general`` returns for a common request, or None when that
+    decoder must decide (another shape, not DER, or something it refuses). Never raises."""
+    if not isinstance(der, (bytes, bytearray, memoryview)) or not isinstance(max_cert_ids, int) \
+            or max_cert_ids < 1:
+        return None
+    parsed = decode_common(bytes(der))
+    if parsed is None or (parsed.nonce is not None
+                          and not MIN_NONCE <= nonce_length(parsed.nonce) <= MAX_NONCE):
+        return None
+    return parsed
+
+
+def decode_request_general(der: bytes, *, max_cert_ids: int = 64) -> ParsedRequest:
+    """Decode any DER OCSPRequest with asn1crypto. Raises ``MalformedRequest`` for anything we will
+    not answer."""
     try:
         req = _OCSPRequest.load(bytes(der), strict=True)
         _exact(req)
