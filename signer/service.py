@@ -43,6 +43,7 @@ from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
 from signer.policy import Policy, PolicyError, SignJob, check_known_fields, largest_sign_batch_size
 from signer.responder_state import ResponderState, WatchersFull
+from signer.responders import ResponderSet
 from signer.status_verify import StatusVerifier
 from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
 from signer.token import Token, TokenError
@@ -149,9 +150,10 @@ class SignerService(pb_grpc.SignerServicer):
         as one group, all durable before any reply is returned. One outcome per request, in order."""
         outcomes: list[pb.SignReply | Failure | None] = [None] * len(requests)
         jobs: list[tuple[int, SignJob]] = []
+        responders = self.state.current  # read once: the whole batch is judged against one set
         for i, request in enumerate(requests):
             try:
-                jobs.append((i, self._check(request)))
+                jobs.append((i, self._check(request, responders)))
             except Exception as e:  # noqa: BLE001 - this request alone fails; _failure logs a bug
                 outcomes[i] = self._failure(e, request.request_id)
         problems = await asyncio.gather(*(self._problem(job) for _, job in jobs), return_exceptions=True)
@@ -208,10 +210,10 @@ class SignerService(pb_grpc.SignerServicer):
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
 
-    def _check(self, request: pb.SignRequest) -> SignJob:
+    def _check(self, request: pb.SignRequest, responders: ResponderSet) -> SignJob:
         if not self.serving:
             raise PolicyError(grpc.StatusCode.UNAVAILABLE, "the signer is shutting down")
-        return self.policy.check(request, self.state.current)
+        return self.policy.check(request, responders)
 
     async def _problem(self, job: SignJob) -> str | None:
         return None if self.verifier is None else await self.verifier.problem(job)
