@@ -77,6 +77,7 @@ RETRY_LOG_INTERVAL = 10.0  # seconds between two log lines about retried Signs
 # a test keeps the two equal). A signer with a lower bound says so, and gets shorter batches.
 DEFAULT_MAX_BATCH = 64
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+CALLS_PER_ADDRESS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +231,8 @@ Outcome = pb.SignReply | grpc.RpcError
 
 class SignerClient:
     def __init__(self, addresses: Sequence[str], timeout: float, tls: SignerTls | None = None,
-                 keepalive: Keepalive = Keepalive(), max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 keepalive: Keepalive = Keepalive(), max_batch: int = DEFAULT_MAX_BATCH,
+                 calls_per_address: int = CALLS_PER_ADDRESS) -> None:
         if not addresses:
             raise ValueError("at least one signer address")
         self.addresses = tuple(addresses)
@@ -248,6 +250,7 @@ class SignerClient:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
+        self.calls_per_address = calls_per_address  # SignBatch calls in flight at once, per address
         self.batch_calls = 0  # SignBatch calls sent (each carries one or more requests)
         self._queue: deque[_Job] = deque()
         self._batches: set[asyncio.Task[None]] = set()  # SignBatch calls in flight, with their failover
@@ -279,7 +282,7 @@ class SignerClient:
         """Send what is queued while fewer calls than addresses are in flight (each call takes up to
         ``max_batch`` requests)."""
         loop = asyncio.get_running_loop()
-        while self._queue and len(self._batches) < len(self._stubs):
+        while self._queue and len(self._batches) < len(self._stubs) * self.calls_per_address:
             jobs: list[_Job] = []
             while self._queue and len(jobs) < self.max_batch:
                 job = self._queue.popleft()

@@ -77,9 +77,9 @@ class SignerServicer:
         answers tryLater
         UNAVAILABLE         token not ready, or the audit log not writable (the
         response was not released; the frontend answers tryLater)
-        RESOURCE_EXHAUSTED  a message larger than the largest valid request (sized
-        from policy.max_cert_ids), or [listen] max_concurrent_rpcs
-        calls in progress already
+        RESOURCE_EXHAUSTED  a message larger than the largest valid SignBatch (sized
+        from policy.max_batch and policy.max_cert_ids), or [listen]
+        max_concurrent_rpcs calls in progress already
         Every Signer RPC refuses a request carrying a field this file does not
         define, at any depth: INVALID_ARGUMENT "unknown field N ...".
         """

@@ -248,3 +248,33 @@ def test_signer_with_a_lower_max_batch_gets_shorter_batches(tmp_path: Path, capl
     with caplog.at_level("WARNING", logger="frontend.signer_client"):
         asyncio.run(go())
     assert any("at most 4 requests per SignBatch" in r.getMessage() for r in caplog.records)
+
+
+def test_timeout_counts_per_request_from_its_arrival(tmp_path: Path) -> None:
+    """A signer that never answers: the request in flight and the one queued behind it both end tryLater
+    within signer.timeout of their own sign(), not one timeout after another."""
+
+    async def go() -> None:
+        stand = BatchStand()
+        stand.gate = asyncio.Event()  # never set: the first call hangs
+        address = f"unix:{tmp_path}/s.sock"
+        server = await start(address, stand)
+        client = SignerClient([address], 0.5)
+        loop = asyncio.get_running_loop()
+        try:
+            began = loop.time()
+            first = asyncio.ensure_future(client.sign(statuses(0, 1), None))
+            await stand.arrived.wait()
+            second = asyncio.ensure_future(client.sign(statuses(0, 2), None))
+            await queued(client, 1)
+            results = await asyncio.gather(first, second, return_exceptions=True)
+            elapsed = loop.time() - began
+            assert all(isinstance(r, TryLater) for r in results), results
+            assert "DEADLINE_EXCEEDED" in str(results[0]) and "DEADLINE_EXCEEDED" in str(results[1])
+            assert elapsed < 0.5 + 0.4  # both within (about) one timeout
+            assert stand.batches in ([1], [1, 1])
+        finally:
+            await client.close()
+            await server.stop(None)
+
+    asyncio.run(go())
