@@ -18,6 +18,16 @@
   a new connection, within what is left of its deadline; then failover or tryLater as for any other
   UNAVAILABLE. A call the signer refused is never retried on the same address. Signing twice is
   harmless: the signer logs every signature it makes.
+- Batching: concurrent ``sign()`` calls queue their request. While fewer SignBatch calls are in flight
+  than there are addresses, one goes out at once with what is queued (no added delay on an idle line);
+  what queues while calls are in flight joins the next one, up to ``max_batch`` requests. Each caller
+  gets its own item's outcome, mapped as a unary Sign's error would be (the signer's items carry the
+  code and message Sign would have returned); an item that failed with a failover code goes to the
+  next address on its own; the lost-connection retry applies to the whole call. A signer that answers
+  UNIMPLEMENTED for SignBatch (older than it) gets unary Signs from then on (logged once); one that
+  refuses a batch as too long (its ``[policy] max_batch``, in trailing metadata) gets shorter ones.
+  ``timeout`` stays per request: a call's deadline is the earliest of its requests', counted from each
+  ``sign()``.
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -39,7 +51,7 @@ from shared.ocsp.types import CertStatus, HashAlgorithm, SingleStatus
 from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
-from shared.rpc.metadata import REFUSED, STATUS_DISAGREES
+from shared.rpc.metadata import MAX_BATCH, REFUSED, STATUS_DISAGREES
 
 log = logging.getLogger("frontend.signer_client")
 
@@ -61,6 +73,11 @@ FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURC
 SIGNER_DEFAULT_MIN_PING_INTERVAL = 10.0
 RETRY_MIN_SECONDS = 0.05  # a retry needs at least this much of the deadline left
 RETRY_LOG_INTERVAL = 10.0  # seconds between two log lines about retried Signs
+# Requests in one SignBatch at most: the signer's default [policy] max_batch (signer.config.DEFAULT_MAX_BATCH;
+# a test keeps the two equal). A signer with a lower bound says so, and gets shorter batches.
+DEFAULT_MAX_BATCH = 64
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+CALLS_PER_ADDRESS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +194,45 @@ def map_error(e: grpc.RpcError) -> OCSPError:
     return InternalError(msg)
 
 
+class ItemError(grpc.RpcError):
+    """One request of a batch that failed, shaped like the error a unary Sign raises for it (``code()``,
+    ``details()``, ``trailing_metadata()`` with the refusal mark when the signer refused it), so the
+    same mapping and rules apply."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, refused: bool) -> None:
+        super().__init__(details)
+        self._code, self._details, self._refused = code, details, refused
+
+    @classmethod
+    def of(cls, error: pb.SignError) -> ItemError:
+        return cls(_CODES.get(error.code, grpc.StatusCode.UNKNOWN), error.message, error.refused)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((REFUSED, self._code.name),) if self._refused else ()
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """A queued ``sign()``: its request, its deadline (time.monotonic), where its outcome goes."""
+
+    request: pb.SignRequest
+    deadline: float
+    future: asyncio.Future[SignResult]
+
+
+Outcome = pb.SignReply | grpc.RpcError
+
+
 class SignerClient:
     def __init__(self, addresses: Sequence[str], timeout: float, tls: SignerTls | None = None,
-                 keepalive: Keepalive = Keepalive()) -> None:
+                 keepalive: Keepalive = Keepalive(), max_batch: int = DEFAULT_MAX_BATCH,
+                 calls_per_address: int = CALLS_PER_ADDRESS) -> None:
         if not addresses:
             raise ValueError("at least one signer address")
         self.addresses = tuple(addresses)
@@ -194,6 +247,14 @@ class SignerClient:
         self._ids = itertools.count(1)
         self._prefix = f"fe{os.getpid()}-"
         self._policy_log = RateLimitedLog(log, POLICY_LOG_INTERVAL, time.monotonic)
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.max_batch = max_batch
+        self.calls_per_address = calls_per_address  # SignBatch calls in flight at once, per address
+        self.batch_calls = 0  # SignBatch calls sent (each carries one or more requests)
+        self._queue: deque[_Job] = deque()
+        self._batches: set[asyncio.Task[None]] = set()  # SignBatch calls in flight, with their failover
+        self._unary_only: set[int] = set()  # addresses whose signer has no SignBatch (UNIMPLEMENTED)
 
     def _ensure(self) -> None:
         # Channels belong to the running event loop, so they are made on first use.
@@ -212,38 +273,136 @@ class SignerClient:
         """Have the signer sign ``statuses``; raises TryLater / Unauthorized / InternalError."""
         self._ensure()
         request = to_proto(statuses, self._prefix + str(next(self._ids)), nonce)
+        job = _Job(request, time.monotonic() + self.timeout, asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        self._dispatch()
+        return await job.future
+
+    def _dispatch(self) -> None:
+        """Send what is queued while fewer calls than addresses are in flight (each call takes up to
+        ``max_batch`` requests)."""
+        loop = asyncio.get_running_loop()
+        while self._queue and len(self._batches) < len(self._stubs) * self.calls_per_address:
+            jobs: list[_Job] = []
+            while self._queue and len(jobs) < self.max_batch:
+                job = self._queue.popleft()
+                if not job.future.done():  # a caller that gave up is not sent
+                    jobs.append(job)
+            if not jobs:
+                return
+            task = loop.create_task(self._run(jobs))
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        if self._stubs:
+            self._dispatch()
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        try:
+            await self._send(jobs)
+        except asyncio.CancelledError:
+            _settle(jobs, TryLater("signer: the signer client is closing"))
+            raise
+        except Exception as e:  # a bug here must not leave callers waiting
+            log.exception("signing batch failed")
+            _settle(jobs, InternalError(f"signer client: {e!r}"))
+        _settle(jobs, InternalError("signer client: no outcome for a request"))  # never: every job is settled
+
+    async def _send(self, jobs: list[_Job]) -> None:
+        """One batch, with failover: the requests that failed with a failover code go on to the next
+        address (only the first address gets the lost-connection retry: once per request)."""
         n = len(self._stubs)
         start = next(self._next)
-        last: OCSPError | None = None
+        pending = jobs
         for i in range(n):
-            try:
-                # Only the first address gets the retry: once per request.
-                reply = await self._sign_at((start + i) % n, request, may_retry=i == 0)
-            except grpc.RpcError as e:
-                last = map_error(e)
-                code = e.code() if hasattr(e, "code") else None
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
-                    self._log_policy_refusal(last)
-                elif code == STATUS_DISAGREES:
-                    self._policy_log.log(logging.ERROR, "status", "the signer's status data disagrees with ours "
-                                         "(answering tryLater; a reload in progress on one side?): %s", last)
-                log.debug("%s (address %s)", last, self.addresses[(start + i) % n])
-                if code in FAILOVER_CODES and i + 1 < n:
+            k = (start + i) % n
+            now = time.monotonic()
+            for job in pending:
+                if job.deadline <= now and not job.future.done():
+                    job.future.set_exception(TryLater("signer: DEADLINE_EXCEEDED: signer.timeout passed before "
+                                                      "the request could be sent"))
+            pending = [job for job in pending if not job.future.done()]
+            if not pending:
+                return
+            outcomes = await self._batch_at(k, [job.request for job in pending],
+                                            min(job.deadline for job in pending), may_retry=i == 0)
+            again: list[_Job] = []
+            for job, outcome in zip(pending, outcomes, strict=True):
+                if job.future.done():
                     continue
-                raise last from None
-            if not reply.ocsp_response:
-                raise InternalError("signer returned an empty response")
-            return SignResult(bytes(reply.ocsp_response), reply.generation, reply.responder_fingerprint,
-                              self.addresses[(start + i) % n])
-        assert last is not None
-        raise last
+                if isinstance(outcome, pb.SignReply):
+                    if not outcome.ocsp_response:
+                        job.future.set_exception(InternalError("signer returned an empty response"))
+                    else:
+                        job.future.set_result(SignResult(bytes(outcome.ocsp_response), outcome.generation,
+                                                         outcome.responder_fingerprint, self.addresses[k]))
+                    continue
+                error = self._note_error(outcome, k)
+                if _code(outcome) in FAILOVER_CODES and i + 1 < n:
+                    again.append(job)
+                else:
+                    job.future.set_exception(error)
+            pending = again
+            if not pending:
+                return
 
-    async def _sign_at(self, k: int, request: pb.SignRequest, *, may_retry: bool) -> pb.SignReply:
-        """Sign at address ``k``; when the connection went away under the call, once more over a new one."""
+    async def _batch_at(self, k: int, requests: list[pb.SignRequest], deadline: float, *,
+                        may_retry: bool) -> list[Outcome]:
+        """The outcome of each request at address ``k``: one SignBatch call, or unary Signs to a signer
+        without SignBatch. An error of the whole call is every request's outcome."""
+        if k not in self._unary_only:
+            stub = self._stubs[k]
+            batch = pb.SignBatchRequest(requests=requests)
+            self.batch_calls += 1
+            try:
+                reply = await self._call(k, lambda timeout: stub.SignBatch(batch, timeout=timeout,
+                                                                           wait_for_ready=False),
+                                         deadline, may_retry=may_retry)
+            except grpc.RpcError as e:
+                code = _code(e)
+                bound = _max_batch(e)
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    self._unary_only.add(k)
+                    log.warning("signer at %s has no SignBatch (%s; an older signer): sending it one Sign "
+                                "per request from now on", self.addresses[k], describe(e))
+                elif bound is not None and 1 <= bound < len(requests):
+                    if bound < self.max_batch:
+                        log.warning("signer at %s takes at most %d requests per SignBatch ([policy] max_batch): "
+                                    "sending batches of %d", self.addresses[k], bound, bound)
+                        self.max_batch = bound
+                    parts = await asyncio.gather(*(
+                        self._batch_at(k, requests[j:j + bound], deadline, may_retry=may_retry)
+                        for j in range(0, len(requests), bound)))
+                    return [outcome for part in parts for outcome in part]
+                else:
+                    return [e] * len(requests)
+            else:
+                if len(reply.items) != len(requests):
+                    e = ItemError(grpc.StatusCode.INTERNAL, f"the signer answered {len(reply.items)} items for "
+                                  f"{len(requests)} requests", refused=True)
+                    return [e] * len(requests)
+                return [item.reply if item.WhichOneof("result") == "reply" else ItemError.of(item.error)
+                        for item in reply.items]
+        outcomes = await asyncio.gather(*(self._sign_at(k, r, deadline, may_retry=may_retry) for r in requests),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if not isinstance(outcome, (pb.SignReply, grpc.RpcError)):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+    async def _sign_at(self, k: int, request: pb.SignRequest, deadline: float, *, may_retry: bool) -> pb.SignReply:
         stub = self._stubs[k]
-        deadline = time.monotonic() + self.timeout
+        return await self._call(k, lambda timeout: stub.Sign(request, timeout=timeout, wait_for_ready=False),
+                                deadline, may_retry=may_retry)
+
+    async def _call(self, k: int, call: Callable[[float], Awaitable[Any]], deadline: float, *,
+                    may_retry: bool) -> Any:
+        """``call(timeout)`` at address ``k`` within ``deadline``; when the connection went away under it,
+        once more over a new one."""
         try:
-            return await stub.Sign(request, timeout=self.timeout, wait_for_ready=False)
+            return await call(max(deadline - time.monotonic(), 0.0))
         except grpc.RpcError as e:
             left = deadline - time.monotonic()
             if not (may_retry and left >= RETRY_MIN_SECONDS and self._connection_lost(k, e)):
@@ -253,7 +412,19 @@ class SignerClient:
                               "(%s); sending it again over a new connection", self.addresses[k], describe(e))
         # gRPC replaces the lost connection: the channel reconnects for this call (and fails it at
         # once if the signer cannot be reached, leaving the rest to failover / tryLater).
-        return await stub.Sign(request, timeout=left, wait_for_ready=False)
+        return await call(left)
+
+    def _note_error(self, e: grpc.RpcError, k: int) -> OCSPError:
+        """The OCSPError for a failed request, with the operator told about policy and status refusals."""
+        error = map_error(e)
+        code = _code(e)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            self._log_policy_refusal(error)
+        elif code == STATUS_DISAGREES:
+            self._policy_log.log(logging.ERROR, "status", "the signer's status data disagrees with ours "
+                                 "(answering tryLater; a reload in progress on one side?): %s", error)
+        log.debug("%s (address %s)", error, self.addresses[k])
+        return error
 
     def _connection_lost(self, k: int, e: grpc.RpcError) -> bool:
         code = e.code() if hasattr(e, "code") else None
@@ -281,7 +452,37 @@ class SignerClient:
         return SignerHealth(self.addresses[k], reply.serving, reply.detail)
 
     async def close(self) -> None:
+        _settle(list(self._queue), TryLater("signer: the signer client is closing"))
+        self._queue.clear()
+        for task in list(self._batches):
+            task.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
         for ch in self._channels:
             await ch.close()
         self._channels.clear()
         self._stubs.clear()
+
+
+def _code(e: grpc.RpcError) -> grpc.StatusCode | None:
+    return e.code() if hasattr(e, "code") else None
+
+
+def _max_batch(e: grpc.RpcError) -> int | None:
+    """The signer's bound on a batch it refused as too long (trailing metadata MAX_BATCH), else None."""
+    if _code(e) != grpc.StatusCode.RESOURCE_EXHAUSTED or not refused_by_signer(e):
+        return None
+    metadata = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
+    for key, value in metadata or ():
+        if key == MAX_BATCH:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _settle(jobs: Sequence[_Job], error: OCSPError) -> None:
+    """``error`` for every job still waiting."""
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)

@@ -27,6 +27,7 @@ each responder certificate checked against its CA. Errors name the file and the 
     max_validity = "10d"            # longest nextUpdate - thisUpdate the signer will sign
     max_clock_skew = "5m"           # how far ahead of our clock thisUpdate/revocationTime may be
     max_cert_ids = 8                # most SingleResponses in one signed response
+    max_batch = 64                  # most requests in one SignBatch call (RESOURCE_EXHAUSTED beyond)
     expiry_warning = "30d"          # warn (log + metric) when a responder certificate expires sooner
     verify_status = true            # check each status against the signer's own copy of the CA's
                                     # [status] data (read now; the Sign path uses it: issue 9);
@@ -73,6 +74,8 @@ DEFAULT_MAX_SOCKET_CONNECTIONS = 64
 MAX_SOCKET_CONNECTIONS_LIMIT = 4096
 # A sanity bound, not a policy: RFC 6960 puts no limit on requestList, we do.
 MAX_CERT_IDS_LIMIT = 1000
+DEFAULT_MAX_BATCH = 64  # requests in one SignBatch: the frontend's batching sender sends up to 64
+MAX_BATCH_LIMIT = 1024
 # [audit] min_free default: room for the log to keep growing while someone frees space.
 DEFAULT_MIN_FREE = 1 << 30
 DEFAULT_SPACE_CHECK_INTERVAL = timedelta(seconds=10)
@@ -135,6 +138,9 @@ class PolicyConfig:
     max_validity: timedelta = DEFAULT_MAX_VALIDITY
     max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
     max_cert_ids: int = DEFAULT_MAX_CERT_IDS
+    # Most requests in one SignBatch call; the receive limit admits a batch this long of the largest
+    # valid requests (signer.service.receive_limit).
+    max_batch: int = DEFAULT_MAX_BATCH
     # A responder certificate expiring sooner than this is logged (WARNING) and flagged in metrics.
     expiry_warning: timedelta = DEFAULT_EXPIRY_WARNING
     # Check each status the frontend asks to have signed against the signer's own copy of the CA's
@@ -336,6 +342,7 @@ def _policy(sec: Section) -> PolicyConfig:
         max_validity=sec.duration("max_validity", DEFAULT_MAX_VALIDITY, minimum=timedelta(seconds=1)),
         max_clock_skew=sec.duration("max_clock_skew", DEFAULT_MAX_CLOCK_SKEW, maximum=timedelta(hours=1)),
         max_cert_ids=sec.int("max_cert_ids", DEFAULT_MAX_CERT_IDS, minimum=1, maximum=MAX_CERT_IDS_LIMIT),
+        max_batch=sec.int("max_batch", DEFAULT_MAX_BATCH, minimum=1, maximum=MAX_BATCH_LIMIT),
         expiry_warning=sec.duration("expiry_warning", DEFAULT_EXPIRY_WARNING),
         verify_status=sec.bool("verify_status", None),
     )

@@ -243,6 +243,15 @@ def largest_sign_request(max_cert_ids: int) -> pb.SignRequest:
     return pb.SignRequest(request_id="\U0010ffff" * MAX_REQUEST_ID, responses=[item] * max_cert_ids, nonce=nonce)
 
 
+def largest_sign_batch_size(max_batch: int, max_cert_ids: int) -> int:
+    """The encoded size of the largest SignBatchRequest policy accepts: ``max_batch`` of the largest
+    SignRequests (``largest_sign_request``), each a field-1 tag, its length and itself (computed, not
+    built: a batch of 1024 requests of 1000 CertIDs would be a million messages)."""
+    one = largest_sign_request(max_cert_ids).ByteSize()
+    length_octets = (one.bit_length() + 6) // 7 or 1
+    return max_batch * (1 + length_octets + one)
+
+
 def _cert_id(where: str, item: pb.SingleStatus) -> CertId:
     if not item.HasField("cert_id"):
         raise _invalid(f"{where}.cert_id: missing")

@@ -14,9 +14,11 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared.clock import Clock, SystemClock
 from shared.config import ConfigError
@@ -24,7 +26,7 @@ from shared.ocsp.response import build_response_data, signed_response
 from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
-from shared.rpc.metadata import REFUSED, STATUS_DISAGREES
+from shared.rpc.metadata import MAX_BATCH, REFUSED, STATUS_DISAGREES
 from signer import startup
 from signer.admin import AdminPlane
 from signer.audit import (
@@ -39,8 +41,9 @@ from signer.audit_space import AuditSpace
 from signer.config import SignerConfig
 from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
-from signer.policy import Policy, PolicyError, SignJob, check_known_fields, largest_sign_request
+from signer.policy import Policy, PolicyError, SignJob, check_known_fields, largest_sign_batch_size
 from signer.responder_state import ResponderState, WatchersFull
+from signer.responders import ResponderSet
 from signer.status_verify import StatusVerifier
 from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
 from signer.token import Token, TokenError
@@ -58,11 +61,12 @@ MIN_ADMIN_MESSAGE_BYTES = 64 << 10
 
 def receive_limit(config: SignerConfig) -> int:
     """The largest message the listener accepts (grpc.max_receive_message_length): the largest valid
-    SignRequest for ``policy.max_cert_ids`` (signer.policy.largest_sign_request) plus a quarter and
-    1 KiB for encoders that spend a few more bytes than ours; at least MIN_ADMIN_MESSAGE_BYTES when
-    Admin calls are allowed on the listener. Larger messages are refused RESOURCE_EXHAUSTED by gRPC
-    before the servicer sees them. About 4.4 KB with the default max_cert_ids of 8."""
-    largest = largest_sign_request(config.policy.max_cert_ids).ByteSize()
+    SignBatchRequest, ``policy.max_batch`` of the largest valid SignRequests for ``policy.max_cert_ids``
+    (signer.policy.largest_sign_batch_size; a unary SignRequest is smaller), plus a quarter and 1 KiB
+    for encoders that spend a few more bytes than ours; at least MIN_ADMIN_MESSAGE_BYTES when Admin
+    calls are allowed on the listener. Larger messages are refused RESOURCE_EXHAUSTED by gRPC before
+    the servicer sees them. About 219 KB with the defaults (64 requests of up to 8 CertIDs)."""
+    largest = largest_sign_batch_size(config.policy.max_batch, config.policy.max_cert_ids)
     limit = largest + largest // 4 + 1024
     if config.admin.allowed_clients:
         limit = max(limit, MIN_ADMIN_MESSAGE_BYTES)
@@ -85,6 +89,18 @@ def client_identity(context: grpc.aio.ServicerContext) -> str:
     return peer if peer.startswith(("unix", "ipv4", "ipv6")) else "unknown"
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A request not signed: the status code and message a unary Sign aborts with."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+def _signed_statuses(job: SignJob) -> tuple[SignedStatus, ...]:
+    return tuple(SignedStatus(st.cert_id.serial.hex(), st.status.value) for st in job.statuses)
+
+
 class SignerService(pb_grpc.SignerServicer):
     def __init__(self, *, state: ResponderState, token: Token, policy: Policy, clock: Clock,
                  executor: ThreadPoolExecutor, audit: AuditLog, token_name: str = "") -> None:
@@ -102,70 +118,150 @@ class SignerService(pb_grpc.SignerServicer):
         self._refusal_log = RateLimitedLog(log, REFUSAL_LOG_INTERVAL, time.monotonic)  # set by serve(); Health reads it
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
-        code: grpc.StatusCode
-        try:
-            return await self._sign(request, client_identity(context))
-        except PolicyError as e:
-            code, message = e.code, e.message
-        except TokenError as e:
-            log.error("token: %s", e)
-            code, message = grpc.StatusCode.UNAVAILABLE, f"token not available: {e}"
-        except AuditUnavailable as e:
-            # Fail closed: the signature exists but is not durably logged, so it never leaves.
-            log.error("audit log not writable, refusing to sign: %s", e.reason)
-            code, message = grpc.StatusCode.UNAVAILABLE, f"audit log not writable: {e.reason}"
-        except Exception:
-            log.exception("Sign failed (request_id %r)", request.request_id)
-            code, message = grpc.StatusCode.INTERNAL, "internal error in the signer (logged)"
+        (outcome,) = await self._sign_batch([request], client_identity(context))
+        if isinstance(outcome, pb.SignReply):
+            return outcome
         # Marked as the signer's own answer, so the frontend never mistakes it for a lost connection.
-        await context.abort(code, message, trailing_metadata=((REFUSED, code.name),))
+        await context.abort(outcome.code, outcome.message, trailing_metadata=((REFUSED, outcome.code.name),))
         raise AssertionError("unreachable")  # abort raises
 
-    async def _sign(self, request: pb.SignRequest, client: str) -> pb.SignReply:
+    async def SignBatch(self, request: pb.SignBatchRequest,
+                        context: grpc.aio.ServicerContext) -> pb.SignBatchReply:
+        unknown = UnknownFieldSet(request)
+        if len(unknown):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"unknown field {unknown[0].field_number} of SignBatchRequest: this signer does "
+                                "not know it (a frontend newer than the signer? upgrade signers first)",
+                                trailing_metadata=((REFUSED, grpc.StatusCode.INVALID_ARGUMENT.name),))
+        n, limit = len(request.requests), self.policy.config.max_batch
+        if not 1 <= n <= limit:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if n else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, f"requests: {n} entries; 1..{limit} allowed ([policy] max_batch)",
+                                trailing_metadata=((REFUSED, code.name), (MAX_BATCH, str(limit))))
+        outcomes = await self._sign_batch(list(request.requests), client_identity(context))
+        return pb.SignBatchReply(items=[
+            pb.SignBatchItem(reply=o) if isinstance(o, pb.SignReply)
+            else pb.SignBatchItem(error=pb.SignError(code=o.code.value[0], message=o.message, refused=True))
+            for o in outcomes])
+
+    async def _sign_batch(self, requests: list[pb.SignRequest], client: str) -> list[pb.SignReply | Failure]:
+        """Each request checked on its own (policy, then the status check); the accepted ones signed in
+        one hop to the token thread; every audit record of the batch (signatures and refusals) appended
+        as one group, all durable before any reply is returned. One outcome per request, in order."""
+        outcomes: list[pb.SignReply | Failure | None] = [None] * len(requests)
+        jobs: list[tuple[int, SignJob]] = []
+        responders = self.state.current  # read once: the whole batch is judged against one set
+        for i, request in enumerate(requests):
+            try:
+                jobs.append((i, self._check(request, responders)))
+            except Exception as e:  # noqa: BLE001 - this request alone fails; _failure logs a bug
+                outcomes[i] = self._failure(e, request.request_id)
+        problems = await asyncio.gather(*(self._problem(job) for _, job in jobs), return_exceptions=True)
+        records: list[tuple[int, Any]] = []  # (request index, the audit record it needs)
+        accepted: list[tuple[int, SignJob]] = []
+        for (i, job), problem in zip(jobs, problems):
+            if isinstance(problem, BaseException):
+                outcomes[i] = self._failure(problem, job.request_id)
+            elif problem is not None:
+                record, refusal = self._refusal(job, client, problem)
+                records.append((i, record))
+                outcomes[i] = self._failure(refusal, job.request_id)
+            else:
+                accepted.append((i, job))
+        produced_at = self.clock.now()
+        built = [(i, job, build_response_data(responder_id=job.responder.responder_id, produced_at=produced_at,
+                                              statuses=job.statuses, nonce=job.nonce)) for i, job in accepted]
+        signatures: list[bytes | Exception] = []
+        if built:
+            loop = asyncio.get_running_loop()
+            signatures = await loop.run_in_executor(
+                self.executor, self._sign_all, [(job.responder.key_label, job.responder.algorithm, tbs)
+                                                for _, job, tbs in built])
+        ids = local_caller()  # the unix-socket caller's process, user and group; None over TCP
+        replies: list[tuple[int, pb.SignReply]] = []
+        for (i, job, tbs), signature in zip(built, signatures):
+            if isinstance(signature, Exception):
+                outcomes[i] = self._failure(signature, job.request_id)
+                continue
+            r = job.responder
+            der = signed_response(tbs, r.algorithm.value, signature, r.certs)
+            records.append((i, AuditRecord(
+                time=produced_at, client=client, request_id=job.request_id, issuer_name=r.name,
+                issuer_id=r.issuer_id, statuses=_signed_statuses(job), nonce=job.nonce is not None,
+                responder_fingerprint=r.fingerprint, key_label=r.key_label, generation=r.generation,
+                response_sha256=hashlib.sha256(der).hexdigest(), pid=None if ids is None else ids.pid,
+                uid=None if ids is None else ids.uid, gid=None if ids is None else ids.gid)))
+            replies.append((i, pb.SignReply(ocsp_response=der, generation=r.generation,
+                                            responder_fingerprint=r.fingerprint)))
+        # Invariant: every signature is durably in the audit log before its response leaves the signer.
+        # The batch's records go as one group (AuditLog group-commits appends that arrive together);
+        # when any of them fails, every item that needed a record fails UNAVAILABLE (fail closed).
+        if records:
+            written = await asyncio.gather(*(self.audit.append(rec) for _, rec in records), return_exceptions=True)
+            failed = next((w for w in written if isinstance(w, BaseException)), None)
+            if failed is not None:
+                if not isinstance(failed, Exception):
+                    raise failed  # cancellation: nothing leaves
+                for i, _ in records:
+                    outcomes[i] = self._failure(failed, requests[i].request_id)
+                replies = []
+        for i, reply in replies:
+            outcomes[i] = reply
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _check(self, request: pb.SignRequest, responders: ResponderSet) -> SignJob:
         if not self.serving:
             raise PolicyError(grpc.StatusCode.UNAVAILABLE, "the signer is shutting down")
-        job = self.policy.check(request, self.state.current)
-        if self.verifier is not None:
-            problem = await self.verifier.problem(job)
-            if problem is not None:
-                await self._refuse(job, client, problem)
-        r = job.responder
-        produced_at = self.clock.now()
-        tbs = build_response_data(responder_id=r.responder_id, produced_at=produced_at,
-                                  statuses=job.statuses, nonce=job.nonce)
-        loop = asyncio.get_running_loop()
-        signature = await loop.run_in_executor(self.executor, self.token.sign, r.key_label, r.algorithm, tbs)
-        der = signed_response(tbs, r.algorithm.value, signature, r.certs)
-        ids = local_caller()  # the unix-socket caller's process, user and group; None over TCP
-        # Invariant: the signature is durably in the audit log before the response leaves the
-        # signer; append() raises AuditUnavailable otherwise, and Sign() then replies with an error.
-        await self.audit.append(AuditRecord(
-            time=produced_at, client=client, request_id=job.request_id, issuer_name=r.name,
-            issuer_id=r.issuer_id,
-            statuses=tuple(SignedStatus(st.cert_id.serial.hex(), st.status.value) for st in job.statuses),
-            nonce=job.nonce is not None, responder_fingerprint=r.fingerprint, key_label=r.key_label,
-            generation=r.generation, response_sha256=hashlib.sha256(der).hexdigest(),
-            pid=None if ids is None else ids.pid, uid=None if ids is None else ids.uid,
-            gid=None if ids is None else ids.gid))
-        return pb.SignReply(ocsp_response=der, generation=r.generation, responder_fingerprint=r.fingerprint)
+        return self.policy.check(request, responders)
 
-    async def _refuse(self, job: SignJob, client: str, problem: str) -> None:
-        """A status the signer's own data contradicts: logged, recorded in the audit log (a refusal
-        record: nothing was signed), and refused with STATUS_DISAGREES (the frontend answers tryLater).
-        Raises PolicyError; AuditUnavailable when even the refusal cannot be recorded."""
+    async def _problem(self, job: SignJob) -> str | None:
+        return None if self.verifier is None else await self.verifier.problem(job)
+
+    def _sign_all(self, items: list[tuple[str, Any, bytes]]) -> list[bytes | Exception]:
+        """On the token thread: sign every (key label, algorithm, data) in turn, one hop for the batch; a
+        failure is that item's alone."""
+        out: list[bytes | Exception] = []
+        for key_label, algorithm, data in items:
+            try:
+                out.append(self.token.sign(key_label, algorithm, data))
+            except Exception as e:  # noqa: BLE001 - this item alone fails; _failure maps and logs it
+                out.append(e)
+        return out
+
+    @staticmethod
+    def _failure(e: BaseException, request_id: str) -> Failure:
+        """The gRPC status a failed request gets (what Sign aborts with, what SignBatch's item carries)."""
+        if isinstance(e, PolicyError):
+            return Failure(e.code, e.message)
+        if isinstance(e, TokenError):
+            log.error("token: %s", e)
+            return Failure(grpc.StatusCode.UNAVAILABLE, f"token not available: {e}")
+        if isinstance(e, AuditUnavailable):
+            # Fail closed: the signature exists but is not durably logged, so it never leaves.
+            log.error("audit log not writable, refusing to sign: %s", e.reason)
+            return Failure(grpc.StatusCode.UNAVAILABLE, f"audit log not writable: {e.reason}")
+        if not isinstance(e, Exception):
+            raise e
+        log.error("Sign failed (request_id %r)", request_id, exc_info=e)
+        return Failure(grpc.StatusCode.INTERNAL, "internal error in the signer (logged)")
+
+    def _refusal(self, job: SignJob, client: str, problem: str) -> tuple[RefusalRecord, PolicyError]:
+        """A status the signer's own data contradicts: logged, a refusal record for the audit log (nothing
+        was signed), and the refusal (STATUS_DISAGREES: the frontend answers tryLater). When the record
+        cannot be written the request fails UNAVAILABLE instead, as any other audit failure."""
         r = job.responder
         self._refusal_log.log(logging.ERROR, (client, r.name),
                               "REFUSED to sign for %s, CA %r, request %r: %s (the signer's own status data "
                               "disagrees; a frontend reading other data, or lying)", client, r.name,
                               job.request_id, problem)
         ids = local_caller()
-        await self.audit.append(RefusalRecord(
+        record = RefusalRecord(
             time=self.clock.now(), client=client, request_id=job.request_id, issuer_name=r.name,
-            issuer_id=r.issuer_id,
-            statuses=tuple(SignedStatus(st.cert_id.serial.hex(), st.status.value) for st in job.statuses),
+            issuer_id=r.issuer_id, statuses=_signed_statuses(job),
             reason=problem, pid=None if ids is None else ids.pid, uid=None if ids is None else ids.uid,
-            gid=None if ids is None else ids.gid))
-        raise PolicyError(STATUS_DISAGREES, f"refused: {problem} (the signer's own status data disagrees)")
+            gid=None if ids is None else ids.gid)
+        return record, PolicyError(STATUS_DISAGREES, f"refused: {problem} (the signer's own status data disagrees)")
 
     async def Responders(self, request: pb.RespondersRequest,
                          context: grpc.aio.ServicerContext) -> pb.RespondersReply:

@@ -15,3 +15,7 @@ REFUSED = "ocsp-signer-refused"
 # with a status asked for (signer.status_check): the frontend answers tryLater and logs it apart from
 # policy refusals, since it means the two halves' data differ (a reload in progress, or tampering).
 STATUS_DISAGREES = grpc.StatusCode.ABORTED
+
+# Trailing metadata of a SignBatch refused for carrying more requests than the signer's [policy]
+# max_batch (RESOURCE_EXHAUSTED): the bound, as decimal digits. The frontend sends smaller batches then.
+MAX_BATCH = "ocsp-signer-max-batch"

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csigner.proto\x12\x0eocsp.signer.v1\"\x89\x01\n\x06\x43\x65rtId\x12\x35\n\x0ehash_algorithm\x18\x01 \x01(\x0e\x32\x1d.ocsp.signer.v1.HashAlgorithm\x12\x18\n\x10issuer_name_hash\x18\x02 \x01(\x0c\x12\x17\n\x0fissuer_key_hash\x18\x03 \x01(\x0c\x12\x15\n\rserial_number\x18\x04 \x01(\x0c\"\xf5\x01\n\x0cSingleStatus\x12\'\n\x07\x63\x65rt_id\x18\x01 \x01(\x0b\x32\x16.ocsp.signer.v1.CertId\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.ocsp.signer.v1.CertStatus\x12\x17\n\x0frevocation_time\x18\x03 \x01(\x03\x12\x1e\n\x11revocation_reason\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x17\n\x0finvalidity_date\x18\x05 \x01(\x03\x12\x13\n\x0bthis_update\x18\x06 \x01(\x03\x12\x13\n\x0bnext_update\x18\x07 \x01(\x03\x42\x14\n\x12_revocation_reason\"p\n\x0bSignRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\tresponses\x18\x02 \x03(\x0b\x32\x1c.ocsp.signer.v1.SingleStatus\x12\x12\n\x05nonce\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_nonce\"U\n\tSignReply\x12\x15\n\rocsp_response\x18\x01 \x01(\x0c\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x1d\n\x15responder_fingerprint\x18\x03 \x01(\t\"\x13\n\x11RespondersRequest\"\xd5\x01\n\tResponder\x12\x1a\n\x12issuer_certificate\x18\x01 \x01(\x0c\x12\x1d\n\x15responder_certificate\x18\x02 \x01(\x0c\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x11\n\tnot_after\x18\x06 \x01(\x03\x12\x12\n\nexpires_in\x18\x07 \x01(\x03\x12\x1d\n\x15responder_fingerprint\x18\x08 \x01(\t\x12\x11\n\tkey_label\x18\t \x01(\t\"@\n\x0fRespondersReply\x12-\n\nresponders\x18\x01 \x03(\x0b\x32\x19.ocsp.signer.v1.Responder\"\x0f\n\rHealthRequest\".\n\x0bHealthReply\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x0e\n\x0cWatchRequest\"W\n\x0eResponderState\x12\x31\n\x07issuers\x18\x01 \x03(\x0b\x32 .ocsp.signer.v1.IssuerGeneration\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"j\n\x10IssuerGeneration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rissuer_sha256\x18\x02 \x01(\x0c\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x1d\n\x15responder_fingerprint\x18\x04 \x01(\t\"C\n\rRotateRequest\x12\n\n\x02\x63\x61\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x11\n\tkey_label\x18\x03 \x01(\t\"b\n\x0bRotateReply\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x1d\n\x15responder_fingerprint\x18\x02 \x01(\t\x12\x11\n\tkey_label\x18\x03 \x01(\t\x12\r\n\x05notes\x18\x04 \x03(\t*]\n\rHashAlgorithm\x12\x1e\n\x1aHASH_ALGORITHM_UNSPECIFIED\x10\x00\x12\x08\n\x04SHA1\x10\x01\x12\n\n\x06SHA256\x10\x02\x12\n\n\x06SHA384\x10\x03\x12\n\n\x06SHA512\x10\x04*M\n\nCertStatus\x12\x1b\n\x17\x43\x45RT_STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04GOOD\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x0b\n\x07UNKNOWN\x10\x03\x32\xa9\x02\n\x06Signer\x12>\n\x04Sign\x12\x1b.ocsp.signer.v1.SignRequest\x1a\x19.ocsp.signer.v1.SignReply\x12P\n\nResponders\x12!.ocsp.signer.v1.RespondersRequest\x1a\x1f.ocsp.signer.v1.RespondersReply\x12\x44\n\x06Health\x12\x1d.ocsp.signer.v1.HealthRequest\x1a\x1b.ocsp.signer.v1.HealthReply\x12G\n\x05Watch\x12\x1c.ocsp.signer.v1.WatchRequest\x1a\x1e.ocsp.signer.v1.ResponderState0\x01\x32M\n\x05\x41\x64min\x12\x44\n\x06Rotate\x12\x1d.ocsp.signer.v1.RotateRequest\x1a\x1b.ocsp.signer.v1.RotateReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csigner.proto\x12\x0eocsp.signer.v1\"\x89\x01\n\x06\x43\x65rtId\x12\x35\n\x0ehash_algorithm\x18\x01 \x01(\x0e\x32\x1d.ocsp.signer.v1.HashAlgorithm\x12\x18\n\x10issuer_name_hash\x18\x02 \x01(\x0c\x12\x17\n\x0fissuer_key_hash\x18\x03 \x01(\x0c\x12\x15\n\rserial_number\x18\x04 \x01(\x0c\"\xf5\x01\n\x0cSingleStatus\x12\'\n\x07\x63\x65rt_id\x18\x01 \x01(\x0b\x32\x16.ocsp.signer.v1.CertId\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.ocsp.signer.v1.CertStatus\x12\x17\n\x0frevocation_time\x18\x03 \x01(\x03\x12\x1e\n\x11revocation_reason\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x17\n\x0finvalidity_date\x18\x05 \x01(\x03\x12\x13\n\x0bthis_update\x18\x06 \x01(\x03\x12\x13\n\x0bnext_update\x18\x07 \x01(\x03\x42\x14\n\x12_revocation_reason\"p\n\x0bSignRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\tresponses\x18\x02 \x03(\x0b\x32\x1c.ocsp.signer.v1.SingleStatus\x12\x12\n\x05nonce\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_nonce\"U\n\tSignReply\x12\x15\n\rocsp_response\x18\x01 \x01(\x0c\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x1d\n\x15responder_fingerprint\x18\x03 \x01(\t\"A\n\x10SignBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.ocsp.signer.v1.SignRequest\";\n\tSignError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07refused\x18\x03 \x01(\x08\"q\n\rSignBatchItem\x12*\n\x05reply\x18\x01 \x01(\x0b\x32\x19.ocsp.signer.v1.SignReplyH\x00\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x19.ocsp.signer.v1.SignErrorH\x00\x42\x08\n\x06result\">\n\x0eSignBatchReply\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.ocsp.signer.v1.SignBatchItem\"\x13\n\x11RespondersRequest\"\xd5\x01\n\tResponder\x12\x1a\n\x12issuer_certificate\x18\x01 \x01(\x0c\x12\x1d\n\x15responder_certificate\x18\x02 \x01(\x0c\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x11\n\tnot_after\x18\x06 \x01(\x03\x12\x12\n\nexpires_in\x18\x07 \x01(\x03\x12\x1d\n\x15responder_fingerprint\x18\x08 \x01(\t\x12\x11\n\tkey_label\x18\t \x01(\t\"@\n\x0fRespondersReply\x12-\n\nresponders\x18\x01 \x03(\x0b\x32\x19.ocsp.signer.v1.Responder\"\x0f\n\rHealthRequest\".\n\x0bHealthReply\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x0e\n\x0cWatchRequest\"W\n\x0eResponderState\x12\x31\n\x07issuers\x18\x01 \x03(\x0b\x32 .ocsp.signer.v1.IssuerGeneration\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"j\n\x10IssuerGeneration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rissuer_sha256\x18\x02 \x01(\x0c\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x1d\n\x15responder_fingerprint\x18\x04 \x01(\t\"C\n\rRotateRequest\x12\n\n\x02\x63\x61\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x11\n\tkey_label\x18\x03 \x01(\t\"b\n\x0bRotateReply\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x1d\n\x15responder_fingerprint\x18\x02 \x01(\t\x12\x11\n\tkey_label\x18\x03 \x01(\t\x12\r\n\x05notes\x18\x04 \x03(\t*]\n\rHashAlgorithm\x12\x1e\n\x1aHASH_ALGORITHM_UNSPECIFIED\x10\x00\x12\x08\n\x04SHA1\x10\x01\x12\n\n\x06SHA256\x10\x02\x12\n\n\x06SHA384\x10\x03\x12\n\n\x06SHA512\x10\x04*M\n\nCertStatus\x12\x1b\n\x17\x43\x45RT_STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04GOOD\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x12\x0b\n\x07UNKNOWN\x10\x03\x32\xf8\x02\n\x06Signer\x12>\n\x04Sign\x12\x1b.ocsp.signer.v1.SignRequest\x1a\x19.ocsp.signer.v1.SignReply\x12M\n\tSignBatch\x12 .ocsp.signer.v1.SignBatchRequest\x1a\x1e.ocsp.signer.v1.SignBatchReply\x12P\n\nResponders\x12!.ocsp.signer.v1.RespondersRequest\x1a\x1f.ocsp.signer.v1.RespondersReply\x12\x44\n\x06Health\x12\x1d.ocsp.signer.v1.HealthRequest\x1a\x1b.ocsp.signer.v1.HealthReply\x12G\n\x05Watch\x12\x1c.ocsp.signer.v1.WatchRequest\x1a\x1e.ocsp.signer.v1.ResponderState0\x01\x32M\n\x05\x41\x64min\x12\x44\n\x06Rotate\x12\x1d.ocsp.signer.v1.RotateRequest\x1a\x1b.ocsp.signer.v1.RotateReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HASHALGORITHM']._serialized_start=1371
-  _globals['_HASHALGORITHM']._serialized_end=1464
-  _globals['_CERTSTATUS']._serialized_start=1466
-  _globals['_CERTSTATUS']._serialized_end=1543
+  _globals['_HASHALGORITHM']._serialized_start=1678
+  _globals['_HASHALGORITHM']._serialized_end=1771
+  _globals['_CERTSTATUS']._serialized_start=1773
+  _globals['_CERTSTATUS']._serialized_end=1850
   _globals['_CERTID']._serialized_start=33
   _globals['_CERTID']._serialized_end=170
   _globals['_SINGLESTATUS']._serialized_start=173
@@ -43,28 +43,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNREQUEST']._serialized_end=532
   _globals['_SIGNREPLY']._serialized_start=534
   _globals['_SIGNREPLY']._serialized_end=619
-  _globals['_RESPONDERSREQUEST']._serialized_start=621
-  _globals['_RESPONDERSREQUEST']._serialized_end=640
-  _globals['_RESPONDER']._serialized_start=643
-  _globals['_RESPONDER']._serialized_end=856
-  _globals['_RESPONDERSREPLY']._serialized_start=858
-  _globals['_RESPONDERSREPLY']._serialized_end=922
-  _globals['_HEALTHREQUEST']._serialized_start=924
-  _globals['_HEALTHREQUEST']._serialized_end=939
-  _globals['_HEALTHREPLY']._serialized_start=941
-  _globals['_HEALTHREPLY']._serialized_end=987
-  _globals['_WATCHREQUEST']._serialized_start=989
-  _globals['_WATCHREQUEST']._serialized_end=1003
-  _globals['_RESPONDERSTATE']._serialized_start=1005
-  _globals['_RESPONDERSTATE']._serialized_end=1092
-  _globals['_ISSUERGENERATION']._serialized_start=1094
-  _globals['_ISSUERGENERATION']._serialized_end=1200
-  _globals['_ROTATEREQUEST']._serialized_start=1202
-  _globals['_ROTATEREQUEST']._serialized_end=1269
-  _globals['_ROTATEREPLY']._serialized_start=1271
-  _globals['_ROTATEREPLY']._serialized_end=1369
-  _globals['_SIGNER']._serialized_start=1546
-  _globals['_SIGNER']._serialized_end=1843
-  _globals['_ADMIN']._serialized_start=1845
-  _globals['_ADMIN']._serialized_end=1922
+  _globals['_SIGNBATCHREQUEST']._serialized_start=621
+  _globals['_SIGNBATCHREQUEST']._serialized_end=686
+  _globals['_SIGNERROR']._serialized_start=688
+  _globals['_SIGNERROR']._serialized_end=747
+  _globals['_SIGNBATCHITEM']._serialized_start=749
+  _globals['_SIGNBATCHITEM']._serialized_end=862
+  _globals['_SIGNBATCHREPLY']._serialized_start=864
+  _globals['_SIGNBATCHREPLY']._serialized_end=926
+  _globals['_RESPONDERSREQUEST']._serialized_start=928
+  _globals['_RESPONDERSREQUEST']._serialized_end=947
+  _globals['_RESPONDER']._serialized_start=950
+  _globals['_RESPONDER']._serialized_end=1163
+  _globals['_RESPONDERSREPLY']._serialized_start=1165
+  _globals['_RESPONDERSREPLY']._serialized_end=1229
+  _globals['_HEALTHREQUEST']._serialized_start=1231
+  _globals['_HEALTHREQUEST']._serialized_end=1246
+  _globals['_HEALTHREPLY']._serialized_start=1248
+  _globals['_HEALTHREPLY']._serialized_end=1294
+  _globals['_WATCHREQUEST']._serialized_start=1296
+  _globals['_WATCHREQUEST']._serialized_end=1310
+  _globals['_RESPONDERSTATE']._serialized_start=1312
+  _globals['_RESPONDERSTATE']._serialized_end=1399
+  _globals['_ISSUERGENERATION']._serialized_start=1401
+  _globals['_ISSUERGENERATION']._serialized_end=1507
+  _globals['_ROTATEREQUEST']._serialized_start=1509
+  _globals['_ROTATEREQUEST']._serialized_end=1576
+  _globals['_ROTATEREPLY']._serialized_start=1578
+  _globals['_ROTATEREPLY']._serialized_end=1676
+  _globals['_SIGNER']._serialized_start=1853
+  _globals['_SIGNER']._serialized_end=2229
+  _globals['_ADMIN']._serialized_start=2231
+  _globals['_ADMIN']._serialized_end=2308
 # @@protoc_insertion_point(module_scope)

@@ -81,6 +81,36 @@ class SignReply(_message.Message):
     responder_fingerprint: str
     def __init__(self, ocsp_response: _Optional[bytes] = ..., generation: _Optional[int] = ..., responder_fingerprint: _Optional[str] = ...) -> None: ...
 
+class SignBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[SignRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[SignRequest, _Mapping]]] = ...) -> None: ...
+
+class SignError(_message.Message):
+    __slots__ = ("code", "message", "refused")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    refused: bool
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., refused: _Optional[bool] = ...) -> None: ...
+
+class SignBatchItem(_message.Message):
+    __slots__ = ("reply", "error")
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    reply: SignReply
+    error: SignError
+    def __init__(self, reply: _Optional[_Union[SignReply, _Mapping]] = ..., error: _Optional[_Union[SignError, _Mapping]] = ...) -> None: ...
+
+class SignBatchReply(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SignBatchItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[SignBatchItem, _Mapping]]] = ...) -> None: ...
+
 class RespondersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -39,6 +39,11 @@ class SignerStub:
                 request_serializer=signer__pb2.SignRequest.SerializeToString,
                 response_deserializer=signer__pb2.SignReply.FromString,
                 _registered_method=True)
+        self.SignBatch = channel.unary_unary(
+                '/ocsp.signer.v1.Signer/SignBatch',
+                request_serializer=signer__pb2.SignBatchRequest.SerializeToString,
+                response_deserializer=signer__pb2.SignBatchReply.FromString,
+                _registered_method=True)
         self.Responders = channel.unary_unary(
                 '/ocsp.signer.v1.Signer/Responders',
                 request_serializer=signer__pb2.RespondersRequest.SerializeToString,
@@ -72,11 +77,34 @@ class SignerServicer:
         answers tryLater
         UNAVAILABLE         token not ready, or the audit log not writable (the
         response was not released; the frontend answers tryLater)
-        RESOURCE_EXHAUSTED  a message larger than the largest valid request (sized
-        from policy.max_cert_ids), or [listen] max_concurrent_rpcs
-        calls in progress already
+        RESOURCE_EXHAUSTED  a message larger than the largest valid SignBatch (sized
+        from policy.max_batch and policy.max_cert_ids), or [listen]
+        max_concurrent_rpcs calls in progress already
         Every Signer RPC refuses a request carrying a field this file does not
         define, at any depth: INVALID_ARGUMENT "unknown field N ...".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignBatch(self, request, context):
+        """Sign several requests in one call (the frontend's batching sender: what
+        queues while a call is in flight goes out together in the next one). Each
+        request is checked on its own exactly as Sign checks it, and a request
+        refused fails alone: its item carries the code and message Sign would have
+        returned for it. The accepted ones are signed in one go and their audit
+        records written as one group before the reply leaves; when that write
+        fails, every item of the group fails UNAVAILABLE (nothing is released).
+        The reply has one item per request, in the order of the requests.
+        Errors of the whole call:
+        INVALID_ARGUMENT    no requests, or an unknown field in SignBatchRequest
+        itself (unknown fields inside a request fail its item)
+        RESOURCE_EXHAUSTED  more than [policy] max_batch requests (trailing
+        metadata "ocsp-signer-max-batch" carries the bound), or a
+        message larger than the largest valid batch, or
+        [listen] max_concurrent_rpcs calls in progress already
+        UNIMPLEMENTED       a signer older than this RPC (the frontend then sends
+        unary Signs)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +143,11 @@ def add_SignerServicer_to_server(servicer, server):
                     servicer.Sign,
                     request_deserializer=signer__pb2.SignRequest.FromString,
                     response_serializer=signer__pb2.SignReply.SerializeToString,
+            ),
+            'SignBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignBatch,
+                    request_deserializer=signer__pb2.SignBatchRequest.FromString,
+                    response_serializer=signer__pb2.SignBatchReply.SerializeToString,
             ),
             'Responders': grpc.unary_unary_rpc_method_handler(
                     servicer.Responders,
@@ -159,6 +192,33 @@ class Signer:
             '/ocsp.signer.v1.Signer/Sign',
             signer__pb2.SignRequest.SerializeToString,
             signer__pb2.SignReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ocsp.signer.v1.Signer/SignBatch',
+            signer__pb2.SignBatchRequest.SerializeToString,
+            signer__pb2.SignBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

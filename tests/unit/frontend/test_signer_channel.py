@@ -63,10 +63,12 @@ class Stand(signer_pb2_grpc.SignerServicer):
     ``refuse``: abort every call as the real signer refuses (UNAVAILABLE, with the refusal mark) or, with
     ``mark=False``, as an older signer did (no mark)."""
 
-    def __init__(self, *, hang_first: bool = False, refuse: bool = False, mark: bool = True) -> None:
+    def __init__(self, *, hang_first: bool = False, refuse: bool = False, mark: bool = True,
+                 batch: bool = True) -> None:
         self.hang_first = hang_first
         self.refuse = refuse
         self.mark = mark
+        self.batch = batch  # False: a signer without SignBatch (UNIMPLEMENTED; the client sends Signs)
         self.calls = 0
 
     async def Sign(self, request: pb.SignRequest, context: aio.ServicerContext) -> pb.SignReply:
@@ -77,6 +79,12 @@ class Stand(signer_pb2_grpc.SignerServicer):
         if self.hang_first and self.calls == 1:
             await asyncio.Event().wait()  # cancelled when the transport goes
         return pb.SignReply(ocsp_response=b"DER", generation=1)
+
+    async def SignBatch(self, request: pb.SignBatchRequest, context: aio.ServicerContext) -> pb.SignBatchReply:
+        if not self.batch:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        reply = await self.Sign(request.requests[0], context)
+        return pb.SignBatchReply(items=[pb.SignBatchItem(reply=reply)] * len(request.requests))
 
 
 async def start(stand: Stand, options: list[tuple[str, int]]) -> tuple[aio.Server, str]:
@@ -172,13 +180,14 @@ def test_signer_key(tmp_path: Path) -> None:
 # -- the retry ----------------------------------------------------------------------------------------
 
 
-def test_sign_whose_connection_gets_goaway_is_sent_again() -> None:
+@pytest.mark.parametrize("batch", [True, False])
+def test_sign_whose_connection_gets_goaway_is_sent_again(batch: bool) -> None:
     """A signer allowing one ping per 5 s and a client pinging every second: the signer drops the
-    connection (GOAWAY too_many_pings) while a Sign is in flight on it. The Sign goes out again over a
-    new connection and is answered, instead of tryLater."""
+    connection (GOAWAY too_many_pings) while a Sign (or the SignBatch carrying it) is in flight on it.
+    It goes out again over a new connection and is answered, instead of tryLater."""
 
     async def go() -> None:
-        stand = Stand(hang_first=True)
+        stand = Stand(hang_first=True, batch=batch)
         server, address = await start(stand, options_for(5.0))
         client = SignerClient([address], 20.0, keepalive=Keepalive(1.0, 5.0))
         try:
@@ -192,13 +201,14 @@ def test_sign_whose_connection_gets_goaway_is_sent_again() -> None:
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("batch", [True, False])
 @pytest.mark.parametrize("mark", [True, False])
-def test_a_refusal_is_not_sent_again(mark: bool) -> None:
+def test_a_refusal_is_not_sent_again(mark: bool, batch: bool) -> None:
     """An UNAVAILABLE the signer answered (marked) is final for that address; without the mark (a signer
     from before the mark) it cannot be told from a lost connection and is sent once more."""
 
     async def go() -> None:
-        stand = Stand(refuse=True, mark=mark)
+        stand = Stand(refuse=True, mark=mark, batch=batch)
         server, address = await start(stand, options_for(10.0))
         client = SignerClient([address], 5.0)
         try:

@@ -1,8 +1,9 @@
 """What a caller may make the signer hold (issue 7 item 4), against the real grpc.aio server in this
 process (FakeToken; signer.service.serve as a start runs it):
 
-- the receive limit is sized from policy.max_cert_ids: the largest valid SignRequest is signed, a
-  message one byte over the limit is refused RESOURCE_EXHAUSTED before the servicer sees it;
+- the receive limit is sized from policy.max_cert_ids and policy.max_batch: the largest valid SignRequest
+  is signed, a message one byte over the limit is refused RESOURCE_EXHAUSTED before the servicer sees
+  it (the largest SignBatch: tests/unit/signer/test_signer_batch.py);
 - fields proto/signer.proto does not define are refused (INVALID_ARGUMENT naming the field), at any
   depth and on every Signer RPC, so padding cannot ride along with a valid request;
 - unary calls in progress are bounded (RESOURCE_EXHAUSTED, which the frontend's client turns into
@@ -126,7 +127,7 @@ def maximal_request(ca: Ca, n: int) -> pb.SignRequest:
 @pytest.mark.parametrize("max_cert_ids", [1, 8, 1000])
 def test_largest_valid_request_signed_one_byte_more_refused(tmp_path: Path, max_cert_ids: int) -> None:
     ca = make_ca("alpha")
-    conf = setup(short_dir(tmp_path), [ca], policy=f"max_cert_ids = {max_cert_ids}\n")
+    conf = setup(short_dir(tmp_path), [ca], policy=f"max_cert_ids = {max_cert_ids}\nmax_batch = 1\n")
     token = token_for(ca)
     limit = receive_limit(load_signer_config(conf))
     request = maximal_request(ca, max_cert_ids)
@@ -157,11 +158,15 @@ def test_receive_limit_follows_max_cert_ids_and_admin(tmp_path: Path) -> None:
     base = short_dir(tmp_path)
     limits = {}
     for n in (1, 8, 64, 1000):
-        limits[n] = receive_limit(load_signer_config(setup(base, [ca], policy=f"max_cert_ids = {n}\n")))
+        limits[n] = receive_limit(load_signer_config(setup(base, [ca], policy=f"max_cert_ids = {n}\nmax_batch = 1\n")))
     assert limits[1] < limits[8] < limits[64] < limits[1000]
-    assert limits[8] < 8 << 10  # the default: a few KB, not the 1 MiB the flood used
+    assert limits[8] < 8 << 10  # one request at a time: a few KB, not the 1 MiB the flood used
     assert limits[1000] < 300 << 10
-    cfg = load_signer_config(setup(base, [ca], admin='[admin]\nallowed_clients = ["cn:ocsp-admin"]\n'))
+    # The default: a SignBatch of 64 requests of up to 8 CertIDs, a few hundred KB.
+    default = receive_limit(load_signer_config(setup(base, [ca])))
+    assert 60 * (limits[8] - 1024) < default < 300 << 10
+    cfg = load_signer_config(setup(base, [ca], policy="max_batch = 1\n",
+                                   admin='[admin]\nallowed_clients = ["cn:ocsp-admin"]\n'))
     assert receive_limit(cfg) == MIN_ADMIN_MESSAGE_BYTES  # a RotateRequest's certificate fits
     assert dict(server_options(cfg))["grpc.max_receive_message_length"] == MIN_ADMIN_MESSAGE_BYTES
 

@@ -269,7 +269,7 @@ def _bytes_fields(message: Any, seen: set[str]) -> set[str]:
 
 def test_no_rpc_takes_bytes_to_sign() -> None:
     service = pb.DESCRIPTOR.services_by_name["Signer"]
-    assert {m.name for m in service.methods} == {"Sign", "Responders", "Health", "Watch"}
+    assert {m.name for m in service.methods} == {"Sign", "SignBatch", "Responders", "Health", "Watch"}
     found: set[str] = set()
     for method in service.methods:
         found |= _bytes_fields(method.input_type, set())
