@@ -77,6 +77,8 @@ class Runner:
     def __init__(self, connections: int, seconds: float, half_seconds: float) -> None:
         self.connections, self.seconds, self.half_seconds = connections, seconds, half_seconds
         self.rows: list[Row] = []
+        self.profiles: dict[str, str] = {}
+        self.profile = False
 
     def http_row(self, key: str, label: str, port: int, body: Body, pids: list[int], *,
                  check: bool = True, warmup: float = 1.0) -> tuple[WrkResult, WrkResult]:
@@ -257,10 +259,31 @@ def project_rows(runner: Runner, demo: Path, tmp: Path) -> None:
                 body = nonce_template(demo / ca_dir / "leaf-good.pem", demo / ca_dir / "ca.pem")
                 runner.http_row(f"project {kind} {where}", f"this project {kind}, {where}", port, body,
                                 [signer, frontend])
+                if runner.profile and kind == "P-256" and pin is None:
+                    profile_run(runner, port, body, {"ocsp-signer": signer, "ocsp-frontend": frontend}, run_dir)
             runner.http_row(f"hit POST {where}", f"cache hit POST, {where}", port, fixed_post(*hit),
                             [signer, frontend])
             runner.http_row(f"hit GET {where}", f"cache hit GET, {where}", port, fixed_get(*hit),
                             [signer, frontend])
+
+
+def profile_run(runner: Runner, port: int, body: Body, pids: dict[str, int], tmp: Path) -> None:
+    """py-spy on each server process during one more wrk run (not a measured one: sampling costs)."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        log("  (no py-spy in the venv: no profile)")
+        return
+    seconds = max(round(runner.seconds / 2), 2)
+    procs = {name: subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw",
+                                     "--nonblocking", "-o", str(tmp / f"{name}.txt")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, pid in pids.items()}
+    run_wrk(port, body, connections=runner.connections, seconds=seconds + 1, server_pids=list(pids.values()))
+    for name, proc in procs.items():
+        proc.wait(30)
+        out = tmp / f"{name}.txt"
+        if out.exists():
+            runner.profiles[name] = out.read_text()
 
 
 def uvloop_row(runner: Runner, demo: Path) -> None:
@@ -350,6 +373,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short runs (2 s), for a check; not for RESULTS.md")
     ap.add_argument("--seconds", type=float, default=10.0, help="each peak run (default 10)")
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the P-256 row")
     ap.add_argument("--out", type=Path, default=ROOT / "bench", help="where RESULTS.md and results.png go")
     args = ap.parse_args()
     demo: Path = args.demo.resolve()
@@ -361,6 +385,7 @@ def main() -> int:
         return 2
     seconds = 2.0 if args.quick else args.seconds
     runner = Runner(args.connections, seconds, max(seconds / 2, 2.0))
+    runner.profile = not args.no_profile
     started, load_before = datetime.now(UTC), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="signing-bench-") as tmp:
         log("openssl ocsp:")
@@ -373,7 +398,8 @@ def main() -> int:
     command = " ".join(["bench/signing_bench.py"] + sys.argv[1:])
     md = write_results(args.out / "RESULTS.md", runner.rows, started=started, command=command,
                        seconds=seconds, half_seconds=runner.half_seconds, connections=args.connections,
-                       pin_cpu=PIN_CPU, load=(load_before, os.getloadavg()[0]), commit=git_commit())
+                       pin_cpu=PIN_CPU, load=(load_before, os.getloadavg()[0]), commit=git_commit(),
+                       profiles=runner.profiles)
     write_plot(args.out / "results.png", runner.rows, started)
     print(md)
     return 0
