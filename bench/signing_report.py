@@ -61,7 +61,7 @@ def targets(rows: list[Row]) -> list[Target]:
         p, r = by["project RSA-2048 all cores"], by[f"raw RSA-2048 {n}"]
         weak = n > 1 and "raw RSA-2048 1" in by and r.rps < 1.5 * by["raw RSA-2048 1"].rps
         out.append(Target(f"RSA-2048 answers/s / raw SoftHSM with {n} processes", p.rps / r.rps, 0.7, True,
-                          note=" (not a fair verdict: the raw reference did not scale, see below)" if weak else ""))
+                          note=" (the raw reference did not scale in this run, see below)" if weak else ""))
     for method in ("POST", "GET"):
         if have(f"hit {method} all cores", "bare uvloop"):
             h, u = by[f"hit {method} all cores"], by["bare uvloop"]
@@ -194,7 +194,7 @@ loops' own process time per signature.
         if one and many and n > 1 and many.rps < 1.5 * one.rps:
             text += (f"\nRaw SoftHSM {kind} gave {many.rps / one.rps:.2f}x with {n} processes what it gave with"
                      " 1: the cores were not free (other work on the machine, see the load average), so the"
-                     f" ratios against it flatter this project.\n")
+                     f" ratios against its {n}-process figure flatter this project.\n")
     text += NOTES + profile_text(profiles or {}, "this project P-256, all cores")
     path.write_text(text)
     return text
@@ -205,11 +205,16 @@ NOTES = """
 
 Up to the commit named above, main has none of issue 10's changes (batched signing, signer and
 frontend workers, the fast decoder, back-pressure). A signed answer there costs one unary gRPC call
-on each side, one hop to the token thread and one audit append per signature, and asn1crypto's
-generic decoding in the frontend: the issue's profile (py-spy) puts the signer's CPU at ~1.2 ms per
-P-256 signature of which C_Sign is ~80 µs, and the frontend's at ~0.7 ms per request. The frontend
-and the signer are one process each, so "all cores" can use at most one core per half. Run
-`make bench` again once those changes are in: the rows and the ratios above are the acceptance
+on each side (`UnaryUnaryCall._invoke` in the frontend's profile below), one hop to the token thread
+(`ThreadPoolExecutor.submit`, `_worker` in the signer's) and one audit append per signature
+(`AuditLog._write`), and asn1crypto's generic decoding in the frontend (`Sequence.__getitem__`,
+`_build`, `_parse_children`); the token's own signing (`SignMixin.sign`) is a small share of the
+signer's CPU. The frontend and the signer are one process each, so "all cores" can use at most
+one core per half, and wrk holds most of the other. The p99 misses are queueing behind that: at
+half of peak each half is still a single event loop with one unary call per answer in flight.
+On a busy machine (load average above the core count) the req/s columns move from run to run by
+2x; the CPU-per-answer columns, from each server's own CPU time, move much less. Run `make bench`
+again once those changes are in, on a quiet machine: the rows and ratios above are the acceptance
 figures.
 """
 
