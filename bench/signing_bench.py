@@ -360,11 +360,11 @@ def raw_rows(runner: Runner, demo: Path, seconds: float) -> None:
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True,
+    out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True,
                          check=False).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "frontend", "signer", "shared"],
                            capture_output=True, text=True, check=False).stdout.strip()
-    return (out[:90] or "unknown") + (" (with uncommitted changes to the servers)" if dirty else "")
+    return (out or "unknown") + (" (with uncommitted changes to the servers)" if dirty else "")
 
 
 def main() -> int:

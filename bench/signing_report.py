@@ -41,7 +41,9 @@ class Target:
 
     def line(self) -> str:
         op = ">=" if self.at_least else "<="
-        verdict = "met" if self.met else (f"**missed** by {self.limit / self.value if self.at_least and self.value else self.value / self.limit:.1f}x")
+        factor = (self.limit / self.value if self.value else float("inf")) if self.at_least else self.value / self.limit
+        by = f"{factor:.1f}x" if factor >= 2 else f"{factor - 1:.0%}"
+        verdict = "met" if self.met else f"**missed** by {by}"
         return f"| {self.what} | {self.value:.2f}{self.unit} | {op} {self.limit:g}{self.unit} | {verdict}{self.note} |"
 
 
