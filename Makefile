@@ -8,7 +8,7 @@ export SOFTHSM2_CONF := $(VAR)/softhsm2.conf
 
 SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli go
 
-.PHONY: run test lint bench system venv softhsm proto check-proto clean
+.PHONY: run test lint bench bench-tools system venv softhsm proto check-proto clean
 
 # The demo's HTTP port (`make run PORT=8080`); the leaf certificates' OCSP URL names it, so another
 # port re-issues them.
@@ -26,8 +26,12 @@ lint: venv
 	$(BIN)/ruff check .
 
 # Benchmarks print a table of ratios against a reference measured in the same run.
-bench: venv softhsm
+# bench/signing_bench.py (issue 10) takes about six minutes and writes bench/RESULTS.md and
+# bench/results.png; `make bench BENCH_ARGS=--quick` for short runs.
+BENCH_ARGS ?=
+bench: venv softhsm bench-tools
 	$(BIN)/ocspctl demo setup --dir $(VAR)/demo
+	$(BIN)/python bench/signing_bench.py --demo $(VAR)/demo $(BENCH_ARGS)
 	$(BIN)/python bench/http_bench.py --demo $(VAR)/demo
 	$(BIN)/python bench/signer_bench.py --demo $(VAR)/demo
 	$(BIN)/python bench/audit_bench.py
@@ -35,6 +39,12 @@ bench: venv softhsm
 	$(BIN)/python bench/decode_bench.py
 	$(BIN)/python bench/status_check_bench.py
 	$(BIN)/python bench/local_callers_bench.py --demo $(VAR)/demo --seconds 2
+
+# What only the benchmarks need: wrk (Debian) and bench/requirements.txt (matplotlib) in the venv.
+bench-tools: venv
+	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/pip install -q --disable-pip-version-check -r bench/requirements.txt
 
 # Debian packages: SoftHSM, the OpenSSL CLI, and the GnuTLS, NSS and Go (x/crypto/ocsp) clients the tests use.
 system:
