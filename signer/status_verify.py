@@ -102,10 +102,15 @@ class StatusVerifier:
         if found is None:
             return None
         snapshot, item, _reason = found
-        if (snapshot is None or may_be_older(snapshot, item)) and await source.refresh():
-            found = self._first_problem(source, job)  # newer data: judge again
-            if found is None:
-                return None
+        if snapshot is None or may_be_older(snapshot, item):
+            generation = source.generation
+            await source.refresh()
+            # Newer data, installed by this refresh or by the watch task's one that held the lock
+            # meanwhile (this refresh then finds nothing new): judge again.
+            if source.generation != generation:
+                found = self._first_problem(source, job)
+                if found is None:
+                    return None
         _snapshot, item, reason = found
         self.refusals[job.responder.name] = self.refusals.get(job.responder.name, 0) + 1
         return f"serial {item.cert_id.serial.hex()}: {reason}"

@@ -136,3 +136,43 @@ def test_a_ca_added_after_start_is_refused_until_a_restart() -> None:
     problem = asyncio.run(verifier.problem(job("new")))  # type: ignore[arg-type]
     assert problem is not None and "added after the signer started" in problem
     assert verifier.refusals == {"new": 1}
+
+
+def test_data_installed_by_the_watch_task_during_the_reload_is_judged() -> None:
+    """The watch task may hold the source's lock, installing the new file, while Sign asks for a
+    reload: that reload then finds nothing new (returns False), yet the data is newer: judge again."""
+    import asyncio
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from shared.clock import FakeClock
+    from signer.status_verify import StatusVerifier
+    from tests.unit.signer.signer_fixtures import NOW
+
+    class Source:
+        generation = 1
+        verdict = "asked good, the data says revoked"
+
+        def current(self) -> object:
+            return self
+
+        def issued_at(self) -> None:  # index-like data: a disagreement may mean older data
+            return None
+
+        async def refresh(self) -> bool:
+            self.generation += 1  # the watch task installed the new file meanwhile
+            self.verdict = ""
+            return False
+
+    source = Source()
+    import signer.status_verify as sv
+
+    original = sv.check
+    sv.check = lambda snapshot, item, now, skew: snapshot.verdict or None  # type: ignore[assignment]
+    try:
+        verifier = StatusVerifier(sources={"a": source}, clock=FakeClock(NOW),  # type: ignore[dict-item]
+                                  max_clock_skew=timedelta(minutes=5))
+        job = SimpleNamespace(responder=SimpleNamespace(name="a"), statuses=(SimpleNamespace(),))
+        assert asyncio.run(verifier.problem(job)) is None  # type: ignore[arg-type]
+    finally:
+        sv.check = original
