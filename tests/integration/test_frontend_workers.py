@@ -178,3 +178,18 @@ def test_workers_out_of_range_is_a_config_error(demo: Demo, tmp_path: Path) -> N
     conf = demo_config(demo, "frontend.toml", tmp_path / "frontend.toml", {"workers": 0})
     r = check_config(demo, "ocsp-frontend", conf)
     assert r.returncode == 2 and f"ocsp-frontend: {conf}: listen.workers: must be at least 1, not 0" in r.stderr, r.stderr
+
+
+def test_workers_stop_when_the_supervisor_is_killed(two_workers: tuple[Process, int]) -> None:
+    """SIGKILL leaves the supervisor no time to stop anyone: its workers stop by themselves (SIGTERM from
+    the kernel, PR_SET_PDEATHSIG) and let go of the port."""
+    p, port = two_workers
+    assert p.proc is not None
+    pids = set(worker_pids(p).values())
+    assert len(pids) == 2
+    p.proc.kill()
+    p.proc.wait()
+    wait_until(lambda: not any(alive(pid) for pid in pids), 20, "the workers to stop")
+    assert count(p, "frontend: stopped") == 2  # each stopped as on SIGTERM, in order
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
