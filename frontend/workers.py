@@ -205,7 +205,7 @@ class Supervisor:
         slot.serving = True
         if slot.hup_pending:
             slot.hup_pending = False
-            os.kill(pid, signal.SIGHUP)
+            _signal(pid, signal.SIGHUP)
         if not self.started and all(s.serving for s in self.slots):
             self.started = True
             name = self.slots[0].sockets[0].getsockname()
@@ -215,7 +215,7 @@ class Supervisor:
         log.info("SIGHUP: passing it to every worker")
         for slot in self.slots:
             if slot.pid is not None and slot.serving:
-                os.kill(slot.pid, signal.SIGHUP)
+                _signal(slot.pid, signal.SIGHUP)
             elif slot.pid is not None:
                 slot.hup_pending = True
 
