@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -66,10 +67,13 @@ release_fd = int(sys.argv[2])
 def say(text):
     print(text, file=sys.stderr, flush=True)
 
-def wait_for_term():
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    signal.sigwait({signal.SIGTERM})
-    return 0
+def stop(*_):
+    sys.exit(0)
+
+def wait_for_term():  # with handlers running meanwhile (a sigwait would hold them off)
+    signal.signal(signal.SIGTERM, stop)
+    while True:
+        signal.pause()
 
 def run(number, sockets, ready):
     assert len(sockets) == 1 and sockets[0].getsockname()[1] != 0
@@ -107,9 +111,11 @@ class Supervised:
         self.proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, mode, str(self.release_r)], cwd=ROOT,
                                      stderr=subprocess.PIPE, text=True, pass_fds=(self.release_r,))
         self.lines: list[str] = []
+        self.watchdog = threading.Timer(60, self.proc.kill)  # a hung supervisor ends its log: the test fails
+        self.watchdog.start()
 
     def until(self, text: str) -> str:
-        """Read the log until a line with ``text`` (the process's own timeout bounds the wait)."""
+        """Read the log until a line with ``text`` (the watchdog bounds the wait)."""
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
@@ -123,6 +129,7 @@ class Supervised:
         return self.proc.returncode, "".join(self.lines)
 
     def close(self) -> None:
+        self.watchdog.cancel()
         os.close(self.release_r)
         os.close(self.release_w)
         if self.proc.poll() is None:
