@@ -173,7 +173,8 @@ class FrontendServer:
 
 def check_fd_limit(max_connections: int) -> None:
     """Warn when the open-file limit cannot hold listen.max_connections: past the limit accept() fails
-    (EMFILE) and new clients get no answer at all instead of a 503."""
+    (EMFILE) and new clients get no answer at all instead of a 503. With listen.workers > 1 each worker
+    checks for itself: the limit is per process, and so is max_connections."""
     need = max_connections + MAX_REFUSING + FD_RESERVE
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < need:
