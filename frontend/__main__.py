@@ -3,6 +3,8 @@
 Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passing --check; 2 for a configuration
 or status-data fault found at start-up, printed as ``ocsp-frontend: <file>: <key>: <message>``.
 SIGHUP re-reads every CA's status data (a bad new file keeps the last good data).
+With ``listen.workers`` above 1 this process loads and checks the same, then supervises that many
+workers (frontend.workers), each running ``serve``; 1 if it gives up on them.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from frontend.app import CaEntry, OcspApp
 from frontend.cache import ResponseCache
@@ -24,6 +27,7 @@ from frontend.sign_limit import BoundedSigner
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.tasks import cancel_all
 from frontend.watch import ResponderWatch
+from frontend.workers import LOG_FORMAT, bind_slots, supervise
 from shared import logsafe
 from shared.config import ConfigError
 from shared.ocsp.certid import IssuerIndex
@@ -53,7 +57,10 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
+async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: Sequence[socket.socket] = (),
+                ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT: on ``listen.host``/``port``, or, in a worker, on the supervisor's
+    ``sockets`` (then ``ready()`` once listening)."""
     loop = asyncio.get_running_loop()
     signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls,
                           keepalive=Keepalive(cfg.signer.keepalive, cfg.signer.keepalive_timeout))
@@ -78,7 +85,9 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     app = OcspApp(issuers=issuers, signer=bounded, cache=cache, listen=cfg.listen,
                   stored_headers=static_headers)
     server = FrontendServer(app, cfg.listen, readiness)
-    host, port = await server.start()
+    if sockets:  # a worker, perhaps one started long after the supervisor loaded the data
+        await asyncio.gather(*(s.refresh() for s in sources), return_exceptions=True)
+    host, port = await server.start(socks=sockets)
     log.info("listening on %s", _url(host, port))
 
     watchers = [loop.create_task(s.watch(), name=f"watch-{s.name}") for s in sources]
@@ -98,6 +107,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry]) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    if ready is not None:
+        ready()  # now, not before: a SIGHUP passed on from here on must find its handler
     try:
         await stop.wait()
         log.info("stopping")
@@ -124,8 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="validate config and status data, then exit")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
     logsafe.install()  # names and paths from outside cannot forge log lines
     try:
         cfg = load_frontend_config(args.config)
@@ -143,12 +153,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvloop
 
-    try:
-        uvloop.run(serve(cfg, issuers))
-    except OSError as e:
+    def worker(number: int, sockets: Sequence[socket.socket], ready: Callable[[], None]) -> int:
+        try:
+            uvloop.run(serve(cfg, issuers, sockets=sockets, ready=ready))
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    def cannot_listen(e: OSError) -> int:
         print(f"ocsp-frontend: {args.config}: listen: cannot listen on {cfg.listen.host}:{cfg.listen.port}: "
               f"{e.strerror or e}", file=sys.stderr, flush=True)
         return 2
+
+    if cfg.listen.workers > 1:
+        try:
+            groups = bind_slots(cfg.listen.host, cfg.listen.port, cfg.listen.workers)
+        except OSError as e:
+            return cannot_listen(e)
+        return supervise(cfg.listen, groups, worker)
+    try:
+        uvloop.run(serve(cfg, issuers))
+    except OSError as e:
+        return cannot_listen(e)
     except KeyboardInterrupt:
         pass
     return 0

@@ -6,7 +6,8 @@ signer's and is ignored here (its keys are not even looked at).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,18 @@ from shared.status.config import StatusConfig, read_status_config
 
 _HASH_NAMES = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA256,
                "sha384": HashAlgorithm.SHA384, "sha512": HashAlgorithm.SHA512}
+
+MAX_WORKERS = 256
+
+
+def default_workers() -> int:
+    """listen.workers when not given: one per CPU this process may run on (its affinity mask, which is
+    os.cpu_count() unless taskset or systemd's CPUAffinity= narrowed it), at most MAX_WORKERS."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    return max(1, min(count, MAX_WORKERS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +64,10 @@ class ListenConfig:
     # Answers being worked on (cache misses: status lookup and signature) at once for one client
     # address, across its connections; more wait for a slot. 0 = no per-client limit.
     max_inflight_per_client: int = 64
+    # Processes serving HTTP (frontend.workers): 1 = this process alone; more = a supervisor and that
+    # many workers, each with its own event loop, cache and signer channels, sharing the port through
+    # SO_REUSEPORT. The limits above are each worker's own.
+    workers: int = field(default_factory=default_workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +169,13 @@ def _listen(sec: Section) -> ListenConfig:
     per_client = sec.int("max_connections_per_client", d.max_connections_per_client, minimum=0,
                          maximum=1_000_000)
     inflight = sec.int("max_inflight_per_client", d.max_inflight_per_client, minimum=0, maximum=1_000_000)
+    workers = sec.int("workers", d.workers, minimum=1, maximum=MAX_WORKERS)
     return ListenConfig(host=host, port=port, path_prefix=prefix, max_request_bytes=max_request,
                         max_header_bytes=max_header, max_cert_ids=max_ids, allowed_hashes=hashes,
                         idle_timeout=_seconds(idle), request_timeout=_seconds(req),
                         shutdown_grace=_seconds(grace), max_connections=max_conns,
-                        max_connections_per_client=per_client, max_inflight_per_client=inflight)
+                        max_connections_per_client=per_client, max_inflight_per_client=inflight,
+                        workers=workers)
 
 
 def _check_address(sec: Section, key: str, address: str) -> None:

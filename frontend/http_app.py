@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Sequence
 from typing import Any
 
 from frontend.app import OcspApp
@@ -121,17 +122,23 @@ class FrontendServer:
         self.pool = ConnectionPool(listen, self.loop)
         self.connections = self.pool.open
         self.max_url = self.pool.max_url
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (listen.host, listen.port)
 
-    async def start(self, sock: Any = None) -> tuple[str, int]:
-        if sock is not None:
-            self._server = await self.loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=1024)
+    async def start(self, sock: Any = None, *, socks: Sequence[Any] = ()) -> tuple[str, int]:
+        """Listen on ``listen.host``/``port``, or serve the bound sockets given (``sock``, or ``socks``: a
+        worker's share of the supervisor's sockets, frontend.workers); returns the first address."""
+        def protocol() -> HttpProtocol:
+            return HttpProtocol(self)
+
+        given = [sock] if sock is not None else list(socks)
+        if given:
+            self._servers = [await self.loop.create_server(protocol, sock=s, backlog=1024) for s in given]
         else:
-            self._server = await self.loop.create_server(lambda: HttpProtocol(self), self.listen.host,
-                                                         self.listen.port, backlog=1024, reuse_address=True)
-        name = self._server.sockets[0].getsockname()
+            self._servers = [await self.loop.create_server(protocol, self.listen.host, self.listen.port,
+                                                           backlog=1024, reuse_address=True)]
+        name = self._servers[0].sockets[0].getsockname()
         self.address = (name[0], name[1])
         self._sweeper = self.loop.create_task(self._sweep())
         check_fd_limit(self.listen.max_connections)
@@ -147,8 +154,8 @@ class FrontendServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), close the rest."""
         grace = self.listen.shutdown_grace if grace is None else grace
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         deadline = self.loop.time() + grace
         while self.connections and self.loop.time() < deadline:
             for conn in list(self.connections):
@@ -160,13 +167,14 @@ class FrontendServer:
             if conn.transport is not None:
                 reset(conn.transport)
         await cancel_and_wait(self._sweeper)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
 
 
 def check_fd_limit(max_connections: int) -> None:
     """Warn when the open-file limit cannot hold listen.max_connections: past the limit accept() fails
-    (EMFILE) and new clients get no answer at all instead of a 503."""
+    (EMFILE) and new clients get no answer at all instead of a 503. With listen.workers > 1 each worker
+    checks for itself: the limit is per process, and so is max_connections."""
     need = max_connections + MAX_REFUSING + FD_RESERVE
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < need:

@@ -133,6 +133,16 @@ def softhsm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
+def one_worker(frontend_toml: Path) -> None:
+    """Pin the frontend of ``frontend_toml`` (a demo's, which leaves ``[listen] workers`` at its default,
+    one per core) to one process: the suite's frontends, and those made from their configs
+    (private_stack.demo_config), each count their connections, cache and log lines as one process does.
+    tests/integration/test_frontend_workers.py sets ``workers`` itself."""
+    text = frontend_toml.read_text()
+    assert "\n[listen]\n" in text and "workers =" not in text, text
+    frontend_toml.write_text(text.replace("\n[listen]\n", "\n[listen]\nworkers = 1\n", 1))
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) -> Demo:
     d = tmp_path_factory.mktemp("demo")
@@ -140,6 +150,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) 
     address = f"unix:{d / 'run' / 'signer.sock'}"
     demo = Demo(dir=d, env=softhsm_env, http_port=port, signer_address=address)
     demo.ctl("demo", "setup", "--dir", str(d), "--http-port", str(port), "--signer-address", address)
+    one_worker(demo.path("etc", "frontend.toml"))
     return demo
 
 

@@ -106,3 +106,20 @@ def test_systemd_accepts_the_unit(unit: str, tmp_path: Path) -> None:
     r = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60,
                        check=False)
     assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+
+
+def test_frontend_unit_stops_and_reloads_through_the_supervisor() -> None:
+    """With listen.workers > 1 the main PID supervises the workers: SIGTERM and SIGHUP go to it alone
+    (it passes them on; a worker getting SIGTERM from systemd as well would race its supervisor), and
+    only what outlives TimeoutStopSec= is killed, control group and all."""
+    settings = unit_settings(UNITS / "ocsp-frontend.service")
+    assert settings["Type"] == ["exec"]
+    assert settings["KillMode"] == ["mixed"] and settings["KillSignal"] == ["SIGTERM"]
+    assert settings["ExecReload"] == ["/bin/kill", "-HUP", "$MAINPID"]
+    # The supervisor kills a worker that has not stopped shutdown_grace + STOP_MARGIN into a stop;
+    # systemd's own deadline comes after that, for the default shutdown_grace.
+    from frontend.config import ListenConfig
+    from frontend.workers import STOP_MARGIN
+
+    (stop,) = settings["TimeoutStopSec"]
+    assert int(stop) > ListenConfig().shutdown_grace + STOP_MARGIN

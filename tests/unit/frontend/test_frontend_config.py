@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from frontend.config import load_frontend_config
+from frontend.config import MAX_WORKERS, default_workers, load_frontend_config
 from shared.config import ConfigError
 from shared.ocsp.types import HashAlgorithm
 from tests.unit.frontend.frontend_pki import TestCA, write
@@ -37,6 +37,7 @@ def test_defaults(tmp_path: Path, ca: TestCA) -> None:
     assert cfg.listen.allowed_hashes == tuple(HashAlgorithm)
     assert (cfg.listen.max_connections, cfg.listen.max_connections_per_client,
             cfg.listen.max_inflight_per_client) == (4096, 512, 64)
+    assert cfg.listen.workers == default_workers()
     assert cfg.signer.addresses == ("127.0.0.1:50051",) and cfg.signer.timeout == 2.0
     assert cfg.cache.max_entries == 10000 and cfg.cache.max_age == timedelta(hours=1)
     assert cfg.cache.max_bytes == 64 << 20 and cfg.cache.max_key_bytes == 1024
@@ -48,7 +49,7 @@ def test_defaults(tmp_path: Path, ca: TestCA) -> None:
 
 def test_full(tmp_path: Path, ca: TestCA) -> None:
     fe = ('[listen]\nport = 0\npath_prefix = "/ocsp"\nallowed_hashes = ["sha256", "SHA-384"]\n'
-          'max_connections = 100\nmax_connections_per_client = 0\nmax_inflight_per_client = 4\n'
+          'max_connections = 100\nmax_connections_per_client = 0\nmax_inflight_per_client = 4\nworkers = 3\n'
           '[signer]\naddresses = ["unix:/run/s.sock", "127.0.0.2:50051"]\ntimeout = "500ms"\n'
           '[cache]\nmax_entries = 5\nmax_age = "10m"\nmax_bytes = 1000000\nmax_key_bytes = 300\n')
     cafile = ('name = "x"\nca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n'
@@ -58,6 +59,7 @@ def test_full(tmp_path: Path, ca: TestCA) -> None:
     assert cfg.listen.allowed_hashes == (HashAlgorithm.SHA256, HashAlgorithm.SHA384)
     assert (cfg.listen.max_connections, cfg.listen.max_connections_per_client,
             cfg.listen.max_inflight_per_client) == (100, 0, 4)
+    assert cfg.listen.workers == 3
     assert cfg.signer.addresses == ("unix:/run/s.sock", "127.0.0.2:50051") and cfg.signer.timeout == 0.5
     assert (cfg.cache.max_entries, cfg.cache.max_bytes, cfg.cache.max_key_bytes) == (5, 1000000, 300)
     assert cfg.cas[0].status.unissued == "revoked" and cfg.cas[0].status.issued_serials is None
@@ -70,6 +72,9 @@ def test_full(tmp_path: Path, ca: TestCA) -> None:
     ("[listen]\nmax_connections = 0\n", None, "listen.max_connections"),
     ("[listen]\nmax_connections_per_client = -1\n", None, "listen.max_connections_per_client"),
     ("[listen]\nmax_inflight_per_client = \"8\"\n", None, "listen.max_inflight_per_client"),
+    ("[listen]\nworkers = 0\n", None, "listen.workers"),
+    ("[listen]\nworkers = 257\n", None, "listen.workers"),
+    ("[listen]\nworkers = \"auto\"\n", None, "listen.workers"),
     ("[signer]\naddress = \"nohostport\"\n", None, "signer.address"),
     ("[signer]\naddress = \"a:1\"\naddresses = [\"b:2\"]\n", None, "signer.addresses"),
     ("[cache]\nmax_age = \"soon\"\n", None, "cache.max_age"),
@@ -94,6 +99,20 @@ def test_errors_name_file_and_key(tmp_path: Path, ca: TestCA, frontend: str, caf
     assert e.value.key == key, str(e.value)
     expected_file = path if cafile is None else tmp_path / "ca.d" / "one.toml"
     assert e.value.file == str(expected_file)
+
+
+def test_workers_range(tmp_path: Path, ca: TestCA) -> None:
+    for n in (1, MAX_WORKERS):
+        assert load_frontend_config(setup(tmp_path, ca, f"[listen]\nworkers = {n}\n")).listen.workers == n
+    with pytest.raises(ConfigError) as e:
+        load_frontend_config(setup(tmp_path, ca, "[listen]\nworkers = 300\n"))
+    assert str(e.value).endswith("listen.workers: must be at most 256, not 300")
+
+
+@pytest.mark.parametrize("cpus,workers", [(1, 1), (2, 2), (64, 64), (300, MAX_WORKERS)])
+def test_default_workers_is_one_per_usable_cpu(monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
+    assert default_workers() == workers
 
 
 def test_empty_ca_dir(tmp_path: Path, ca: TestCA) -> None:
