@@ -205,19 +205,17 @@ loops' own process time per signature.
 NOTES = """
 ## Why the misses
 
-Up to the commit named above, main has none of issue 10's changes (batched signing, signer and
-frontend workers, the fast decoder, back-pressure). A signed answer there costs one unary gRPC call
-on each side (`UnaryUnaryCall._invoke` in the frontend's profile below), one hop to the token thread
-(`ThreadPoolExecutor.submit`, `_worker` in the signer's) and one audit append per signature
-(`AuditLog._write`), and asn1crypto's generic decoding in the frontend (`Sequence.__getitem__`,
-`_build`, `_parse_children`); the token's own signing (`SignMixin.sign`) is a small share of the
-signer's CPU. The frontend and the signer are one process each, so "all cores" can use at most
-one core per half, and wrk holds most of the other. The p99 misses are queueing behind that: at
-half of peak each half is still a single event loop with one unary call per answer in flight.
-On a busy machine (load average above the core count) the req/s columns move from run to run by
-2x; the CPU-per-answer columns, from each server's own CPU time, move much less. Run `make bench`
-again once those changes are in, on a quiet machine: the rows and ratios above are the acceptance
-figures.
+Since commit c440bc5 main has issue 10's batched signing (SignBatch), frontend workers, the fast
+request decoder and the frontend's back-pressure; the signer is still one process (no signer
+workers yet), so "all cores" gives the signer one core at most while the frontend workers and wrk
+share the other. In the signer's profile below the token's own signing (`SignMixin.sign`) is now the
+largest busy share, then the token thread's hand-off (`_worker`) and the audit log's writes
+(`AuditLog._write`); the rest of a signature's cost is spread over the event loop. The frontend's
+profile is taken of the process wrk talks to; with workers that is the supervisor, which serves
+nothing, so it comes out empty (profile a worker's pid to see the frontend). The p99 misses are
+queueing in the one signer process. On a busy machine (load average above the core count) the
+req/s columns move from run to run by 2x; the CPU-per-answer columns, from each server's own CPU
+time, move much less. The rows and ratios above are the acceptance figures.
 """
 
 
