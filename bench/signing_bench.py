@@ -274,8 +274,9 @@ def profile_run(runner: Runner, port: int, body: Body, pids: dict[str, int], tmp
         log("  (no py-spy in the venv: no profile)")
         return
     seconds = max(round(runner.seconds / 2), 2)
+    # --subprocesses: with [listen] workers the frontend's pid is a supervisor that serves nothing.
     procs = {name: subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw",
-                                     "--nonblocking", "-o", str(tmp / f"{name}.txt")],
+                                     "--nonblocking", "--subprocesses", "-o", str(tmp / f"{name}.txt")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for name, pid in pids.items()}
     run_wrk(port, body, connections=runner.connections, seconds=seconds + 1, server_pids=list(pids.values()))

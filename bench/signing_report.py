@@ -211,8 +211,8 @@ workers yet), so "all cores" gives the signer one core at most while the fronten
 share the other. In the signer's profile below the token's own signing (`SignMixin.sign`) is now the
 largest busy share, then the token thread's hand-off (`_worker`) and the audit log's writes
 (`AuditLog._write`); the rest of a signature's cost is spread over the event loop. The frontend's
-profile is taken of the process wrk talks to; with workers that is the supervisor, which serves
-nothing, so it comes out empty (profile a worker's pid to see the frontend). The p99 misses are
+profile covers its worker processes (py-spy --subprocesses); the run at c440bc5 profiled only the
+supervisor, which serves nothing, so its frontend table below is empty. The p99 misses are
 queueing in the one signer process. On a busy machine (load average above the core count) the
 req/s columns move from run to run by 2x; the CPU-per-answer columns, from each server's own CPU
 time, move much less. The rows and ratios above are the acceptance figures.
