@@ -92,6 +92,10 @@ class SignerClientConfig:
     # Most signatures in flight at once for this frontend process (frontend.sign_limit): past it a
     # request that needs one is answered tryLater at once rather than waiting out the timeout.
     max_in_flight: int = 256
+    # Most requests in one SignBatch call (frontend.signer_client): whatever waits while a call is in
+    # flight joins the next one, up to this many. A signer with a lower [policy] max_batch says so and
+    # gets shorter batches; 1 sends one request per call.
+    max_batch: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +218,11 @@ def _signer(sec: Section) -> SignerClientConfig:
     health_interval = sec.duration("health_interval", timedelta(seconds=d.health_interval),
                                    minimum=timedelta(milliseconds=100), maximum=timedelta(hours=1))
     max_in_flight = sec.int("max_in_flight", d.max_in_flight, minimum=1, maximum=100_000)
+    max_batch = sec.int("max_batch", d.max_batch, minimum=1, maximum=1024)
     return SignerClientConfig(addresses=addrs, timeout=_seconds(timeout), tls=tls, keepalive=_seconds(keepalive),
                               keepalive_timeout=_seconds(keepalive_timeout),
-                              health_interval=_seconds(health_interval), max_in_flight=max_in_flight)
+                              health_interval=_seconds(health_interval), max_in_flight=max_in_flight,
+                              max_batch=max_batch)
 
 
 def _cache(sec: Section) -> CacheConfig:

@@ -1,4 +1,4 @@
-"""frontend.sign_limit: past signer.max_in_flight signatures in flight, tryLater at once (no waiting
+"""frontend.sign_limit (and the [signer] keys that bound the signing path): past signer.max_in_flight signatures in flight, tryLater at once (no waiting
 out the signer's timeout), counted and logged rate-limited; the slots come back when calls end,
 whether they succeed or fail."""
 
@@ -73,3 +73,15 @@ def test_config_key(tmp_path: Path) -> None:
     conf.write_text(base + "max_in_flight = 0\n")
     with pytest.raises(ConfigError, match="max_in_flight"):
         load_frontend_config(conf)
+    # The batch bound of [signer] (frontend.signer_client): the client's default, 1..1024.
+    from frontend.signer_client import DEFAULT_MAX_BATCH
+
+    assert load_frontend_config(_write(conf, base)).signer.max_batch == DEFAULT_MAX_BATCH
+    assert load_frontend_config(_write(conf, base + "max_batch = 1\n")).signer.max_batch == 1
+    with pytest.raises(ConfigError, match="max_batch"):
+        load_frontend_config(_write(conf, base + "max_batch = 1025\n"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
