@@ -30,6 +30,13 @@ def _check(config: SignerConfig) -> None:
     for r in ready.responders:
         print(f"{r.name}: responder {r.fingerprint[:16]}… key {r.key_label!r} {r.algorithm.value}, "
               f"valid until {r.not_after:%Y-%m-%dT%H:%M:%SZ}")
+    status = ready.status
+    for rc in config.responders:
+        if status is not None and rc.name in status.sources:
+            print(f"{rc.name}: statuses checked against {', '.join(map(str, status.sources[rc.name].files))} "
+                  "(policy.verify_status)")
+        else:
+            print(f"{rc.name}: statuses NOT checked against the signer's own data (see the warning)")
     a = config.audit
     print(f"audit: {a.dir} writable, writer {a.writer_id!r} ({ready.audit_records} records), "
           f"key {a.key_label!r} {ready.audit_signer.algorithm.value}")

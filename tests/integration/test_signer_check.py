@@ -109,6 +109,9 @@ def test_check_passes_without_listening_or_writing_the_log(demo: Demo, tmp_path:
     assert r.returncode == 0, r.stderr
     assert f"{conf}: OK (2 responders" in r.stdout
     assert "audit: " in r.stdout and "key 'demo-audit' sha256_ecdsa" in r.stdout, r.stdout
+    # --check loads the status data the signer checks every status against, and says so per CA.
+    assert "demo-rsa: statuses checked against " in r.stdout and "index.txt (policy.verify_status)" in r.stdout
+    assert "demo-ec: statuses checked against " in r.stdout and "crl.pem" in r.stdout, r.stdout
     assert not (tmp_path / "s.sock").exists() and not (tmp_path / "a.sock").exists()
     # The directory is made (as a start would) but holds no record, checkpoint or probe.
     assert sorted(p.name for p in (tmp_path / "audit").iterdir()) == [".audit-check.lock"]
