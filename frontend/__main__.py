@@ -25,7 +25,6 @@ from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
 from frontend.sign_limit import BoundedSigner
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
-from frontend.tasks import cancel_all
 from frontend.watch import ResponderWatch
 from frontend.workers import LOG_FORMAT, bind_slots, supervise
 from shared import logsafe
@@ -33,6 +32,7 @@ from shared.config import ConfigError
 from shared.ocsp.certid import IssuerIndex
 from shared.status.base import StatusDataError
 from shared.status.config import make_source
+from shared.tasks import cancel_all
 
 log = logging.getLogger("frontend")
 

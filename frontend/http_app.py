@@ -20,10 +20,10 @@ from frontend.config import ListenConfig
 from frontend.http_answer import ocsp_error_http, ocsp_http
 from frontend.http_conn import MAX_REFUSING, ConnectionPool, HttpConnection, etag_matches, plain, reset
 from frontend.readiness import READY_PATH, Readiness
-from frontend.tasks import cancel_and_wait
 from shared.ocsp import http as ohttp
 from shared.ocsp.errors import OCSPError
 from shared.ocsp.types import ResponseStatus
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("frontend.server")
 

@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from frontend.signer_client import SignerHealth
-from frontend.tasks import cancel_and_wait
 from shared.clock import Clock, SystemClock
 from shared.status.base import FileStatusSource
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("frontend.readiness")
 

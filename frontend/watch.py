@@ -21,9 +21,9 @@ import grpc
 from grpc import aio
 
 from frontend.cache import ResponseCache
-from frontend.tasks import cancel_all
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
+from shared.tasks import cancel_all
 
 log = logging.getLogger("frontend.watch")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.ratelog import RateLimitedLog
-from signer.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("ocsp-signer")
 

@@ -31,9 +31,9 @@ from shared.ocsp.errors import TryLater
 from shared.ocsp.types import SingleStatus
 from shared.status.base import FileStatusSource, Snapshot, StatusDataError
 from shared.status.config import make_source
+from shared.tasks import cancel_and_wait
 from signer.config import SignerConfig
 from signer.status_check import check, may_be_older
-from signer.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # signer.policy imports grpc, which must not load before signer.handshake_log's set-up
     from signer.policy import SignJob

@@ -1,7 +1,7 @@
-"""Stopping the frontend's background tasks: cancel, then wait until they have ended.
+"""Stopping a background task, in either half: cancel it, then wait until it has ended.
 
-(signer/tasks.py is the signer's copy: the frontend never imports signer, and shared/ holds no
-``await``.)
+One of shared/'s two exceptions to its no-``await`` rule (HACKING.md): both halves stop their tasks
+alike, and the frontend cannot import signer.
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
-"""frontend.tasks and signer.tasks: stopping a background task (the two halves' copies behave alike)."""
+"""shared.tasks: stopping a background task (both halves use it)."""
 
 from __future__ import annotations
 
 import asyncio
-from types import ModuleType
 
 import pytest
 
-from frontend import tasks as frontend_tasks
-from signer import tasks as signer_tasks
+from shared.tasks import cancel_all, cancel_and_wait
 
 
 async def _forever() -> None:
@@ -19,18 +17,17 @@ async def _fails() -> None:
     raise RuntimeError("boom")
 
 
-@pytest.mark.parametrize("mod", [frontend_tasks, signer_tasks], ids=["frontend", "signer"])
-def test_cancel_and_wait(mod: ModuleType) -> None:
+def test_cancel_and_wait() -> None:
     async def go() -> None:
-        await mod.cancel_and_wait(None)  # nothing started: nothing to stop
+        await cancel_and_wait(None)  # nothing started: nothing to stop
         task = asyncio.get_running_loop().create_task(_forever())
-        await mod.cancel_and_wait(task)
+        await cancel_and_wait(task)
         assert task.cancelled()
-        await mod.cancel_and_wait(task)  # already ended: no error
+        await cancel_and_wait(task)  # already ended: no error
         failed = asyncio.get_running_loop().create_task(_fails())
         await asyncio.wait([failed])
         with pytest.raises(RuntimeError, match="boom"):  # only CancelledError is swallowed
-            await mod.cancel_and_wait(failed)
+            await cancel_and_wait(failed)
 
     asyncio.run(asyncio.wait_for(go(), 10))
 
@@ -41,8 +38,8 @@ def test_cancel_all() -> None:
         running = [loop.create_task(_forever()) for _ in range(3)]
         failed = loop.create_task(_fails())
         await asyncio.wait([failed])
-        await frontend_tasks.cancel_all([*running, failed])  # swallows what they ended with
+        await cancel_all([*running, failed])  # swallows what they ended with
         assert all(t.cancelled() for t in running)
-        await frontend_tasks.cancel_all([])
+        await cancel_all([])
 
     asyncio.run(asyncio.wait_for(go(), 10))
