@@ -40,11 +40,6 @@ from tests.unit.signer.audit.audit_helpers import (
     write_log,
 )
 
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Path:
-    return write_log(tmp_path)
-
 # -- tampering -------------------------------------------------------------------------------------
 
 

@@ -44,11 +44,6 @@ from tests.unit.signer.audit.audit_helpers import (
     write_log,
 )
 
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Path:
-    return write_log(tmp_path)
-
 # -- the happy path --------------------------------------------------------------------------------
 
 def test_layout_records_and_checkpoints(tmp_path: Path) -> None:
