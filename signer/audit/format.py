@@ -106,22 +106,13 @@ class AuditRecord:
     gid: int | None = None
 
     def __post_init__(self) -> None:
-        if self.time.tzinfo is None:
-            raise ValueError("AuditRecord.time must be timezone-aware")
-        if not self.statuses:
-            raise ValueError("AuditRecord needs at least one status")
-        for st in self.statuses:
-            if st.status not in STATUSES or not st.serial or st.serial.strip(_HEX):
-                raise ValueError(f"bad signed status {st!r} (lowercase hex serial; good/revoked/unknown)")
+        _check_common(self)
         for value in (self.responder_fingerprint, self.response_sha256):
             if len(value) != 64 or value.strip(_HEX):
                 raise ValueError("AuditRecord.responder_fingerprint and .response_sha256 must be 64 "
                                  "lowercase hex digits")
         if type(self.generation) is not int or type(self.nonce) is not bool:
             raise ValueError("AuditRecord.generation must be an int and .nonce a bool")
-        ids = (self.pid, self.uid, self.gid)
-        if ids != (None, None, None) and not all(type(v) is int and 0 <= v <= _MAX_ID for v in ids):
-            raise ValueError("AuditRecord.pid, .uid and .gid must be all None or all ints 0..2^32-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,19 +131,27 @@ class RefusalRecord:
     gid: int | None = None
 
     def __post_init__(self) -> None:
-        if self.time.tzinfo is None:
-            raise ValueError("RefusalRecord.time must be timezone-aware")
-        if not self.statuses or not self.reason:
-            raise ValueError("RefusalRecord needs at least one status and a reason")
-        for st in self.statuses:
-            if st.status not in STATUSES or not st.serial or st.serial.strip(_HEX):
-                raise ValueError(f"bad status {st!r} (lowercase hex serial; good/revoked/unknown)")
-        ids = (self.pid, self.uid, self.gid)
-        if ids != (None, None, None) and not all(type(v) is int and 0 <= v <= _MAX_ID for v in ids):
-            raise ValueError("RefusalRecord.pid, .uid and .gid must be all None or all ints 0..2^32-1")
+        _check_common(self)
+        if not self.reason:
+            raise ValueError("RefusalRecord needs a reason")
 
 
 Record = AuditRecord | RefusalRecord  # what one record line holds
+
+
+def _check_common(record: Record) -> None:
+    """What both kinds of record require: an aware time, statuses, and all or none of the caller ids."""
+    kind = type(record).__name__
+    if record.time.tzinfo is None:
+        raise ValueError(f"{kind}.time must be timezone-aware")
+    if not record.statuses:
+        raise ValueError(f"{kind} needs at least one status")
+    for st in record.statuses:
+        if st.status not in STATUSES or not st.serial or st.serial.strip(_HEX):
+            raise ValueError(f"bad status {st!r} (lowercase hex serial; good/revoked/unknown)")
+    ids = (record.pid, record.uid, record.gid)
+    if ids != (None, None, None) and not all(type(v) is int and 0 <= v <= _MAX_ID for v in ids):
+        raise ValueError(f"{kind}.pid, .uid and .gid must be all None or all ints 0..2^32-1")
 
 
 def _time_text(t: datetime) -> str:
@@ -187,17 +186,14 @@ def encode_record(record: Record, writer: str, index: int, prev: bytes) -> bytes
     statuses = ",".join(f"[{_q(s.serial)},{_q(s.status)}]" for s in record.statuses)
     # A unix-socket caller's ids follow "client"; without them the line is what older versions wrote.
     ids = "" if record.pid is None else f',"pid":{record.pid:d},"uid":{record.uid:d},"gid":{record.gid:d}'
-    if isinstance(record, RefusalRecord):
-        return (f'{{"type":"refusal","writer":{_q(writer)},"index":{index:d},"prev":"{_b64(prev)}",'
-                f'"time":"{_time_text(record.time)}","client":{_q(record.client)}{ids},'
-                f'"request_id":{_q(record.request_id)},"issuer":{_q(record.issuer_name)},'
-                f'"issuer_id":{_q(record.issuer_id)},"statuses":[{statuses}],'
-                f'"reason":{_q(record.reason)}}}').encode()
-    return (f'{{"type":"sig","writer":{_q(writer)},"index":{index:d},"prev":"{_b64(prev)}",'
-            f'"time":"{_time_text_cached(record.time)}","client":{_q(record.client)}{ids},'
+    refusal = isinstance(record, RefusalRecord)
+    head = (f'{{"type":"{"refusal" if refusal else "sig"}","writer":{_q(writer)},"index":{index:d},'
+            f'"prev":"{_b64(prev)}","time":"{_time_text_cached(record.time)}","client":{_q(record.client)}{ids},'
             f'"request_id":{_q(record.request_id)},"issuer":{_q(record.issuer_name)},'
-            f'"issuer_id":{_q(record.issuer_id)},"statuses":[{statuses}],'
-            f'"nonce":{"true" if record.nonce else "false"},'
+            f'"issuer_id":{_q(record.issuer_id)},"statuses":[{statuses}],')
+    if isinstance(record, RefusalRecord):
+        return f'{head}"reason":{_q(record.reason)}}}'.encode()
+    return (f'{head}"nonce":{"true" if record.nonce else "false"},'
             f'"responder_cert_sha256":"{record.responder_fingerprint}","key_label":{_q(record.key_label)},'
             f'"generation":{int(record.generation):d},"response_sha256":"{record.response_sha256}"}}').encode()
 
@@ -266,23 +262,19 @@ def decode_record(obj: dict[str, Any]) -> tuple[str, int, bytes, Record]:
     if present and len(present) != len(_CALLER_IDS):
         raise ValueError(f"fields {', '.join(_CALLER_IDS)} come together, not only {', '.join(present)}")
     ids = {k: required_field(obj, k, int) for k in present}
+    common = {"time": _parse_time(required_field(obj, "time", str)), "client": required_field(obj, "client", str),
+              "request_id": required_field(obj, "request_id", str),
+              "issuer_name": required_field(obj, "issuer", str), "issuer_id": required_field(obj, "issuer_id", str),
+              "statuses": tuple(SignedStatus(s[0], s[1]) for s in statuses), **ids}
     record: Record
     if kind == "refusal":
-        record = RefusalRecord(
-            time=_parse_time(required_field(obj, "time", str)), client=required_field(obj, "client", str),
-            request_id=required_field(obj, "request_id", str), issuer_name=required_field(obj, "issuer", str),
-            issuer_id=required_field(obj, "issuer_id", str),
-            statuses=tuple(SignedStatus(s[0], s[1]) for s in statuses), reason=required_field(obj, "reason", str),
-            **ids)
+        record = RefusalRecord(reason=required_field(obj, "reason", str), **common)
     else:
         record = AuditRecord(
-            time=_parse_time(required_field(obj, "time", str)), client=required_field(obj, "client", str),
-            request_id=required_field(obj, "request_id", str), issuer_name=required_field(obj, "issuer", str),
-            issuer_id=required_field(obj, "issuer_id", str),
-            statuses=tuple(SignedStatus(s[0], s[1]) for s in statuses), nonce=required_field(obj, "nonce", bool),
+            nonce=required_field(obj, "nonce", bool),
             responder_fingerprint=required_field(obj, "responder_cert_sha256", str),
             key_label=required_field(obj, "key_label", str), generation=required_field(obj, "generation", int),
-            response_sha256=required_field(obj, "response_sha256", str), **ids)
+            response_sha256=required_field(obj, "response_sha256", str), **common)
     index = required_field(obj, "index", int)
     if index < 0:
         raise ValueError("negative index")
