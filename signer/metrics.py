@@ -75,7 +75,7 @@ def render(state: ResponderState, rotator: Rotator, space: AuditSpace | None,
         lines.append("# TYPE ocsp_signer_status_checked gauge")
         lines += [f'ocsp_signer_status_checked{{ca="{_label(name)}"}} 1' for name in sorted(verifier.sources)]
         lines.append("# TYPE ocsp_signer_status_refusals_total counter")
-        lines += [f'ocsp_signer_status_refusals_total{{ca="{_label(name)}"}} {verifier.refusals.get(name, 0)}'
+        lines += [f'ocsp_signer_status_refusals_total{{ca="{_label(name)}"}} {verifier.refusals[name]}'
                   for name in sorted(verifier.sources)]
     return "\n".join(lines) + "\n"
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -48,7 +49,7 @@ class StatusVerifier:
     sources: dict[str, FileStatusSource]
     clock: Clock
     max_clock_skew: timedelta
-    refusals: dict[str, int] = field(default_factory=dict)
+    refusals: Counter[str] = field(default_factory=Counter)
     unchecked: frozenset[str] = frozenset()  # CAs configured at start without status data here
     _watchers: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -95,7 +96,7 @@ class StatusVerifier:
         if source is None:
             if job.responder.name in self.unchecked:
                 return None
-            self.refusals[job.responder.name] = self.refusals.get(job.responder.name, 0) + 1
+            self.refusals[job.responder.name] += 1
             return (f"CA {job.responder.name!r} was added after the signer started: its status data is not "
                     "loaded (restart the signer to check its statuses)")
         found = self._first_problem(source, job)
@@ -112,7 +113,7 @@ class StatusVerifier:
                 if found is None:
                     return None
         _snapshot, item, reason = found
-        self.refusals[job.responder.name] = self.refusals.get(job.responder.name, 0) + 1
+        self.refusals[job.responder.name] += 1
         return f"serial {item.cert_id.serial.hex()}: {reason}"
 
     def _first_problem(self, source: FileStatusSource,

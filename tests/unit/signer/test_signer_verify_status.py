@@ -96,6 +96,7 @@ def test_verify_status_false_is_warned_about(tmp_path: Path) -> None:
 
 
 def test_metrics_count_refusals_by_ca() -> None:
+    from collections import Counter
     from datetime import timedelta
     from types import SimpleNamespace
 
@@ -105,7 +106,7 @@ def test_metrics_count_refusals_by_ca() -> None:
     from tests.unit.signer.signer_fixtures import NOW
 
     verifier = StatusVerifier(sources={"alpha": object(), "beta": object()},  # type: ignore[dict-item]
-                              clock=FakeClock(NOW), max_clock_skew=timedelta(minutes=5), refusals={"alpha": 3})
+                              clock=FakeClock(NOW), max_clock_skew=timedelta(minutes=5), refusals=Counter({"alpha": 3}))
     state = SimpleNamespace(current=(), watchers=0, watchers_refused=0)
     rotator = SimpleNamespace(clock=FakeClock(NOW), expiry_warning=timedelta(days=1), counts={})
     text = render(state, rotator, None, verifier)  # type: ignore[arg-type]
