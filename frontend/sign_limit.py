@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from frontend.app import Signer
 from frontend.signer_client import SignResult
 from shared.ocsp.errors import TryLater
 from shared.ocsp.types import SingleStatus
@@ -21,9 +22,9 @@ LOG_INTERVAL = 5.0  # seconds between two log lines about refusals past the boun
 
 
 class BoundedSigner:
-    """Wraps the signer client (anything with ``async sign(statuses, nonce) -> SignResult``)."""
+    """Wraps the signer client; is a ``frontend.app.Signer`` itself."""
 
-    def __init__(self, inner: object, limit: int) -> None:
+    def __init__(self, inner: Signer, limit: int) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.inner = inner
@@ -40,6 +41,6 @@ class BoundedSigner:
             raise TryLater(f"{self.in_flight} signatures in flight already (signer.max_in_flight)")
         self.in_flight += 1
         try:
-            return await self.inner.sign(statuses, nonce)  # type: ignore[attr-defined, no-any-return]
+            return await self.inner.sign(statuses, nonce)
         finally:
             self.in_flight -= 1
