@@ -97,6 +97,13 @@ class Failure:
     message: str
 
 
+def _caller_ids() -> dict[str, int | None]:
+    """The audit record's pid, uid and gid: the unix-socket caller's, as the kernel gave them; None over TCP."""
+    ids = local_caller()
+    return {"pid": None if ids is None else ids.pid, "uid": None if ids is None else ids.uid,
+            "gid": None if ids is None else ids.gid}
+
+
 def _signed_statuses(job: SignJob) -> tuple[SignedStatus, ...]:
     return tuple(SignedStatus(st.cert_id.serial.hex(), st.status.value) for st in job.statuses)
 
@@ -177,7 +184,7 @@ class SignerService(pb_grpc.SignerServicer):
             signatures = await loop.run_in_executor(
                 self.executor, self._sign_all, [(job.responder.key_label, job.responder.algorithm, tbs)
                                                 for _, job, tbs in built])
-        ids = local_caller()  # the unix-socket caller's process, user and group; None over TCP
+        ids = _caller_ids()
         replies: list[tuple[int, pb.SignReply]] = []
         for (i, job, tbs), signature in zip(built, signatures):
             if isinstance(signature, Exception):
@@ -189,8 +196,7 @@ class SignerService(pb_grpc.SignerServicer):
                 time=produced_at, client=client, request_id=job.request_id, issuer_name=r.name,
                 issuer_id=r.issuer_id, statuses=_signed_statuses(job), nonce=job.nonce is not None,
                 responder_fingerprint=r.fingerprint, key_label=r.key_label, generation=r.generation,
-                response_sha256=hashlib.sha256(der).hexdigest(), pid=None if ids is None else ids.pid,
-                uid=None if ids is None else ids.uid, gid=None if ids is None else ids.gid)))
+                response_sha256=hashlib.sha256(der).hexdigest(), **ids)))
             replies.append((i, pb.SignReply(ocsp_response=der, generation=r.generation,
                                             responder_fingerprint=r.fingerprint)))
         # Invariant: every signature is durably in the audit log before its response leaves the signer.
@@ -255,12 +261,9 @@ class SignerService(pb_grpc.SignerServicer):
                               "REFUSED to sign for %s, CA %r, request %r: %s (the signer's own status data "
                               "disagrees; a frontend reading other data, or lying)", client, r.name,
                               job.request_id, problem)
-        ids = local_caller()
         record = RefusalRecord(
             time=self.clock.now(), client=client, request_id=job.request_id, issuer_name=r.name,
-            issuer_id=r.issuer_id, statuses=_signed_statuses(job),
-            reason=problem, pid=None if ids is None else ids.pid, uid=None if ids is None else ids.uid,
-            gid=None if ids is None else ids.gid)
+            issuer_id=r.issuer_id, statuses=_signed_statuses(job), reason=problem, **_caller_ids())
         return record, PolicyError(STATUS_DISAGREES, f"refused: {problem} (the signer's own status data disagrees)")
 
     async def Responders(self, request: pb.RespondersRequest,
