@@ -55,8 +55,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every start-up check (config, token login, every responder key and the "
                              "audit key with a test signature, the audit log directory and lock, the "
                              "addresses), then exit; binds nothing and writes no audit record")
+    # A worker of a supervisor ([signer] workers > 1, signer.workers): started by it, never by hand.
+    for name in ("--worker", "--generation", "--control-fd", "--listen-fd", "--port"):
+        parser.add_argument(name, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"{PROG}: %(levelname)s: %(message)s")
+    worker = f"worker {args.worker}: " if args.worker is not None else ""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"{PROG}: %(levelname)s: {worker}%(message)s")
     logsafe.install()  # names from outside (client certificates, Admin calls) cannot forge log lines
 
     try:
@@ -64,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             _check(config)
             return 0
+        if args.worker is not None:
+            if args.control_fd is None:
+                parser.error("--worker is for the supervisor's workers only")
+            config = config.for_worker(args.worker, args.port)
+        elif config.workers > 1:
+            from signer.workers import supervise
+
+            return supervise(config)
         from signer.handshake_log import prepare_grpc_environment, stop_capture
 
         prepare_grpc_environment(tls=config.tls is not None)  # before grpc is imported
@@ -75,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("gRPC on %s is plaintext (no [tls] table: no mTLS); its file mode and the "
                          "callers' uid decide who may sign", config.listen.address)
         try:
-            asyncio.run(run(config))
+            if args.worker is not None:
+                from signer.service import run_worker
+
+                asyncio.run(run_worker(config, args.worker, args.generation or 1, args.control_fd, args.listen_fd))
+            else:
+                asyncio.run(run(config))
         finally:
             stop_capture()
         return 0

@@ -32,6 +32,9 @@ each responder certificate checked against its CA. Errors name the file and the 
     verify_status = true            # check each status against the signer's own copy of the CA's
                                     # [status] data (read now; the Sign path uses it: issue 9);
                                     # absent: on for the CA files whose [status] files are here
+    [signer]                        # optional
+    workers = 2                     # signer processes behind listen.address (default: one per usable
+                                    # CPU; 1 = this process alone): signer.workers
     [admin]                         # optional: ocspctl rotate and other Admin RPCs
     socket = "/run/ocsp/admin.sock" # unix socket for Admin RPCs (default: none)
     socket_mode = "0600"            # its permissions: "0600" (owner) or "0660" (+ group)
@@ -54,6 +57,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shared.config import ConfigError, Section, read_certificate
+from shared.cpus import usable_cpus
 from shared.status.config import StatusConfig, missing_files, read_status_config
 from signer.tls_config import TlsConfig, load_tls
 from signer.unix_socket import MAX_PATH_BYTES, SOCKET_MODES, longest_private_path, private_dir_for
@@ -76,6 +80,7 @@ MAX_SOCKET_CONNECTIONS_LIMIT = 4096
 MAX_CERT_IDS_LIMIT = 1000
 DEFAULT_MAX_BATCH = 64  # requests in one SignBatch: the frontend's batching sender sends up to 64
 MAX_BATCH_LIMIT = 1024
+MAX_WORKERS = 256  # [signer] workers: processes behind one listen address
 # [audit] min_free default: room for the log to keep growing while someone frees space.
 DEFAULT_MIN_FREE = 1 << 30
 DEFAULT_SPACE_CHECK_INTERVAL = timedelta(seconds=10)
@@ -217,6 +222,31 @@ class SignerConfig:
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     tls: TlsConfig | None = None  # [tls]: mTLS on the listener; None = plaintext (unix/loopback only)
+    # [signer] workers: 1 = this process signs; more = a supervisor and that many worker processes,
+    # each with its own token session and audit chain (signer.workers).
+    workers: int = 1
+
+    def for_worker(self, number: int, port: int | None) -> SignerConfig:
+        """What signer worker ``number`` runs with (signer.workers): its own audit chain
+        (``worker_writer_id``), the TCP port its supervisor bound (``port``; a configured 0 resolved),
+        the admin socket in worker 0 only, and the metrics endpoint on the configured port + ``number``
+        (one endpoint per worker)."""
+        listen = self.listen
+        if listen.kind == "tcp" and port is not None:
+            host = f"[{listen.host}]" if listen.host and ":" in listen.host else listen.host
+            listen = replace(listen, port=port, address=f"{host}:{port}")
+        metrics = self.metrics
+        if metrics.address is not None:
+            host, _, metrics_port = metrics.address.rpartition(":")
+            metrics = replace(metrics, address=f"{host}:{int(metrics_port) + number}")
+        admin = self.admin if number == 0 else replace(self.admin, socket=None)
+        audit = replace(self.audit, writer_id=self.worker_writer_id(number))
+        return replace(self, listen=listen, metrics=metrics, admin=admin, audit=audit)
+
+    def worker_writer_id(self, number: int) -> str:
+        """The audit writer_id of worker ``number``: ``audit.writer_id`` itself for a single process,
+        else ``<writer_id>.w<number>`` (each worker writes its own chain)."""
+        return self.audit.writer_id if self.workers == 1 else f"{self.audit.writer_id}.w{number}"
 
     @property
     def verifies_status(self) -> bool:
@@ -235,6 +265,7 @@ def load_signer_config(path: str | Path) -> SignerConfig:
     metrics = _metrics(sec.section("metrics"))
     audit = _audit(sec.section("audit", required=True))
     tls = load_tls(sec.section("tls")) if sec.has("tls") else None
+    workers = _workers(sec.section("signer"), audit)
     sec.finish()
     if not ca_dir.is_dir():
         raise sec.error("ca_dir", f"{ca_dir} is not a directory")
@@ -244,7 +275,8 @@ def load_signer_config(path: str | Path) -> SignerConfig:
             raise sec.error("audit.key_label", f"{audit.key_label!r} is also the responder key of CA {rc.name!r} "
                                                f"({rc.file}): the audit key must be a key of its own")
     return SignerConfig(file=sec.file, ca_dir=ca_dir, listen=listen, token=token, policy=policy,
-                        responders=responders, audit=audit, admin=admin, metrics=metrics, tls=tls)
+                        responders=responders, audit=audit, admin=admin, metrics=metrics, tls=tls,
+                        workers=workers)
 
 
 # -- signer.toml -------------------------------------------------------------------
@@ -376,6 +408,15 @@ def _metrics(sec: Section) -> MetricsConfig:
 
 
 _WRITER_ID = re.compile(r"[A-Za-z0-9._]{1,64}")
+
+
+def _workers(sec: Section, audit: AuditConfig) -> int:
+    workers = sec.int("workers", usable_cpus(MAX_WORKERS), minimum=1, maximum=MAX_WORKERS)
+    longest = f"{audit.writer_id}.w{workers - 1}"
+    if workers > 1 and not _WRITER_ID.fullmatch(longest):
+        raise ConfigError(sec.file, "audit.writer_id", f"{audit.writer_id!r} is too long for {workers} workers: "
+                                                       f"worker ids such as {longest!r} must stay within 64 characters")
+    return workers
 
 
 def _audit(sec: Section) -> AuditConfig:

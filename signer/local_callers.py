@@ -49,6 +49,7 @@ from signer.unix_socket import (
     created_with_mode,
     make_private_dir,
     private_dir_for,
+    relay_prefix,
     remove_private_dir,
     unlink_quietly,
     upstream_socket_for,
@@ -211,12 +212,17 @@ class _ClientSide(_Side):
 class LocalListener:
     """The public unix socket of ``[listen] address`` and its relay to gRPC (module docstring)."""
 
-    def __init__(self, path: Path, mode: int, max_connections: int) -> None:
+    def __init__(self, path: Path, mode: int, max_connections: int, *, worker: int | None = None,
+                 public: socket.socket | None = None) -> None:
+        """``worker``, ``public``: signer worker N accepting on the public socket its supervisor made
+        (signer.workers), which also owns the private directory; gRPC listens on ``grpc-<N>.sock``."""
         self.path = path
         self.mode = mode
         self.max_connections = max_connections
         self.private_dir = private_dir_for(path)
-        self.upstream_path = upstream_socket_for(path)
+        self.upstream_path = upstream_socket_for(path, worker)
+        self._public = public
+        self._prefix = relay_prefix(worker)
         self._server: asyncio.AbstractServer | None = None
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the public socket we made
         self._prepared = False  # the private directory is ours to remove
@@ -232,7 +238,11 @@ class LocalListener:
         return f"unix:{self.upstream_path}"
 
     def prepare(self) -> None:
-        """Before gRPC binds: a fresh private directory, mode 0700. Raises OSError or ValueError."""
+        """Before gRPC binds: a fresh private directory, mode 0700 (a worker's is its supervisor's: only
+        a socket of its own left by a worker that died goes). Raises OSError or ValueError."""
+        if self._public is not None:
+            unlink_quietly(self.upstream_path)
+            return
         make_private_dir(self.private_dir)
         self._prepared = True
 
@@ -240,6 +250,10 @@ class LocalListener:
         """After gRPC listens: bind the public socket (``mode``; never wider, even for an instant) and
         accept. Raises OSError."""
         loop = asyncio.get_running_loop()
+        if self._public is not None:  # a worker: the supervisor's socket, shared by every worker
+            self._public.setblocking(False)
+            self._server = await loop.create_unix_server(lambda: _Connection(self).client, sock=self._public)
+            return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             _remove_stale_socket(self.path)
@@ -283,6 +297,8 @@ class LocalListener:
         if self._prepared:
             remove_private_dir(self.private_dir)
             self._prepared = False
+        elif self._public is not None:
+            unlink_quietly(self.upstream_path)
 
     # -- per connection --
 
@@ -345,7 +361,7 @@ class LocalListener:
     def _bind_name(self, sock: socket.socket) -> str:
         """Bind ``sock`` to the next unused name in the private directory; returns it."""
         for _ in range(100):
-            name = str(self.private_dir / f"{next(self._names):x}")
+            name = str(self.private_dir / f"{self._prefix}{next(self._names):x}")
             try:
                 sock.bind(name)
                 return name

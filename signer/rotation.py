@@ -36,7 +36,7 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -178,6 +178,27 @@ def with_key_label(text: str, new_label: str) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RotationPlan:
+    """A rotation every check has passed, not yet persisted nor swapped."""
+
+    rc: ResponderConfig  # the CA's responder config now
+    new_rc: ResponderConfig  # ... and after the rotation
+    cert: x509.Certificate  # new_rc.cert, parsed
+    responder: Responder  # what will sign
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """A SIGHUP reload every check has passed, not yet swapped in."""
+
+    config: SignerConfig  # the config re-read
+    responders: ResponderSet  # the new set
+    changed: tuple[str, ...]  # CAs whose responder changed (or is new)
+    removed: tuple[str, ...]  # CAs no longer configured
+    what: str  # for the log
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RotateResult:
     responder: Responder
     notes: tuple[str, ...]
@@ -200,6 +221,8 @@ class Rotator:
         self._expiry_task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[RotateResult]] = set()  # persist+swap steps under way
         self.counts: dict[tuple[str, str], int] = {}  # (kind, result) -> n, for metrics
+        # Signer workers (signer.worker_link): an Admin rotation is the supervisor's to run on every worker.
+        self.coordinator: Callable[[str, bytes, str], Awaitable[RotateResult]] | None = None
 
     def _count(self, kind: str, result: str) -> None:
         self.counts[(kind, result)] = self.counts.get((kind, result), 0) + 1
@@ -208,16 +231,19 @@ class Rotator:
     async def rotate(self, ca_name: str, cert_data: bytes, key_label: str = "") -> RotateResult:
         """Check, persist and swap. The persist+swap step runs as a task the Rotator owns, shielded from
         the caller: a cancelled RPC (client deadline, admin server stopping) cannot leave the files
-        written and the swap not done, and the lock stays held until that task has finished."""
+        written and the swap not done, and the lock stays held until that task has finished. In a
+        signer worker the ``coordinator`` (the supervisor) does it on every worker instead."""
+        if self.coordinator is not None:
+            return await self.coordinator(ca_name, cert_data, key_label)
         await self._lock.acquire()
         handed_off = False
         try:
             try:
-                prepared = await self._prepare(ca_name, cert_data, key_label)
+                plan = await self.prepare_rotation(ca_name, cert_data, key_label)
             except RotationError as e:
                 self._refused(ca_name, e)
                 raise
-            task = asyncio.get_running_loop().create_task(self._commit(*prepared), name=f"rotate-{ca_name}")
+            task = asyncio.get_running_loop().create_task(self._commit(plan), name=f"rotate-{ca_name}")
             handed_off = True  # the task releases the lock when it is done
             self._commits.add(task)
             task.add_done_callback(self._commit_done)
@@ -241,8 +267,11 @@ class Rotator:
         if not task.cancelled():
             task.exception()  # retrieved: a refusal was logged by _commit; the caller may be gone
 
-    async def _prepare(self, ca_name: str, cert_data: bytes,
-                       key_label: str) -> tuple[ResponderConfig, ResponderConfig, x509.Certificate, Responder]:
+    async def prepare_rotation(self, ca_name: str, cert_data: bytes, key_label: str,
+                               generation: int | None = None) -> RotationPlan:
+        """Every check of a rotation of ``ca_name`` to ``cert_data`` (and ``key_label``, empty: the
+        current one); nothing persisted or swapped. ``generation``: the new responder's (signer
+        workers: the supervisor's count), else the current set's plus one. Raises RotationError."""
         current = self.state.current
         old = next((r for r in current if r.name == ca_name), None)
         rc = next((c for c in self.config.responders if c.name == ca_name), None)
@@ -269,24 +298,31 @@ class Rotator:
         if new_rc.cert == rc.cert and label == rc.key_label:
             raise RotationError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"CA {ca_name!r} already uses this certificate and key {label!r}")
-        responder = await self._checked(new_rc, current.generation + 1, cert)
-        return rc, new_rc, cert, responder
+        responder = await self._checked(new_rc, current.generation + 1 if generation is None else generation, cert)
+        return RotationPlan(rc, new_rc, cert, responder)
 
-    async def _commit(self, rc: ResponderConfig, new_rc: ResponderConfig, cert: x509.Certificate,
-                      responder: Responder) -> RotateResult:
+    async def _commit(self, plan: RotationPlan) -> RotateResult:
         """Persist, then swap; runs to the end even when the RPC that asked for it is gone. Releases
         the lock ``rotate`` took."""
         try:
-            try:
-                notes = await asyncio.get_running_loop().run_in_executor(None, self._persist, rc, new_rc, cert)
-            except RotationError as e:
-                self._refused(rc.name, e)
-                raise
-            self._swap([new_rc], [responder], f"rotation of {rc.name!r} (Admin RPC)")
-            self._count("rotate", "ok")
-            return RotateResult(responder, tuple(notes))
+            notes = await asyncio.get_running_loop().run_in_executor(None, self.persist_rotation, plan)
+            self.commit_rotation(plan, "Admin RPC")
+            return RotateResult(plan.responder, tuple(notes))
         finally:
             self._lock.release()
+
+    def persist_rotation(self, plan: RotationPlan) -> list[str]:
+        """Write a checked rotation's files (``_persist``); blocking. A refusal is counted and logged."""
+        try:
+            return self._persist(plan.rc, plan.new_rc, plan.cert)
+        except RotationError as e:
+            self._refused(plan.rc.name, e)
+            raise
+
+    def commit_rotation(self, plan: RotationPlan, via: str) -> None:
+        """Swap in a checked (and persisted) rotation."""
+        self._swap([plan.new_rc], [plan.responder], f"rotation of {plan.rc.name!r} ({via})")
+        self._count("rotate", "ok")
 
     async def drain(self) -> None:
         """Wait for rotations being persisted (the signer is stopping: let them finish their swap)."""
@@ -422,50 +458,75 @@ class Rotator:
     async def reload(self) -> bool:
         """Re-read the config; swap every changed responder after checking it, or none. True if swapped."""
         async with self._lock:
-            loop = asyncio.get_running_loop()
             try:
-                new_config = await loop.run_in_executor(None, self.reader, self.config.file)
-            except ConfigError as e:
-                self._count("reload", "refused")
-                log.error("SIGHUP: reload refused, responders unchanged: %s", e)
+                plan = await self.plan_reload()
+            except RotationError:
                 return False
-            old_rcs = {rc.name: rc for rc in self.config.responders}
-            current = {r.name: r for r in self.state.current}
-            generation = self.state.current.generation + 1
-            changed: list[ResponderConfig] = []
-            problems: list[str] = []
-            built: dict[str, Responder] = {}
-            for rc in new_config.responders:
-                if old_rcs.get(rc.name) == rc and rc.name in current:
-                    continue
-                try:
-                    built[rc.name] = await self._checked(rc, generation)
-                    changed.append(rc)
-                except RotationError as e:
-                    problems.append(f"{rc.file}: {e.message}")
-            removed = sorted(set(current) - {rc.name for rc in new_config.responders})
-            if problems:
-                self._count("reload", "refused")
-                for p in problems:
-                    log.error("SIGHUP: %s", p)
-                log.error("SIGHUP: reload refused (%d problem%s), responders unchanged (generation %d)",
-                          len(problems), "" if len(problems) == 1 else "s", self.state.current.generation)
+            if plan is None:
                 return False
-            outside = dataclasses.replace(new_config, responders=self.config.responders) != self.config
-            if outside:
-                log.warning("SIGHUP: only the ca.d [responder] tables are reloaded; other changes in %s "
-                            "(listen, token, policy, admin, ...) need a restart", self.config.file)
-            if not changed and not removed:
-                self._count("reload", "unchanged")
-                log.info("SIGHUP: responders unchanged (generation %d)", self.state.current.generation)
-                return False
-            order = [rc.name for rc in new_config.responders]
-            responders = [built.get(name) or current[name] for name in order]
-            self.config = dataclasses.replace(self.config, responders=new_config.responders)
-            what = ", ".join([*(repr(rc.name) for rc in changed), *(f"{n!r} removed" for n in removed)])
-            self._install(ResponderSet.of(responders, generation), f"SIGHUP reload ({what})")
-            self._count("reload", "ok")
+            self.commit_reload(plan)
             return True
+
+    async def plan_reload(self, generation: int | None = None) -> ReloadPlan | None:
+        """The checks of a SIGHUP reload, logged and counted: a ReloadPlan to commit, None when no
+        responder changed; RotationError (FAILED_PRECONDITION, the problems) when refused. Call it
+        holding ``lock``. ``generation``: of the new set (signer workers: the supervisor's count), else
+        the current one's plus one."""
+        loop = asyncio.get_running_loop()
+        try:
+            new_config = await loop.run_in_executor(None, self.reader, self.config.file)
+        except ConfigError as e:
+            self._count("reload", "refused")
+            log.error("SIGHUP: reload refused, responders unchanged: %s", e)
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+        old_rcs = {rc.name: rc for rc in self.config.responders}
+        current = {r.name: r for r in self.state.current}
+        if generation is None:
+            generation = self.state.current.generation + 1
+        changed: list[ResponderConfig] = []
+        problems: list[str] = []
+        built: dict[str, Responder] = {}
+        for rc in new_config.responders:
+            if old_rcs.get(rc.name) == rc and rc.name in current:
+                continue
+            try:
+                built[rc.name] = await self._checked(rc, generation)
+                changed.append(rc)
+            except RotationError as e:
+                problems.append(f"{rc.file}: {e.message}")
+        removed = sorted(set(current) - {rc.name for rc in new_config.responders})
+        if problems:
+            self._count("reload", "refused")
+            for p in problems:
+                log.error("SIGHUP: %s", p)
+            log.error("SIGHUP: reload refused (%d problem%s), responders unchanged (generation %d)",
+                      len(problems), "" if len(problems) == 1 else "s", self.state.current.generation)
+            raise RotationError(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
+        outside = dataclasses.replace(new_config, responders=self.config.responders) != self.config
+        if outside:
+            log.warning("SIGHUP: only the ca.d [responder] tables are reloaded; other changes in %s "
+                        "(listen, token, policy, admin, ...) need a restart", self.config.file)
+        if not changed and not removed:
+            self._count("reload", "unchanged")
+            log.info("SIGHUP: responders unchanged (generation %d)", self.state.current.generation)
+            return None
+        order = [rc.name for rc in new_config.responders]
+        responders = [built.get(name) or current[name] for name in order]
+        what = ", ".join([*(repr(rc.name) for rc in changed), *(f"{n!r} removed" for n in removed)])
+        return ReloadPlan(new_config, ResponderSet.of(responders, generation),
+                          tuple(rc.name for rc in changed), tuple(removed), what)
+
+    def commit_reload(self, plan: ReloadPlan) -> None:
+        """Swap in a checked reload."""
+        self.config = dataclasses.replace(self.config, responders=plan.config.responders)
+        self._install(plan.responders, f"SIGHUP reload ({plan.what})")
+        self._count("reload", "ok")
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held by each rotation and reload from its checks to its swap (signer workers hold it from
+        a prepare to its commit or abort)."""
+        return self._lock
 
     # -- the swap ----------------------------------------------------------------------------------------
     def _swap(self, rcs: list[ResponderConfig], responders: list[Responder], why: str) -> None:

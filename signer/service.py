@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -38,7 +39,8 @@ from signer.audit import (
     SignedStatus,
 )
 from signer.audit_space import AuditSpace
-from signer.config import SignerConfig
+from signer.config import SignerConfig, load_signer_config
+from signer.control import ControlChannel
 from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
 from signer.policy import Policy, PolicyError, SignJob, check_known_fields, largest_sign_batch_size
@@ -47,6 +49,7 @@ from signer.responders import ResponderSet
 from signer.status_verify import StatusVerifier
 from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
 from signer.token import Token, TokenError
+from signer.worker_link import WorkerLink, WorkerRole, fingerprints
 
 log = logging.getLogger("ocsp-signer")
 
@@ -380,7 +383,7 @@ def _bound_address(config: SignerConfig, port: int) -> str:
     return f"{host}:{port}"
 
 
-def server_options(config: SignerConfig) -> list[tuple[str, int]]:
+def server_options(config: SignerConfig, *, reuse_port: bool = False) -> list[tuple[str, int]]:
     """gRPC server channel arguments.
 
     Keepalive: the signer's half of an agreement with the frontend's channel options
@@ -392,11 +395,12 @@ def server_options(config: SignerConfig) -> list[tuple[str, int]]:
 
     Bounds (``[listen]`` limits): the receive limit (``receive_limit``), calls per connection, client
     connections, and the connection age after which a connection is recycled. The limit on calls in
-    progress is not a channel argument: ``maximum_concurrent_rpcs`` below."""
+    progress is not a channel argument: ``maximum_concurrent_rpcs`` below. ``reuse_port``: a signer
+    worker shares its TCP port with the other workers (SO_REUSEPORT; else a port in use is an error)."""
     limits = config.listen.limits
     return [
         ("grpc.max_receive_message_length", receive_limit(config)),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.http2.min_ping_interval_without_data_ms",
          int(config.listen.min_ping_interval.total_seconds() * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -424,10 +428,12 @@ def maximum_concurrent_rpcs(config: SignerConfig) -> int:
     return limits.max_concurrent_rpcs + limits.max_watchers
 
 
-async def serve(config: SignerConfig, *, token: Token | None = None,
-                clock: Clock | None = None) -> tuple[SignerServer, str]:
+async def serve(config: SignerConfig, *, token: Token | None = None, clock: Clock | None = None,
+                worker: WorkerRole | None = None) -> tuple[SignerServer, str]:
     """Log in (unless given a token), run every start-up check (``signer.startup.prepare``, as
-    ``ocsp-signer --check`` does), open the audit log, start listening.
+    ``ocsp-signer --check`` does), open the audit log, start listening. ``worker``: this process is
+    a worker of a supervisor (signer.workers; ``config`` is its ``for_worker`` view): it shares the
+    listen address, and its responder changes come from the supervisor (signer.worker_link).
 
     Returns the server and the address it is bound to (the real port when the config asked for 0).
     Raises ConfigError for anything the operator must fix; nothing is left running then.
@@ -438,7 +444,9 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
     try:
         # Every start-up check, the same ones `ocsp-signer --check` runs; a token opened there is
         # closed there when a check fails.
-        ready = await startup.prepare(config, token=token, clock=clock, executor=executor, open_log=open_audit)
+        ready = await startup.prepare(config, token=token, clock=clock, executor=executor, open_log=open_audit,
+                                      generation=1 if worker is None else worker.generation,
+                                      worker=worker is not None)
     except BaseException:
         executor.shutdown(wait=False)
         raise
@@ -461,13 +469,18 @@ async def serve(config: SignerConfig, *, token: Token | None = None,
     service.audit_space = audit_space
     service.verifier = ready.status
     audit_space.check()
-    local = local_listener(config)
-    server = grpc.aio.server(interceptors=transport_interceptors(config, local), options=server_options(config),
+    local = local_listener(config) if worker is None else local_listener(config, worker.number, worker.public)
+    server = grpc.aio.server(interceptors=transport_interceptors(config, local),
+                             options=server_options(config, reuse_port=worker is not None),
                              maximum_concurrent_rpcs=maximum_concurrent_rpcs(config))
     pb_grpc.add_SignerServicer_to_server(service, server)
     wrapper = SignerServer(server, service, owns_token=owns_token)
     wrapper.admin = AdminPlane.attach(server, state, audit_space, config, token, executor, clock)
     wrapper.admin.verifier = service.verifier
+    if worker is not None:
+        number = worker.number
+        wrapper.admin.rotator.reader = lambda path: load_signer_config(path).for_worker(number, config.listen.port)
+        WorkerLink(worker.control, wrapper.admin.rotator, service.verifier, number)
     wrapper.local = local
     try:
         if local is not None:
@@ -521,4 +534,39 @@ async def run(config: SignerConfig) -> None:
     await stopping.wait()
     log.info("%s: stopping (grace %ss)", received[0].name, SHUTDOWN_GRACE)
     await server.stop(SHUTDOWN_GRACE)
+    log.info("stopped")
+
+
+async def run_worker(config: SignerConfig, number: int, generation: int, control_fd: int,
+                     listen_fd: int | None) -> None:
+    """A signer worker (signer.workers): serve ``config`` (its ``for_worker`` view) until SIGTERM or
+    SIGINT, or until the supervisor is gone (its control channel ends), then stop gracefully. SIGHUP
+    is the supervisor's (it stays ignored here): it reloads every worker together."""
+    import socket as socket_module
+
+    control = ControlChannel(socket_module.socket(fileno=control_fd), name=f"worker {number}")
+    public = socket_module.socket(fileno=listen_fd) if listen_fd is not None else None
+    await control.start()
+    try:
+        server, address = await serve(config, worker=WorkerRole(number, generation, control, public))
+    except BaseException:
+        await control.close()
+        raise
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    assert server.admin is not None
+    rs = server.admin.rotator.state.current
+    control.notify("ready", pid=os.getpid(), generation=rs.generation, fingerprints=fingerprints(server.admin.rotator),
+                   address=address)
+    closed = loop.create_task(control.closed.wait())
+    stop = loop.create_task(stopping.wait())
+    await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.is_set():
+        log.warning("the supervisor is gone: stopping")
+    closed.cancel()
+    stop.cancel()
+    await server.stop(SHUTDOWN_GRACE)
+    await control.close()
     log.info("stopped")

@@ -121,9 +121,22 @@ def _check_socket_path(config: SignerConfig, key: str, path: Path) -> None:
     raise ConfigError(config.file, key, f"another process is listening on {path} (another signer?)")
 
 
-def check_config(config: SignerConfig) -> None:
-    """The checks that need no token: plaintext rule, listen / admin / metrics addresses."""
+def check_config(config: SignerConfig, *, listen_checked: bool = False) -> None:
+    """The checks that need no token: plaintext rule, listen / admin / metrics addresses.
+    ``listen_checked``: a signer worker, whose supervisor checked and holds the listen address."""
     check_plaintext_allowed(config)
+    if not listen_checked:
+        check_listen(config)
+    if config.admin.socket is not None:
+        _check_socket_path(config, "admin.socket", config.admin.socket)
+    if config.metrics.address is not None:
+        host, _, port = config.metrics.address.rpartition(":")
+        _check_host(config, "metrics.address", host.strip("[]"), int(port))
+
+
+def check_listen(config: SignerConfig) -> None:
+    """``listen.address`` can be listened on: its host resolves, or its socket path and private
+    directory can be made and nobody serves them."""
     listen = config.listen
     if listen.kind == "unix":
         assert listen.path is not None
@@ -137,11 +150,6 @@ def check_config(config: SignerConfig) -> None:
         warning = plaintext_tcp_warning(config)
         if warning is not None:
             log.warning("%s", warning)
-    if config.admin.socket is not None:
-        _check_socket_path(config, "admin.socket", config.admin.socket)
-    if config.metrics.address is not None:
-        host, _, port = config.metrics.address.rpartition(":")
-        _check_host(config, "metrics.address", host.strip("[]"), int(port))
 
 
 # -- the token ---------------------------------------------------------------------------------------
@@ -262,15 +270,16 @@ def status_warnings(config: SignerConfig) -> list[str]:
 
 
 async def prepare(config: SignerConfig, *, token: Token | None, clock: Clock, executor: Executor,
-                  open_log: OpenLog | None) -> Prepared:
+                  open_log: OpenLog | None, generation: int = 1, worker: bool = False) -> Prepared:
     """Run every start-up check (module docstring). ``token``: a logged-in token to use (tests), else
     log in here; a token opened here is closed again when a check fails. ``executor``: the one thread
     token calls run on. ``open_log``: how a start opens the audit log for writing (``open_audit``);
-    None for --check, which only probes it.
+    None for --check, which only probes it. ``generation``: of the responders loaded (a signer worker
+    gets its supervisor's); ``worker``: a signer worker (its supervisor checked the listen address).
 
     Raises ConfigError for anything the operator must fix.
     """
-    check_config(config)
+    check_config(config, listen_checked=worker)
     loop = asyncio.get_running_loop()
     status = await loop.run_in_executor(None, StatusVerifier.load, config, clock)
     for line in status_warnings(config):
@@ -279,7 +288,7 @@ async def prepare(config: SignerConfig, *, token: Token | None, clock: Clock, ex
     if token is None:
         token = owned = await loop.run_in_executor(executor, open_token, config)
     try:
-        responders = await loop.run_in_executor(executor, load_responders, config, token)
+        responders = await loop.run_in_executor(executor, load_responders, config, token, generation)
         audit_signer = await loop.run_in_executor(executor, load_audit_key, config, token)
         audit, records = await _open_audit(config, audit_signer, clock, executor, open_log)
     except BaseException:

@@ -134,12 +134,14 @@ class ClientAuthInterceptor(AdmittingInterceptor):
 # -- wiring for signer.service ------------------------------------------------------------------------
 
 
-def local_listener(config: Any) -> LocalListener | None:
-    """For a ``unix:`` address, the public socket and its relay (signer.local_callers); else None."""
+def local_listener(config: Any, worker: int | None = None, public: Any = None) -> LocalListener | None:
+    """For a ``unix:`` address, the public socket and its relay (signer.local_callers); else None.
+    ``worker``, ``public``: signer worker N and its supervisor's listening socket."""
     listen = config.listen
     if listen.kind != "unix":
         return None
-    return LocalListener(listen.path, listen.socket_mode, listen.max_socket_connections)
+    return LocalListener(listen.path, listen.socket_mode, listen.max_socket_connections, worker=worker,
+                         public=public)
 
 
 def transport_interceptors(config: Any, local: LocalListener | None = None) -> list[aio.ServerInterceptor]:

@@ -53,14 +53,22 @@ def private_dir_for(path: Path) -> Path:
     return path.parent / f".{path.name}.d"
 
 
-def upstream_socket_for(path: Path) -> Path:
-    return private_dir_for(path) / "grpc.sock"
+def upstream_socket_for(path: Path, worker: int | None = None) -> Path:
+    """Where gRPC listens behind the relay: ``grpc.sock``, or ``grpc-<N>.sock`` for signer worker N."""
+    return private_dir_for(path) / ("grpc.sock" if worker is None else f"grpc-{worker}.sock")
+
+
+def relay_prefix(worker: int | None) -> str:
+    """What a relay connection's bound name starts with: nothing, or ``w<N hex>.`` for signer worker N
+    (the workers share the private directory)."""
+    return "" if worker is None else f"w{worker:x}."
 
 
 def longest_private_path(path: Path) -> int:
-    """Bytes of the longest socket address the relay binds for the public socket ``path``."""
+    """Bytes of the longest socket address the relay binds for the public socket ``path`` (signer
+    workers up to 255 included)."""
     private = len(str(private_dir_for(path)).encode()) + 1
-    return private + max(RELAY_NAME_DIGITS, len("grpc.sock"))
+    return private + max(len(relay_prefix(255)) + RELAY_NAME_DIGITS, len(upstream_socket_for(path, 255).name))
 
 
 def make_private_dir(directory: Path) -> None:

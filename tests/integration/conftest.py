@@ -143,6 +143,16 @@ def one_worker(frontend_toml: Path) -> None:
     frontend_toml.write_text(text.replace("\n[listen]\n", "\n[listen]\nworkers = 1\n", 1))
 
 
+def one_signer_worker(signer_toml: Path) -> None:
+    """Pin the signer of ``signer_toml`` (a demo's, which leaves ``[signer] workers`` at its default, one
+    per core) to one process: the suite's signers, and those made from their configs, each write one
+    audit chain (writer_id as configured) and log as one process does.
+    tests/integration/test_signer_workers.py runs several."""
+    text = signer_toml.read_text()
+    assert "\n[signer]\n" not in text, text
+    signer_toml.write_text(text.rstrip("\n") + "\n\n[signer]\nworkers = 1\n")
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) -> Demo:
     d = tmp_path_factory.mktemp("demo")
@@ -151,6 +161,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, softhsm_env: dict[str, str]) 
     demo = Demo(dir=d, env=softhsm_env, http_port=port, signer_address=address)
     demo.ctl("demo", "setup", "--dir", str(d), "--http-port", str(port), "--signer-address", address)
     one_worker(demo.path("etc", "frontend.toml"))
+    one_signer_worker(demo.path("etc", "signer.toml"))
     return demo
 
 
