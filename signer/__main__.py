@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -38,10 +39,12 @@ def _check(config: SignerConfig) -> None:
         else:
             print(f"{rc.name}: statuses NOT checked against the signer's own data (see the warning)")
     a = config.audit
-    print(f"audit: {a.dir} writable, writer {a.writer_id!r} ({ready.audit_records} records), "
+    writers = ", ".join(f"{w!r} ({n} records)" for w, n in ready.writers)
+    print(f"audit: {a.dir} writable, writer{'s' if len(ready.writers) > 1 else ''} {writers}, "
           f"key {a.key_label!r} {ready.audit_signer.algorithm.value}")
+    processes = "1 process" if config.workers == 1 else f"{config.workers} workers"
     print(f"{config.file}: OK ({len(ready.responders)} responders, token "
-          f"{ready.token.label!r})")
+          f"{ready.token.label!r}, {processes})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     # A worker of a supervisor ([signer] workers > 1, signer.workers): started by it, never by hand.
     for name in ("--worker", "--generation", "--control-fd", "--listen-fd", "--port"):
         parser.add_argument(name, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--responder-generations", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     worker = f"worker {args.worker}: " if args.worker is not None else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.worker is not None:
                 from signer.service import run_worker
 
-                asyncio.run(run_worker(config, args.worker, args.generation or 1, args.control_fd, args.listen_fd))
+                asyncio.run(run_worker(config, args.worker, args.generation or 1, args.control_fd, args.listen_fd,
+                                       args.responder_generations))
             else:
                 asyncio.run(run(config))
         finally:

@@ -8,6 +8,7 @@ second signing thread would not sign faster anyway. Parallelism comes from more 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -49,7 +50,7 @@ from signer.responders import ResponderSet
 from signer.status_verify import StatusVerifier
 from signer.tls import add_port, local_listener, transport_interceptors, transport_summary
 from signer.token import Token, TokenError
-from signer.worker_link import WorkerLink, WorkerRole, fingerprints
+from signer.worker_link import WorkerLink, WorkerRole, responders
 
 log = logging.getLogger("ocsp-signer")
 
@@ -451,6 +452,9 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
         executor.shutdown(wait=False)
         raise
     token, responders, audit = ready.token, ready.responders, ready.audit
+    if worker is not None and worker.generations:  # a restarted worker: the running workers' generations
+        responders = ResponderSet.of([dataclasses.replace(r, generation=worker.generations.get(r.name, r.generation))
+                                      for r in responders], worker.generation)
     assert audit is not None
     for r in responders:
         now = clock.now()
@@ -538,7 +542,7 @@ async def run(config: SignerConfig) -> None:
 
 
 async def run_worker(config: SignerConfig, number: int, generation: int, control_fd: int,
-                     listen_fd: int | None) -> None:
+                     listen_fd: int | None, generations: dict[str, int] | None = None) -> None:
     """A signer worker (signer.workers): serve ``config`` (its ``for_worker`` view) until SIGTERM or
     SIGINT, or until the supervisor is gone (its control channel ends), then stop gracefully. SIGHUP
     is the supervisor's (it stays ignored here): it reloads every worker together."""
@@ -548,7 +552,9 @@ async def run_worker(config: SignerConfig, number: int, generation: int, control
     public = socket_module.socket(fileno=listen_fd) if listen_fd is not None else None
     await control.start()
     try:
-        server, address = await serve(config, worker=WorkerRole(number, generation, control, public))
+        role = WorkerRole(number=number, generation=generation, control=control, public=public,
+                          generations=generations or {})
+        server, address = await serve(config, worker=role)
     except BaseException:
         await control.close()
         raise
@@ -558,7 +564,7 @@ async def run_worker(config: SignerConfig, number: int, generation: int, control
         loop.add_signal_handler(sig, stopping.set)
     assert server.admin is not None
     rs = server.admin.rotator.state.current
-    control.notify("ready", pid=os.getpid(), generation=rs.generation, fingerprints=fingerprints(server.admin.rotator),
+    control.notify("ready", pid=os.getpid(), generation=rs.generation, responders=responders(server.admin.rotator),
                    address=address)
     closed = loop.create_task(control.closed.wait())
     stop = loop.create_task(stopping.wait())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -62,6 +63,8 @@ class Prepared:
     audit: AuditLog | None  # None for --check
     audit_records: int  # records already in this writer's chain
     status: StatusVerifier | None = None  # the signer's own status data ([policy] verify_status)
+    # --check: (writer_id, records in its chain) of each writer this config starts (one per worker)
+    writers: tuple[tuple[str, int], ...] = ()
 
 
 # -- no token needed ----------------------------------------------------------------------------------
@@ -305,9 +308,17 @@ async def check(config: SignerConfig, clock: Clock) -> Prepared:
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11")
     try:
-        prepared = await prepare(config, token=None, clock=clock, executor=executor, open_log=None)
-        token = prepared.token
-        await asyncio.get_running_loop().run_in_executor(executor, token.close)
-        return prepared
+        # Signer workers: worker 0's view (its writer_id), then every other worker's audit chain.
+        view = config.for_worker(0, None) if config.workers > 1 else config
+        prepared = await prepare(view, token=None, clock=clock, executor=executor, open_log=None)
+        writers = [(view.audit.writer_id, prepared.audit_records)]
+        try:
+            for number in range(1, config.workers):
+                other = config.for_worker(number, None)
+                _, records = await _open_audit(other, prepared.audit_signer, clock, executor, None)
+                writers.append((other.audit.writer_id, records))
+        finally:
+            await asyncio.get_running_loop().run_in_executor(executor, prepared.token.close)
+        return dataclasses.replace(prepared, writers=tuple(writers))
     finally:
         executor.shutdown(wait=True)

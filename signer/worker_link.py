@@ -19,7 +19,7 @@ import asyncio
 import base64
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -34,9 +34,10 @@ log = logging.getLogger("ocsp-signer")
 ROTATE_TIMEOUT = 120.0  # seconds a forwarded rotation may take (every worker checks the candidate)
 
 
-def fingerprints(rotator: Rotator) -> dict[str, str]:
-    """CA name -> SHA-256 of the responder certificate that signs for it now."""
-    return {r.name: r.fingerprint for r in rotator.state.current}
+def responders(rotator: Rotator) -> dict[str, list[Any]]:
+    """CA name -> [SHA-256 of the responder certificate that signs for it now, its generation]: what
+    every worker must agree on."""
+    return {r.name: [r.fingerprint, r.generation] for r in rotator.state.current}
 
 
 class WorkerLink:
@@ -134,7 +135,7 @@ class WorkerLink:
         if plan is None:
             return {"ok": True, "changed": [], "removed": []}
         return {"ok": True, "changed": list(plan.changed), "removed": list(plan.removed),
-                "fingerprints": {r.name: r.fingerprint for r in plan.responders}}
+                "responders": {r.name: [r.fingerprint, r.generation] for r in plan.responders}}
 
     async def _persist(self, message: Message) -> Message:
         plan = self._open.get(int(message["txn"]))
@@ -158,7 +159,7 @@ class WorkerLink:
                 self.rotator.commit_reload(plan)
         finally:
             self.rotator.lock.release()
-        return {"ok": True, "fingerprints": fingerprints(self.rotator),
+        return {"ok": True, "responders": responders(self.rotator),
                 "generation": self.rotator.state.current.generation}
 
     def _abort(self, message: Message) -> Message:
@@ -178,6 +179,9 @@ class WorkerRole:
     """What makes a signer process worker ``number`` of a supervisor (signer.workers)."""
 
     number: int
-    generation: int  # of the responders it starts with: the supervisor's count
+    generation: int  # of the responder set it starts with: the supervisor's count
     control: ControlChannel
+    # CA -> generation of its responder on the running workers (a restarted worker's must be the same,
+    # or the frontend would take the one responder for a new one); CAs not listed get ``generation``.
+    generations: dict[str, int] = field(default_factory=dict)
     public: socket.socket | None = None  # a unix: listen address: the supervisor's listening socket

@@ -10,7 +10,7 @@ The supervisor holds no key and no token session, and imports neither gRPC nor P
 2. starts each worker as ``ocsp-signer --config FILE --worker N ...`` (a fresh interpreter: PKCS#11
    does not survive a fork), with one control socketpair each (signer.control). A worker logs in to
    the token in its own session, writes its own audit chain (``<writer_id>.w<N>``), and reports
-   ready with the fingerprints of the responders it loaded; all must agree;
+   ready with the responders it loaded (certificate fingerprint and generation); all must agree;
 3. decides every change of the responders, so that every worker switches or none does, at one
    generation it counts (the frontend compares generations across the calls it spreads over the
    workers): an Admin Rotate reaching any worker, or SIGHUP, is prepared on every worker (each checks
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import signal
@@ -75,7 +76,8 @@ class Supervisor:
         self.workers: dict[int, Worker] = {}
         self.held: set[int] = set()  # slots stopped for loading other responders: restarted on SIGHUP
         self.generation = 1
-        self.fingerprints: dict[str, str] | None = None  # CA -> responder certificate SHA-256, all agree
+        # CA -> [responder certificate SHA-256, its generation]: what every worker signs with
+        self.responders: dict[str, list[Any]] | None = None
         self.lock = asyncio.Lock()  # one change of the responders (or one restart) at a time
         self.stopping = asyncio.Event()
         self.port: int | None = None
@@ -149,6 +151,8 @@ class Supervisor:
             fds.append(self._public.fileno())
         if self.port is not None:
             argv += ["--port", str(self.port)]
+        if self.responders:
+            argv += ["--responder-generations", json.dumps({ca: g for ca, (_, g) in self.responders.items()})]
         try:
             process = await asyncio.create_subprocess_exec(*argv, pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
         finally:
@@ -218,11 +222,12 @@ class Supervisor:
         log.info("worker %d: serving again (pid %d, generation %d)", number, worker.process.pid, self.generation)
 
     def disagreement(self, ready: Message) -> str | None:
-        loaded = ready.get("fingerprints") or {}
-        if self.fingerprints is None or loaded == self.fingerprints:
+        loaded = ready.get("responders") or {}
+        if self.responders is None or loaded == self.responders:
             return None
-        differ = sorted(ca for ca in set(loaded) | set(self.fingerprints) if loaded.get(ca) != self.fingerprints.get(ca))
-        return f"other responders than the running ones for CA {', '.join(map(repr, differ))}"
+        differ = sorted(ca for ca in set(loaded) | set(self.responders) if loaded.get(ca) != self.responders.get(ca))
+        return "other responders than the running ones: " + "; ".join(
+            f"CA {ca!r} {_described(loaded.get(ca))} (running: {_described(self.responders.get(ca))})" for ca in differ)
 
     async def stop_worker(self, worker: Worker) -> None:
         if worker.process.returncode is None:
@@ -252,8 +257,8 @@ class Supervisor:
                 status = worker.process.returncode
                 raise ChildProcessError(status if status else 1,
                                         f"worker {number} did not start: {e or 'timed out'}") from None
-            if self.fingerprints is None:
-                self.fingerprints = ready.get("fingerprints") or {}
+            if self.responders is None:
+                self.responders = ready.get("responders") or {}
             problem = self.disagreement(ready)
             if problem is not None:
                 raise RuntimeError(f"worker {number} loaded {problem} (files changed during the start?)")
@@ -320,7 +325,7 @@ class Supervisor:
         self.generation = generation
         good = [r for r in committed if r.get("ok")]
         if good:
-            self.fingerprints = good[0].get("fingerprints") or {}
+            self.responders = good[0].get("responders") or {}
         for r in committed:
             if not r.get("ok"):  # it died meanwhile: started again from the files, which say the same
                 log.error("%s: worker %s did not confirm the switch: %s", what, r["worker"], r.get("message"))
@@ -346,7 +351,7 @@ class Supervisor:
         plans = await self._each("prepare_reload", PREPARE_TIMEOUT, txn=txn, generation=generation)
         refused = next((r for r in plans if not r.get("ok")), None)
         shapes = {(tuple(r.get("changed", ())), tuple(r.get("removed", ())),
-                   tuple(sorted((r.get("fingerprints") or {}).items()))) for r in plans if r.get("ok")}
+                   json.dumps(r.get("responders"), sort_keys=True)) for r in plans if r.get("ok")}
         if refused is not None or len(shapes) != 1:
             await self._each("abort", COMMIT_TIMEOUT, txn=txn)
             why = (f"worker {refused['worker']}: {refused.get('message')}" if refused is not None
@@ -402,6 +407,18 @@ class Supervisor:
         await self.reload()
 
 
+def _described(responder: list[Any] | None) -> str:
+    if not responder:
+        return "none"
+    fingerprint, generation = responder
+    return f"certificate SHA-256 {str(fingerprint)[:16]}…, generation {generation}"
+
+
+SUPERVISOR_LOG_FORMAT = "ocsp-signer: %(levelname)s: supervisor: %(message)s"  # workers' say "worker N:"
+
+
 def supervise(config: SignerConfig) -> int:
     """``ocsp-signer`` with ``[signer] workers`` > 1: run the supervisor until stopped; the exit status."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(SUPERVISOR_LOG_FORMAT))
     return asyncio.run(Supervisor(config).run())

@@ -8,6 +8,7 @@ Callers import from ``signer.audit``; the names below are its interface.
 """
 
 from signer.audit.format import (
+    FILE_RE,
     AuditRecord,
     RefusalRecord,
     SignedStatus,
@@ -19,6 +20,6 @@ from signer.audit.verify import Report, open_kept_checkpoint, show, verify
 from signer.audit.writer import AuditLog, AuditUnavailable, FileIO, Pkcs11CheckpointSigner, WriterBusy
 
 __all__ = [
-    "AuditLog", "AuditRecord", "AuditUnavailable", "FileIO", "Pkcs11CheckpointSigner", "RefusalRecord", "Report",
+    "FILE_RE", "AuditLog", "AuditRecord", "AuditUnavailable", "FileIO", "Pkcs11CheckpointSigner", "RefusalRecord", "Report",
     "SignedStatus", "WriterBusy", "decode_record", "encode_record", "open_kept_checkpoint", "origin_for", "show", "verify",
 ]

@@ -5,6 +5,9 @@
     audit show FILES... [--serial HEX] [--issuer NAME] [--since ISO] [--until ISO] [--client ID]
                [--uid UID]
 
+A directory among FILES stands for every audit file in it (``audit-<writer>-<seq>-<day>.jsonl``):
+every chain written there (signer workers each write their own) is verified.
+
 Exit codes: 0 ok, 1 the log does not verify (tampering, or no checkpoint verifies with the key given),
 2 usage error (including files or keys that cannot be read), 141 (128 + SIGPIPE) when whoever reads
 the output stops reading (``... | head``): the command then ends quietly, as a program killed by
@@ -21,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.audit.checkpoint import CheckpointError, load_public_key
-from signer.audit import Report, open_kept_checkpoint, show, verify
+from signer.audit import FILE_RE, Report, open_kept_checkpoint, show, verify
 
 OK, TAMPERED, USAGE = 0, 1, 2
 OUTPUT_CLOSED = 128 + signal.SIGPIPE
@@ -54,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ocspctl audit", description="Verify or search the signature audit log.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     v = sub.add_parser("verify", help="check hash chains and signed checkpoints; exit 1 on tampering")
-    v.add_argument("files", nargs="+", type=Path, metavar="FILES")
+    v.add_argument("files", nargs="+", type=Path, metavar="FILES",
+                   help="audit files, or directories: every audit file in them (each writer's chain)")
     key = v.add_mutually_exclusive_group(required=True)
     key.add_argument("--cert", type=Path, help="the audit certificate (PEM or DER)")
     key.add_argument("--pubkey", type=Path, help="the audit public key (SPKI, PEM or DER)")
@@ -73,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                         "retired (one per writer); the files must begin at or before it, match it and "
                         "extend it")
     s = sub.add_parser("show", help="print matching records as JSON lines (no verification)")
-    s.add_argument("files", nargs="+", type=Path, metavar="FILES")
+    s.add_argument("files", nargs="+", type=Path, metavar="FILES",
+                   help="audit files, or directories: every audit file in them")
     s.add_argument("--serial", help="certificate serial number, hex")
     s.add_argument("--issuer", help="CA name or issuer id")
     s.add_argument("--since", type=_time, help="ISO 8601 time, inclusive (UTC if no zone)")
@@ -92,6 +97,7 @@ def audit_main(argv: list[str]) -> int:
     except SystemExit as e:  # --help
         return OK if e.code in (0, None) else USAGE
     try:
+        args.files = audit_files(args.files)
         if args.command == "verify":
             status = _verify(args)
         else:
@@ -113,6 +119,21 @@ def audit_main(argv: list[str]) -> int:
     except _Usage as e:
         print(e, file=sys.stderr)
         return USAGE
+
+
+def audit_files(paths: list[Path]) -> list[Path]:
+    """``paths`` with each directory replaced by the audit files in it (by name, sorted). Raises _Usage
+    for a directory that holds none."""
+    out: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p for p in path.iterdir() if FILE_RE.fullmatch(p.name) and p.is_file())
+        if not found:
+            raise _Usage(f"ocspctl audit: {path}: a directory with no audit files (audit-<writer>-<seq>-<day>.jsonl)")
+        out.extend(found)
+    return out
 
 
 def _discard_stdout() -> None:
