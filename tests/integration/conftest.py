@@ -149,8 +149,9 @@ def one_signer_worker(signer_toml: Path) -> None:
     audit chain (writer_id as configured) and log as one process does.
     tests/integration/test_signer_workers.py runs several."""
     text = signer_toml.read_text()
-    assert "\n[signer]\n" not in text, text
-    signer_toml.write_text(text.rstrip("\n") + "\n\n[signer]\nworkers = 1\n")
+    assert "\n[signer]\n" not in text and "\n[listen]\n" in text, text
+    # Before the first table, so that text appended to the file still lands in the demo's last table.
+    signer_toml.write_text(text.replace("\n[listen]\n", "\n[signer]\nworkers = 1\n\n[listen]\n", 1))
 
 
 @pytest.fixture(scope="session")

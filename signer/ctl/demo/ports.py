@@ -89,9 +89,23 @@ def _socket_inodes(pid: int) -> set[int] | None:
     return inodes
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a signer's or frontend's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
 def serves(pid: int, address: str) -> bool:
-    """Process ``pid`` holds the listening socket of ``address`` (``host:port``, any local address with
-    that port, or ``unix:/path``)."""
+    """Process ``pid``, or one of its workers, holds the listening socket of ``address`` (``host:port``,
+    any local address with that port, or ``unix:/path``)."""
     if address.startswith("unix:"):
         listeners = _unix_listeners(Path(address.removeprefix("unix:")))
     else:
@@ -99,6 +113,8 @@ def serves(pid: int, address: str) -> bool:
     own = _socket_inodes(pid)
     if listeners is None or own is None:
         return True  # /proc cannot tell
+    for child in _children(pid):
+        own |= _socket_inodes(child) or set()
     return bool(listeners & own)
 
 
