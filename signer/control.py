@@ -79,7 +79,10 @@ class ControlChannel:
         try:
             self._send({"op": op, "id": request_id, **fields})
             assert self._writer is not None
-            await self._writer.drain()
+            try:
+                await self._writer.drain()
+            except (ConnectionError, OSError) as e:
+                raise ControlClosed(f"{self.name}: {e}") from None
             return await asyncio.wait_for(future, timeout)
         finally:
             self._pending.pop(request_id, None)
