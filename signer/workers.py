@@ -88,6 +88,7 @@ class Supervisor:
         self._restarts: deque[float] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed: int | None = None  # the exit status when the supervisor gives up
+        self.started = False  # every worker was ready once: from then on a dead worker is started again
 
     # -- the listen address ------------------------------------------------------------------------------
     def hold_address(self) -> None:
@@ -183,8 +184,9 @@ class Supervisor:
         if not worker.ready.done():
             worker.ready.set_exception(ChildProcessError(f"worker {worker.number} exited with status {status} "
                                                          "before it was ready"))
-        if self.stopping.is_set() or worker.number in self.held or self.workers.get(worker.number) is not worker:
-            return
+        if (self.stopping.is_set() or not self.started or worker.number in self.held
+                or self.workers.get(worker.number) is not worker):
+            return  # (a worker that fails during the start fails the start)
         log.error("worker %d (pid %d) exited with status %d; starting it again", worker.number,
                   worker.process.pid, status)
         now = time.monotonic()
@@ -262,6 +264,7 @@ class Supervisor:
             problem = self.disagreement(ready)
             if problem is not None:
                 raise RuntimeError(f"worker {number} loaded {problem} (files changed during the start?)")
+        self.started = True
 
     async def stop(self) -> None:
         self.stopping.set()

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -259,3 +260,24 @@ def test_workers_config_errors(demo: Demo, tmp_path: Path, keys: dict[str, objec
     conf = demo_config(demo, "signer.toml", tmp_path / "signer.toml", keys)  # type: ignore[arg-type]
     r = check_config(demo, "ocsp-signer", conf)
     assert r.returncode == 2 and f"ocsp-signer: {conf}: {message}" in r.stderr, r.stderr
+
+
+def test_a_worker_that_cannot_start_fails_the_start(demo: Demo, tmp_path: Path) -> None:
+    """A wrong PIN: worker 0 exits 2 with the config error, the supervisor exits 2 too, no worker is
+    started after it and nothing is left listening."""
+    from tests.integration.private_stack import demo_config
+
+    pin = tmp_path / "wrong.pin"
+    pin.write_text("000000\n")
+    pin.chmod(0o600)
+    port = free_port()
+    conf = demo_config(demo, "signer.toml", tmp_path / "signer.toml", {
+        "address": f"127.0.0.1:{port}", "socket": None, "writer_id": "wrongpin", "workers": 2, "pin_file": pin})
+    r = subprocess.run([tool("ocsp-signer"), "--config", str(conf)], env=demo.env, capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 2, r.stderr
+    assert f"ocsp-signer: {conf}: token.pin_file:" in r.stderr, r.stderr
+    assert "supervisor: worker 0 did not start" in r.stderr and "worker 1: started" not in r.stderr, r.stderr
+    assert "starting it again" not in r.stderr, r.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free again
