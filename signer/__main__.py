@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(name, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--responder-generations", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker is not None:
+        # Ctrl-C reaches the whole process group: the supervisor stops its workers in order.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = f"worker {args.worker}: " if args.worker is not None else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"{PROG}: %(levelname)s: {worker}%(message)s")

@@ -543,9 +543,9 @@ async def run(config: SignerConfig) -> None:
 
 async def run_worker(config: SignerConfig, number: int, generation: int, control_fd: int,
                      listen_fd: int | None, generations: dict[str, int] | None = None) -> None:
-    """A signer worker (signer.workers): serve ``config`` (its ``for_worker`` view) until SIGTERM or
-    SIGINT, or until the supervisor is gone (its control channel ends), then stop gracefully. SIGHUP
-    is the supervisor's (it stays ignored here): it reloads every worker together."""
+    """A signer worker (signer.workers): serve ``config`` (its ``for_worker`` view) until SIGTERM, or
+    until the supervisor is gone (its control channel ends), then stop gracefully. SIGHUP and SIGINT
+    are the supervisor's (ignored here): it reloads, or stops, every worker together."""
     import socket as socket_module
 
     control = ControlChannel(socket_module.socket(fileno=control_fd), name=f"worker {number}")
@@ -560,8 +560,7 @@ async def run_worker(config: SignerConfig, number: int, generation: int, control
         raise
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)  # (SIGINT is ignored: signer.__main__)
     assert server.admin is not None
     rs = server.admin.rotator.state.current
     control.notify("ready", pid=os.getpid(), generation=rs.generation, responders=responders(server.admin.rotator),

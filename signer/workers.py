@@ -54,7 +54,7 @@ COMMIT_TIMEOUT = 10.0
 STOP_GRACE = 15.0  # seconds a stopping worker gets (its own grace is 5 s) before SIGKILL
 RESTART_LIMIT = 5  # worker restarts within RESTART_WINDOW before the supervisor gives up
 RESTART_WINDOW = 60.0
-RESTART_DELAY = 1.0  # seconds before a dead worker is started again
+RESTART_DELAY = 1.0  # seconds before a dead worker is started again (a stop under way is awaited that long)
 
 
 @dataclass(eq=False)
@@ -184,6 +184,11 @@ class Supervisor:
         if not worker.ready.done():
             worker.ready.set_exception(ChildProcessError(f"worker {worker.number} exited with status {status} "
                                                          "before it was ready"))
+        if not self.stopping.is_set() and self.started:
+            # A stop signal sent to the whole service (the terminal's process group, systemd) may reach
+            # a worker before the supervisor: not a death to answer with a restart.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), RESTART_DELAY)
         if (self.stopping.is_set() or not self.started or worker.number in self.held
                 or self.workers.get(worker.number) is not worker):
             return  # (a worker that fails during the start fails the start)
@@ -198,9 +203,6 @@ class Supervisor:
                          RESTART_WINDOW)
             self.failed = 1
             self.stopping.set()
-            return
-        await asyncio.sleep(RESTART_DELAY)
-        if self.stopping.is_set():
             return
         async with self.lock:  # never while a change of the responders is under way
             await self.restart(worker.number)

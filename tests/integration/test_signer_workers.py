@@ -281,3 +281,32 @@ def test_a_worker_that_cannot_start_fails_the_start(demo: Demo, tmp_path: Path) 
     assert "starting it again" not in r.stderr, r.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # free again
+
+
+def test_ctrl_c_to_the_process_group_stops_the_workers_in_order(demo: Demo, tmp_path: Path) -> None:
+    """SIGINT to every process of the group (a terminal's Ctrl-C): the workers leave it to the
+    supervisor, which stops them; nothing is started again and the exit status is 0."""
+    from tests.integration.private_stack import demo_config, short_dir
+
+    run = short_dir()
+    conf = demo_config(demo, "signer.toml", tmp_path / "signer.toml", {
+        "address": f"127.0.0.1:{free_port()}", "socket": run / "admin.sock", "writer_id": "ctrlc", "workers": 2})
+    log = conf.with_suffix(".log")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([tool("ocsp-signer"), "--config", str(conf)], env=demo.env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: "supervisor: serving on" in log.read_text() or proc.poll() is not None, 60,
+                   "the workers to serve")
+        workers = children(proc.pid)
+        assert len(workers) == 2, log.read_text()
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert "supervisor: SIGINT: stopping the workers" in text and "supervisor: stopped" in text, text
+    assert "starting it again" not in text and text.count("stopped") >= 3, text
+    assert not any(alive(pid) for pid in workers)
