@@ -275,15 +275,15 @@ class Supervisor:
             task.cancel()
 
     # -- changes of the responders ------------------------------------------------------------------------
-    def _all_serving(self) -> str | None:
-        missing = [n for n in range(self.count) if n not in self.workers or not self.workers[n].serving]
+    def _not_serving(self, slots: Any) -> str | None:
+        missing = [n for n in slots if n not in self.workers or not self.workers[n].serving]
         if missing:
             return f"worker {', '.join(map(str, missing))} not running (restarting, or held: see the log)"
         return None
 
-    async def _each(self, op: str, timeout: float, **fields: Any) -> list[Message]:
-        """``op`` on every worker at once; a worker that cannot answer gives a refusal."""
-        workers = [self.workers[n] for n in range(self.count)]
+    @staticmethod
+    async def _each(workers: list[Worker], op: str, timeout: float, **fields: Any) -> list[Message]:
+        """``op`` on each of ``workers`` at once; a worker that cannot answer gives a refusal."""
         replies = await asyncio.gather(*(w.channel.request(op, timeout, **fields) for w in workers),
                                        return_exceptions=True)
         out = []
@@ -303,30 +303,32 @@ class Supervisor:
     async def rotate(self, ca: str, cert: str, key_label: str, *, via: int) -> Message:
         """An Admin Rotate that reached worker ``via``: on every worker, or on none."""
         async with self.lock:
-            missing = self._all_serving()
+            missing = self._not_serving(range(self.count))
             if missing is not None:
                 return refusal("UNAVAILABLE", f"not rotating: {missing}; try again")
+            workers = [self.workers[n] for n in range(self.count)]
             txn, generation = next(self._txns), self.generation + 1
-            prepared = await self._each("prepare_rotation", PREPARE_TIMEOUT, txn=txn, ca=ca, cert=cert,
+            prepared = await self._each(workers, "prepare_rotation", PREPARE_TIMEOUT, txn=txn, ca=ca, cert=cert,
                                         key_label=key_label, generation=generation)
             refused = next((r for r in prepared if not r.get("ok")), None)
             if refused is None and len({r["fingerprint"] for r in prepared}) != 1:
                 refused = refusal("FAILED_PRECONDITION", "the workers read different certificates")
+            if refused is None:
+                refused = (await self._each(workers[:1], "persist", PREPARE_TIMEOUT, txn=txn))[0]
+                notes = refused.get("notes", [])
+                if refused.get("ok"):
+                    refused = None
             if refused is not None:
-                await self._each("abort", COMMIT_TIMEOUT, txn=txn)
-                log.error("rotation of CA %r (Admin RPC on worker %d) refused by worker %s: %s", ca, via,
-                          refused.get("worker", "?"), refused.get("message"))
+                await self._each(workers, "abort", COMMIT_TIMEOUT, txn=txn)
+                log.error("rotation of CA %r (Admin RPC on worker %d) refused by worker %s, no worker switched: "
+                          "%s", ca, via, refused.get("worker", "?"), refused.get("message"))
                 return refusal(str(refused.get("code", "UNKNOWN")), str(refused.get("message", "")))
-            persisted = await self.workers[0].channel.request("persist", PREPARE_TIMEOUT, txn=txn)
-            if not persisted.get("ok"):
-                await self._each("abort", COMMIT_TIMEOUT, txn=txn)
-                return refusal(str(persisted.get("code", "UNKNOWN")), str(persisted.get("message", "")))
-            await self._commit(txn, generation, f"rotation of CA {ca!r}")
-            return {"ok": True, "generation": generation, "notes": persisted.get("notes", []),
+            await self._commit(workers, txn, generation, f"rotation of CA {ca!r}")
+            return {"ok": True, "generation": generation, "notes": notes,
                     "fingerprint": prepared[0]["fingerprint"], "key_label": prepared[0].get("key_label", "")}
 
-    async def _commit(self, txn: int, generation: int, what: str) -> None:
-        committed = await self._each("commit", COMMIT_TIMEOUT, txn=txn)
+    async def _commit(self, workers: list[Worker], txn: int, generation: int, what: str) -> None:
+        committed = await self._each(workers, "commit", COMMIT_TIMEOUT, txn=txn)
         self.generation = generation
         good = [r for r in committed if r.get("ok")]
         if good:
@@ -337,37 +339,37 @@ class Supervisor:
         log.info("%s: every worker signs with generation %d now", what, generation)
 
     async def reload(self) -> None:
-        """SIGHUP: every worker re-reads its status data, then the responders change on all or none."""
+        """SIGHUP: every worker re-reads its status data, then the responders change on every running
+        worker or none, then the held workers (stopped for loading other files) start again."""
         async with self.lock:
-            running = [w for w in self.workers.values() if w.serving]
-            await asyncio.gather(*(w.channel.request("reload_status", PREPARE_TIMEOUT) for w in running),
-                                 return_exceptions=True)
-            missing = self._all_serving()
+            running = [w for n, w in sorted(self.workers.items()) if n not in self.held and w.serving]
+            await self._each(running, "reload_status", PREPARE_TIMEOUT)
+            missing = self._not_serving(n for n in range(self.count) if n not in self.held)
             if missing is None:
-                await self._reload_responders()
+                await self._reload_responders(running)
             else:
                 log.error("SIGHUP: responders not reloaded: %s", missing)
             for number in sorted(self.held):
                 self.held.discard(number)
                 await self.restart(number)
 
-    async def _reload_responders(self) -> None:
+    async def _reload_responders(self, workers: list[Worker]) -> None:
         txn, generation = next(self._txns), self.generation + 1
-        plans = await self._each("prepare_reload", PREPARE_TIMEOUT, txn=txn, generation=generation)
+        plans = await self._each(workers, "prepare_reload", PREPARE_TIMEOUT, txn=txn, generation=generation)
         refused = next((r for r in plans if not r.get("ok")), None)
         shapes = {(tuple(r.get("changed", ())), tuple(r.get("removed", ())),
                    json.dumps(r.get("responders"), sort_keys=True)) for r in plans if r.get("ok")}
         if refused is not None or len(shapes) != 1:
-            await self._each("abort", COMMIT_TIMEOUT, txn=txn)
+            await self._each(workers, "abort", COMMIT_TIMEOUT, txn=txn)
             why = (f"worker {refused['worker']}: {refused.get('message')}" if refused is not None
                    else "the workers read different files (changed during the reload?); send SIGHUP again")
             log.error("SIGHUP: reload refused on every worker, responders unchanged (generation %d): %s",
                       self.generation, why)
             return
-        if not plans[0].get("changed") and not plans[0].get("removed"):
-            await self._each("abort", COMMIT_TIMEOUT, txn=txn)
+        if not plans or (not plans[0].get("changed") and not plans[0].get("removed")):
+            await self._each(workers, "abort", COMMIT_TIMEOUT, txn=txn)
             return
-        await self._commit(txn, generation, "SIGHUP reload")
+        await self._commit(workers, txn, generation, "SIGHUP reload")
 
     # -- the whole run -------------------------------------------------------------------------------------
     async def run(self) -> int:

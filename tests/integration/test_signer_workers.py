@@ -205,6 +205,33 @@ def test_a_killed_worker_comes_back_at_the_current_generation(stack: Stack) -> N
     assert stack.records(1) > before  # the new worker 1 signs, into the chain it resumed
 
 
+def test_a_worker_restarted_onto_changed_files_waits_for_sighup(stack: Stack) -> None:
+    """The files changed without a SIGHUP, then a worker died: its replacement would sign with another
+    responder than the running worker, so it is stopped again (and rotations wait); the SIGHUP then
+    loads the files into the running worker and starts the held one, and both agree."""
+    before = generations(sign_on_fresh_connections(stack, "ec-ca", 4))
+    new = stack.reissue("ec")
+    ca_file = stack.demo.path("etc", "ca.d", "demo-ec.toml")
+    ca_file.write_text(re.sub(r'(?m)^cert = ".*"$', f'cert = "{new}"', ca_file.read_text()))
+    held = stack.log.count("stopped again: send SIGHUP")
+    os.kill(stack.worker_pids()[1], signal.SIGKILL)
+    wait_until(lambda: stack.log.count("stopped again: send SIGHUP") > held, 60, "worker 1 to be held")
+    assert generations(sign_on_fresh_connections(stack, "ec-ca", 4)) == before  # worker 0 signs on
+    r = stack.rotate("demo-ec", new, check=False)
+    assert r.returncode != 0 and "worker 1 not running" in r.stdout + r.stderr, r.stdout + r.stderr
+    again = stack.log.count("supervisor: worker 1: serving again")
+    stack.signer.signal(signal.SIGHUP)
+    wait_until(lambda: stack.log.count("supervisor: worker 1: serving again") > again, 60, "worker 1 to serve again")
+    signed_by_1 = stack.records(1)
+    replies = sign_on_fresh_connections(stack, "ec-ca")
+    now = generations(replies)
+    assert len(now) == 1 and now.pop() > max(before)
+    want = hashlib.sha256(x509.load_pem_x509_certificate(new.read_bytes()).public_bytes(
+        serialization.Encoding.DER)).hexdigest()
+    assert {responder_of(r.ocsp_response) for r in replies} == {want}
+    assert stack.records(1) > signed_by_1  # the held worker signs again, with the same responder
+
+
 def test_stop_and_audit_verify_of_the_directory(stack: Stack) -> None:
     """Last: stops the signer. SIGTERM stops both workers cleanly; ``audit verify DIR`` checks every chain
     in the directory, and names the one that was edited."""
