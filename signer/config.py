@@ -265,7 +265,7 @@ def load_signer_config(path: str | Path) -> SignerConfig:
     metrics = _metrics(sec.section("metrics"))
     audit = _audit(sec.section("audit", required=True))
     tls = load_tls(sec.section("tls")) if sec.has("tls") else None
-    workers = _workers(sec.section("signer"), audit)
+    workers = _workers(sec.section("signer"), audit, metrics)
     sec.finish()
     if not ca_dir.is_dir():
         raise sec.error("ca_dir", f"{ca_dir} is not a directory")
@@ -410,8 +410,12 @@ def _metrics(sec: Section) -> MetricsConfig:
 _WRITER_ID = re.compile(r"[A-Za-z0-9._]{1,64}")
 
 
-def _workers(sec: Section, audit: AuditConfig) -> int:
+def _workers(sec: Section, audit: AuditConfig, metrics: MetricsConfig) -> int:
     workers = sec.int("workers", usable_cpus(MAX_WORKERS), minimum=1, maximum=MAX_WORKERS)
+    if metrics.address is not None and int(metrics.address.rpartition(":")[2]) + workers - 1 > 65535:
+        raise ConfigError(sec.file, "metrics.address", f"worker {workers - 1} would serve its metrics on port "
+                                                       f"{int(metrics.address.rpartition(':')[2]) + workers - 1}: "
+                                                       "past 65535 (worker N uses the port + N)")
     longest = f"{audit.writer_id}.w{workers - 1}"
     if workers > 1 and not _WRITER_ID.fullmatch(longest):
         raise ConfigError(sec.file, "audit.writer_id", f"{audit.writer_id!r} is too long for {workers} workers: "
