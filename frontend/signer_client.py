@@ -288,6 +288,10 @@ class SignerClient:
             for k, a in enumerate(self.addresses):
                 channels = [make_channel(a, self.tls, self.keepalive, lane=j) for j in range(self.connections)]
                 self._lanes.append([_Lane(k, ch, signer_pb2_grpc.SignerStub(ch)) for ch in channels])
+            if self.connections > 1:  # every lane connects now, as the first one does for Watch and Health
+                for lanes in self._lanes:
+                    for lane in lanes:
+                        lane.channel.get_state(try_to_connect=True)
 
     def channels(self) -> list[tuple[str, aio.Channel]]:
         """(address, channel) pairs, each address's first lane, made on first use; frontend.watch
@@ -300,10 +304,17 @@ class SignerClient:
         return [[lane.in_flight for lane in lanes] for lanes in self._lanes]
 
     def _lane(self, k: int) -> _Lane:
-        """Address ``k``'s lane with the fewest calls in flight; of equals, each in turn."""
+        """Address ``k``'s lane with the fewest calls in flight; of equals, each in turn. Of the lanes
+        below ``calls_per_address``, a connected one goes before one that is not (still connecting, or
+        failing to: the signer restarting, that connection lost), which is asked to connect: while one
+        lane works, a call does not meet the failure another is in (tryLater where one lane had worked)."""
         lanes = self._lanes[k]
+        if len(lanes) == 1:
+            return lanes[0]
         turn = next(self._turns[k])
-        return min((lanes[(turn + j) % len(lanes)] for j in range(len(lanes))), key=lambda lane: lane.in_flight)
+        return min((lanes[(turn + j) % len(lanes)] for j in range(len(lanes))),
+                   key=lambda lane: (lane.in_flight >= self.calls_per_address, not _connected(lane.channel),
+                                     lane.in_flight))
 
     async def sign(self, statuses: Sequence[SingleStatus], nonce: bytes | None) -> SignResult:
         """Have the signer sign ``statuses``; raises TryLater / Unauthorized / InternalError."""
@@ -507,6 +518,11 @@ class SignerClient:
         self._lanes.clear()
         for lane in lanes:
             await lane.channel.close()
+
+
+def _connected(channel: aio.Channel) -> bool:
+    """Whether ``channel`` has a connection up; one that has not is asked to make one."""
+    return channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
 
 
 def _code(e: grpc.RpcError) -> grpc.StatusCode | None:

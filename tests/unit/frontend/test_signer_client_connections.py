@@ -100,6 +100,13 @@ async def queued(client: SignerClient, n: int) -> None:
     assert len(client._queue) == n
 
 
+async def connected(client: SignerClient) -> None:
+    """Every lane's connection up (they connect at once; a lane still connecting is passed over)."""
+    client.channels()
+    await asyncio.wait_for(asyncio.gather(*(lane.channel.channel_ready() for lanes in client._lanes
+                                            for lane in lanes)), 10)
+
+
 def run(scenario: Callable[[], Any]) -> None:
     asyncio.run(scenario())
 
@@ -112,6 +119,7 @@ def test_several_batches_in_flight_at_once_over_distinct_connections() -> None:
         stand = Stand(hold_all=True)
         server, address = await start(stand)
         client = SignerClient([address], 5.0, connections=3)
+        await connected(client)
         try:
             first = [asyncio.ensure_future(client.sign(statuses(0, i), None)) for i in range(3)]
             await stand.wait_in_flight(3)  # all three at the signer together: one per connection
@@ -140,6 +148,7 @@ def test_a_batch_goes_on_the_least_busy_connection() -> None:
         stand = Stand()
         server, address = await start(stand)
         client = SignerClient([address], 5.0, connections=2)
+        await connected(client)
         try:
             for i in range(4):  # idle lanes: each in turn, so both connections are up and used
                 await client.sign(statuses(0, i), None)
@@ -168,6 +177,7 @@ def test_the_bound_per_connection_holds() -> None:
         stand = Stand(hold_all=True)
         server, address = await start(stand)
         client = SignerClient([address], 5.0, connections=2, calls_per_address=2)
+        await connected(client)
         try:
             calls = [asyncio.ensure_future(client.sign(statuses(0, i), None)) for i in range(5)]
             await stand.wait_in_flight(4)
@@ -175,6 +185,40 @@ def test_the_bound_per_connection_holds() -> None:
             stand.release.set()
             await asyncio.gather(*calls)
             assert stand.batches == [1, 1, 1, 1, 1]
+        finally:
+            await client.close()
+            await server.stop(None)
+
+    run(go)
+
+
+def test_a_connected_lane_goes_before_one_that_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lane 1 cannot connect (as while a restarted signer has taken one lane back but not the other, or
+    one connection was lost): calls take lane 0 while it has room, rather than every other one failing;
+    past lane 0's bound the next call still goes on lane 1 (and gets tryLater there)."""
+    make = signer_client.make_channel
+
+    def one_lane_dead(address: str, *args: Any, lane: int = 0) -> aio.Channel:
+        return make(f"unix:{tmp_path}/nobody.sock" if lane == 1 else address, *args, lane=lane)
+
+    monkeypatch.setattr(signer_client, "make_channel", one_lane_dead)
+
+    async def go() -> None:
+        stand = Stand()
+        server, address = await start(stand)
+        client = SignerClient([address], 5.0, connections=2)
+        client.channels()
+        await asyncio.wait_for(client._lanes[0][0].channel.channel_ready(), 10)
+        try:
+            for i in range(6):
+                assert (await client.sign(statuses(0, i), None)).der == b"DER\x00" + bytes([i])
+            assert len(stand.peers) == 6 and len(set(stand.peers)) == 1
+            held = asyncio.ensure_future(client.sign(statuses(HELD), None))
+            await stand.wait_in_flight(1)
+            with pytest.raises(TryLater):  # lane 0 is at its bound: this one goes on lane 1
+                await client.sign(statuses(0, 7), None)
+            stand.release.set()
+            assert (await held).der == b"DER\x09\x00"
         finally:
             await client.close()
             await server.stop(None)
@@ -218,6 +262,7 @@ def test_connections_stay_separate_without_the_local_subchannel_pool(monkeypatch
         stand = Stand(hold_all=True)
         server, address = await start(stand)
         client = SignerClient([address], 5.0, connections=3)
+        await connected(client)
         try:
             calls = [asyncio.ensure_future(client.sign(statuses(0, i), None)) for i in range(3)]
             await stand.wait_in_flight(3)
@@ -318,6 +363,7 @@ def test_closing_closes_every_channel() -> None:
         stand = Stand(hold_all=True)
         server, address = await start(stand)
         client = SignerClient([address, address], 5.0, connections=3)
+        await connected(client)
         try:
             waiting = [asyncio.ensure_future(client.sign(statuses(0, i), None)) for i in range(8)]
             await stand.wait_in_flight(6)
