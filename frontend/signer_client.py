@@ -26,7 +26,9 @@
   with what is queued (no added delay on an idle line); what queues while calls are in flight joins the
   next one, up to ``max_batch`` requests. The address is taken in turn (then failover); at that address
   the call goes on the lane with the fewest calls in flight (ties in turn), so with N connections up to
-  N batches are in flight per address at once. Each caller gets its own item's outcome, mapped as a
+  N batches are in flight per address at once. With several lanes all connect at once, and a connected
+  lane below its bound goes before one that is not connected (``_lane``), so after a signer restart or
+  a lost connection one lane that is back is enough. Each caller gets its own item's outcome, mapped as a
   unary Sign's error would be (the signer's items carry the code and message Sign would have returned);
   an item that failed with a failover code goes to the next address on its own; the lost-connection
   retry applies to the whole call, on the same lane. A signer that answers UNIMPLEMENTED for SignBatch
