@@ -64,7 +64,7 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
     loop = asyncio.get_running_loop()
     signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls,
                           keepalive=Keepalive(cfg.signer.keepalive, cfg.signer.keepalive_timeout),
-                          max_batch=cfg.signer.max_batch)
+                          max_batch=cfg.signer.max_batch, connections=cfg.signer.connections)
     warning = keepalive_warning(cfg.signer.keepalive)
     if warning:
         log.warning("%s: %s", cfg.file, warning)

@@ -22,6 +22,13 @@ _HASH_NAMES = {"sha1": HashAlgorithm.SHA1, "sha256": HashAlgorithm.SHA256,
                "sha384": HashAlgorithm.SHA384, "sha512": HashAlgorithm.SHA512}
 
 MAX_WORKERS = 256
+# [signer] connections when not given. The signer runs one worker process per core of its host by
+# default, all behind one listen address, and the kernel hands each worker whole connections, not
+# calls: the number that keeps every worker busy is the signer's worker count, which the frontend
+# cannot know. 2 already lets two batches be signed at once; an operator sets it to the signer's
+# workers (a frontend with several listen.workers opens this many per worker).
+DEFAULT_CONNECTIONS = 2
+MAX_CONNECTIONS = 64
 
 
 def default_workers() -> int:
@@ -96,6 +103,11 @@ class SignerClientConfig:
     # flight joins the next one, up to this many. A signer with a lower [policy] max_batch says so and
     # gets shorter batches; 1 sends one request per call.
     max_batch: int = 64
+    # Connections to each signer address (frontend.signer_client's lanes): a SignBatch goes out on the
+    # one with the fewest calls in flight, so up to this many are in flight per address at once. A
+    # signer with several workers on one address spreads connections over them (not calls): set it to
+    # the signer's worker count (DEFAULT_CONNECTIONS above says why the default is 2).
+    connections: int = DEFAULT_CONNECTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,10 +231,11 @@ def _signer(sec: Section) -> SignerClientConfig:
                                    minimum=timedelta(milliseconds=100), maximum=timedelta(hours=1))
     max_in_flight = sec.int("max_in_flight", d.max_in_flight, minimum=1, maximum=100_000)
     max_batch = sec.int("max_batch", d.max_batch, minimum=1, maximum=1024)
+    connections = sec.int("connections", d.connections, minimum=1, maximum=MAX_CONNECTIONS)
     return SignerClientConfig(addresses=addrs, timeout=_seconds(timeout), tls=tls, keepalive=_seconds(keepalive),
                               keepalive_timeout=_seconds(keepalive_timeout),
                               health_interval=_seconds(health_interval), max_in_flight=max_in_flight,
-                              max_batch=max_batch)
+                              max_batch=max_batch, connections=connections)
 
 
 def _cache(sec: Section) -> CacheConfig:

@@ -1,8 +1,11 @@
 """grpc.aio client of the signer: typed statuses in, a DER OCSPResponse out, gRPC codes -> OCSPError.
 
-- One channel per configured address (a list gives failover and spreads calls over signer
-  processes: one channel is one HTTP/2 connection, which reaches one process). Each channel uses a
-  local subchannel pool so two channels to the same address stay two connections.
+- ``connections`` channels per configured address, its lanes (a list of addresses gives failover and
+  spreads calls over signer hosts or processes). One channel is one HTTP/2 connection, which reaches
+  one signer process: a signer running several workers behind one listen address (SO_REUSEPORT) is
+  balanced by the kernel per connection, not per call, so one connection would keep every call on one
+  worker. Each channel uses a local subchannel pool and carries its lane number as a channel argument
+  (``LANE_ARG``), so no two of them share a connection.
 - ``wait_for_ready=False``: while a signer is down its channel is in TRANSIENT_FAILURE and calls
   fail at once with UNAVAILABLE (-> tryLater, or the next address) instead of waiting out the deadline.
 - Short reconnect backoff (at most ~1 s), so a signer that comes back is used again within a
@@ -19,15 +22,20 @@
   UNAVAILABLE. A call the signer refused is never retried on the same address. Signing twice is
   harmless: the signer logs every signature it makes.
 - Batching: concurrent ``sign()`` calls queue their request. While fewer SignBatch calls are in flight
-  than there are addresses, one goes out at once with what is queued (no added delay on an idle line);
-  what queues while calls are in flight joins the next one, up to ``max_batch`` requests. Each caller
-  gets its own item's outcome, mapped as a unary Sign's error would be (the signer's items carry the
-  code and message Sign would have returned); an item that failed with a failover code goes to the
-  next address on its own; the lost-connection retry applies to the whole call. A signer that answers
-  UNIMPLEMENTED for SignBatch (older than it) gets unary Signs from then on (logged once); one that
-  refuses a batch as too long (its ``[policy] max_batch``, in trailing metadata) gets shorter ones.
-  ``timeout`` stays per request: a call's deadline is the earliest of its requests', counted from each
-  ``sign()``.
+  than there are lanes (``connections`` per address, ``calls_per_address`` each), one goes out at once
+  with what is queued (no added delay on an idle line); what queues while calls are in flight joins the
+  next one, up to ``max_batch`` requests. The address is taken in turn (then failover); at that address
+  the call goes on the lane with the fewest calls in flight (ties in turn), so with N connections up to
+  N batches are in flight per address at once. With several lanes all connect at once, and a connected
+  lane below its bound goes before one that is not connected (``_lane``), so after a signer restart or
+  a lost connection one lane that is back is enough. Each caller gets its own item's outcome, mapped as a
+  unary Sign's error would be (the signer's items carry the code and message Sign would have returned);
+  an item that failed with a failover code goes to the next address on its own; the lost-connection
+  retry applies to the whole call, on the same lane. A signer that answers UNIMPLEMENTED for SignBatch
+  (older than it) gets unary Signs from then on (logged once); one that refuses a batch as too long (its
+  ``[policy] max_batch``, in trailing metadata) gets shorter ones. ``timeout`` stays per request: a
+  call's deadline is the earliest of its requests', counted from each ``sign()``.
+- Health and the Watch stream (frontend.watch) use each address's first lane (``channels()``).
 """
 
 from __future__ import annotations
@@ -77,7 +85,10 @@ RETRY_LOG_INTERVAL = 10.0  # seconds between two log lines about retried Signs
 # a test keeps the two equal). A signer with a lower bound says so, and gets shorter batches.
 DEFAULT_MAX_BATCH = 64
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
-CALLS_PER_ADDRESS = 1
+CALLS_PER_ADDRESS = 1  # SignBatch calls in flight at once per lane (connection)
+# A channel argument gRPC core ignores, set to the lane's number: channels to one address never have
+# the same arguments, so even the global subchannel pool could not give two of them one connection.
+LANE_ARG = "ocsp.frontend.lane"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +147,11 @@ class SignerHealth:
     detail: str
 
 
-def make_channel(address: str, tls: SignerTls | None = None, keepalive: Keepalive = Keepalive()) -> aio.Channel:
-    """The one place channels are created: mTLS with ``tls`` (frontend.tls), else plaintext."""
-    options = channel_options(keepalive)
+def make_channel(address: str, tls: SignerTls | None = None, keepalive: Keepalive = Keepalive(), *,
+                 lane: int = 0) -> aio.Channel:
+    """The one place channels are created: mTLS with ``tls`` (frontend.tls), else plaintext; ``lane``:
+    which of the address's connections this is (``LANE_ARG``)."""
+    options = [*channel_options(keepalive), (LANE_ARG, lane)]
     if tls is None:
         return aio.insecure_channel(address, options=options)
     return aio.secure_channel(address, tls.credentials(), options=[*options, *tls.options()])
@@ -229,20 +242,35 @@ class _Job:
 Outcome = pb.SignReply | grpc.RpcError
 
 
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """One connection to an address: its channel and stub, and the calls in flight on it."""
+
+    k: int  # the address's index
+    channel: aio.Channel
+    stub: signer_pb2_grpc.SignerStub
+    in_flight: int = 0
+
+
 class SignerClient:
     def __init__(self, addresses: Sequence[str], timeout: float, tls: SignerTls | None = None,
                  keepalive: Keepalive = Keepalive(), max_batch: int = DEFAULT_MAX_BATCH,
-                 calls_per_address: int = CALLS_PER_ADDRESS) -> None:
+                 calls_per_address: int = CALLS_PER_ADDRESS, connections: int = 1) -> None:
+        """``connections``: channels (lanes) per address; the frontend passes ``[signer] connections``
+        (frontend.config.DEFAULT_CONNECTIONS when not given), 1 here is one connection per address."""
         if not addresses:
             raise ValueError("at least one signer address")
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
         self.addresses = tuple(addresses)
         self.timeout = timeout
         self.tls = tls
         self.keepalive = keepalive
         self.retries = 0  # Signs sent again after their connection went away
         self._ratelog = RateLimitedLog(log, RETRY_LOG_INTERVAL, time.monotonic)
-        self._channels: list[aio.Channel] = []
-        self._stubs: list[signer_pb2_grpc.SignerStub] = []
+        self.connections = connections
+        self._lanes: list[list[_Lane]] = []  # per address, its connections
+        self._turns = [itertools.count() for _ in self.addresses]  # per address: which lane wins a tie
         self._next = itertools.count()
         self._ids = itertools.count(1)
         self._prefix = f"fe{os.getpid()}-"
@@ -250,7 +278,7 @@ class SignerClient:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
-        self.calls_per_address = calls_per_address  # SignBatch calls in flight at once, per address
+        self.calls_per_address = calls_per_address  # SignBatch calls in flight at once, per lane
         self.batch_calls = 0  # SignBatch calls sent (each carries one or more requests)
         self._queue: deque[_Job] = deque()
         self._batches: set[asyncio.Task[None]] = set()  # SignBatch calls in flight, with their failover
@@ -258,16 +286,37 @@ class SignerClient:
 
     def _ensure(self) -> None:
         # Channels belong to the running event loop, so they are made on first use.
-        if not self._channels:
-            for a in self.addresses:
-                ch = make_channel(a, self.tls, self.keepalive)
-                self._channels.append(ch)
-                self._stubs.append(signer_pb2_grpc.SignerStub(ch))
+        if not self._lanes:
+            for k, a in enumerate(self.addresses):
+                channels = [make_channel(a, self.tls, self.keepalive, lane=j) for j in range(self.connections)]
+                self._lanes.append([_Lane(k, ch, signer_pb2_grpc.SignerStub(ch)) for ch in channels])
+            if self.connections > 1:  # every lane connects now, as the first one does for Watch and Health
+                for lanes in self._lanes:
+                    for lane in lanes:
+                        lane.channel.get_state(try_to_connect=True)
 
     def channels(self) -> list[tuple[str, aio.Channel]]:
-        """(address, channel) pairs, made on first use; frontend.watch streams over the same ones."""
+        """(address, channel) pairs, each address's first lane, made on first use; frontend.watch
+        streams over the same ones."""
         self._ensure()
-        return list(zip(self.addresses, self._channels))
+        return [(a, lanes[0].channel) for a, lanes in zip(self.addresses, self._lanes)]
+
+    def in_flight(self) -> list[list[int]]:
+        """Calls in flight on each lane, per address."""
+        return [[lane.in_flight for lane in lanes] for lanes in self._lanes]
+
+    def _lane(self, k: int) -> _Lane:
+        """Address ``k``'s lane with the fewest calls in flight; of equals, each in turn. Of the lanes
+        below ``calls_per_address``, a connected one goes before one that is not (still connecting, or
+        failing to: the signer restarting, that connection lost), which is asked to connect: while one
+        lane works, a call does not meet the failure another is in (tryLater where one lane had worked)."""
+        lanes = self._lanes[k]
+        if len(lanes) == 1:
+            return lanes[0]
+        turn = next(self._turns[k])
+        return min((lanes[(turn + j) % len(lanes)] for j in range(len(lanes))),
+                   key=lambda lane: (lane.in_flight >= self.calls_per_address, not _connected(lane.channel),
+                                     lane.in_flight))
 
     async def sign(self, statuses: Sequence[SingleStatus], nonce: bytes | None) -> SignResult:
         """Have the signer sign ``statuses``; raises TryLater / Unauthorized / InternalError."""
@@ -279,10 +328,11 @@ class SignerClient:
         return await job.future
 
     def _dispatch(self) -> None:
-        """Send what is queued while fewer calls than addresses are in flight (each call takes up to
+        """Send what is queued while fewer calls than lanes are in flight (each call takes up to
         ``max_batch`` requests)."""
         loop = asyncio.get_running_loop()
-        while self._queue and len(self._batches) < len(self._stubs) * self.calls_per_address:
+        lanes = len(self._lanes) * self.connections * self.calls_per_address
+        while self._queue and len(self._batches) < lanes:
             jobs: list[_Job] = []
             while self._queue and len(jobs) < self.max_batch:
                 job = self._queue.popleft()
@@ -296,7 +346,7 @@ class SignerClient:
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)
-        if self._stubs:
+        if self._lanes:
             self._dispatch()
 
     async def _run(self, jobs: list[_Job]) -> None:
@@ -312,8 +362,9 @@ class SignerClient:
 
     async def _send(self, jobs: list[_Job]) -> None:
         """One batch, with failover: the requests that failed with a failover code go on to the next
-        address (only the first address gets the lost-connection retry: once per request)."""
-        n = len(self._stubs)
+        address (only the first address gets the lost-connection retry: once per request). At each
+        address the call goes on its least busy lane."""
+        n = len(self._lanes)
         start = next(self._next)
         pending = jobs
         for i in range(n):
@@ -326,8 +377,13 @@ class SignerClient:
             pending = [job for job in pending if not job.future.done()]
             if not pending:
                 return
-            outcomes = await self._batch_at(k, [job.request for job in pending],
-                                            min(job.deadline for job in pending), may_retry=i == 0)
+            lane = self._lane(k)  # chosen and counted before the first await: the next batch sees it
+            lane.in_flight += 1
+            try:
+                outcomes = await self._batch_at(lane, [job.request for job in pending],
+                                                min(job.deadline for job in pending), may_retry=i == 0)
+            finally:
+                lane.in_flight -= 1
             again: list[_Job] = []
             for job, outcome in zip(pending, outcomes, strict=True):
                 if job.future.done():
@@ -348,32 +404,34 @@ class SignerClient:
             if not pending:
                 return
 
-    async def _batch_at(self, k: int, requests: list[pb.SignRequest], deadline: float, *,
+    async def _batch_at(self, lane: _Lane, requests: list[pb.SignRequest], deadline: float, *,
                         may_retry: bool) -> list[Outcome]:
-        """The outcome of each request at address ``k``: one SignBatch call, or unary Signs to a signer
+        """The outcome of each request on ``lane``: one SignBatch call, or unary Signs to a signer
         without SignBatch. An error of the whole call is every request's outcome."""
+        k = lane.k
         if k not in self._unary_only:
-            stub = self._stubs[k]
+            stub = lane.stub
             batch = pb.SignBatchRequest(requests=requests)
             self.batch_calls += 1
             try:
-                reply = await self._call(k, lambda timeout: stub.SignBatch(batch, timeout=timeout,
+                reply = await self._call(lane, lambda timeout: stub.SignBatch(batch, timeout=timeout,
                                                                            wait_for_ready=False),
                                          deadline, may_retry=may_retry)
             except grpc.RpcError as e:
                 code = _code(e)
                 bound = _max_batch(e)
                 if code == grpc.StatusCode.UNIMPLEMENTED:
-                    self._unary_only.add(k)
-                    log.warning("signer at %s has no SignBatch (%s; an older signer): sending it one Sign "
-                                "per request from now on", self.addresses[k], describe(e))
+                    if k not in self._unary_only:  # told once, though several lanes may learn it at once
+                        self._unary_only.add(k)
+                        log.warning("signer at %s has no SignBatch (%s; an older signer): sending it one Sign "
+                                    "per request from now on", self.addresses[k], describe(e))
                 elif bound is not None and 1 <= bound < len(requests):
                     if bound < self.max_batch:
                         log.warning("signer at %s takes at most %d requests per SignBatch ([policy] max_batch): "
                                     "sending batches of %d", self.addresses[k], bound, bound)
                         self.max_batch = bound
                     parts = await asyncio.gather(*(
-                        self._batch_at(k, requests[j:j + bound], deadline, may_retry=may_retry)
+                        self._batch_at(lane, requests[j:j + bound], deadline, may_retry=may_retry)
                         for j in range(0, len(requests), bound)))
                     return [outcome for part in parts for outcome in part]
                 else:
@@ -385,31 +443,32 @@ class SignerClient:
                     return [e] * len(requests)
                 return [item.reply if item.WhichOneof("result") == "reply" else ItemError.of(item.error)
                         for item in reply.items]
-        outcomes = await asyncio.gather(*(self._sign_at(k, r, deadline, may_retry=may_retry) for r in requests),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._sign_at(lane, r, deadline, may_retry=may_retry)
+                                          for r in requests), return_exceptions=True)
         for outcome in outcomes:
             if not isinstance(outcome, (pb.SignReply, grpc.RpcError)):
                 raise outcome
         return outcomes  # type: ignore[return-value]
 
-    async def _sign_at(self, k: int, request: pb.SignRequest, deadline: float, *, may_retry: bool) -> pb.SignReply:
-        stub = self._stubs[k]
-        return await self._call(k, lambda timeout: stub.Sign(request, timeout=timeout, wait_for_ready=False),
+    async def _sign_at(self, lane: _Lane, request: pb.SignRequest, deadline: float, *,
+                       may_retry: bool) -> pb.SignReply:
+        stub = lane.stub
+        return await self._call(lane, lambda timeout: stub.Sign(request, timeout=timeout, wait_for_ready=False),
                                 deadline, may_retry=may_retry)
 
-    async def _call(self, k: int, call: Callable[[float], Awaitable[Any]], deadline: float, *,
+    async def _call(self, lane: _Lane, call: Callable[[float], Awaitable[Any]], deadline: float, *,
                     may_retry: bool) -> Any:
-        """``call(timeout)`` at address ``k`` within ``deadline``; when the connection went away under it,
-        once more over a new one."""
+        """``call(timeout)`` on ``lane`` within ``deadline``; when the connection went away under it,
+        once more over a new one (the same lane's channel reconnects)."""
         try:
             return await call(max(deadline - time.monotonic(), 0.0))
         except grpc.RpcError as e:
             left = deadline - time.monotonic()
-            if not (may_retry and left >= RETRY_MIN_SECONDS and self._connection_lost(k, e)):
+            if not (may_retry and left >= RETRY_MIN_SECONDS and self._connection_lost(lane, e)):
                 raise
             self.retries += 1
             self._ratelog.log(logging.WARNING, "retry", "signer at %s: the connection went away during a Sign "
-                              "(%s); sending it again over a new connection", self.addresses[k], describe(e))
+                              "(%s); sending it again over a new connection", self.addresses[lane.k], describe(e))
         # gRPC replaces the lost connection: the channel reconnects for this call (and fails it at
         # once if the signer cannot be reached, leaving the rest to failover / tryLater).
         return await call(left)
@@ -426,12 +485,12 @@ class SignerClient:
         log.debug("%s (address %s)", error, self.addresses[k])
         return error
 
-    def _connection_lost(self, k: int, e: grpc.RpcError) -> bool:
+    def _connection_lost(self, lane: _Lane, e: grpc.RpcError) -> bool:
         code = e.code() if hasattr(e, "code") else None
         if code != grpc.StatusCode.UNAVAILABLE or refused_by_signer(e):
             return False
         # A channel that could not connect at all has nothing to replace: that is a signer that is down.
-        state = self._channels[k].get_state(try_to_connect=False)
+        state = lane.channel.get_state(try_to_connect=False)
         return state != grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
     def _log_policy_refusal(self, error: OCSPError) -> None:
@@ -442,11 +501,11 @@ class SignerClient:
         """Every signer's Health, asked at once (frontend.readiness polls this)."""
         self._ensure()
         return list(await asyncio.gather(*(self._health_at(k, timeout or self.timeout)
-                                           for k in range(len(self._stubs)))))
+                                           for k in range(len(self._lanes)))))
 
     async def _health_at(self, k: int, timeout: float) -> SignerHealth:
         try:
-            reply = await self._stubs[k].Health(pb.HealthRequest(), timeout=timeout, wait_for_ready=False)
+            reply = await self._lanes[k][0].stub.Health(pb.HealthRequest(), timeout=timeout, wait_for_ready=False)
         except grpc.RpcError as e:
             return SignerHealth(self.addresses[k], False, describe(e))
         return SignerHealth(self.addresses[k], reply.serving, reply.detail)
@@ -457,10 +516,15 @@ class SignerClient:
         for task in list(self._batches):
             task.cancel()
         await asyncio.gather(*self._batches, return_exceptions=True)
-        for ch in self._channels:
-            await ch.close()
-        self._channels.clear()
-        self._stubs.clear()
+        lanes = [lane for per_address in self._lanes for lane in per_address]
+        self._lanes.clear()
+        for lane in lanes:
+            await lane.channel.close()
+
+
+def _connected(channel: aio.Channel) -> bool:
+    """Whether ``channel`` has a connection up; one that has not is asked to make one."""
+    return channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
 
 
 def _code(e: grpc.RpcError) -> grpc.StatusCode | None:
