@@ -6,7 +6,6 @@ signer's and is ignored here (its keys are not even looked at).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from frontend.tls import SignerTls, load_signer_tls
 from shared.config import ConfigError, Section, read_certificate
+from shared.cpus import usable_cpus
 from shared.ocsp.types import HashAlgorithm
 from shared.status.config import StatusConfig, read_status_config
 
@@ -32,13 +32,9 @@ MAX_CONNECTIONS = 64
 
 
 def default_workers() -> int:
-    """listen.workers when not given: one per CPU this process may run on (its affinity mask, which is
-    os.cpu_count() unless taskset or systemd's CPUAffinity= narrowed it), at most MAX_WORKERS."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    return max(1, min(count, MAX_WORKERS))
+    """listen.workers when not given: one per CPU this process may run on (shared.cpus), at most
+    MAX_WORKERS."""
+    return usable_cpus(MAX_WORKERS)
 
 
 @dataclass(frozen=True, slots=True)

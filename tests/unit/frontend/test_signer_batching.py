@@ -44,6 +44,7 @@ class BatchStand(signer_pb2_grpc.SignerServicer):
         self.batches: list[int] = []  # requests per SignBatch call, in arrival order
         self.arrived = asyncio.Event()
         self.gate: asyncio.Event | None = None
+        self.gate_every = False  # every call waits for ``gate``, not only the first
         self.signs = 0
 
     async def SignBatch(self, request: pb.SignBatchRequest, context: aio.ServicerContext) -> pb.SignBatchReply:
@@ -54,7 +55,7 @@ class BatchStand(signer_pb2_grpc.SignerServicer):
                 (REFUSED, code.name), (MAX_BATCH, str(self.max_batch))))
         self.batches.append(n)
         self.arrived.set()
-        if self.gate is not None and len(self.batches) == 1:
+        if self.gate is not None and (len(self.batches) == 1 or self.gate_every):
             await self.gate.wait()
         items = []
         for r in request.requests:
@@ -256,7 +257,8 @@ def test_timeout_counts_per_request_from_its_arrival(tmp_path: Path) -> None:
 
     async def go() -> None:
         stand = BatchStand()
-        stand.gate = asyncio.Event()  # never set: the first call hangs
+        stand.gate = asyncio.Event()  # never set: every call hangs (a second call, sent with what is left
+        stand.gate_every = True  # of the queued request's timeout, would otherwise be answered at once)
         address = f"unix:{tmp_path}/s.sock"
         server = await start(address, stand)
         client = SignerClient([address], 0.5)
