@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
 
 from shared.clock import FakeClock
+from shared.ocsp.response import responder_id
 from shared.ocsp.types import CertStatus, HashAlgorithm, IssuerKey, RevocationReason
 from shared.rpc import signer_pb2 as pb
 from signer.config import PolicyConfig
@@ -31,12 +33,13 @@ HASHES = {pb.SHA1: HashAlgorithm.SHA1, pb.SHA256: HashAlgorithm.SHA256, pb.SHA38
 
 
 CA_NOT_BEFORE = NOW - timedelta(days=3650)
+RESPONDER_ID = responder_id((Path(__file__).resolve().parents[2] / "vectors" / "responder.der").read_bytes())
 
 
 def responder(name: str, *, not_before: datetime = NOW - timedelta(days=30),
               not_after: datetime = NOW + timedelta(days=30)) -> Responder:
     return Responder(name=name, issuer_cert=b"", cert=b"", key_label=name,
-                     algorithm=SignatureAlgorithm.ECDSA_SHA256, responder_id=None, include_cert=True,
+                     algorithm=SignatureAlgorithm.ECDSA_SHA256, responder_id=RESPONDER_ID, include_cert=True,
                      generation=1, fingerprint="00", not_before=not_before, not_after=not_after,
                      ca_not_before=CA_NOT_BEFORE)
 
