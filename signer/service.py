@@ -22,7 +22,6 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared.clock import Clock, SystemClock
 from shared.config import ConfigError
-from shared.ocsp.response import build_response_data, signed_response
 from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
@@ -163,21 +162,25 @@ class SignerService(pb_grpc.SignerServicer):
                 jobs.append((i, self._check(request, responders)))
             except Exception as e:  # noqa: BLE001 - this request alone fails; _failure logs a bug
                 outcomes[i] = self._failure(e, request.request_id)
-        problems = await asyncio.gather(*(self._problem(job) for _, job in jobs), return_exceptions=True)
         records: list[tuple[int, Any]] = []  # (request index, the audit record it needs)
         accepted: list[tuple[int, SignJob]] = []
-        for (i, job), problem in zip(jobs, problems):
-            if isinstance(problem, BaseException):
-                outcomes[i] = self._failure(problem, job.request_id)
-            elif problem is not None:
+        for i, job in jobs:
+            # One job after the other, each awaited as it is (no task per job): the check answers from
+            # memory unless its data disagrees, and then re-reads the files under the source's lock.
+            try:
+                problem = await self._problem(job)
+            except Exception as e:  # noqa: BLE001 - this request alone fails; _failure logs a bug
+                outcomes[i] = self._failure(e, job.request_id)
+                continue
+            if problem is not None:
                 record, refusal = self._refusal(job, client, problem)
                 records.append((i, record))
                 outcomes[i] = self._failure(refusal, job.request_id)
             else:
                 accepted.append((i, job))
         produced_at = self.clock.now()
-        built = [(i, job, build_response_data(responder_id=job.responder.responder_id, produced_at=produced_at,
-                                              statuses=job.statuses, nonce=job.nonce)) for i, job in accepted]
+        built = [(i, job, job.responder.template.response_data(produced_at, job.statuses, job.nonce))
+                 for i, job in accepted]
         signatures: list[bytes | Exception] = []
         if built:
             loop = asyncio.get_running_loop()
@@ -191,7 +194,7 @@ class SignerService(pb_grpc.SignerServicer):
                 outcomes[i] = self._failure(signature, job.request_id)
                 continue
             r = job.responder
-            der = signed_response(tbs, r.algorithm.value, signature, r.certs)
+            der = r.template.signed(tbs, signature)
             records.append((i, AuditRecord(
                 time=produced_at, client=client, request_id=job.request_id, issuer_name=r.name,
                 issuer_id=r.issuer_id, statuses=_signed_statuses(job), nonce=job.nonce is not None,
