@@ -96,6 +96,15 @@ class Failure:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A request signed (and its audit record durable): what its SignReply carries."""
+
+    der: bytes  # the whole DER OCSPResponse
+    generation: int
+    fingerprint: str  # the responder certificate's SHA-256, hex
+
+
 def _caller_ids() -> dict[str, int | None]:
     """The audit record's pid, uid and gid: the unix-socket caller's, as the kernel gave them; None over TCP."""
     ids = local_caller()
@@ -125,8 +134,9 @@ class SignerService(pb_grpc.SignerServicer):
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         (outcome,) = await self._sign_batch([request], client_identity(context))
-        if isinstance(outcome, pb.SignReply):
-            return outcome
+        if isinstance(outcome, Signed):
+            return pb.SignReply(ocsp_response=outcome.der, generation=outcome.generation,
+                                responder_fingerprint=outcome.fingerprint)
         # Marked as the signer's own answer, so the frontend never mistakes it for a lost connection.
         await context.abort(outcome.code, outcome.message, trailing_metadata=((REFUSED, outcome.code.name),))
         raise AssertionError("unreachable")  # abort raises
@@ -145,16 +155,24 @@ class SignerService(pb_grpc.SignerServicer):
             await context.abort(code, f"requests: {n} entries; 1..{limit} allowed ([policy] max_batch)",
                                 trailing_metadata=((REFUSED, code.name), (MAX_BATCH, str(limit))))
         outcomes = await self._sign_batch(list(request.requests), client_identity(context))
-        return pb.SignBatchReply(items=[
-            pb.SignBatchItem(reply=o) if isinstance(o, pb.SignReply)
-            else pb.SignBatchItem(error=pb.SignError(code=o.code.value[0], message=o.message, refused=True))
-            for o in outcomes])
+        # Filled in place: building a SignReply and then a SignBatchItem around it copied every response.
+        reply = pb.SignBatchReply()
+        add = reply.items.add
+        for o in outcomes:
+            if isinstance(o, Signed):
+                signed = add().reply
+                signed.ocsp_response, signed.generation, signed.responder_fingerprint = (
+                    o.der, o.generation, o.fingerprint)
+            else:
+                error = add().error
+                error.code, error.message, error.refused = o.code.value[0], o.message, True
+        return reply
 
-    async def _sign_batch(self, requests: list[pb.SignRequest], client: str) -> list[pb.SignReply | Failure]:
+    async def _sign_batch(self, requests: list[pb.SignRequest], client: str) -> list[Signed | Failure]:
         """Each request checked on its own (policy, then the status check); the accepted ones signed in
         one hop to the token thread; every audit record of the batch (signatures and refusals) appended
         as one group, all durable before any reply is returned. One outcome per request, in order."""
-        outcomes: list[pb.SignReply | Failure | None] = [None] * len(requests)
+        outcomes: list[Signed | Failure | None] = [None] * len(requests)
         jobs: list[tuple[int, SignJob]] = []
         responders = self.state.current  # read once: the whole batch is judged against one set
         for i, request in enumerate(requests):
@@ -188,7 +206,7 @@ class SignerService(pb_grpc.SignerServicer):
                 self.executor, self._sign_all, [(job.responder.key_label, job.responder.algorithm, tbs)
                                                 for _, job, tbs in built])
         ids = _caller_ids()
-        replies: list[tuple[int, pb.SignReply]] = []
+        replies: list[tuple[int, Signed]] = []
         for (i, job, tbs), signature in zip(built, signatures):
             if isinstance(signature, Exception):
                 outcomes[i] = self._failure(signature, job.request_id)
@@ -200,8 +218,7 @@ class SignerService(pb_grpc.SignerServicer):
                 issuer_id=r.issuer_id, statuses=_signed_statuses(job), nonce=job.nonce is not None,
                 responder_fingerprint=r.fingerprint, key_label=r.key_label, generation=r.generation,
                 response_sha256=hashlib.sha256(der).hexdigest(), **ids)))
-            replies.append((i, pb.SignReply(ocsp_response=der, generation=r.generation,
-                                            responder_fingerprint=r.fingerprint)))
+            replies.append((i, Signed(der, r.generation, r.fingerprint)))
         # Invariant: every signature is durably in the audit log before its response leaves the signer.
         # The batch's records go as one group (AuditLog group-commits appends that arrive together);
         # when any of them fails, every item that needed a record fails UNAVAILABLE (fail closed).
