@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -18,6 +19,7 @@ from shared.ocsp.certid import MAX_SERIAL_VALUE_OCTETS, serial_problem
 from shared.ocsp.errors import OCSPError
 from shared.ocsp.request import nonce_length
 from shared.ocsp.types import (
+    DIGEST_SIZES,
     CertId,
     CertStatus,
     HashAlgorithm,
@@ -98,7 +100,8 @@ class Policy:
                                   f"{where}.cert_id: issuer {found.name!r} differs from {responder.name!r}; "
                                   "one request, one responder")
             st = self._status(where, item, cert_id, now, skew)
-            self._consistent(where, st, statuses, found)
+            if statuses or st.revocation is not None:
+                self._consistent(where, st, statuses, found)
             statuses.append(st)
 
         assert responder is not None
@@ -153,7 +156,8 @@ class Policy:
 
         this_update = _time(f"{where}.this_update", item.this_update)
         next_update = _time(f"{where}.next_update", item.next_update)
-        if this_update > now + skew:
+        latest = now + skew  # the latest time a status may state
+        if this_update > latest:
             raise _invalid(f"{where}.this_update: {this_update:%Y-%m-%dT%H:%M:%SZ} is in the future")
         if next_update <= this_update:
             raise _invalid(f"{where}.next_update: must be after this_update")
@@ -177,19 +181,20 @@ class Policy:
                 # 0 is 1970-01-01, allowed only as RFC 6960 2.2 "extended revoked" (certificateHold).
                 raise _invalid(f"{where}.revocation_time: required for REVOKED")
             revoked_at = _time(f"{where}.revocation_time", item.revocation_time, allow_zero=True)
-            if revoked_at > now + skew:
+            if revoked_at > latest:
                 raise _invalid(f"{where}.revocation_time: {revoked_at:%Y-%m-%dT%H:%M:%SZ} is in the future")
             invalidity = None
             if item.invalidity_date != 0:
                 invalidity = _time(f"{where}.invalidity_date", item.invalidity_date)
-                if invalidity > now + skew:
+                if invalidity > latest:
                     raise _invalid(f"{where}.invalidity_date: {invalidity:%Y-%m-%dT%H:%M:%SZ} "
                                    "is in the future")
             revocation = Revocation(revoked_at, reason, invalidity)
         else:
-            for name in ("revocation_time", "invalidity_date"):
-                if getattr(item, name) != 0:
-                    raise _invalid(f"{where}.{name}: only allowed for REVOKED")
+            if item.revocation_time != 0:
+                raise _invalid(f"{where}.revocation_time: only allowed for REVOKED")
+            if item.invalidity_date != 0:
+                raise _invalid(f"{where}.invalidity_date: only allowed for REVOKED")
             if item.HasField("revocation_reason"):
                 raise _invalid(f"{where}.revocation_reason: only allowed for REVOKED")
 
@@ -202,22 +207,46 @@ def unknown_field(message: Message, where: str = "") -> str | None:
     depth), e.g. ``"unknown field 15 in responses[0].cert_id"``; None when there is none. Protobuf keeps
     such fields (UnknownFieldSet) instead of dropping them, so they would ride along with a valid
     request for as long as the call lives."""
+    found = _first_unknown(message)
+    if found is None:
+        return None
+    number, path = found
+    where = ".".join(part for part in (where, path) if part)
+    return f"unknown field {number}" + (f" in {where}" if where else "")
+
+
+def _first_unknown(message: Message) -> tuple[int, str] | None:
+    """(field number, path below ``message``) of the first unknown field, depth first, submessages in
+    field-number order (as ``ListFields`` lists them) through each type's message fields
+    (``_message_fields``); the path is only written for the one found."""
     unknown = UnknownFieldSet(message)
     if len(unknown):
-        return f"unknown field {unknown[0].field_number}" + (f" in {where}" if where else "")
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if field.is_repeated:
-            for i, item in enumerate(value):
-                found = unknown_field(item, f"{where}.{field.name}[{i}]".lstrip("."))
-                if found:
-                    return found
-        else:
-            found = unknown_field(value, f"{where}.{field.name}".lstrip("."))
-            if found:
-                return found
+        return unknown[0].field_number, ""
+    for name, repeated in _message_fields(message.DESCRIPTOR):
+        if repeated:
+            for i, item in enumerate(getattr(message, name)):
+                found = _first_unknown(item)
+                if found is not None:
+                    return found[0], f"{name}[{i}]" + (f".{found[1]}" if found[1] else "")
+        elif message.HasField(name):
+            found = _first_unknown(getattr(message, name))
+            if found is not None:
+                return found[0], name + (f".{found[1]}" if found[1] else "")
     return None
+
+
+_MESSAGE_FIELDS: dict[Any, tuple[tuple[str, bool], ...]] = {}
+
+
+def _message_fields(descriptor: Any) -> tuple[tuple[str, bool], ...]:
+    """(name, repeated) of each message-typed field of a message type, by field number; computed once
+    per type (ListFields on every message of every request cost more than the rest of the walk)."""
+    fields = _MESSAGE_FIELDS.get(descriptor)
+    if fields is None:
+        fields = tuple((f.name, f.is_repeated) for f in sorted(descriptor.fields, key=lambda f: f.number)
+                       if f.message_type is not None)
+        _MESSAGE_FIELDS[descriptor] = fields
+    return fields
 
 
 def check_known_fields(message: Message) -> None:
@@ -259,20 +288,35 @@ def _cert_id(where: str, item: pb.SingleStatus) -> CertId:
     algorithm = _HASHES.get(c.hash_algorithm)
     if algorithm is None:
         raise _invalid(f"{where}.cert_id.hash_algorithm: must be SHA1, SHA256, SHA384 or SHA512")
-    size = algorithm.digest_size
-    for name in ("issuer_name_hash", "issuer_key_hash"):
-        length = len(getattr(c, name))
-        if length != size:
-            raise _invalid(f"{where}.cert_id.{name}: {length} octets; {algorithm.name} gives {size}")
-    problem = serial_problem(bytes(c.serial_number))
+    size = DIGEST_SIZES[algorithm]
+    name_hash, key_hash = bytes(c.issuer_name_hash), bytes(c.issuer_key_hash)
+    for name, value in (("issuer_name_hash", name_hash), ("issuer_key_hash", key_hash)):
+        if len(value) != size:
+            raise _invalid(f"{where}.cert_id.{name}: {len(value)} octets; {algorithm.name} gives {size}")
+    serial = bytes(c.serial_number)
+    problem = serial_problem(serial)
     if problem is not None:
         raise _invalid(f"{where}.cert_id.serial_number: {problem}")
-    return CertId(algorithm, bytes(c.issuer_name_hash), bytes(c.issuer_key_hash), bytes(c.serial_number))
+    return CertId(algorithm, name_hash, key_hash, serial)
 
 
 def _time(name: str, seconds: int, *, allow_zero: bool = False) -> datetime:
+    cached = _TIMES.get(seconds)  # 1..MAX_TIME only: valid whatever allow_zero says
+    if cached is not None:
+        return cached
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise _invalid(f"{name}: required (seconds since the Unix epoch)")
     if seconds > MAX_TIME:
         raise _invalid(f"{name}: {seconds} is beyond 9999-12-31")
-    return EPOCH + timedelta(seconds=seconds)
+    t = EPOCH + timedelta(seconds=seconds)
+    if seconds:
+        if len(_TIMES) >= _MAX_TIMES:
+            _TIMES.clear()
+        _TIMES[seconds] = t
+    return t
+
+
+# Times of the last requests (thisUpdate and nextUpdate repeat across the statuses of one status
+# data generation): seconds -> datetime, bounded.
+_TIMES: dict[int, datetime] = {}
+_MAX_TIMES = 4096

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 
 from shared.config import ConfigError
 from shared.ocsp.certid import IssuerIndex
+from shared.ocsp.response import ResponseTemplate
 from shared.ocsp.response import responder_id as make_responder_id
 from shared.ocsp.types import IssuerKey
 from signer.config import ResponderConfig, SignerConfig
@@ -47,16 +48,20 @@ class Responder:
     not_before: datetime
     not_after: datetime
     ca_not_before: datetime  # the CA certificate's notBefore: no revocation of its certificates is older
+    # Computed from the fields above, once (every signature uses them):
+    # stable issuer id for the audit log: SHA-256 of the CA certificate DER, hex
+    issuer_id: str = field(init=False)
+    # this responder's ResponderID, signature algorithm and certs, encoded for every response it signs
+    template: ResponseTemplate = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "issuer_id", hashlib.sha256(self.issuer_cert).hexdigest())
+        object.__setattr__(self, "template", ResponseTemplate.of(self.responder_id, self.algorithm.value, self.certs))
 
     @property
     def certs(self) -> tuple[bytes, ...]:
         """What goes in BasicOCSPResponse.certs."""
         return (self.cert,) if self.include_cert else ()
-
-    @property
-    def issuer_id(self) -> str:
-        """Stable issuer id for the audit log: SHA-256 of the CA certificate DER, hex."""
-        return hashlib.sha256(self.issuer_cert).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -24,7 +24,6 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared.clock import Clock, SystemClock
 from shared.config import ConfigError
-from shared.ocsp.response import build_response_data, signed_response
 from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
@@ -101,6 +100,15 @@ class Failure:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A request signed (and its audit record durable): what its SignReply carries."""
+
+    der: bytes  # the whole DER OCSPResponse
+    generation: int
+    fingerprint: str  # the responder certificate's SHA-256, hex
+
+
 def _caller_ids() -> dict[str, int | None]:
     """The audit record's pid, uid and gid: the unix-socket caller's, as the kernel gave them; None over TCP."""
     ids = local_caller()
@@ -130,8 +138,9 @@ class SignerService(pb_grpc.SignerServicer):
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         (outcome,) = await self._sign_batch([request], client_identity(context))
-        if isinstance(outcome, pb.SignReply):
-            return outcome
+        if isinstance(outcome, Signed):
+            return pb.SignReply(ocsp_response=outcome.der, generation=outcome.generation,
+                                responder_fingerprint=outcome.fingerprint)
         # Marked as the signer's own answer, so the frontend never mistakes it for a lost connection.
         await context.abort(outcome.code, outcome.message, trailing_metadata=((REFUSED, outcome.code.name),))
         raise AssertionError("unreachable")  # abort raises
@@ -150,16 +159,24 @@ class SignerService(pb_grpc.SignerServicer):
             await context.abort(code, f"requests: {n} entries; 1..{limit} allowed ([policy] max_batch)",
                                 trailing_metadata=((REFUSED, code.name), (MAX_BATCH, str(limit))))
         outcomes = await self._sign_batch(list(request.requests), client_identity(context))
-        return pb.SignBatchReply(items=[
-            pb.SignBatchItem(reply=o) if isinstance(o, pb.SignReply)
-            else pb.SignBatchItem(error=pb.SignError(code=o.code.value[0], message=o.message, refused=True))
-            for o in outcomes])
+        # Filled in place: building a SignReply and then a SignBatchItem around it copied every response.
+        reply = pb.SignBatchReply()
+        add = reply.items.add
+        for o in outcomes:
+            if isinstance(o, Signed):
+                signed = add().reply
+                signed.ocsp_response, signed.generation, signed.responder_fingerprint = (
+                    o.der, o.generation, o.fingerprint)
+            else:
+                error = add().error
+                error.code, error.message, error.refused = o.code.value[0], o.message, True
+        return reply
 
-    async def _sign_batch(self, requests: list[pb.SignRequest], client: str) -> list[pb.SignReply | Failure]:
+    async def _sign_batch(self, requests: list[pb.SignRequest], client: str) -> list[Signed | Failure]:
         """Each request checked on its own (policy, then the status check); the accepted ones signed in
         one hop to the token thread; every audit record of the batch (signatures and refusals) appended
         as one group, all durable before any reply is returned. One outcome per request, in order."""
-        outcomes: list[pb.SignReply | Failure | None] = [None] * len(requests)
+        outcomes: list[Signed | Failure | None] = [None] * len(requests)
         jobs: list[tuple[int, SignJob]] = []
         responders = self.state.current  # read once: the whole batch is judged against one set
         for i, request in enumerate(requests):
@@ -167,21 +184,25 @@ class SignerService(pb_grpc.SignerServicer):
                 jobs.append((i, self._check(request, responders)))
             except Exception as e:  # noqa: BLE001 - this request alone fails; _failure logs a bug
                 outcomes[i] = self._failure(e, request.request_id)
-        problems = await asyncio.gather(*(self._problem(job) for _, job in jobs), return_exceptions=True)
         records: list[tuple[int, Any]] = []  # (request index, the audit record it needs)
         accepted: list[tuple[int, SignJob]] = []
-        for (i, job), problem in zip(jobs, problems):
-            if isinstance(problem, BaseException):
-                outcomes[i] = self._failure(problem, job.request_id)
-            elif problem is not None:
+        for i, job in jobs:
+            # One job after the other, each awaited as it is (no task per job): the check answers from
+            # memory unless its data disagrees, and then re-reads the files under the source's lock.
+            try:
+                problem = await self._problem(job)
+            except Exception as e:  # noqa: BLE001 - this request alone fails; _failure logs a bug
+                outcomes[i] = self._failure(e, job.request_id)
+                continue
+            if problem is not None:
                 record, refusal = self._refusal(job, client, problem)
                 records.append((i, record))
                 outcomes[i] = self._failure(refusal, job.request_id)
             else:
                 accepted.append((i, job))
         produced_at = self.clock.now()
-        built = [(i, job, build_response_data(responder_id=job.responder.responder_id, produced_at=produced_at,
-                                              statuses=job.statuses, nonce=job.nonce)) for i, job in accepted]
+        built = [(i, job, job.responder.template.response_data(produced_at, job.statuses, job.nonce))
+                 for i, job in accepted]
         signatures: list[bytes | Exception] = []
         if built:
             loop = asyncio.get_running_loop()
@@ -189,20 +210,19 @@ class SignerService(pb_grpc.SignerServicer):
                 self.executor, self._sign_all, [(job.responder.key_label, job.responder.algorithm, tbs)
                                                 for _, job, tbs in built])
         ids = _caller_ids()
-        replies: list[tuple[int, pb.SignReply]] = []
+        replies: list[tuple[int, Signed]] = []
         for (i, job, tbs), signature in zip(built, signatures):
             if isinstance(signature, Exception):
                 outcomes[i] = self._failure(signature, job.request_id)
                 continue
             r = job.responder
-            der = signed_response(tbs, r.algorithm.value, signature, r.certs)
+            der = r.template.signed(tbs, signature)
             records.append((i, AuditRecord(
                 time=produced_at, client=client, request_id=job.request_id, issuer_name=r.name,
                 issuer_id=r.issuer_id, statuses=_signed_statuses(job), nonce=job.nonce is not None,
                 responder_fingerprint=r.fingerprint, key_label=r.key_label, generation=r.generation,
                 response_sha256=hashlib.sha256(der).hexdigest(), **ids)))
-            replies.append((i, pb.SignReply(ocsp_response=der, generation=r.generation,
-                                            responder_fingerprint=r.fingerprint)))
+            replies.append((i, Signed(der, r.generation, r.fingerprint)))
         # Invariant: every signature is durably in the audit log before its response leaves the signer.
         # The batch's records go as one group (AuditLog group-commits appends that arrive together);
         # when any of them fails, every item that needed a record fails UNAVAILABLE (fail closed).

@@ -354,11 +354,15 @@ class AuditLog:
         """The newest signed checkpoint note; ship it off the host to make truncation detectable."""
         return self._state.checkpoint_note
 
-    async def append(self, record: Record) -> None:
-        """Durable on return; raises AuditUnavailable when the record could not be written."""
+    def append(self, record: Record) -> asyncio.Future[None]:
+        """Queue ``record`` for the next group commit. The future is done once the record is durable,
+        and raises AuditUnavailable when it could not be written. A plain function returning the
+        future, not a coroutine: the signer gathers a batch's appends without a task for each."""
         if self._closed:
-            raise AuditUnavailable("the audit log is closed")
-        await self._enqueue(record)
+            closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            closed.set_exception(AuditUnavailable("the audit log is closed"))
+            return closed
+        return self._enqueue(record)
 
     async def checkpoint(self) -> str | None:
         """Write a checkpoint now if records are uncovered (or the log has none yet); return the

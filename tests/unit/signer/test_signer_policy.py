@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared.clock import FakeClock
+from shared.ocsp.response import responder_id
 from shared.ocsp.types import CertStatus, HashAlgorithm, IssuerKey, RevocationReason
 from shared.rpc import signer_pb2 as pb
 from signer.config import PolicyConfig
@@ -31,12 +35,13 @@ HASHES = {pb.SHA1: HashAlgorithm.SHA1, pb.SHA256: HashAlgorithm.SHA256, pb.SHA38
 
 
 CA_NOT_BEFORE = NOW - timedelta(days=3650)
+RESPONDER_ID = responder_id((Path(__file__).resolve().parents[2] / "vectors" / "responder.der").read_bytes())
 
 
 def responder(name: str, *, not_before: datetime = NOW - timedelta(days=30),
               not_after: datetime = NOW + timedelta(days=30)) -> Responder:
     return Responder(name=name, issuer_cert=b"", cert=b"", key_label=name,
-                     algorithm=SignatureAlgorithm.ECDSA_SHA256, responder_id=None, include_cert=True,
+                     algorithm=SignatureAlgorithm.ECDSA_SHA256, responder_id=RESPONDER_ID, include_cert=True,
                      generation=1, fingerprint="00", not_before=not_before, not_after=not_after,
                      ca_not_before=CA_NOT_BEFORE)
 
@@ -263,3 +268,74 @@ def test_clock_is_read_per_request() -> None:
     clock.advance(timedelta(hours=1))
     with pytest.raises(PolicyError, match="has passed"):
         policy.check(req, FakeResponders())  # type: ignore[arg-type]
+
+
+def test_time_cache_keeps_every_refusal() -> None:
+    """Converted times are cached (signer.policy._time); zero is never cached, so it stays refused
+    where it is not the extended-revoked form, and the cache stays bounded."""
+    from signer import policy as policy_module
+
+    policy = Policy(POLICY, FakeClock(NOW))
+    policy.check(request(revoked(revocation_time=0, revocation_reason=6)), FakeResponders())  # type: ignore[arg-type]
+    for bad, where in ((good(this_update=0), "this_update"), (revoked(revocation_time=0), "revocation_time")):
+        with pytest.raises(PolicyError, match=f"{where}: required"):
+            policy.check(request(bad), FakeResponders())  # type: ignore[arg-type]
+    for i in range(policy_module._MAX_TIMES + 10):
+        assert policy_module._time("t", T + i) == NOW + timedelta(seconds=i)
+    assert len(policy_module._TIMES) <= policy_module._MAX_TIMES
+
+
+def _reference_unknown_field(message: Message, where: str = "") -> str | None:
+    """signer.policy.unknown_field as it was (ListFields on every message): the oracle."""
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        return f"unknown field {unknown[0].field_number}" + (f" in {where}" if where else "")
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.is_repeated:
+            for i, item in enumerate(value):
+                found = _reference_unknown_field(item, f"{where}.{field.name}[{i}]".lstrip("."))
+                if found:
+                    return found
+        else:
+            found = _reference_unknown_field(value, f"{where}.{field.name}".lstrip("."))
+            if found:
+                return found
+    return None
+
+
+def _with_unknown(message: Message, extra: bytes) -> Message:
+    return type(message).FromString(message.SerializeToString() + extra)
+
+
+FIELD_15, FIELD_100 = b"\x7a\x03abc", b"\xa0\x06\x01"  # a length-delimited field 15, a varint field 100
+
+
+def _unknown_cases() -> list[Message]:
+    plain = request(good(), good(cert_id=cert_id(serial=b"\x05")))
+    cases: list[Message] = [plain, _with_unknown(plain, FIELD_15)]
+    for index in (0, 1):
+        for target in ("item", "cert_id"):
+            for extra in (FIELD_15, FIELD_100):
+                req = request(good(), good(cert_id=cert_id(serial=b"\x05")))
+                item = req.responses[index]
+                if target == "item":
+                    item.CopyFrom(_with_unknown(item, extra))
+                else:
+                    item.cert_id.CopyFrom(_with_unknown(item.cert_id, extra))
+                cases.append(req)
+    both = request(good(), good(cert_id=cert_id(serial=b"\x05")))
+    both.responses[1].CopyFrom(_with_unknown(both.responses[1], FIELD_15))
+    both.responses[0].cert_id.CopyFrom(_with_unknown(both.responses[0].cert_id, FIELD_100))
+    cases += [both, pb.SignBatchRequest(requests=[plain, both]), _with_unknown(pb.SignBatchRequest(requests=[plain]),
+                                                                             FIELD_15)]
+    return cases
+
+
+@pytest.mark.parametrize("message", _unknown_cases())
+def test_unknown_field_reports_what_the_listfields_walk_reported(message: Message) -> None:
+    from signer.policy import unknown_field
+
+    assert unknown_field(message) == _reference_unknown_field(message)
+    assert unknown_field(message, "batch") == _reference_unknown_field(message, "batch")
