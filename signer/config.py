@@ -15,6 +15,7 @@ each responder certificate checked against its CA. Errors name the file and the 
     max_watchers = 128              # Watch streams open at once (then RESOURCE_EXHAUSTED)
     max_concurrent_streams = 64     # calls in progress on one connection (HTTP/2; more wait in the client)
     max_connections = 512           # client connections at once (more are closed at once)
+    max_signatures_in_flight = 1024 # signatures accepted, not yet answered (each worker); then RESOURCE_EXHAUSTED
     max_connection_age = "1h"       # a connection is recycled (GOAWAY) after this long ...
     max_connection_age_grace = "30s"   # ... and closed this long later, calls still on it or not
     socket_mode = "0660"            # unix: only: "0600" (the signer's user) or "0660" (+ its group)
@@ -81,6 +82,9 @@ MAX_CERT_IDS_LIMIT = 1000
 DEFAULT_MAX_BATCH = 64  # requests in one SignBatch: the frontend's batching sender sends up to 64
 MAX_BATCH_LIMIT = 1024
 MAX_WORKERS = 256  # [signer] workers: processes behind one listen address
+# [listen] max_signatures_in_flight: about half a second of P-256 signing for one process (~2,000/s);
+# past it a request waits longer in the signer than it would on a retry.
+DEFAULT_MAX_IN_FLIGHT = 1024
 # [audit] min_free default: room for the log to keep growing while someone frees space.
 DEFAULT_MIN_FREE = 1 << 30
 DEFAULT_SPACE_CHECK_INTERVAL = timedelta(seconds=10)
@@ -108,6 +112,9 @@ class ListenLimits:
     # connection, its streams and buffers for good.
     max_connection_age: timedelta = timedelta(hours=1)
     max_connection_age_grace: timedelta = timedelta(seconds=30)
+    # Signatures accepted and not yet answered in one signer process (each worker): past it a request
+    # fails RESOURCE_EXHAUSTED at once instead of queueing for the token (signer.service).
+    max_signatures_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +352,8 @@ def _listen_limits(sec: Section) -> ListenLimits:
         max_concurrent_streams=sec.int("max_concurrent_streams", d.max_concurrent_streams, minimum=1,
                                        maximum=100_000),
         max_connections=sec.int("max_connections", d.max_connections, minimum=1, maximum=100_000),
+        max_signatures_in_flight=sec.int("max_signatures_in_flight", d.max_signatures_in_flight, minimum=1,
+                                         maximum=1_000_000),
         max_connection_age=age,
         max_connection_age_grace=grace,
     )

@@ -39,7 +39,7 @@ from signer.audit import (
     SignedStatus,
 )
 from signer.audit_space import AuditSpace
-from signer.config import SignerConfig, load_signer_config
+from signer.config import DEFAULT_MAX_IN_FLIGHT, SignerConfig, load_signer_config
 from signer.control import ControlChannel
 from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
@@ -54,6 +54,7 @@ from signer.worker_link import WorkerLink, WorkerRole, responders
 log = logging.getLogger("ocsp-signer")
 
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two ERROR lines about one caller's refusals for one CA
+OVERLOAD_LOG_INTERVAL = 5.0  # seconds between two lines about requests refused at max_signatures_in_flight
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight RPCs get to finish on SIGTERM/SIGINT
 MAX_PING_STRIKES = 2  # gRPC's default, stated: too-early keepalive pings tolerated before GOAWAY
@@ -122,7 +123,7 @@ def _signed_statuses(job: SignJob) -> tuple[SignedStatus, ...]:
 
 class SignerService(pb_grpc.SignerServicer):
     def __init__(self, *, state: ResponderState, token: Token, policy: Policy, clock: Clock,
-                 executor: ThreadPoolExecutor, audit: AuditLog, token_name: str = "") -> None:
+                 executor: ThreadPoolExecutor, audit: AuditLog, token_name: str = "", max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         self.state = state  # the current responders (each RPC reads ``state.current`` once) and Watch
         self.token = token
         self.policy = policy
@@ -134,7 +135,14 @@ class SignerService(pb_grpc.SignerServicer):
         self.audit_space: AuditSpace | None = None
         # The signer's own status data ([policy] verify_status), set by serve(); None = not checked.
         self.verifier: StatusVerifier | None = None
-        self._refusal_log = RateLimitedLog(log, REFUSAL_LOG_INTERVAL, time.monotonic)  # set by serve(); Health reads it
+        self._refusal_log = RateLimitedLog(log, REFUSAL_LOG_INTERVAL, time.monotonic)
+        # Back-pressure: at most ``max_in_flight`` signatures accepted and not yet answered in this
+        # process (signer workers: in each); past it a request fails RESOURCE_EXHAUSTED at once (the
+        # frontend asks its next signer, else answers tryLater) instead of queueing for the token.
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.overloaded = 0  # requests refused at the bound (metrics)
+        self._overload_log = RateLimitedLog(log, OVERLOAD_LOG_INTERVAL, time.monotonic)  # set by serve(); Health reads it
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         (outcome,) = await self._sign_batch([request], client_identity(context))
@@ -184,6 +192,31 @@ class SignerService(pb_grpc.SignerServicer):
                 jobs.append((i, self._check(request, responders)))
             except Exception as e:  # noqa: BLE001 - this request alone fails; _failure logs a bug
                 outcomes[i] = self._failure(e, request.request_id)
+        room = max(0, self.max_in_flight - self.in_flight)
+        if len(jobs) > room:
+            for i, job in jobs[room:]:
+                outcomes[i] = Failure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"{self.in_flight} signatures in flight in this signer process, the most it "
+                                      "takes ([listen] max_signatures_in_flight); try again later")
+            refused = len(jobs) - room
+            self.overloaded += refused
+            self._overload_log.log(logging.WARNING, "in flight",
+                                   "refused %d request%s at once: %d signatures in flight, the most this signer "
+                                   "process takes ([listen] max_signatures_in_flight)", refused,
+                                   "" if refused == 1 else "s", self.in_flight)
+            jobs = jobs[:room]
+        self.in_flight += len(jobs)
+        try:
+            await self._sign_jobs(requests, jobs, outcomes, client)
+        finally:
+            self.in_flight -= len(jobs)
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    async def _sign_jobs(self, requests: list[pb.SignRequest], jobs: list[tuple[int, SignJob]],
+                         outcomes: list[Signed | Failure | None], client: str) -> None:
+        """The admitted jobs of ``_sign_batch``: status checks, signatures, audit records; fills
+        ``outcomes``."""
         records: list[tuple[int, Any]] = []  # (request index, the audit record it needs)
         accepted: list[tuple[int, SignJob]] = []
         for i, job in jobs:
@@ -237,8 +270,6 @@ class SignerService(pb_grpc.SignerServicer):
                 replies = []
         for i, reply in replies:
             outcomes[i] = reply
-        assert all(o is not None for o in outcomes)
-        return outcomes  # type: ignore[return-value]
 
     def _check(self, request: pb.SignRequest, responders: ResponderSet) -> SignJob:
         if not self.serving:
@@ -436,7 +467,8 @@ def server_options(config: SignerConfig, *, reuse_port: bool = False) -> list[tu
 def limits_summary(config: SignerConfig) -> str:
     limits, a = config.listen.limits, config.audit
     return (f"messages up to {receive_limit(config)} bytes, {limits.max_concurrent_rpcs} calls and "
-            f"{limits.max_watchers} Watch streams at once, {limits.max_concurrent_streams} calls per connection, "
+            f"{limits.max_watchers} Watch streams at once, {limits.max_signatures_in_flight} signatures in flight, "
+            f"{limits.max_concurrent_streams} calls per connection, "
             f"{limits.max_connections} connections, each recycled after {limits.max_connection_age} "
             f"(+{limits.max_connection_age_grace}); audit.min_free {a.min_free} bytes")
 
@@ -485,7 +517,8 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
     state = ResponderState(responders, max_watchers=config.listen.limits.max_watchers)
     service = SignerService(state=state, token=token, policy=Policy(config.policy, clock),
                             clock=clock, executor=executor, audit=audit,
-                            token_name=str(token.label or ""))
+                            token_name=str(token.label or ""),
+                            max_in_flight=config.listen.limits.max_signatures_in_flight)
     # Free space in the audit directory, read once now (an ERROR before the first request when it is
     # low already), then every space_check_interval.
     audit_space = AuditSpace(config.audit.dir, config.audit.min_free,

@@ -232,3 +232,59 @@ def test_receive_limit_admits_the_largest_batch_and_no_more(tmp_path: Path) -> N
 
     run(conf, token, scenario)
     assert len(token.signed) == 5
+
+
+class GatedToken(FakeToken):
+    """Once ``armed``: signs only once ``gate`` is set (on the token thread); ``entered`` is set at the
+    first signature."""
+
+    def __init__(self, base: FakeToken) -> None:
+        super().__init__(base.keys)
+        import threading
+
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.armed = False  # not the start's probe signatures
+
+    def sign(self, key_label: str, algorithm: Any, data: bytes) -> bytes:
+        if self.armed and key_label != "audit-key":
+            self.entered.set()
+            assert self.gate.wait(30)
+        return super().sign(key_label, algorithm, data)
+
+
+def test_signatures_in_flight_are_bounded(tmp_path: Path) -> None:
+    """[listen] max_signatures_in_flight = 3: with 3 signatures waiting on the token, a batch of 2 more
+    fails RESOURCE_EXHAUSTED at once, marked as the signer's refusal, without reaching the token; once
+    they are answered, requests are signed again."""
+    conf, ca, base = setup(tmp_path)
+    conf.write_text(conf.read_text().replace("[listen]\n", "[listen]\nmax_signatures_in_flight = 3\n"))
+    token = GatedToken(base)
+    request = pb.SignRequest(request_id="r", responses=[now_window(ca.cert_id(ISSUED))])
+
+    async def scenario(stub: pb_grpc.SignerStub, channel: grpc.aio.Channel, server: SignerServer) -> None:
+        loop = asyncio.get_running_loop()
+        token.armed = True
+        first = stub.SignBatch(pb.SignBatchRequest(requests=[request] * 3))
+        waiting = loop.create_task(_await(first))
+        assert await loop.run_in_executor(None, token.entered.wait, 30)
+        assert server.service.in_flight == 3
+        over = await stub.SignBatch(pb.SignBatchRequest(requests=[request] * 2))
+        for item in over.items:
+            assert item.WhichOneof("result") == "error"
+            assert item.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and item.error.refused
+            assert "max_signatures_in_flight" in item.error.message
+        await expect_error(stub.Sign(request), grpc.StatusCode.RESOURCE_EXHAUSTED, "signatures in flight")
+        assert server.service.overloaded == 3
+        token.gate.set()
+        reply = await waiting
+        assert [i.WhichOneof("result") for i in reply.items] == ["reply"] * 3
+        assert server.service.in_flight == 0
+        assert (await stub.Sign(request)).ocsp_response
+
+    run(conf, token, scenario)
+    assert len(token.signed) == 4  # the refused ones never reached the token
+
+
+async def _await(call: Any) -> Any:
+    return await call
