@@ -67,9 +67,10 @@ def check(snapshot: Snapshot, item: SingleStatus, now: datetime, max_clock_skew:
 def may_be_older(snapshot: Snapshot, item: SingleStatus) -> bool:
     """True when the signer's ``snapshot`` may be older than the data ``item`` was made from, so a
     reload may change the verdict: a CRL older than the asked thisUpdate, or data that carries no
-    time of its own (index.txt: a disagreement cannot tell whose copy is newer)."""
+    time of its own (index.txt, a CRL's issued-serials list, which changes without the CRL: a
+    disagreement cannot tell whose copy is newer)."""
     issued = snapshot.issued_at()
-    return issued is None or item.this_update > issued
+    return issued is None or item.this_update > issued or snapshot.untimed()
 
 
 def _revocation(asked: Revocation | None, known: Revocation | None) -> str | None:

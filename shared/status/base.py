@@ -64,6 +64,11 @@ class Snapshot(ABC):
         """The time the data itself carries, which every answer from it carries as thisUpdate (a
         CRL's thisUpdate); None when answers take the time they are made (index.txt)."""
 
+    def untimed(self) -> bool:
+        """True when some of the data carries no time of its own (index.txt; a CRL's issued-serials
+        list): a copy elsewhere may be newer whatever the times say."""
+        return self.issued_at() is None
+
     @abstractmethod
     def listed(self, serial: int) -> bool:
         """True when the data names ``serial`` (issued, or revoked); False when ``status(serial)`` is

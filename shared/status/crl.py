@@ -108,6 +108,9 @@ class CrlSnapshot(Snapshot):
     def issued_at(self) -> datetime:
         return self.this_update
 
+    def untimed(self) -> bool:
+        return self.issued is not None  # the issued-serials list has no time: it changes without the CRL
+
     def listed(self, serial: int) -> bool:
         issued = self.issued
         return serial in self.revoked or (issued is not None and serial in issued)

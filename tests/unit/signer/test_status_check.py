@@ -247,7 +247,13 @@ def test_expired_data_agrees_with_nothing(tmp_path: Path, ca: TestCA) -> None:
 
 
 def test_may_be_older(tmp_path: Path, ca: TestCA) -> None:
-    crl = crl_snapshot(tmp_path, ca)
+    (tmp_path / "listed").mkdir()
+    listed = crl_snapshot(tmp_path / "listed", ca)
+    # With an issued-serials list, the list changes without the CRL (no time of its own): a frontend
+    # answering good from a newer list than the signer's must get a reload before a refusal.
+    assert may_be_older(listed, honest(listed, 0x1000, NOW))
+    (tmp_path / "plain").mkdir()
+    crl = crl_snapshot(tmp_path / "plain", ca, unissued="good", issued=None)
     same = honest(crl, 0x1000, NOW)
     assert not may_be_older(crl, same)  # asked from this very CRL: a reload changes nothing
     assert not may_be_older(crl, dataclasses.replace(same, this_update=NOW - H))  # older: no reload either
