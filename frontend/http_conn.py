@@ -351,6 +351,12 @@ class HttpConnection(asyncio.Protocol):
             # (Bytes of a pipelined message's head in the slice where the previous message ends
             # are not counted, so a head may exceed max_head by at most one slice.)
             n = len(data)
+            if n <= _FEED_SLICE and (self.headers_done or self.head_raw + n <= self.pool.max_head):
+                # The common read (one or a few whole requests): one slice, as the loop would feed it.
+                if not self.headers_done:
+                    self.head_raw += n
+                self.parser.feed_data(data)
+                return
             pos = 0
             while pos < n:
                 if self.headers_done:
