@@ -5,7 +5,8 @@ No I/O and no clock: times are passed in (whole seconds since the Unix epoch or 
 GET (RFC 6960 appendix A.1): ``GET {url}/{url-encoding of base64 encoding of the DER OCSPRequest}``.
 ``request_from_path`` strips the configured prefix, percent-decodes, accepts the standard and the
 URL-safe base64 alphabets, tolerates missing padding, and raises ``MalformedRequest`` for anything it
-cannot turn into one complete DER SEQUENCE.
+cannot turn into one complete DER SEQUENCE. ``PathKeys`` remembers the targets that decoded, bounded,
+so a repeated GET is one lookup.
 
 Caching (RFC 9919 / RFC 5019 section 6): successful answers without a nonce get
 ``Cache-Control: max-age=N, public, no-transform, must-revalidate`` (N = seconds until nextUpdate,

@@ -30,6 +30,7 @@ from tests.integration.conftest import wait_until
 from tests.unit.frontend.frontend_pki import NOW, TestCA, write
 from tests.unit.frontend.frontend_server_env import (
     LISTEN,
+    MALFORMED,
     Env,
     FakeSigner,
     b64path,
@@ -78,6 +79,21 @@ def test_hit_answers_follow_the_clock_to_the_second(env: Env) -> None:
     status, headers, body = env.get(path, method="HEAD")
     assert status == 200 and body == b"" and headers["content-length"] == later[0][1]["content-length"]
     assert len(env.signer.calls) == 1
+
+
+def test_get_targets_kept_only_when_they_carry_a_request(env: Env) -> None:
+    """Only a target routed to the OCSP pipeline and decoded is remembered (shared.ocsp.http.PathKeys):
+    our own endpoints and refused targets are routed again every time."""
+    der = env.request(env.a, 0x100)
+    keys = env.server.path_keys
+    for _ in range(2):
+        assert env.get("/-/health")[0] == 200
+        assert env.get("/-/nothing")[0] == 404
+        assert env.get("/not-base64!")[2] == MALFORMED
+    assert len(keys) == 0
+    path = b64path(der) + "?q=1"
+    assert env.get(path)[0] == 200 and keys.get(path.encode()) == der and len(keys) == 1
+    assert env.get(path)[0] == 200 and len(keys) == 1
 
 
 def test_hit_answers_kept_per_entry_and_second() -> None:
