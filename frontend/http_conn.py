@@ -101,9 +101,9 @@ class _Reject(Exception):
         self.text = text
 
 
-# The lengths of the header names on_header looks at: Host, Expect, If-None-Match, Content-Length,
-# Transfer-Encoding.
-_HEADER_LENGTHS = frozenset((4, 6, 13, 14, 17))
+# The lengths of the header names on_header looks at: Host, Expect, Connection, If-None-Match,
+# Content-Length, Proxy-Connection, Transfer-Encoding.
+_HEADER_LENGTHS = frozenset((4, 6, 10, 13, 14, 16, 17))
 _MAX_PIPELINE = 32
 MAX_RUNNING = 8  # answers of one connection being worked on (signed) at the same time
 _FEED_SLICE = 16384  # bytes handed to the parser at once (see data_received)
@@ -297,6 +297,7 @@ class HttpConnection(asyncio.Protocol):
         self.chunked = False
         self.expect_continue = False
         self.hosts = 0
+        self.connection_header = False
         self.if_none_match: bytes | None = None
         self.in_message = False
 
@@ -425,6 +426,7 @@ class HttpConnection(asyncio.Protocol):
         self.chunked = False
         self.expect_continue = False
         self.hosts = 0
+        self.connection_header = False
         self.if_none_match = None
         self.in_message = True
         self.deadline = self.loop.time() + self.request_timeout
@@ -457,6 +459,8 @@ class HttpConnection(asyncio.Protocol):
             self.chunked = True
         elif name == b"if-none-match":
             self.if_none_match = value
+        elif name == b"connection" or name == b"proxy-connection":  # llhttp reads both alike
+            self.connection_header = True
         elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
 
@@ -495,7 +499,11 @@ class HttpConnection(asyncio.Protocol):
         self.head_raw = 0
         parser = self.parser
         method = parser.get_method()
-        close = not parser.should_keep_alive() or parser.get_http_version() != "1.1"
+        # Anything but HTTP/1.1 is closed. llhttp keeps HTTP/1.0, 0.9 and 2.0 alive only with a
+        # Connection (or Proxy-Connection) keep-alive, and without one only HTTP/1.1, the one version
+        # it accepts with both numbers above 0 (tests/unit/frontend/test_http_framing.py), so the
+        # version string, costly to make, is asked for only when there was such a header.
+        close = not parser.should_keep_alive() or (self.connection_header and parser.get_http_version() != "1.1")
         try:
             self._dispatch(method, close)
         except Exception:  # never drop a connection over a bug
