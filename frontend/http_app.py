@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from frontend.app import OcspApp
+from frontend.cache import Entry
 from frontend.config import ListenConfig
-from frontend.http_answer import ocsp_error_http, ocsp_http
+from frontend.http_answer import HitAnswers, ocsp_error_http, ocsp_http
 from frontend.http_conn import MAX_REFUSING, ConnectionPool, HttpConnection, etag_matches, plain, reset
 from frontend.readiness import READY_PATH, Readiness
 from shared.ocsp import http as ohttp
@@ -39,6 +40,8 @@ class HttpProtocol(HttpConnection):
         self.server = server
         self.app = server.app
         self.prefix = server.prefix
+        self.path_keys = server.path_keys.get
+        self.hits = server.hits
 
     def failed_answer(self, close: bool) -> bytes:
         return ocsp_error_http(ResponseStatus.INTERNAL_ERROR, close=close)
@@ -54,32 +57,12 @@ class HttpProtocol(HttpConnection):
             head = False
         elif method == b"GET" or method == b"HEAD":
             head = method == b"HEAD"
-            target = ohttp.origin_form(self.url)
-            if target.startswith(b"/-/"):  # our own endpoints; '-' never starts a base64 DER request
-                path = target.split(b"?", 1)[0]
-                if path == HEALTH_PATH:
-                    self._push(plain(200, "ok\n", close=close, head=head), close)
-                elif path == READY_PATH and self.server.readiness is not None:
-                    status, text = self.server.readiness.answer()  # a kept verdict (frontend.readiness)
-                    self._push(plain(status, text, close=close, head=head), close)
-                else:
-                    self._push(plain(404, "not found\n", close=close, head=head), close)
-                return
-            if not target.startswith(self.prefix):
-                path = target.split(b"?", 1)[0]
-                if path + b"/" == self.prefix:
-                    self._ocsp_error(ResponseStatus.MALFORMED_REQUEST, close, head)
-                else:
-                    self._push(plain(404, "not found\n", close=close, head=head), close)
-                return
-            # The request the path carries, and only that, is the cache key (RFC 6960 A.1): the query
-            # and any segments before the base64 are not part of it, and HEAD shares GET's answers.
-            try:
-                der = ohttp.request_from_path(target, self.listen.path_prefix,
-                                              max_bytes=self.listen.max_request_bytes)
-            except OCSPError as e:
-                self._ocsp_error(e.status, close, head)
-                return
+            url = self.url
+            der = self.path_keys(url)  # a target seen before: its request, routed and decoded then
+            if der is None:
+                der = self._get_request(url, close, head)
+                if der is None:
+                    return
         else:
             self._push(plain(405, "only GET, HEAD and POST\n", close=close,
                              extra=b"Allow: GET, HEAD, POST\r\n"), close)
@@ -89,14 +72,53 @@ class HttpProtocol(HttpConnection):
         now = app.cache.clock()
         entry = app.cached(der, now)
         if entry is not None:
-            # If-None-Match: a cache revalidating what it holds (RFC 9110 13.1.2): headers, no body.
-            not_modified = (self.if_none_match is not None and method != b"POST"
-                            and etag_matches(self.if_none_match, entry.der))
-            self._push(ocsp_http(entry.der, entry.headers, entry.next_update, app.max_age_cap, now, close, head,
-                                 not_modified, now), close)
+            if close or head or (self.if_none_match is not None and method != b"POST"):
+                self._push(self._hit_http(entry, now, method, close, head), close)
+            else:  # the common hit: kept-alive, with its body, no validator to compare
+                self._push(self.hits.answer(der, entry, now), False)
             return
         task = self.loop.create_task(self._answer(der, der, close, head))
         self._push(task, close)
+
+    def _get_request(self, url: bytes, close: bool, head: bool) -> bytes | None:
+        """Route a GET or HEAD target not seen before: our own endpoints and errors are answered here
+        (None), an OCSP request's DER is returned (and remembered for the same target)."""
+        target = ohttp.origin_form(url)
+        if target.startswith(b"/-/"):  # our own endpoints; '-' never starts a base64 DER request
+            path = target.split(b"?", 1)[0]
+            if path == HEALTH_PATH:
+                self._push(plain(200, "ok\n", close=close, head=head), close)
+            elif path == READY_PATH and self.server.readiness is not None:
+                status, text = self.server.readiness.answer()  # a kept verdict (frontend.readiness)
+                self._push(plain(status, text, close=close, head=head), close)
+            else:
+                self._push(plain(404, "not found\n", close=close, head=head), close)
+            return None
+        if not target.startswith(self.prefix):
+            path = target.split(b"?", 1)[0]
+            if path + b"/" == self.prefix:
+                self._ocsp_error(ResponseStatus.MALFORMED_REQUEST, close, head)
+            else:
+                self._push(plain(404, "not found\n", close=close, head=head), close)
+            return None
+        # The request the path carries, and only that, is the cache key (RFC 6960 A.1): the query
+        # and any segments before the base64 are not part of it, and HEAD shares GET's answers.
+        try:
+            der = ohttp.request_from_path(target, self.listen.path_prefix,
+                                          max_bytes=self.listen.max_request_bytes)
+        except OCSPError as e:
+            self._ocsp_error(e.status, close, head)
+            return None
+        self.server.path_keys.put(url, der)
+        return der
+
+    def _hit_http(self, entry: Entry, now: float, method: bytes, close: bool, head: bool) -> bytes:
+        """A cache hit's answer that closes, has no body (HEAD) or answers an If-None-Match."""
+        # If-None-Match: a cache revalidating what it holds (RFC 9110 13.1.2): headers, no body.
+        not_modified = (self.if_none_match is not None and method != b"POST"
+                        and etag_matches(self.if_none_match, entry.der))
+        return ocsp_http(entry.der, entry.headers, entry.next_update, self.app.max_age_cap, now, close, head,
+                         not_modified, now)
 
     async def _answer(self, der: bytes, key: bytes, close: bool, head: bool) -> bytes:
         async with self.work_slot():
@@ -122,6 +144,8 @@ class FrontendServer:
         self.pool = ConnectionPool(listen, self.loop)
         self.connections = self.pool.open
         self.max_url = self.pool.max_url
+        self.path_keys = ohttp.PathKeys()  # GET targets seen -> their DER requests
+        self.hits = HitAnswers(app.max_age_cap)  # the answers of this second's cache hits
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (listen.host, listen.port)

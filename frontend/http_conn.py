@@ -101,6 +101,9 @@ class _Reject(Exception):
         self.text = text
 
 
+# The lengths of the header names on_header looks at: Host, Expect, Connection, If-None-Match,
+# Content-Length, Proxy-Connection, Transfer-Encoding.
+_HEADER_LENGTHS = frozenset((4, 6, 10, 13, 14, 16, 17))
 _MAX_PIPELINE = 32
 MAX_RUNNING = 8  # answers of one connection being worked on (signed) at the same time
 _FEED_SLICE = 16384  # bytes handed to the parser at once (see data_received)
@@ -258,8 +261,13 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
-        self.listen = pool.listen
+        self.listen = listen = pool.listen
         self.loop = pool.loop
+        # Settings read for every request, as attributes of their own.
+        self.max_header_bytes = listen.max_header_bytes
+        self.max_request_bytes = listen.max_request_bytes
+        self.request_timeout = listen.request_timeout
+        self.idle_timeout = listen.idle_timeout
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: _Client | None = None  # None until admitted (and for a refused connection)
@@ -280,6 +288,7 @@ class HttpConnection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
+        # (on_message_begin sets the same, written out)
         self.url = b""
         self.head_bytes = 0
         self.body: list[bytes] = []
@@ -288,6 +297,7 @@ class HttpConnection(asyncio.Protocol):
         self.chunked = False
         self.expect_continue = False
         self.hosts = 0
+        self.connection_header = False
         self.if_none_match: bytes | None = None
         self.in_message = False
 
@@ -298,7 +308,7 @@ class HttpConnection(asyncio.Protocol):
         if self.client is None:
             self._refuse(self.transport)
             return
-        self.deadline = self.loop.time() + self.listen.idle_timeout
+        self.deadline = self.loop.time() + self.idle_timeout
 
     def _refuse(self, transport: asyncio.Transport) -> None:
         """Past a connection cap: a short 503 and a lingering close, or at once a reset when too many
@@ -351,6 +361,12 @@ class HttpConnection(asyncio.Protocol):
             # (Bytes of a pipelined message's head in the slice where the previous message ends
             # are not counted, so a head may exceed max_head by at most one slice.)
             n = len(data)
+            if n <= _FEED_SLICE and (self.headers_done or self.head_raw + n <= self.pool.max_head):
+                # The common read (one or a few whole requests): one slice, as the loop would feed it.
+                if not self.headers_done:
+                    self.head_raw += n
+                self.parser.feed_data(data)
+                return
             pos = 0
             while pos < n:
                 if self.headers_done:
@@ -401,9 +417,19 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.closing:
             return
-        self._reset()
+        # _reset(), written out (this runs for every request)
+        self.url = b""
+        self.head_bytes = 0
+        self.body = []
+        self.body_len = 0
+        self.content_length = None
+        self.chunked = False
+        self.expect_continue = False
+        self.hosts = 0
+        self.connection_header = False
+        self.if_none_match = None
         self.in_message = True
-        self.deadline = self.loop.time() + self.listen.request_timeout
+        self.deadline = self.loop.time() + self.request_timeout
 
     def on_url(self, url: bytes) -> None:
         if self.closing:
@@ -415,21 +441,27 @@ class HttpConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.closing:
             return
-        self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > self.listen.max_header_bytes:
-            raise _Reject(431, "request headers too large\n")
         n = len(name)
-        if n == 14 and name.lower() == b"content-length":
+        size = self.head_bytes + n + len(value) + 4
+        self.head_bytes = size
+        if size > self.max_header_bytes:
+            raise _Reject(431, "request headers too large\n")
+        if n not in _HEADER_LENGTHS:  # none of the names below (Content-Type, User-Agent, Accept, ...)
+            return
+        name = name.lower()
+        if name == b"host":
+            self.hosts += 1
+        elif name == b"content-length":
             self.content_length = value
-        elif n == 17 and name.lower() == b"transfer-encoding":
+        elif name == b"transfer-encoding":
             if value.strip().lower() != b"chunked":  # RFC 9112 6.1: a coding we do not implement
                 raise _Reject(501, "only the chunked transfer coding is supported\n")
             self.chunked = True
-        elif n == 4 and name.lower() == b"host":
-            self.hosts += 1
-        elif n == 13 and name.lower() == b"if-none-match":
+        elif name == b"if-none-match":
             self.if_none_match = value
-        elif n == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
+        elif name == b"connection" or name == b"proxy-connection":  # llhttp reads both alike
+            self.connection_header = True
+        elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
 
     def on_headers_complete(self) -> None:
@@ -443,8 +475,8 @@ class HttpConnection(asyncio.Protocol):
                 length = int(self.content_length)
             except ValueError:
                 raise _Reject(400, "bad Content-Length\n") from None
-            if length > self.listen.max_request_bytes:
-                raise _Reject(413, f"request body larger than {self.listen.max_request_bytes} bytes\n")
+            if length > self.max_request_bytes:
+                raise _Reject(413, f"request body larger than {self.max_request_bytes} bytes\n")
         if self.expect_continue and not self.queue and self.transport is not None:
             # curl and others wait for this before sending a body over 1 KB. (With answers still
             # queued it cannot go out in order; such a client sends the body after its own timeout.)
@@ -453,9 +485,10 @@ class HttpConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.closing:
             return
-        self.body_len += len(body)
-        if self.body_len > self.listen.max_request_bytes:
-            raise _Reject(413, f"request body larger than {self.listen.max_request_bytes} bytes\n")
+        size = self.body_len + len(body)
+        self.body_len = size
+        if size > self.max_request_bytes:
+            raise _Reject(413, f"request body larger than {self.max_request_bytes} bytes\n")
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -466,7 +499,11 @@ class HttpConnection(asyncio.Protocol):
         self.head_raw = 0
         parser = self.parser
         method = parser.get_method()
-        close = not parser.should_keep_alive() or parser.get_http_version() != "1.1"
+        # Anything but HTTP/1.1 is closed. llhttp keeps HTTP/1.0, 0.9 and 2.0 alive only with a
+        # Connection (or Proxy-Connection) keep-alive, and without one only HTTP/1.1, the one version
+        # it accepts with both numbers above 0 (tests/unit/frontend/test_http_framing.py), so the
+        # version string, costly to make, is asked for only when there was such a header.
+        close = not parser.should_keep_alive() or (self.connection_header and parser.get_http_version() != "1.1")
         try:
             self._dispatch(method, close)
         except Exception:  # never drop a connection over a bug
@@ -505,7 +542,7 @@ class HttpConnection(asyncio.Protocol):
             if close:
                 self._linger_close(transport)
             else:
-                self.deadline = self.loop.time() + self.listen.idle_timeout
+                self.deadline = self.loop.time() + self.idle_timeout
             return
         self.queue.append((item, close))
         self.deadline = float("inf")  # waiting on us, not on the client
@@ -546,7 +583,7 @@ class HttpConnection(asyncio.Protocol):
                     return
                 self._update_reading()
             if not self.in_message:  # else the message's own request deadline runs
-                self.deadline = self.loop.time() + self.listen.idle_timeout
+                self.deadline = self.loop.time() + self.idle_timeout
         finally:
             self.drainer = None
 

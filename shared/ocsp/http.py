@@ -5,7 +5,8 @@ No I/O and no clock: times are passed in (whole seconds since the Unix epoch or 
 GET (RFC 6960 appendix A.1): ``GET {url}/{url-encoding of base64 encoding of the DER OCSPRequest}``.
 ``request_from_path`` strips the configured prefix, percent-decodes, accepts the standard and the
 URL-safe base64 alphabets, tolerates missing padding, and raises ``MalformedRequest`` for anything it
-cannot turn into one complete DER SEQUENCE.
+cannot turn into one complete DER SEQUENCE. ``PathKeys`` remembers the targets that decoded, bounded,
+so a repeated GET is one lookup.
 
 Caching (RFC 9919 / RFC 5019 section 6): successful answers without a nonce get
 ``Cache-Control: max-age=N, public, no-transform, must-revalidate`` (N = seconds until nextUpdate,
@@ -15,9 +16,9 @@ SHA-256 of the response, and ``Date``. Everything else (nonce, error responses) 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import datetime
 from email.utils import formatdate
@@ -80,13 +81,13 @@ def _der_length_ok(der: bytes) -> bool:
 
 def decode_b64_component(text: bytes) -> bytes:
     """Percent-decode then base64-decode one URL component; raises MalformedRequest."""
-    raw = unquote_to_bytes(text)
+    raw = unquote_to_bytes(text) if b"%" in text else text
     # Some clients and proxies turn '+' into a space; base64 has no spaces, so undo that.
     raw = raw.replace(b" ", b"+").strip(b"\r\n\t").translate(_URLSAFE)
     raw = raw.rstrip(b"=")
     raw += b"=" * (-len(raw) % 4)
     try:
-        return base64.b64decode(raw, validate=True)
+        return binascii.a2b_base64(raw, strict_mode=True)  # base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise MalformedRequest("GET path is not base64") from None
 
@@ -151,6 +152,39 @@ def request_from_path(path: bytes | str, prefix: str = "/", *, max_bytes: int | 
     if oversized and max_bytes is not None:
         raise MalformedRequest(f"request of {oversized} bytes exceeds {max_bytes}")
     raise MalformedRequest("GET path does not carry a base64 DER OCSPRequest")
+
+
+class PathKeys:
+    """A bounded memo in front of ``request_from_path``: the raw request target of a GET that
+    decoded to a request -> that DER request (the cache key), so a repeated GET (every poll of
+    one certificate's status) pays one dict lookup instead of the percent- and base64-decoding.
+
+    Only successes are kept, and only targets of at most ``max_target`` bytes; past ``max_entries``
+    the oldest goes (first in, first out; a hit does not reorder). So it holds at most
+    ``max_entries * (max_target + the DER of max_target's base64)`` bytes (about 4 MB by default),
+    and a client sending ever new paths costs one insertion and one eviction each. The decoding is
+    a function of the target and the server's settings alone, so the memo never changes an answer:
+    the caller looks the target up (``get``) before routing it and ``put``s only a target that went
+    the whole way through routing and ``request_from_path``."""
+
+    __slots__ = ("_keys", "get", "max_entries", "max_target")
+
+    def __init__(self, max_entries: int = 2048, max_target: int = 1024) -> None:
+        self.max_entries = max_entries
+        self.max_target = max_target
+        self._keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self.get = self._keys.get  # the hit path: one C call
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def put(self, target: bytes, der: bytes) -> None:
+        if len(target) > self.max_target or self.max_entries <= 0:
+            return
+        keys = self._keys
+        while len(keys) >= self.max_entries:
+            keys.popitem(last=False)
+        keys[target] = der
 
 
 # -- caching headers --------------------------------------------------------------------------------

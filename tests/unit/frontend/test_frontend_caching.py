@@ -12,6 +12,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from datetime import timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,14 @@ from cryptography.x509 import ocsp
 from frontend.app import CaEntry, OcspApp, build_issuers
 from frontend.cache import ResponseCache
 from frontend.config import ListenConfig
-from frontend.http_answer import static_headers
+from frontend.http_answer import HitAnswers, ocsp_http, static_headers
 from shared.clock import FakeClock
 from shared.status.index_txt import IndexTxtSource
 from tests.integration.conftest import wait_until
 from tests.unit.frontend.frontend_pki import NOW, TestCA, write
 from tests.unit.frontend.frontend_server_env import (
     LISTEN,
+    MALFORMED,
     Env,
     FakeSigner,
     b64path,
@@ -55,6 +57,61 @@ def test_cache_hit_skips_signer_and_has_headers(env: Env) -> None:
     assert 0 < int(h["cache-control"].split("=")[1].split(",")[0]) <= 3600
     assert h["etag"].startswith('"') and len(h["etag"]) == 66
     assert "expires" in h and "last-modified" in h and "date" in h
+
+
+def test_hit_answers_follow_the_clock_to_the_second(env: Env) -> None:
+    """Hits are answered from bytes kept for the current second (frontend.http_answer.HitAnswers):
+    Date and max-age still move with the clock, by POST and GET (the GET target's DER is kept too),
+    and HEAD and closing answers keep their own shape."""
+    der = env.request(env.a, 0x100)
+    path = b64path(der)
+    env.post(der)
+    first = [env.post(der), env.get(path), env.get(path)]
+    assert len({(r[1]["date"], r[1]["cache-control"], r[2]) for r in first}) == 1
+    env.clock.advance(timedelta(seconds=7, milliseconds=500))
+    later = [env.post(der), env.get(path)]
+    assert len({(r[1]["date"], r[1]["cache-control"], r[2]) for r in later}) == 1
+    age = int(first[0][1]["cache-control"].split("=")[1].split(",")[0])
+    assert int(later[0][1]["cache-control"].split("=")[1].split(",")[0]) == age - 7
+    assert (parsedate_to_datetime(later[0][1]["date"]) - parsedate_to_datetime(first[0][1]["date"])
+            == timedelta(seconds=7))
+    assert env.clock.now().replace(microsecond=0) == parsedate_to_datetime(later[0][1]["date"])
+    status, headers, body = env.get(path, method="HEAD")
+    assert status == 200 and body == b"" and headers["content-length"] == later[0][1]["content-length"]
+    assert len(env.signer.calls) == 1
+
+
+def test_get_targets_kept_only_when_they_carry_a_request(env: Env) -> None:
+    """Only a target routed to the OCSP pipeline and decoded is remembered (shared.ocsp.http.PathKeys):
+    our own endpoints and refused targets are routed again every time."""
+    der = env.request(env.a, 0x100)
+    keys = env.server.path_keys
+    for _ in range(2):
+        assert env.get("/-/health")[0] == 200
+        assert env.get("/-/nothing")[0] == 404
+        assert env.get("/not-base64!")[2] == MALFORMED
+    assert len(keys) == 0
+    path = b64path(der) + "?q=1"
+    assert env.get(path)[0] == 200 and keys.get(path.encode()) == der and len(keys) == 1
+    assert env.get(path)[0] == 200 and len(keys) == 1
+
+
+def test_hit_answers_kept_per_entry_and_second() -> None:
+    cache = ResponseCache(10, 3600.0, clock=lambda: 1000.0)
+    der = b"\x30\x03\x0a\x01\x00"
+    entry = cache.put(b"k", der, static_headers(der, 900, 5000), ca="a", this_update=900, next_update=5000)
+    assert entry is not None
+    hits = HitAnswers(3600, max_answers=1)
+    for now in (1000.0, 1000.9, 1001.0, 1400.5):
+        expected = ocsp_http(der, entry.headers, 5000, 3600, now, False, False, False, now)
+        assert hits.answer(b"k", entry, now) == expected
+        assert hits.answer(b"k", entry, now) is hits.answer(b"k", entry, now)  # kept
+    again = cache.put(b"k", der, static_headers(der, 950, 4000), ca="a", this_update=950, next_update=4000)
+    assert again is not None
+    assert hits.answer(b"k", again, 1400.5) == ocsp_http(der, again.headers, 4000, 3600, 1400.5, False, False,
+                                                           False, 1400.5)
+    other = hits.answer(b"other", again, 1400.5)  # past max_answers: made every time, not kept
+    assert other == hits.answer(b"other", again, 1400.5) and other is not hits.answer(b"other", again, 1400.5)
 
 
 def test_crl_answers_cached_when_crl_older_than_max_age(env: Env) -> None:

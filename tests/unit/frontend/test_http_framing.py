@@ -1,5 +1,5 @@
 """HTTP/1.1 message framing and its limits in frontend/http_conn.py: 413 (Content-Length and
-chunked), 411, 400, 431 (counted on raw bytes), Expect: 100-continue, keep-alive, HTTP/1.0, and
+chunked), 411, 400, 431 (counted on raw bytes), Expect: 100-continue, keep-alive (HTTP/1.1 only), HTTP/1.0, and
 nothing answered after a message that closes the connection."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import httptools
 import pytest
 
 from frontend.config import ListenConfig
@@ -113,6 +114,49 @@ def test_keep_alive(env: Env) -> None:
 def test_http10_closes(env: Env) -> None:
     data = raw(env, b"GET /-/health HTTP/1.0\r\n\r\n", timeout=3)
     assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data and data.endswith(b"ok\n")
+
+
+@pytest.mark.parametrize(("version", "header"), [
+    ("1.0", "Connection: keep-alive"), ("1.0", "Proxy-Connection: keep-alive"),
+    ("2.0", "Connection: Keep-Alive"), ("0.9", "proxy-connection: keep-alive"), ("1.0", "Keep-Alive: 5"),
+])
+def test_only_http11_kept_alive(env: Env, version: str, header: str) -> None:
+    data = raw(env, f"GET /-/health HTTP/{version}\r\nHost: x\r\n{header}\r\n\r\n".encode()
+               + b"GET /-/health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
+    (resp,) = split_responses(data)
+    assert resp[0].startswith(b"HTTP/1.1 200") and resp[1][b"connection"] == b"close"
+
+
+def test_http11_with_connection_headers_kept_alive(env: Env) -> None:
+    one = b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nProxy-Connection: keep-alive\r\n\r\n"
+    data = raw(env, one + one + b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=3)
+    out = split_responses(data)
+    assert [b"connection" in r[1] for r in out] == [False, False, True]
+
+
+def test_llhttp_keeps_alive_without_connection_header_only_http11() -> None:
+    """What on_message_complete relies on to skip get_http_version(): without a Connection or
+    Proxy-Connection header, llhttp keeps a message alive only when it is HTTP/1.1."""
+    class Probe:
+        def __init__(self) -> None:
+            self.parser = httptools.HttpRequestParser(self)
+            self.seen: tuple[bool, str] | None = None
+
+        def on_message_complete(self) -> None:
+            self.seen = (self.parser.should_keep_alive(), self.parser.get_http_version())
+
+    accepted = []
+    for major in range(10):
+        for minor in range(10):
+            probe = Probe()
+            try:
+                probe.parser.feed_data(b"GET / HTTP/%d.%d\r\nHost: x\r\nKeep-Alive: 1\r\n\r\n" % (major, minor))
+            except httptools.HttpParserError:
+                continue
+            assert probe.seen is not None
+            accepted.append(probe.seen[1])
+            assert probe.seen[0] == (probe.seen[1] == "1.1"), probe.seen
+    assert "1.1" in accepted and "1.0" in accepted
 
 
 async def _settled(timeout: float = 5.0) -> None:

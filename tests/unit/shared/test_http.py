@@ -174,3 +174,25 @@ def test_a_long_segment_before_the_request_does_not_hide_it() -> None:
     assert http.request_from_path(f"/{junk}/{B64}", "/", max_bytes=10_000) == DER
     with pytest.raises(MalformedRequest, match="exceeds 10000"):
         http.request_from_path(f"/{junk}", "/", max_bytes=10_000)
+
+
+def test_path_keys_bounded_first_in_first_out() -> None:
+    keys = http.PathKeys(max_entries=3, max_target=20)
+    for i in range(5):
+        keys.put(b"/t%d" % i, b"der%d" % i)
+    assert len(keys) == 3
+    assert keys.get(b"/t0") is None and keys.get(b"/t1") is None
+    assert [keys.get(b"/t%d" % i) for i in (2, 3, 4)] == [b"der2", b"der3", b"der4"]
+    keys.put(b"/" + b"x" * 20, b"long")  # over max_target: not kept, nothing evicted
+    assert keys.get(b"/" + b"x" * 20) is None and len(keys) == 3 and keys.get(b"/t2") == b"der2"
+    empty = http.PathKeys(max_entries=0)
+    empty.put(b"/t", b"der")
+    assert len(empty) == 0
+
+
+def test_percent_free_component_decodes_as_before() -> None:
+    """Percent-decoding is skipped without a '%': the result is the same either way."""
+    for text in encodings():
+        raw = text.encode()
+        assert http.decode_b64_component(raw) == DER
+        assert http.decode_b64_component(urllib.parse.unquote_to_bytes(raw)) == DER
