@@ -70,7 +70,11 @@ class Process:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
             return self.ready()
 
-        wait_until(up, timeout, f"{self.name} to be ready")
+        try:
+            wait_until(up, timeout, f"{self.name} to be ready")
+        except BaseException:
+            self.stop()  # never left running behind a failed start (its fixture's teardown will not run)
+            raise
 
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
