@@ -205,17 +205,23 @@ loops' own process time per signature.
 NOTES = """
 ## Why the misses
 
-Since commit c440bc5 main has issue 10's batched signing (SignBatch), frontend workers, the fast
-request decoder and the frontend's back-pressure; the signer is still one process (no signer
-workers yet), so "all cores" gives the signer one core at most while the frontend workers and wrk
-share the other. In the signer's profile below the token's own signing (`SignMixin.sign`) is now the
-largest busy share, then the token thread's hand-off (`_worker`) and the audit log's writes
-(`AuditLog._write`); the rest of a signature's cost is spread over the event loop. The frontend's
-profile covers its worker processes (py-spy --subprocesses); the run at c440bc5 profiled only the
-supervisor, which serves nothing, so its frontend table below is empty. The p99 misses are
-queueing in the one signer process. On a busy machine (load average above the core count) the
-req/s columns move from run to run by 2x; the CPU-per-answer columns, from each server's own CPU
-time, move much less. The rows and ratios above are the acceptance figures.
+Since this run main has signer workers too (`[signer] workers`, one per core: "all cores" runs two
+signer workers and two frontend workers, each frontend with two connections to the signer), the
+cheaper signer path (ResponseTemplate, a hand-written ECDSA DER encoder, no task per batch item,
+about 30 % less signer CPU per signature) and the cache-hit work (GET paths remembered, a second's
+hit answers kept), which meets both cache-hit targets. On one core a signed P-256 answer costs about
+half the CPU of the run at c440bc5 (257 against 500 µs), still 4x openssl's. With all cores it costs
+more per answer than on one core, and serves fewer: four server processes and wrk share two cores,
+the load each process sees is a quarter of the whole, so the batches between the halves are short
+and a batch's fixed cost (thread hand-offs to the token thread and back, one audit write and fsync
+per group, the gRPC call; about 0.4 ms of CPU per batch in the signer alone) is spread over few
+answers; the profile below shows it: the signer's event loop waking (`select`), the token thread's
+hand-off (`_worker`) and the audit write outweigh `C_Sign` itself. The next step is to make the
+fixed cost per batch smaller or rarer (a token thread that takes whole batches without a future
+per hop, audit writes gathered across batches, fewer frontend workers than cores when the signer
+shares the host), not more parallelism. The p99 misses are queueing behind those batches. On a busy
+machine the req/s columns move from run to run by 2x; the CPU-per-answer columns, from each
+server's own CPU time, move much less. The rows and ratios above are the acceptance figures.
 """
 
 
