@@ -50,6 +50,7 @@ class WorkerLink:
         self.verifier = verifier
         self.number = number
         self._open: dict[int, RotationPlan | ReloadPlan | None] = {}  # txn -> what commit swaps in
+        self._aborted: set[int] = set()  # aborted before their prepare finished (the supervisor timed out)
         channel.handler = self.handle
         rotator.coordinator = self.forward_rotation
 
@@ -115,6 +116,8 @@ class WorkerLink:
         except BaseException:
             self.rotator.lock.release()
             raise
+        if self._dropped(txn):
+            return refusal("ABORTED", "aborted by the supervisor before the checks finished")
         self._open[txn] = plan
         return {"ok": True, "fingerprint": plan.responder.fingerprint, "key_label": plan.responder.key_label}
 
@@ -131,6 +134,8 @@ class WorkerLink:
         except BaseException:
             self.rotator.lock.release()
             raise
+        if self._dropped(txn):
+            return refusal("ABORTED", "aborted by the supervisor before the checks finished")
         self._open[txn] = plan
         if plan is None:
             return {"ok": True, "changed": [], "removed": []}
@@ -167,7 +172,17 @@ class WorkerLink:
         if txn in self._open:
             del self._open[txn]
             self.rotator.lock.release()
+        else:  # its prepare may still be running: it drops its result when done
+            self._aborted.add(txn)
         return {"ok": True}
+
+    def _dropped(self, txn: int) -> bool:
+        """After a prepare's checks: True (and the lock released) when the supervisor aborted it meanwhile."""
+        if txn not in self._aborted:
+            return False
+        self._aborted.discard(txn)
+        self.rotator.lock.release()
+        return True
 
 
 def _code(name: Any) -> grpc.StatusCode:

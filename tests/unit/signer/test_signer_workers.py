@@ -196,3 +196,35 @@ def test_sighup_reload_on_every_worker_or_none(fakes: tuple[FakeWorker, ...], co
     assert generation == (2 if committed else 1)
     for fake in fakes:
         assert fake.got == ["reload_status", "prepare_reload", last], fake.got
+
+
+def test_a_prepare_aborted_before_it_finished_releases_the_lock() -> None:
+    """The supervisor gave up waiting (timeout) and aborted; the worker's checks finish later: the
+    worker must not keep the change open, nor the Rotator's lock held."""
+    from signer.worker_link import WorkerLink
+
+    class SlowRotator:
+        def __init__(self) -> None:
+            self.lock = asyncio.Lock()
+            self.release = asyncio.Event()
+            self.coordinator = None
+
+        async def plan_reload(self, generation: int) -> None:
+            await self.release.wait()
+
+    async def main() -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        rotator = SlowRotator()
+        link = WorkerLink(ControlChannel(a), rotator, None, 0)  # type: ignore[arg-type]
+        prepare = asyncio.ensure_future(link.handle({"op": "prepare_reload", "txn": 7, "generation": 2}))
+        await _until(lambda: rotator.lock.locked())
+        assert (await link.handle({"op": "abort", "txn": 7}))["ok"]
+        rotator.release.set()
+        reply = await prepare
+        assert reply["ok"] is False and reply["code"] == "ABORTED"
+        assert not rotator.lock.locked()
+        assert (await link.handle({"op": "commit", "txn": 7}))["ok"] is False  # nothing to commit
+        a.close()
+        b.close()
+
+    run(main())
