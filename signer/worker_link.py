@@ -19,12 +19,14 @@ import asyncio
 import base64
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from signer.control import ControlChannel, ControlClosed, Message, refusal
+from signer.responders import ResponderSet
 from signer.rotation import ReloadPlan, RotateResult, RotationError, RotationPlan, Rotator
 from signer.status_verify import StatusVerifier
 from signer.token import TokenError
@@ -34,10 +36,10 @@ log = logging.getLogger("ocsp-signer")
 ROTATE_TIMEOUT = 120.0  # seconds a forwarded rotation may take (every worker checks the candidate)
 
 
-def responders(rotator: Rotator) -> dict[str, list[Any]]:
-    """CA name -> [SHA-256 of the responder certificate that signs for it now, its generation]: what
-    every worker must agree on."""
-    return {r.name: [r.fingerprint, r.generation] for r in rotator.state.current}
+def responders(responder_set: ResponderSet) -> dict[str, list[Any]]:
+    """CA name -> [SHA-256 of its responder certificate, its generation]: what every worker must agree
+    on."""
+    return {r.name: [r.fingerprint, r.generation] for r in responder_set}
 
 
 class WorkerLink:
@@ -98,15 +100,14 @@ class WorkerLink:
             return refusal("UNAVAILABLE", "another change of the responders is under way in this worker")
         return None
 
-    async def _prepare_rotation(self, message: Message) -> Message:
-        txn = int(message["txn"])
+    async def _prepare(self, txn: int, checks: Callable[[], Awaitable[Any]]) -> Message | None:
+        """Hold the Rotator's lock and run ``checks`` (a change's every check); keep its result under
+        ``txn`` for the commit, the lock still held. A refusal (the lock released), or None."""
         busy = await self._hold(txn)
         if busy is not None:
             return busy
         try:
-            plan = await self.rotator.prepare_rotation(str(message["ca"]), base64.b64decode(message["cert"]),
-                                                       str(message.get("key_label", "")),
-                                                       int(message["generation"]))
+            plan = await checks()
         except RotationError as e:
             self.rotator.lock.release()
             return refusal(e.code.name, e.message)
@@ -119,28 +120,30 @@ class WorkerLink:
         if self._dropped(txn):
             return refusal("ABORTED", "aborted by the supervisor before the checks finished")
         self._open[txn] = plan
+        return None
+
+    async def _prepare_rotation(self, message: Message) -> Message:
+        txn = int(message["txn"])
+        refused = await self._prepare(txn, lambda: self.rotator.prepare_rotation(
+            str(message["ca"]), base64.b64decode(message["cert"]), str(message.get("key_label", "")),
+            int(message["generation"])))
+        if refused is not None:
+            return refused
+        plan = self._open[txn]
+        assert isinstance(plan, RotationPlan)
         return {"ok": True, "fingerprint": plan.responder.fingerprint, "key_label": plan.responder.key_label}
 
     async def _prepare_reload(self, message: Message) -> Message:
         txn = int(message["txn"])
-        busy = await self._hold(txn)
-        if busy is not None:
-            return busy
-        try:
-            plan = await self.rotator.plan_reload(int(message["generation"]))
-        except RotationError as e:
-            self.rotator.lock.release()
-            return refusal(e.code.name, e.message)
-        except BaseException:
-            self.rotator.lock.release()
-            raise
-        if self._dropped(txn):
-            return refusal("ABORTED", "aborted by the supervisor before the checks finished")
-        self._open[txn] = plan
+        refused = await self._prepare(txn, lambda: self.rotator.plan_reload(int(message["generation"])))
+        if refused is not None:
+            return refused
+        plan = self._open[txn]
         if plan is None:
             return {"ok": True, "changed": [], "removed": []}
+        assert isinstance(plan, ReloadPlan)
         return {"ok": True, "changed": list(plan.changed), "removed": list(plan.removed),
-                "responders": {r.name: [r.fingerprint, r.generation] for r in plan.responders}}
+                "responders": responders(plan.responders)}
 
     async def _persist(self, message: Message) -> Message:
         plan = self._open.get(int(message["txn"]))
@@ -164,7 +167,7 @@ class WorkerLink:
                 self.rotator.commit_reload(plan)
         finally:
             self.rotator.lock.release()
-        return {"ok": True, "responders": responders(self.rotator),
+        return {"ok": True, "responders": responders(self.rotator.state.current),
                 "generation": self.rotator.state.current.generation}
 
     def _abort(self, message: Message) -> Message:
