@@ -135,6 +135,14 @@ class ListenConfig:
     socket_mode: int = DEFAULT_SOCKET_MODE
     max_socket_connections: int = DEFAULT_MAX_SOCKET_CONNECTIONS
 
+    def at_port(self, port: int) -> str:
+        """This address with ``port`` (a configured 0 resolved): ``host:port``, an IPv6 host in
+        brackets; a unix: address as it is."""
+        if self.kind == "unix":
+            return self.address
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{port}"
+
 
 @dataclass(frozen=True, slots=True)
 class TokenConfig:
@@ -240,8 +248,7 @@ class SignerConfig:
         (one endpoint per worker)."""
         listen = self.listen
         if listen.kind == "tcp" and port is not None:
-            host = f"[{listen.host}]" if listen.host and ":" in listen.host else listen.host
-            listen = replace(listen, port=port, address=f"{host}:{port}")
+            listen = replace(listen, port=port, address=listen.at_port(port))
         metrics = self.metrics
         if metrics.address is not None:
             host, _, metrics_port = metrics.address.rpartition(":")

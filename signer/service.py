@@ -427,14 +427,6 @@ async def open_audit(config: SignerConfig, audit_signer: Pkcs11CheckpointSigner,
     return await startup.open_audit(config, audit_signer, clock, executor)
 
 
-def _bound_address(config: SignerConfig, port: int) -> str:
-    listen = config.listen
-    if listen.kind == "unix":
-        return listen.address
-    host = f"[{listen.host}]" if listen.host and ":" in listen.host else listen.host
-    return f"{host}:{port}"
-
-
 def server_options(config: SignerConfig, *, reuse_port: bool = False) -> list[tuple[str, int]]:
     """gRPC server channel arguments.
 
@@ -566,7 +558,7 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
     except ConfigError:
         await wrapper.stop(None)
         raise
-    address = _bound_address(config, port)
+    address = config.listen.at_port(port)
     log.info("limits: %s", limits_summary(config))
     log.info("serving on %s (%s): %d responders (%s), token %r", address, transport_summary(config),
              len(responders), ", ".join(f"{r.name}: {r.algorithm.value}" for r in responders), service.token_name)
@@ -616,7 +608,7 @@ async def run_worker(config: SignerConfig, number: int, generation: int, control
     loop.add_signal_handler(signal.SIGTERM, stopping.set)  # (SIGINT is ignored: signer.__main__)
     assert server.admin is not None
     rs = server.admin.rotator.state.current
-    control.notify("ready", pid=os.getpid(), generation=rs.generation, responders=responders(server.admin.rotator),
+    control.notify("ready", pid=os.getpid(), generation=rs.generation, responders=responders(rs),
                    address=address)
     closed = loop.create_task(control.closed.wait())
     stop = loop.create_task(stopping.wait())

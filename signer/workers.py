@@ -135,11 +135,7 @@ class Supervisor:
 
     @property
     def address(self) -> str:
-        listen = self.config.listen
-        if listen.kind == "unix":
-            return listen.address
-        host = f"[{listen.host}]" if listen.host and ":" in listen.host else listen.host
-        return f"{host}:{self.port}"
+        return self.config.listen.at_port(self.port or 0)
 
     # -- workers -------------------------------------------------------------------------------------------
     async def spawn(self, number: int) -> Worker:
