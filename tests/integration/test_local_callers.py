@@ -127,14 +127,15 @@ def test_socket_mode_under_umask_000_and_the_kernel_refuses_others(demo: Demo, t
     assert not path.exists() and not private_dir_for(path).exists()
 
 
-def sign_request(demo: Demo) -> pb.SignRequest:
-    cert, issuer = load_cert(demo.path("rsa-ca", "leaf-good.pem")), load_cert(demo.path("rsa-ca", "ca.pem"))
+def sign_request(demo: Demo, ca: str = "rsa-ca", request_id: str = "from-nobody") -> pb.SignRequest:
+    """A valid SignRequest (good, for the next hour) for ``ca``'s leaf-good."""
+    cert, issuer = load_cert(demo.path(ca, "leaf-good.pem")), load_cert(demo.path(ca, "ca.pem"))
     req = x_ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
     now = int(datetime.now(UTC).timestamp())
     cid = pb.CertId(hash_algorithm=pb.SHA1, issuer_name_hash=req.issuer_name_hash,
                     issuer_key_hash=req.issuer_key_hash,
                     serial_number=cert.serial_number.to_bytes((cert.serial_number.bit_length() + 8) // 8, "big"))
-    return pb.SignRequest(request_id="from-nobody", responses=[pb.SingleStatus(
+    return pb.SignRequest(request_id=request_id, responses=[pb.SingleStatus(
         cert_id=cid, status=pb.GOOD, this_update=now, next_update=now + 3600)])
 
 

@@ -19,20 +19,19 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp as x_ocsp
 
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from tests.integration.conftest import Demo, Process, free_port, one_signer_worker, tool, wait_until
-from tests.integration.ocsp_client import load_cert
 from tests.integration.test_frontend_workers import alive, children
+from tests.integration.test_local_callers import sign_request
 
 CONNECTIONS = 24  # fresh connections per check: all on one worker by chance with odds 2**-23
 
@@ -68,17 +67,6 @@ class Stack:
                              "--cert", str(cert), check=check)
 
 
-def sign_request(demo: Demo, ca: str) -> pb.SignRequest:
-    cert, issuer = load_cert(demo.path(ca, "leaf-good.pem")), load_cert(demo.path(ca, "ca.pem"))
-    req = x_ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
-    now = int(datetime.now(UTC).timestamp())
-    cid = pb.CertId(hash_algorithm=pb.SHA1, issuer_name_hash=req.issuer_name_hash,
-                    issuer_key_hash=req.issuer_key_hash,
-                    serial_number=cert.serial_number.to_bytes((cert.serial_number.bit_length() + 8) // 8, "big"))
-    return pb.SignRequest(request_id="workers", responses=[pb.SingleStatus(
-        cert_id=cid, status=pb.GOOD, this_update=now, next_update=now + 3600)])
-
-
 def responder_of(der: bytes) -> str:
     """SHA-256 of the responder certificate in a signed answer."""
     resp = x_ocsp.load_der_ocsp_response(der)
@@ -90,7 +78,7 @@ def sign_on_fresh_connections(stack: Stack, ca: str, n: int = CONNECTIONS) -> li
     gRPC shares no connection between them)."""
     from frontend.config import load_frontend_config
 
-    request = sign_request(stack.demo, ca)
+    request = sign_request(stack.demo, ca, "workers")
     tls = load_frontend_config(stack.demo.path("etc", "frontend.toml")).signer.tls  # the demo's mTLS
     assert tls is not None
 
