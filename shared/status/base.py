@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -78,6 +78,24 @@ class Snapshot(ABC):
         """nextUpdate - thisUpdate of the answers, and where it comes from (for the operator); None
         when unknown."""
         return None
+
+    @abstractmethod
+    def serials(self) -> Iterator[int]:
+        """Every serial the data names (``listed``), in no particular order: what pre-signing signs."""
+
+    def unlisted(self) -> StatusInfo:
+        """The answer for a serial the data does not name."""
+        return UNKNOWN
+
+
+def changed_serials(old: Snapshot, new: Snapshot) -> set[int] | None:
+    """The serials whose answer differs between ``old`` and ``new`` (status or revocation details);
+    None when every serial may have changed (the answer for unlisted serials changed)."""
+    if old.unlisted() != new.unlisted():
+        return None
+    changed = {s for s in new.serials() if old.status(s) != new.status(s)}
+    changed.update(s for s in old.serials() if not new.listed(s) and old.status(s) != new.unlisted())
+    return changed
 
 
 FileStamp = tuple[int, int, int, int] | None  # (device, inode, size, mtime_ns); None = missing

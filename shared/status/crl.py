@@ -35,6 +35,7 @@ otherwise turn revoked certificates back into good ones.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -114,6 +115,14 @@ class CrlSnapshot(Snapshot):
     def listed(self, serial: int) -> bool:
         issued = self.issued
         return serial in self.revoked or (issued is not None and serial in issued)
+
+    def serials(self) -> Iterator[int]:
+        yield from self.revoked
+        if self.issued is not None:
+            yield from (s for s in self.issued if s not in self.revoked)
+
+    def unlisted(self) -> StatusInfo:
+        return self.unissued
 
     def interval(self) -> tuple[timedelta, str]:
         return self.next_update - self.this_update, "the CRL's thisUpdate..nextUpdate, which answers carry"

@@ -28,6 +28,7 @@ line, it only changes V to R or E).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -111,6 +112,9 @@ class IndexSnapshot(Snapshot):
 
     def listed(self, serial: int) -> bool:
         return serial in self.entries
+
+    def serials(self) -> Iterator[int]:
+        return iter(self.entries)
 
     def interval(self) -> tuple[timedelta, str]:
         return self.validity, "status.validity"

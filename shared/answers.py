@@ -1,0 +1,78 @@
+"""What one signed answer is named by and how it is stored outside a process (Redis, pre-signing).
+
+An answer is named by what it answers, not by the request's bytes: the CA and the CertIDs it answers
+(hash algorithm, issuer name and key hashes, serial), so a GET, a POST and every encoding of one
+request share it. The CertID is part of the name, hash algorithm included: the answer echoes the
+request's CertID, so a SHA-1 and a SHA-256 request for one certificate are two answers.
+
+Stored form (``encode``/``decode``): a small fixed header, then the responder's fingerprint and
+the DER OCSPResponse. What a reader needs to decide whether it may serve the answer without parsing
+it: its validity window, which responder signed it (a rotation retires it), and the status it
+answers (a reader whose own status data says otherwise does not serve it).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from shared.ocsp.types import CertId, CertStatus
+
+FORMAT = 1  # the first byte of every stored answer; another value is not ours to read
+_HEADER = struct.Struct(">BqqqBH")  # format, thisUpdate, nextUpdate, producedAt, status, fingerprint length
+_STATUS_CODES = {CertStatus.GOOD: 1, CertStatus.REVOKED: 2, CertStatus.UNKNOWN: 3}
+_CODE_STATUS = {v: k for k, v in _STATUS_CODES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerKey:
+    """The name of one answer: the CA (its configured name) and the CertIDs answered, in order."""
+
+    ca: str
+    cert_ids: tuple[CertId, ...]
+
+    def text(self, prefix: str = "") -> str:
+        """The external key: ``<prefix>a:<ca>:<alg>:<nameHash>:<keyHash>:<serial>`` (hex), CertIDs
+        joined by ``|`` for a multi-CertID answer. Never parsed back (a CA name may hold ':'), so
+        the frontends of one fleet must give a CA the same name."""
+        parts = "|".join(f"{c.hash_algorithm.value}:{c.issuer_name_hash.hex()}:{c.issuer_key_hash.hex()}:"
+                         f"{c.serial.hex()}" for c in self.cert_ids)
+        return f"{prefix}a:{self.ca}:{parts}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    der: bytes  # the whole DER OCSPResponse
+    this_update: int  # epoch seconds
+    next_update: int  # epoch seconds
+    produced_at: int  # epoch seconds
+    status: CertStatus  # of the first CertID (a multi-CertID answer: the reader checks them all itself)
+    responder_fingerprint: str  # the SignReply's: which responder signed it
+
+    def encode(self) -> bytes:
+        fp = self.responder_fingerprint.encode("ascii")
+        return _HEADER.pack(FORMAT, self.this_update, self.next_update, self.produced_at,
+                            _STATUS_CODES[self.status], len(fp)) + fp + self.der
+
+
+class BadStoredAnswer(ValueError):
+    """Bytes that are not a stored answer of this format (another writer, truncation)."""
+
+
+def decode(data: bytes) -> StoredAnswer:
+    if len(data) < _HEADER.size:
+        raise BadStoredAnswer("shorter than the header")
+    fmt, tu, nu, produced, code, fp_len = _HEADER.unpack_from(data)
+    if fmt != FORMAT:
+        raise BadStoredAnswer(f"format {fmt}, not {FORMAT}")
+    status = _CODE_STATUS.get(code)
+    if status is None:
+        raise BadStoredAnswer(f"status code {code}")
+    start = _HEADER.size + fp_len
+    if len(data) <= start or not tu <= nu:
+        raise BadStoredAnswer("truncated or inconsistent")
+    try:
+        fp = data[_HEADER.size:start].decode("ascii")
+    except UnicodeDecodeError as e:
+        raise BadStoredAnswer("fingerprint is not ASCII") from e
+    return StoredAnswer(bytes(data[start:]), tu, nu, produced, status, fp)
