@@ -8,7 +8,8 @@ request's CertID, so a SHA-1 and a SHA-256 request for one certificate are two a
 Stored form (``encode``/``decode``): a small fixed header, then the responder's fingerprint and
 the DER OCSPResponse. What a reader needs to decide whether it may serve the answer without parsing
 it: its validity window, which responder signed it (a rotation retires it), and the status it
-answers (a reader whose own status data says otherwise does not serve it).
+answers with the revocation time and reason (a reader whose own status data says otherwise does not
+serve it: a frontend whose data is older than the writer's, or newer, never serves the other's view).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from shared.ocsp.types import CertId, CertStatus
+from shared.ocsp.types import CertId, CertStatus, HashAlgorithm, StatusInfo
 
 FORMAT = 1  # the first byte of every stored answer; another value is not ours to read
-_HEADER = struct.Struct(">BqqqBH")  # format, thisUpdate, nextUpdate, producedAt, status, fingerprint length
+# format, thisUpdate, nextUpdate, producedAt, status, revocation time (0: none), reason (-1: none),
+# fingerprint length
+_HEADER = struct.Struct(">BqqqBqhH")
 _STATUS_CODES = {CertStatus.GOOD: 1, CertStatus.REVOKED: 2, CertStatus.UNKNOWN: 3}
 _CODE_STATUS = {v: k for k, v in _STATUS_CODES.items()}
 
@@ -32,12 +35,29 @@ class AnswerKey:
     cert_ids: tuple[CertId, ...]
 
     def text(self, prefix: str = "") -> str:
-        """The external key: ``<prefix>a:<ca>:<alg>:<nameHash>:<keyHash>:<serial>`` (hex), CertIDs
-        joined by ``|`` for a multi-CertID answer. Never parsed back (a CA name may hold ':'), so
-        the frontends of one fleet must give a CA the same name."""
-        parts = "|".join(f"{c.hash_algorithm.value}:{c.issuer_name_hash.hex()}:{c.issuer_key_hash.hex()}:"
-                         f"{c.serial.hex()}" for c in self.cert_ids)
-        return f"{prefix}a:{self.ca}:{parts}"
+        """The external key: ``<prefix>a:<ca>:<certids>`` (``certid_text``). The frontends of one
+        fleet must give a CA the same name."""
+        return f"{prefix}a:{self.ca}:{self.certid_text()}"
+
+    def certid_text(self) -> str:
+        """``<alg>:<nameHash>:<keyHash>:<serial>`` (hex), CertIDs joined by ``|``; ``parse_certids``
+        reads it back (the CA name is not part of it: it may hold any character)."""
+        return "|".join(f"{c.hash_algorithm.value}:{c.issuer_name_hash.hex()}:{c.issuer_key_hash.hex()}:"
+                        f"{c.serial.hex()}" for c in self.cert_ids)
+
+
+def parse_certids(text: str) -> tuple[CertId, ...]:
+    """``AnswerKey.certid_text`` read back; ValueError when it is not one."""
+    out = []
+    for part in text.split("|"):
+        alg, name, key, serial = part.split(":")
+        algorithm = HashAlgorithm(alg)
+        cid = CertId(algorithm, bytes.fromhex(name), bytes.fromhex(key), bytes.fromhex(serial))
+        if len(cid.issuer_name_hash) != algorithm.digest_size or len(cid.issuer_key_hash) != algorithm.digest_size \
+                or not cid.serial:
+            raise ValueError(f"not a CertID: {part!r}")
+        out.append(cid)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +66,24 @@ class StoredAnswer:
     this_update: int  # epoch seconds
     next_update: int  # epoch seconds
     produced_at: int  # epoch seconds
-    status: CertStatus  # of the first CertID (a multi-CertID answer: the reader checks them all itself)
+    status: CertStatus  # what it answers (for the first CertID of a multi-CertID answer)
     responder_fingerprint: str  # the SignReply's: which responder signed it
+    revocation_time: int = 0  # epoch seconds, for REVOKED; 0: none
+    reason: int = -1  # CRLReason value, for REVOKED; -1: none
 
     def encode(self) -> bytes:
         fp = self.responder_fingerprint.encode("ascii")
         return _HEADER.pack(FORMAT, self.this_update, self.next_update, self.produced_at,
-                            _STATUS_CODES[self.status], len(fp)) + fp + self.der
+                            _STATUS_CODES[self.status], self.revocation_time, self.reason, len(fp)) + fp + self.der
+
+    def answers(self, info: StatusInfo) -> bool:
+        """True when this answer says what ``info`` says (status, revocation time and reason)."""
+        rev = info.revocation
+        if rev is None:
+            return info.status is self.status and self.revocation_time == 0 and self.reason == -1
+        reason = -1 if rev.reason is None else int(rev.reason)
+        return (info.status is self.status and self.revocation_time == int(rev.time.timestamp())
+                and self.reason == reason)
 
 
 class BadStoredAnswer(ValueError):
@@ -62,7 +93,7 @@ class BadStoredAnswer(ValueError):
 def decode(data: bytes) -> StoredAnswer:
     if len(data) < _HEADER.size:
         raise BadStoredAnswer("shorter than the header")
-    fmt, tu, nu, produced, code, fp_len = _HEADER.unpack_from(data)
+    fmt, tu, nu, produced, code, rev_time, reason, fp_len = _HEADER.unpack_from(data)
     if fmt != FORMAT:
         raise BadStoredAnswer(f"format {fmt}, not {FORMAT}")
     status = _CODE_STATUS.get(code)
@@ -75,4 +106,4 @@ def decode(data: bytes) -> StoredAnswer:
         fp = data[_HEADER.size:start].decode("ascii")
     except UnicodeDecodeError as e:
         raise BadStoredAnswer("fingerprint is not ASCII") from e
-    return StoredAnswer(bytes(data[start:]), tu, nu, produced, status, fp)
+    return StoredAnswer(bytes(data[start:]), tu, nu, produced, status, fp, rev_time, reason)

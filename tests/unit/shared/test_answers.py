@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.answers import AnswerKey, BadStoredAnswer, StoredAnswer, decode
-from shared.ocsp.types import CertId, CertStatus, HashAlgorithm
+from shared.answers import AnswerKey, BadStoredAnswer, StoredAnswer, decode, parse_certids
+from shared.ocsp.types import CertId, CertStatus, HashAlgorithm, Revocation, RevocationReason, StatusInfo
 from shared.status.base import changed_serials
 from shared.status.index_txt import parse_index
 
@@ -58,3 +58,26 @@ def test_changed_serials_names_exactly_the_changed_ones() -> None:
     # 02 revoked, 03's reason changed, 04 dropped (now unknown), 05 added (was unknown).
     assert changed_serials(old, new) == {2, 3, 4, 5}
     assert changed_serials(new, new) == set()
+
+
+def test_certid_text_reads_back() -> None:
+    key = AnswerKey("a:b", (cid(), cid(HashAlgorithm.SHA256, b"\x00\x80")))
+    assert parse_certids(key.certid_text()) == key.cert_ids
+    for bad in ["", "sha1:00:00:01", "md5:" + "01" * 16 + ":" + "01" * 16 + ":01", "sha1:zz"]:
+        with pytest.raises(ValueError):
+            parse_certids(bad)
+
+
+def test_answers_compares_status_and_revocation_details() -> None:
+    when = datetime(2025, 1, 2, tzinfo=UTC)
+    revoked = StoredAnswer(b"x", 1, 2, 1, CertStatus.REVOKED, "f", int(when.timestamp()), 1)
+    assert revoked.answers(StatusInfo(CertStatus.REVOKED, Revocation(when, RevocationReason.KEY_COMPROMISE)))
+    assert not revoked.answers(StatusInfo(CertStatus.REVOKED, Revocation(when, None)))
+    assert not revoked.answers(StatusInfo(CertStatus.REVOKED, Revocation(when + timedelta(seconds=1),
+                                                                         RevocationReason.KEY_COMPROMISE)))
+    assert not revoked.answers(StatusInfo(CertStatus.GOOD))
+    assert ANSWER_GOOD.answers(StatusInfo(CertStatus.GOOD))
+    assert not ANSWER_GOOD.answers(StatusInfo(CertStatus.UNKNOWN))
+
+
+ANSWER_GOOD = StoredAnswer(b"x", 1, 2, 1, CertStatus.GOOD, "f")
