@@ -125,6 +125,9 @@ class FileStatusSource(ABC):
         self._listeners: list[Callable[[FileStatusSource], None]] = []
         self._lock: asyncio.Lock | None = None
         self.last_error: str | None = None
+        # Serials whose answer the last reload changed (None: any may have; the first load, or the
+        # answer for unlisted serials changed). Set before the listeners are called.
+        self.last_changes: set[int] | None = None
         self._retry_log = RateLimitedLog(log, RETRY_LOG_INTERVAL, time.monotonic)
 
     # -- subclass hooks ---------------------------------------------------------------------------
@@ -185,7 +188,8 @@ class FileStatusSource(ABC):
             warn_outside_br(self.name, snap)
             return
 
-    def _install(self, snap: Snapshot, stamps: list[FileStamp]) -> None:
+    def _install(self, snap: Snapshot, stamps: list[FileStamp], changes: set[int] | None = None) -> None:
+        self.last_changes = changes
         self._snapshot = snap
         self._stamps = stamps
         self._failed_stamps = None
@@ -227,7 +231,8 @@ class FileStatusSource(ABC):
                     log.error(msg, *args)
                 return False
             old = self._snapshot
-            self._install(snap, stamps)
+            changes = None if old is None else await loop.run_in_executor(None, changed_serials, old, snap)
+            self._install(snap, stamps, changes)
             log.info("%s: status data reloaded (%s)", self.name, describe(snap))
             if old is None or _length(old) != _length(snap):
                 warn_outside_br(self.name, snap)  # said at start-up, and again only when it changes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from shared.answers import AnswerKey, BadStoredAnswer, StoredAnswer, decode, parse_certids
 from shared.ocsp.types import CertId, CertStatus, HashAlgorithm, Revocation, RevocationReason, StatusInfo
 from shared.status.base import changed_serials
-from shared.status.index_txt import parse_index
+from shared.status.index_txt import IndexTxtSource, parse_index
 
 
 def cid(alg: HashAlgorithm = HashAlgorithm.SHA1, serial: bytes = b"\x10\x00") -> CertId:
@@ -81,3 +82,16 @@ def test_answers_compares_status_and_revocation_details() -> None:
 
 
 ANSWER_GOOD = StoredAnswer(b"x", 1, 2, 1, CertStatus.GOOD, "f")
+
+
+def test_a_reload_tells_its_listeners_which_serials_changed(tmp_path) -> None:
+    path = tmp_path / "index.txt"
+    path.write_text(line("V", "01") + line("V", "02"))
+    source = IndexTxtSource("ca", path, timedelta(days=1), check_interval=60)
+    source.load_now()
+    assert source.last_changes is None  # the first load: everything is new
+    seen: list[set[int] | None] = []
+    source.on_change(lambda s: seen.append(s.last_changes))
+    path.write_text(line("V", "01") + line("R", "02", "250102030405Z") + line("V", "03"))
+    assert asyncio.run(source.refresh(force=True))
+    assert seen == [{2, 3}]
