@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 VAR := $(CURDIR)/var
 export SOFTHSM2_CONF := $(VAR)/softhsm2.conf
 
-SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli go
+SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli go redis-server
 
 .PHONY: run test lint bench bench-tools system venv softhsm proto check-proto clean
 
@@ -46,7 +46,8 @@ bench-tools: venv
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/pip install -q --disable-pip-version-check -r bench/requirements.txt
 
-# Debian packages: SoftHSM, the OpenSSL CLI, and the GnuTLS, NSS and Go (x/crypto/ocsp) clients the tests use.
+# Debian packages: SoftHSM, the OpenSSL CLI, the GnuTLS, NSS and Go (x/crypto/ocsp) clients the tests use, and
+# redis-server (the tests start their own, on a unix socket).
 system:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing venv"; fi; \
@@ -55,7 +56,7 @@ system:
 	  echo "installing system packages (missing:$$missing)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    softhsm2 openssl libnss3-tools gnutls-bin python3-venv \
-	    golang-go golang-golang-x-crypto-dev >/dev/null; \
+	    golang-go golang-golang-x-crypto-dev redis-server >/dev/null; \
 	fi
 
 $(BIN)/activate: requirements.lock pyproject.toml | system

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from frontend.answer_store import DEFAULT_PREFIX, DEFAULT_TIMEOUT, StoreConfig, check_url
 from frontend.tls import SignerTls, load_signer_tls
 from shared.config import ConfigError, Section, read_certificate
 from shared.cpus import usable_cpus
@@ -120,6 +121,19 @@ class CacheConfig:
     # After the signer replaces a CA's responder (rotation), cached answers signed by the old one are
     # still served this long, then dropped; 0 = at once. A few seconds spreads the re-signing load.
     rotation_grace: timedelta = timedelta(seconds=2)
+    # The fleet's shared answer store (frontend.answer_store): redis://[user:password@]host:port/db,
+    # rediss://... (TLS; ssl_ca_certs=... and the other redis-py URL options in the query), or
+    # unix:///run/redis/redis.sock. None: answers are shared by nobody (only this process's cache).
+    redis: str | None = None
+    # Prefix of every key the fleet writes; frontends sharing answers use the same one.
+    redis_prefix: str = DEFAULT_PREFIX
+    # Longest a Redis call may take (connecting included); past it the answer goes on without Redis.
+    redis_timeout: float = DEFAULT_TIMEOUT
+
+    def store_config(self) -> StoreConfig | None:
+        if self.redis is None:
+            return None
+        return StoreConfig(self.redis, prefix=self.redis_prefix, timeout=self.redis_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +250,18 @@ def _signer(sec: Section) -> SignerClientConfig:
 
 def _cache(sec: Section) -> CacheConfig:
     d = CacheConfig()
+    url = sec.str("redis", None)
+    if url is not None:
+        fault = check_url(url)
+        if fault is not None:
+            raise sec.error("redis", f"not a Redis URL (redis://host:6379/0, rediss://..., unix:///path): {fault}")
+    prefix = sec.str("redis_prefix", d.redis_prefix, nonempty=False)
+    if len(prefix) > 100 or any(c.isspace() for c in prefix):
+        raise sec.error("redis_prefix", "must be at most 100 characters, none of them white space")
+    timeout = sec.duration("redis_timeout", timedelta(seconds=d.redis_timeout), minimum=timedelta(milliseconds=1),
+                           maximum=timedelta(seconds=10))
     return CacheConfig(
+        redis=url, redis_prefix=prefix, redis_timeout=_seconds(timeout),
         max_entries=sec.int("max_entries", d.max_entries, minimum=0, maximum=10_000_000),
         max_bytes=sec.int("max_bytes", d.max_bytes, minimum=0, maximum=1 << 40),
         max_key_bytes=sec.int("max_key_bytes", d.max_key_bytes, minimum=64, maximum=1_000_000),

@@ -41,6 +41,8 @@ def test_defaults(tmp_path: Path, ca: TestCA) -> None:
     assert cfg.signer.addresses == ("127.0.0.1:50051",) and cfg.signer.timeout == 2.0
     assert cfg.cache.max_entries == 10000 and cfg.cache.max_age == timedelta(hours=1)
     assert cfg.cache.max_bytes == 64 << 20 and cfg.cache.max_key_bytes == 1024
+    assert cfg.cache.redis is None and cfg.cache.store_config() is None
+    assert (cfg.cache.redis_prefix, cfg.cache.redis_timeout) == ("ocsp:", 0.05)
     (one,) = cfg.cas
     assert one.name == "one" and one.ca_cert_der == ca.der
     assert one.status.source == "index" and one.status.validity == timedelta(hours=24)
@@ -51,7 +53,8 @@ def test_full(tmp_path: Path, ca: TestCA) -> None:
     fe = ('[listen]\nport = 0\npath_prefix = "/ocsp"\nallowed_hashes = ["sha256", "SHA-384"]\n'
           'max_connections = 100\nmax_connections_per_client = 0\nmax_inflight_per_client = 4\nworkers = 3\n'
           '[signer]\naddresses = ["unix:/run/s.sock", "127.0.0.2:50051"]\ntimeout = "500ms"\n'
-          '[cache]\nmax_entries = 5\nmax_age = "10m"\nmax_bytes = 1000000\nmax_key_bytes = 300\n')
+          '[cache]\nmax_entries = 5\nmax_age = "10m"\nmax_bytes = 1000000\nmax_key_bytes = 300\n'
+          'redis = "rediss://u:pw@redis.example:6380/2"\nredis_prefix = "fleet-1:"\nredis_timeout = "20ms"\n')
     cafile = ('name = "x"\nca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n'
               'unissued = "revoked"\n')
     cfg = load_frontend_config(setup(tmp_path, ca, fe, cafile))
@@ -63,6 +66,14 @@ def test_full(tmp_path: Path, ca: TestCA) -> None:
     assert cfg.signer.addresses == ("unix:/run/s.sock", "127.0.0.2:50051") and cfg.signer.timeout == 0.5
     assert (cfg.cache.max_entries, cfg.cache.max_bytes, cfg.cache.max_key_bytes) == (5, 1000000, 300)
     assert cfg.cas[0].status.unissued == "revoked" and cfg.cas[0].status.issued_serials is None
+    store = cfg.cache.store_config()
+    assert store is not None
+    assert (store.url, store.prefix, store.timeout) == ("rediss://u:pw@redis.example:6380/2", "fleet-1:", 0.02)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "unix:///run/redis/redis.sock", "rediss://h"])
+def test_redis_urls(tmp_path: Path, ca: TestCA, url: str) -> None:
+    assert load_frontend_config(setup(tmp_path, ca, f'[cache]\nredis = "{url}"\n')).cache.redis == url
 
 
 @pytest.mark.parametrize("frontend,cafile,key", [
@@ -80,6 +91,12 @@ def test_full(tmp_path: Path, ca: TestCA) -> None:
     ("[cache]\nmax_age = \"soon\"\n", None, "cache.max_age"),
     ("[cache]\nmax_bytes = -1\n", None, "cache.max_bytes"),
     ("[cache]\nmax_key_bytes = 10\n", None, "cache.max_key_bytes"),
+    ("[cache]\nredis = \"http://h:6379\"\n", None, "cache.redis"),
+    ("[cache]\nredis = \"unix://\"\n", None, "cache.redis"),
+    ("[cache]\nredis = \"\"\n", None, "cache.redis"),
+    ("[cache]\nredis_prefix = \"a b\"\n", None, "cache.redis_prefix"),
+    ("[cache]\nredis_timeout = \"0ms\"\n", None, "cache.redis_timeout"),
+    ("[cache]\nredis_timeout = \"1m\"\n", None, "cache.redis_timeout"),
     ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n', "status.unissued"),
     ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\nunissued = "maybe"\n',
      "status.unissued"),
