@@ -511,6 +511,8 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
                             clock=clock, executor=executor, audit=audit,
                             token_name=str(token.label or ""),
                             max_in_flight=config.listen.limits.max_signatures_in_flight)
+    # Every signature in flight appends one audit record: a group write waits for those, and only those.
+    audit.expected = lambda: service.in_flight
     # Free space in the audit directory, read once now (an ERROR before the first request when it is
     # low already), then every space_check_interval.
     audit_space = AuditSpace(config.audit.dir, config.audit.min_free,

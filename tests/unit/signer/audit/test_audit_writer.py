@@ -477,3 +477,57 @@ def test_one_process_per_writer_id(tmp_path: Path) -> None:
     assert check(next(tmp_path.glob("audit-w1-*.jsonl")), require_complete=True).ok
 
 
+
+
+
+def test_group_window_applies_only_to_a_busy_log(tmp_path: Path) -> None:
+    """After a quiet spell the first append is written at once (an idle signer adds no delay); an
+    append soon after a write waits the window, and what arrives meanwhile shares its write."""
+
+    async def open_with(window: float, writer: str) -> AuditLog:
+        return await AuditLog.open(tmp_path, writer_id=writer, signer=None, checkpoint_every=1000,
+                                   checkpoint_interval=timedelta(hours=1), max_file_bytes=1 << 30,
+                                   clock=FakeClock(START), group_window=window)
+
+    async def go() -> None:
+        idle = await open_with(30.0, "idle")
+        await asyncio.wait_for(idle.append(rec(0)), 5)  # a 30 s window honoured here would time out
+        await idle.close()
+
+        busy = await open_with(0.3, "busy")
+        await busy.append(rec(0))
+        commits = busy.commits
+        first = busy.append(rec(1))  # a write just ended: this one waits the window ...
+        for _ in range(5):
+            await asyncio.sleep(0)  # (without the window, rec(1) is being written by now)
+        second = busy.append(rec(2))  # ... so this one shares its write
+        await asyncio.gather(first, second)
+        assert busy.commits - commits == 1
+        await busy.close()
+
+    asyncio.run(go())
+
+
+def test_group_window_waits_only_for_records_on_their_way(tmp_path: Path) -> None:
+    """Told how many records are coming (the signer's signatures in flight), a write waits for
+    exactly those: at once when none, until the last one arrives otherwise, never past the window."""
+
+    async def go() -> None:
+        log = await AuditLog.open(tmp_path, writer_id="w1", signer=None, checkpoint_every=1000,
+                                  checkpoint_interval=timedelta(hours=1), max_file_bytes=1 << 30,
+                                  clock=FakeClock(START), group_window=30.0)
+        coming = 1
+        log.expected = lambda: coming
+        await asyncio.wait_for(log.append(rec(0)), 5)  # nothing else on its way: written at once
+        commits = log.commits
+        coming = 2
+        first = log.append(rec(1))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not first.done()  # waiting for the second signature's record ...
+        second = log.append(rec(2))
+        await asyncio.wait_for(asyncio.gather(first, second), 5)  # ... which ends the wait (not the 30 s)
+        assert log.commits - commits == 1
+        await log.close()
+
+    asyncio.run(go())
