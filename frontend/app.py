@@ -320,18 +320,20 @@ class OcspApp:
 
     def _from_store(self, akey: AnswerKey, stored: StoredAnswer, info: StatusInfo,
                     raw: bytes | None) -> Answer | None:
-        """The store's answer, cached and served, when it still answers: not expired, saying what
-        our own status data says, signed by an acceptable responder; else None (it is signed anew)."""
+        """The store's answer, cached and served, when it still answers: not expired (min(nextUpdate,
+        thisUpdate + max_age), as stored), saying what our own status data says, signed by an
+        acceptable responder; else None (it is signed anew)."""
         now = self.cache.clock()
-        if (stored.next_update <= now or not stored.answers(info)
+        tu, nu = stored.this_update, stored.next_update
+        expires = min(nu, tu + self.cache.max_age)  # as the writer stored it: as fresh as its thisUpdate
+        if (expires <= now or not stored.answers(info)
                 or not self.cache.fingerprint_ok(akey.ca, stored.responder_fingerprint, now)):
             self.store_refused += 1
             return None
         self.store_hits += 1
-        tu, nu = stored.this_update, stored.next_update
         static = self.stored_headers(stored.der, tu, nu)
         self.cache.put(akey, stored.der, static, this_update=tu, next_update=nu, signer=STORE,
-                       fingerprint=stored.responder_fingerprint, raw=raw)
+                       fingerprint=stored.responder_fingerprint, raw=raw, expires=expires)
         return Answer(stored.der, next_update=nu, headers=static)
 
 

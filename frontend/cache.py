@@ -191,10 +191,11 @@ class ResponseCache:
 
     def put(self, key: AnswerKey, der: bytes, headers: bytes, *, this_update: int, next_update: int,
             generation: int | None = None, now: float | None = None, signer: str = "", fingerprint: str = "",
-            raw: bytes | None = None) -> Entry | None:
+            raw: bytes | None = None, expires: float | None = None) -> Entry | None:
         """Store an answer (and link ``raw``); returns the entry, or None when it is not cached (it
         would expire at once, its key is over max_key_bytes, it alone is over max_bytes, or a newer
-        responder signs now). Replacing an entry keeps the spellings linked to it."""
+        responder signs now). ``expires``: an earlier end than min(nextUpdate, now + max_age) (an
+        answer from the store keeps the store's). Replacing an entry keeps the spellings linked to it."""
         ca = key.ca
         if generation is not None:
             self.note_generation(ca, generation, now=now, signer=signer, fingerprint=fingerprint)
@@ -207,7 +208,8 @@ class ResponseCache:
             return None
         if now is None:
             now = self.clock()
-        expires = min(float(next_update), now + self.max_age)
+        end = min(float(next_update), now + self.max_age)
+        expires = end if expires is None else min(end, expires)
         if expires <= now:
             return None
         self.sweep(now, SWEEP_PER_PUT)

@@ -128,6 +128,13 @@ def test_a_stored_answer_is_served_without_signing(tmp_path: Path) -> None:
     assert s.signer.calls == [] and s.app.store_hits == 1
     assert s.answer(der).der == first.der  # now from the local cache: no second store lookup
     assert len(s.store.gets) == 1 and s.cache.lookup(der) is not None
+    # An answer signed half an hour ago is kept until the store's own expiry, min(nextUpdate,
+    # thisUpdate + max_age), not for max_age from now.
+    other = s.request(0x101)
+    now = int(s.clock.now().timestamp())
+    s.store.data[s.key(other)] = (StoredAnswer(b"x", now - 1800, now + 7200, now - 1800, CertStatus.GOOD, "fp"), 0)
+    assert s.answer(other).der == b"x" and s.app.store_hits == 2
+    assert s.cache.lookup(other, now + 1799) is not None and s.cache.lookup(other, now + 1800) is None
 
 
 def test_a_fresh_signature_is_written_to_the_store(tmp_path: Path) -> None:
@@ -150,12 +157,15 @@ def test_stored_answers_that_no_longer_answer_are_refused(tmp_path: Path) -> Non
     s = Setup(tmp_path)
     der = s.request(0x100)
     now = int(s.clock.now().timestamp())
+    old = s.stored()
+    old = StoredAnswer(old.der, now - 3600, now + 7200, now - 3600, CertStatus.GOOD, "fp")
     for stale in (s.stored(CertStatus.REVOKED, rev=(now - 10, 1)),  # another status than our data's
-                  s.stored(next_update=now)):  # expired
+                  s.stored(next_update=now),  # expired
+                  old):  # thisUpdate + max_age (1 h) passed
         s.cache.invalidate()
         s.store.data[s.key(der)] = (stale, 0)
         assert statuses(s.answer(der).der)[0]["status"] == "good"
-    assert len(s.signer.calls) == 2 and s.app.store_refused == 2
+    assert len(s.signer.calls) == 3 and s.app.store_refused == 3
     assert s.store.data[s.key(der)][0].status is CertStatus.GOOD  # our answer replaced it
 
 
