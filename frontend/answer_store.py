@@ -11,13 +11,12 @@ Layout (``prefix`` is ``[cache] redis_prefix``, "ocsp:" by default; shared.answe
 - locks: ``<prefix>lock:<name>`` (``SET NX PX``; renewed and released only by the token holder).
 
 Redis is a cache, never a dependency: every call is bounded by ``timeout`` (``[cache] redis_timeout``,
-50 ms by default, so a slow Redis does not slow answers), and a call that fails or times out answers
-as a miss (``get``: None; ``put``/``delete``: nothing; ``lock``: None). One that failed or timed out
-also marks the store unavailable
-(``available`` False), logs it (rate-limited), and for ``backoff`` seconds no call goes to Redis at
-all (an error Redis answers with, such as a key of another type or OOM, is a miss and no more).
-The first call after that tries again; when it succeeds the store is available again (logged).
-No method raises because of Redis. Answers read back are only as good as the bytes stored: ``get``
+50 ms by default, so a slow Redis does not slow answers), and a call that fails answers as a miss
+(``get``: None; ``put``/``delete``: nothing; ``lock``: None). One that could not reach Redis or
+timed out also marks the store unavailable (``available`` False), logs it (rate-limited), and for
+``backoff`` seconds no call goes to Redis at all; an error Redis answers with (a key of another
+type, OOM) is a miss and no more. The first call after the backoff tries again; when it succeeds
+the store is available again (logged). No method raises because of Redis. Answers read back are only as good as the bytes stored: ``get``
 decodes them (a value of another format is a miss) and the caller decides whether to serve them
 (frontend.app: not expired, ``answers()`` its own status, an acceptable responder).
 """
