@@ -16,9 +16,10 @@ Redis is a cache, never a dependency: every call is bounded by ``timeout`` (``[c
 timed out also marks the store unavailable (``available`` False), logs it (rate-limited), and for
 ``backoff`` seconds no call goes to Redis at all; an error Redis answers with (a key of another
 type, OOM) is a miss and no more. The first call after the backoff tries again; when it succeeds
-the store is available again (logged). No method raises because of Redis. Answers read back are only as good as the bytes stored: ``get``
-decodes them (a value of another format is a miss) and the caller decides whether to serve them
-(frontend.app: not expired, ``answers()`` its own status, an acceptable responder).
+the store is available again (logged). No method raises because of Redis. Answers read back are
+only as good as the bytes stored: ``get`` decodes them (a value of another format is a miss) and the
+caller decides whether to serve them (frontend.app: not expired, ``answers()`` its own status, an
+acceptable responder).
 """
 
 from __future__ import annotations
