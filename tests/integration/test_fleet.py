@@ -154,8 +154,10 @@ def test_a_revocation_stops_the_old_answer_everywhere(fleet: Fleet) -> None:
         p.signal(signal.SIGHUP)
     for p in (fleet.signer, fleet.a, fleet.b):
         wait_until(lambda p=p: fleet.reloads(p) > reloads[p.name], 20, f"{p.name} to reload its status data")
-    # Frontend A's reload deleted the answer from Redis; whichever frontend is asked first signs anew,
+    # Their reloads deleted the answer from Redis (in the background: waited for here, so that no
+    # deletion lands after the new answer is written); whichever frontend is asked first signs anew,
     # the other serves that (the revoked one), never the old good answer.
+    wait_until(lambda: not fleet.stored(der), 10, "the reloads to delete the old answer from Redis")
     for port in (fleet.ports[1], fleet.ports[0], fleet.ports[1]):
         resp = fleet.ask(port, der)
         assert resp.certificate_status == ocsp.OCSPCertStatus.REVOKED
