@@ -24,6 +24,7 @@ from frontend.config import FrontendConfig, load_frontend_config
 from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
+from frontend.refresher import make_refresher
 from frontend.sign_limit import BoundedSigner
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.watch import ResponderWatch
@@ -98,6 +99,10 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
     log.info("listening on %s", _url(host, port))
 
     watchers = [loop.create_task(s.watch(), name=f"watch-{s.name}") for s in sources]
+    refresher = make_refresher(cfg, signer, {ca.name: ca.source for ca in issuers.values()})
+    if refresher is not None:  # one frontend of the fleet refreshes each CA: the one holding its lock
+        responder_watch.listeners.append(refresher.note_responder)
+        refresher.start()
     stop = asyncio.Event()
 
     async def reload_all() -> None:
@@ -121,6 +126,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
         log.info("stopping")
     finally:
         await server.stop()
+        if refresher is not None:
+            await refresher.stop()
         await cancel_all([*watchers, *reloads])
         await responder_watch.stop()
         await readiness.stop()

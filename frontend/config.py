@@ -30,6 +30,7 @@ MAX_WORKERS = 256
 # workers (a frontend with several listen.workers opens this many per worker).
 DEFAULT_CONNECTIONS = 2
 MAX_CONNECTIONS = 64
+DEFAULT_REFRESH_RATE = 100  # [cache] refresh_rate: signatures a second
 
 
 def default_workers() -> int:
@@ -129,6 +130,18 @@ class CacheConfig:
     redis_prefix: str = DEFAULT_PREFIX
     # Longest a Redis call may take (connecting included); past it the answer goes on without Redis.
     redis_timeout: float = DEFAULT_TIMEOUT
+    # The refresher (frontend.refresher; with redis only): stored answers are signed again this long
+    # before they expire (min(nextUpdate, thisUpdate + max_age)), by one frontend of the fleet at a time
+    # (a Redis lock per CA). None: a quarter of max_age; 0: no refresher in this frontend.
+    refresh_before: timedelta | None = None
+    # Most signatures a second the refresher asks for (all CAs together), so the live path keeps its pace.
+    refresh_rate: int = DEFAULT_REFRESH_RATE
+
+    def refresh_window(self) -> float:
+        """refresh_before in seconds (its default resolved); 0: no refresher."""
+        if self.refresh_before is None:
+            return self.max_age.total_seconds() / 4
+        return self.refresh_before.total_seconds()
 
     def store_config(self) -> StoreConfig | None:
         if self.redis is None:
@@ -260,13 +273,20 @@ def _cache(sec: Section) -> CacheConfig:
         raise sec.error("redis_prefix", "must be at most 100 characters, none of them white space")
     timeout = sec.duration("redis_timeout", timedelta(seconds=d.redis_timeout), minimum=timedelta(milliseconds=1),
                            maximum=timedelta(seconds=10))
+    max_age = sec.duration("max_age", d.max_age, minimum=timedelta(seconds=1))
+    refresh_before = sec.duration("refresh_before", None)
+    if refresh_before is not None and refresh_before >= max_age:
+        raise sec.error("refresh_before", f"must be shorter than max_age ({max_age}): every stored answer "
+                        "would be due again as soon as it is signed (0: no refresher)")
+    refresh_rate = sec.int("refresh_rate", d.refresh_rate, minimum=1, maximum=1_000_000)
     return CacheConfig(
         redis=url, redis_prefix=prefix, redis_timeout=_seconds(timeout),
         max_entries=sec.int("max_entries", d.max_entries, minimum=0, maximum=10_000_000),
         max_bytes=sec.int("max_bytes", d.max_bytes, minimum=0, maximum=1 << 40),
         max_key_bytes=sec.int("max_key_bytes", d.max_key_bytes, minimum=64, maximum=1_000_000),
-        max_age=sec.duration("max_age", d.max_age, minimum=timedelta(seconds=1)),
+        max_age=max_age,
         rotation_grace=sec.duration("rotation_grace", d.rotation_grace, maximum=timedelta(hours=1)),
+        refresh_before=refresh_before, refresh_rate=refresh_rate,
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 from grpc import aio
@@ -41,6 +41,9 @@ class ResponderWatch:
         self.cache = cache
         self.by_issuer = {hashlib.sha256(der).digest(): name for name, der in cas}
         self.events = 0  # states received (tests wait on this)
+        # Called with (CA name, responder fingerprint, signer address) for every CA of every state
+        # (frontend.refresher.Refresher.note_responder).
+        self.listeners: list[Callable[[str, str, str], None]] = []
         self.connected: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -65,6 +68,8 @@ class ResponderWatch:
                 log.info("signer: CA %s now signs with responder generation %d (was %d, certificate SHA-256 "
                          "%s); cached answers of the old responder go within %ss", name, issuer.generation, old,
                          issuer.responder_fingerprint, self.cache.rotation_grace)
+            for listener in self.listeners:
+                listener(name, issuer.responder_fingerprint, address)
         self.events += 1
 
     async def _follow(self, address: str, channel: aio.Channel) -> None:

@@ -4,6 +4,7 @@
     ocspctl demo setup | serve | revoke | reissue-responder       a demo PKI (signer.ctl.demo)
     ocspctl audit verify | show                                  the audit log (signer.ctl.audit)
     ocspctl rotate                                               the running signer (signer.ctl.rotate)
+    ocspctl presign                                              the fleet's answer store (frontend.presign)
 
 The parser is a registry of command modules (``COMMANDS``): each has ``add_parser(sub)``, which adds its
 commands and sets each one's ``func(args) -> exit status``. A command with a parser of its own
@@ -45,12 +46,21 @@ def _audit(argv: list[str]) -> int:
     return audit_main(argv)
 
 
+def _presign(argv: list[str]) -> int:
+    # A frontend-side tool (no key code), loaded only for `ocspctl presign`.
+    from frontend.presign import presign_main
+
+    return presign_main(argv)
+
+
 # In the order `ocspctl --help` lists them.
 COMMANDS: tuple[ModuleType | OwnParser, ...] = (
     token_cmds,  # init-token, keygen, csr, install-cert, pubkey
     demo_cli,  # demo setup|revoke|serve|reissue-responder
     OwnParser("audit", "verify or search the audit log: ocspctl audit {verify,show} --help", _audit),
     rotate,  # rotate
+    OwnParser("presign", "sign every known serial of a CA into the fleet's answer store: ocspctl presign --help",
+              _presign),
 )
 
 
