@@ -141,7 +141,7 @@ class FileStatusSource(ABC):
     kind = "file"
     # Files of at least this many bytes (all watched files together) are read by a loader process;
     # None: always in this process.
-    loader_min_bytes: int | None = 4 << 20
+    loader_min_bytes: int | None = 1 << 20
     loader_timeout = 120.0  # seconds a loader process may take before it is killed (a failed reload)
     loader_command: list[str] | None = None  # the loader's argv (tests); None: shared.status.loader's
 

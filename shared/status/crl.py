@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from shared.clock import Clock, SystemClock
@@ -58,7 +60,7 @@ from shared.status.base import (
     check_shrink,
     check_stale,
 )
-from shared.status.crl_der import Unusual, der_entries, issued_serials
+from shared.status.crl_der import Unusual, der_entries, issued_serials, signed_parts
 from shared.status.table import Entries, StatusTable, answer_of, build_table, diff, epoch_seconds, from_epoch
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -156,7 +158,7 @@ def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL") -> x509.
         raise StatusDataError(f"{where}: issuer {crl.issuer.rfc4514_string()!r} is not the CA "
                               f"{ca.subject.rfc4514_string()!r}")
     try:
-        valid = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        valid = _signature_checked(data, ca) or crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError) as e:
         raise StatusDataError(f"{where}: signature cannot be checked with the CA key: {e}") from None
     if not valid:
@@ -177,6 +179,42 @@ def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL") -> x509.
         elif ext.critical:
             raise StatusDataError(f"{where}: unsupported critical CRL extension {ext.oid.dotted_string}")
     return crl
+
+
+# Signature algorithms checked on the CRL's own bytes (their DER AlgorithmIdentifier): the hash, and the
+# public key type that must verify it. is_signature_valid re-encodes the whole tbsCertList first (most of
+# a second for a million entries); any other algorithm, and any failure, is left to it.
+_EC, _RSA = ec.EllipticCurvePublicKey, rsa.RSAPublicKey
+_ALGORITHMS: dict[bytes, tuple[type, type[hashes.HashAlgorithm]]] = {
+    bytes.fromhex("300a06082a8648ce3d040302"): (_EC, hashes.SHA256),
+    bytes.fromhex("300a06082a8648ce3d040303"): (_EC, hashes.SHA384),
+    bytes.fromhex("300a06082a8648ce3d040304"): (_EC, hashes.SHA512),
+    bytes.fromhex("300d06092a864886f70d01010b0500"): (_RSA, hashes.SHA256),
+    bytes.fromhex("300d06092a864886f70d01010c0500"): (_RSA, hashes.SHA384),
+    bytes.fromhex("300d06092a864886f70d01010d0500"): (_RSA, hashes.SHA512),
+}
+
+
+def _signature_checked(data: bytes, ca: x509.Certificate) -> bool:
+    """True when the DER CRL ``data`` (already loaded by cryptography) carries a signature by ``ca``'s
+    key in one of ``_ALGORITHMS``; False means "not decided here"."""
+    parts = signed_parts(data) if not data.startswith(b"-----") else None
+    if parts is None:
+        return False
+    tbs, algorithm, signature = parts
+    known = _ALGORITHMS.get(algorithm)
+    key = ca.public_key()
+    if known is None or not isinstance(key, known[0]):
+        return False
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, tbs, ec.ECDSA(known[1]()))
+        else:
+            assert isinstance(key, rsa.RSAPublicKey)
+            key.verify(signature, tbs, padding.PKCS1v15(), known[1]())
+    except InvalidSignature:
+        return False
+    return True
 
 
 def revoked_entries(crl: x509.CertificateRevocationList, where: str = "CRL") -> dict[int, StatusInfo]:

@@ -48,6 +48,30 @@ def _header(d: bytes, pos: int, tag: int) -> tuple[int, int]:
     return pos, pos + n
 
 
+def signed_parts(der: bytes) -> tuple[memoryview, bytes, bytes] | None:
+    """(tbsCertList as signed, signatureAlgorithm, signature) of a DER CRL whose inner and outer
+    signature algorithms are the same bytes; None otherwise (or for any other form)."""
+    try:
+        start, end = _header(der, 0, 0x30)
+        if end != len(der):
+            return None
+        tbs_start, tbs_end = _header(der, start, 0x30)
+        _, alg_end = _header(der, tbs_end, 0x30)
+        bits_start, bits_end = _header(der, alg_end, 0x03)
+        if bits_end != end or bits_start == bits_end or der[bits_start] != 0:
+            return None
+        inner = tbs_start
+        if der[inner] == 0x02:
+            inner = _header(der, inner, 0x02)[1]
+        inner_end = _header(der, inner, 0x30)[1]
+        algorithm = der[tbs_end:alg_end]
+        if der[inner:inner_end] != algorithm:
+            return None
+        return memoryview(der)[start:tbs_end], algorithm, der[bits_start + 1:bits_end]
+    except (IndexError, Unusual):
+        return None
+
+
 def _revoked_range(der: bytes) -> tuple[int, int]:
     pos, tbs_end = _header(der, _header(der, 0, 0x30)[0], 0x30)
     if der[pos] == 0x02:  # version
@@ -111,12 +135,13 @@ def _walk(der: bytes) -> Entries:
     serials, codes, times, reasons, invalid = (entries.serials, entries.codes, entries.times, entries.reasons,
                                                entries.invalid)
     days = _Days()
+    dates = days.seen
     from_bytes = int.from_bytes
     d = der
     while pos < end:
+        n = d[pos + 1]
         if d[pos] != 0x30:
             raise Unusual
-        n = d[pos + 1]
         if n < 0x80:
             s = pos + 2
         elif n == 0x81:
@@ -129,38 +154,26 @@ def _walk(der: bytes) -> Entries:
         sl = d[s + 1]
         if d[s] != 0x02 or not 0 < sl < 0x80:
             raise Unusual
-        serial = from_bytes(d[s + 2:s + 2 + sl], "big", signed=True)
         t = s + 2 + sl
+        serial = from_bytes(d[s + 2:t], "big", signed=True)
         tag, tl = d[t], d[t + 1]
-        if tag == 0x17 and tl == 13:
-            when = _seconds(days, d[t + 2:t + 15], False)
+        if tag == 0x17 and tl == 13:  # UTCTime, checked by cryptography: YYMMDDHHMMSSZ
+            date = d[t + 2:t + 8]
+            base = dates.get(date)
+            if base is None:
+                base = dates[date] = days((b"19" if date[:2] >= b"50" else b"20") + date)
+            v = int(d[t + 8:t + 14])
+            when = base + v // 10000 * 3600 + v // 100 % 100 * 60 + v % 100
         elif tag == 0x18 and tl == 15:
             when = _seconds(days, d[t + 2:t + 17], True)
         else:
             raise Unusual
         q = t + 2 + tl
-        reason = NO_REASON
-        invalidity = NO_TIME
-        if q != e:
-            if d[q] != 0x30 or d[q + 1] >= 0x80 or q + 2 + d[q + 1] != e:
-                raise Unusual
-            q += 2
-            seen_reason = seen_invalidity = False
-            while q < e:
-                if d[q:q + 11] == _REASON and not seen_reason:
-                    reason = d[q + 11]
-                    if reason not in _REASONS:
-                        raise Unusual
-                    seen_reason = True
-                    q += 12
-                elif d[q:q + 11] == _INVALIDITY and not seen_invalidity:
-                    invalidity = _seconds(days, d[q + 11:q + 26], True)
-                    seen_invalidity = True
-                    q += 26
-                else:
-                    raise Unusual
-            if q != e:
-                raise Unusual
+        if q == e:
+            reason = NO_REASON
+            invalidity = NO_TIME
+        else:
+            reason, invalidity = _extensions(d, q, e, days)
         if reason == _REMOVE_FROM_CRL:  # released from hold: good, unless a revoking entry says otherwise
             code, when, reason, invalidity = GOOD_ANSWER
         else:
@@ -174,6 +187,32 @@ def _walk(der: bytes) -> Entries:
     if pos != end:
         raise Unusual
     return entries
+
+
+def _extensions(d: bytes, q: int, e: int, days: _Days) -> tuple[int, int]:
+    """(reason, invalidity) of the crlEntryExtensions at ``q`` that end at ``e``."""
+    reason = NO_REASON
+    invalidity = NO_TIME
+    if d[q] != 0x30 or d[q + 1] >= 0x80 or q + 2 + d[q + 1] != e:
+        raise Unusual
+    q += 2
+    seen_reason = seen_invalidity = False
+    while q < e:
+        if d[q:q + 11] == _REASON and not seen_reason:
+            reason = d[q + 11]
+            if reason not in _REASONS:
+                raise Unusual
+            seen_reason = True
+            q += 12
+        elif d[q:q + 11] == _INVALIDITY and not seen_invalidity:
+            invalidity = _seconds(days, d[q + 11:q + 26], True)
+            seen_invalidity = True
+            q += 26
+        else:
+            raise Unusual
+    if q != e:
+        raise Unusual
+    return reason, invalidity
 
 
 def issued_serials(raw: bytes) -> list[int] | None:

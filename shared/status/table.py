@@ -19,6 +19,7 @@ keys and answers compared a block at a time) and names the serials whose answer 
 from __future__ import annotations
 
 import bisect
+import itertools
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -156,8 +157,7 @@ class SerialSet(KeyTable, AbstractSet[int]):
         if not serials:
             return cls(b"", 0, 0)
         width = key_width(serials[0], serials[-1])
-        bias = 1 << (8 * (width - 1))
-        return cls(b"".join([(s + bias).to_bytes(width, "big") for s in serials]), width, len(serials))
+        return cls(_keys(serials, width), width, len(serials))
 
     def __repr__(self) -> str:
         return f"SerialSet({self.count} serials)"
@@ -254,22 +254,31 @@ class Entries:
 
 def build_table(entries: Entries) -> StatusTable:
     """Sorted, one entry a serial: a serial's last revoking entry wins; without one it is good."""
-    codes = entries.codes
+    codes, serials = entries.codes, entries.serials
+    if not serials:
+        return empty_table()
+    if all(map(int.__lt__, serials, itertools.islice(serials, 1, None))):  # sorted, unique: as CAs write CRLs
+        order = serials
+        width = key_width(order[0], order[-1])
+        return StatusTable(_keys(order, width), width, len(order), bytes(codes), array("q", entries.times),
+                           bytes(entries.reasons), array("q", entries.invalid))
     best: dict[int, int] = {}
-    for i, serial in enumerate(entries.serials):
+    for i, serial in enumerate(serials):
         if codes[i] or serial not in best:
             best[serial] = i
-    if not best:
-        return empty_table()
     order = sorted(best)
     width = key_width(order[0], order[-1])
-    bias = 1 << (8 * (width - 1))
-    keys = b"".join([(s + bias).to_bytes(width, "big") for s in order])
+    keys = _keys(order, width)
     idx = [best[s] for s in order]
     del best, order
     return StatusTable(keys, width, len(idx), bytes(map(codes.__getitem__, idx)),
                        array("q", map(entries.times.__getitem__, idx)), bytes(map(entries.reasons.__getitem__, idx)),
                        array("q", map(entries.invalid.__getitem__, idx)))
+
+
+def _keys(serials: Sequence[int], width: int) -> bytes:
+    bias = 1 << (8 * (width - 1))
+    return b"".join([(s + bias).to_bytes(width, "big") for s in serials])
 
 
 def table_of(mapping: Mapping[int, StatusInfo]) -> StatusTable:
