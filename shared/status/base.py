@@ -27,16 +27,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shared.ocsp.errors import TryLater
-from shared.ocsp.types import CertStatus, StatusInfo
+from shared.ocsp.types import StatusInfo
 from shared.ratelog import RateLimitedLog
-from shared.status.table import SerialSet
+from shared.status.table import GOOD, UNKNOWN, SerialSet
 
 log = logging.getLogger("ocsp.status")  # both halves: the frontend and the signer load status data
 
 RETRY_LOG_INTERVAL = 60.0  # seconds between two log lines about the same not-yet-valid refusal
 
-GOOD = StatusInfo(CertStatus.GOOD)
-UNKNOWN = StatusInfo(CertStatus.UNKNOWN)
 
 
 class StatusDataError(Exception):
@@ -114,6 +112,7 @@ def changed_serials(old: Snapshot, new: Snapshot) -> AbstractSet[int] | None:
     return changed
 
 
+__all__ = ["GOOD", "UNKNOWN"]  # (with the names defined here) the good and unknown answers of every source
 SMALL_CHANGES = 100_000  # a change set larger than this is a compact SerialSet, not a set of ints
 
 

@@ -32,11 +32,12 @@ NO_TIME = -(1 << 63)  # no invalidity date
 NO_REASON = 255
 GOOD_CODE, REVOKED_CODE, UNKNOWN_CODE = 0, 1, 2
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_GOOD = StatusInfo(CertStatus.GOOD)
-_UNKNOWN = StatusInfo(CertStatus.UNKNOWN)
+GOOD = StatusInfo(CertStatus.GOOD)  # the one good and unknown answer (shared.status.base's)
+UNKNOWN = StatusInfo(CertStatus.UNKNOWN)
 _SAMPLE = 64  # every 64th key is kept in a list, bisected in C; the rest is a short Python search
 _BLOCK = 256  # entries compared at once by diff()
 
+Int64s = Any  # array("q"), or a memoryview of the buffer a loader process sent: times: an array, or a view of the buffer a loader process sent
 Answer = tuple[int, int, int, int]  # (code, time, reason, invalidity)
 GOOD_ANSWER: Answer = (GOOD_CODE, 0, NO_REASON, NO_TIME)
 UNKNOWN_ANSWER: Answer = (UNKNOWN_CODE, 0, NO_REASON, NO_TIME)
@@ -65,9 +66,9 @@ def answer_of(info: StatusInfo) -> Answer:
 def info_of(answer: Answer) -> StatusInfo:
     code, when, reason, invalid = answer
     if code == GOOD_CODE:
-        return _GOOD
+        return GOOD
     if code == UNKNOWN_CODE:
-        return _UNKNOWN
+        return UNKNOWN
     return StatusInfo(CertStatus.REVOKED, Revocation(
         from_epoch(when), None if reason == NO_REASON else RevocationReason(reason),
         None if invalid == NO_TIME else from_epoch(invalid)))
@@ -168,8 +169,8 @@ class StatusTable(KeyTable, Mapping[int, StatusInfo]):
 
     __slots__ = ("codes", "invalid", "reasons", "revoked", "times")
 
-    def __init__(self, keys: bytes, width: int, count: int, codes: bytes, times: array[int],
-                 reasons: bytes, invalid: array[int]) -> None:
+    def __init__(self, keys: bytes, width: int, count: int, codes: bytes, times: Int64s,
+                 reasons: bytes, invalid: Int64s) -> None:
         super().__init__(keys, width, count)
         if not len(codes) == len(times) == len(reasons) == len(invalid) == count:
             raise ValueError("status table arrays do not match its count")
@@ -187,7 +188,7 @@ class StatusTable(KeyTable, Mapping[int, StatusInfo]):
         if i < 0:
             return default
         if not self.codes[i]:
-            return _GOOD
+            return GOOD
         return info_of(self.answer(i))
 
     def __getitem__(self, serial: int) -> StatusInfo:
@@ -206,17 +207,20 @@ class StatusTable(KeyTable, Mapping[int, StatusInfo]):
         return f"StatusTable({self.count} serials, {self.revoked} revoked)"
 
     # -- between processes ----------------------------------------------------------------------
-    def to_wire(self) -> tuple[dict[str, int], list[bytes | array[int]]]:
+    def to_wire(self) -> tuple[dict[str, int], list[Any]]:
         return {"width": self.width, "count": self.count}, [self.keys, self.codes, self.times, self.reasons,
                                                             self.invalid]
 
     @classmethod
-    def from_wire(cls, meta: dict[str, int], blobs: Sequence[bytes]) -> StatusTable:
+    def from_wire(cls, meta: dict[str, int], blobs: Sequence[Any]) -> StatusTable:
+        """The table ``to_wire`` described; the buffers are used as they are (no copy)."""
         keys, codes, times, reasons, invalid = blobs
-        t, v = array("q"), array("q")
-        t.frombytes(times)
-        v.frombytes(invalid)
-        return cls(bytes(keys), int(meta["width"]), int(meta["count"]), bytes(codes), t, bytes(reasons), v)
+        return cls(keys, int(meta["width"]), int(meta["count"]), codes, _int64(times), reasons, _int64(invalid))
+
+
+def _int64(blob: Any) -> Any:
+    view = memoryview(blob)
+    return view if view.format == "q" else view.cast("B").cast("q")
 
 
 def empty_table() -> StatusTable:
