@@ -118,7 +118,7 @@ def run(job: dict[str, Any], blobs: Sequence[Any], *, timeout: float,
                     f.close()
     error = header.get("error")
     if error is not None:
-        raise _rebuild(str(error.get("type")), str(error.get("message")))
+        raise _rebuild(str(error.get("type")), str(error.get("message")), error.get("args"))
     return header, out
 
 
@@ -132,13 +132,13 @@ def _tail(err: IO[bytes]) -> str:
     return f": {lines[-1]}" if lines else ""
 
 
-def _rebuild(name: str, message: str) -> Exception:
+def _rebuild(name: str, message: str, args: list[str] | None = None) -> Exception:
     cls = _ERRORS.get(name)
     if cls is None:
         found = getattr(builtins, name, None)
         cls = found if isinstance(found, type) and issubclass(found, Exception) else type(name, (Exception,), {})
     try:
-        return cls(message)
+        return cls(*args) if isinstance(args, list) else cls(message)
     except Exception:  # noqa: BLE001 - an exception type that takes other arguments
         return type(name, (Exception,), {})(message)
 
@@ -147,7 +147,8 @@ def error_header(e: BaseException) -> dict[str, Any]:
     name = type(e).__name__
     if isinstance(e, StatusDataError) and name not in _ERRORS:
         name = "StatusDataError"
-    return {"error": {"type": name, "message": str(e)}}
+    args = list(e.args) if all(isinstance(a, str) for a in e.args) else [str(e)]
+    return {"error": {"type": name, "message": str(e), "args": args}}
 
 
 def changes_to_wire(serials: list[int]) -> tuple[dict[str, int], bytes]:
