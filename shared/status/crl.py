@@ -212,8 +212,8 @@ def _signature_checked(data: bytes, ca: x509.Certificate) -> bool:
         else:
             assert isinstance(key, rsa.RSAPublicKey)
             key.verify(signature, tbs, padding.PKCS1v15(), known[1]())
-    except InvalidSignature:
-        return False
+    except (InvalidSignature, TypeError, ValueError):
+        return False  # is_signature_valid gives the verdict, as it always did
     return True
 
 
