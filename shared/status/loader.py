@@ -101,8 +101,11 @@ def run(job: dict[str, Any], blobs: Sequence[Any], *, timeout: float,
                 proc.stdin.close()
                 header, out = read_message(proc.stdout)
             except (OSError, ValueError, EOFError) as e:
-                proc.kill()
-                code = proc.wait()
+                try:  # a child that closed its output is exiting: its status, not our kill's
+                    code = proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = proc.wait()
                 if timed_out.is_set():
                     raise LoaderFailed(f"the status loader process took more than {timeout:g} s and was "
                                        "killed") from None

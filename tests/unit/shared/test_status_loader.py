@@ -89,8 +89,8 @@ def test_a_failed_loader_is_a_failed_reload(tmp_path: Path, command: list[str], 
         assert src.last_error is not None
         # Not a verdict on the file: tried again at the next check, and taken once the loader works.
         assert not await src.refresh()
-        src.loader_command = None
-        assert await src.refresh()
+        src.loader_command, src.loader_timeout = None, 120.0
+        assert await src.refresh(), src.last_error
         assert src.current().status(0x12).status is CertStatus.REVOKED
 
     with caplog.at_level("ERROR", logger="ocsp.status"):
