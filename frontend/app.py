@@ -21,6 +21,7 @@ formatting) is made by the ``stored_headers`` function the wiring passes in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -190,21 +191,24 @@ class OcspApp:
             except RuntimeError:  # a load before serving: nothing was shared from here yet
                 ca = None
             if ca is not None:
-                task = loop.create_task(self._delete_stored(ca, sorted(changes)))
+                task = loop.create_task(self._delete_stored(ca, changes))
                 self._deletes.add(task)
                 task.add_done_callback(self._deletes.discard)
 
-    async def _delete_stored(self, ca: CaEntry, serials: list[int]) -> None:
+    async def _delete_stored(self, ca: CaEntry, serials: Iterable[int]) -> None:
         """Remove the changed serials' answers from the store, for every hash algorithm served (a
-        reader whose data is not reloaded yet refuses them anyway: ``StoredAnswer.answers``)."""
+        reader whose data is not reloaded yet refuses them anyway: ``StoredAnswer.answers``). Chunk
+        by chunk, each awaited: a reload that changed a million serials never holds the event loop."""
         assert self.store is not None
         keys = [k for k in ca.issuer_keys if k.hash_algorithm in self.allowed_hashes]
         per_chunk = max(1, DELETE_CHUNK // max(1, len(keys)))
-        for i in range(0, len(serials), per_chunk):
+        it = iter(serials)
+        while chunk := list(itertools.islice(it, per_chunk)):
             batch = [AnswerKey(ca.name, (CertId(k.hash_algorithm, k.issuer_name_hash, k.issuer_key_hash,
                                                 serial_octets(s)),))
-                     for s in serials[i:i + per_chunk] for k in keys]
+                     for s in chunk for k in keys]
             await self.store.delete(batch)
+            await asyncio.sleep(0)  # a store down answers at once: still let requests in between
 
     async def close(self) -> None:
         """Wait for the store deletions a reload started."""
