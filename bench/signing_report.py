@@ -198,8 +198,22 @@ loops' own process time per signature.
                      " 1: the cores were not free (other work on the machine, see the load average), so the"
                      f" ratios against its {n}-process figure flatter this project.\n")
     text += NOTES + profile_text(profiles or {}, "this project P-256, all cores")
-    path.write_text(text)
+    path.write_text(text + kept_sections(path))
     return text
+
+
+# Sections of RESULTS.md other benchmarks wrote (bench/status_bench.py's, say): everything from this
+# line on is kept when the signing benchmark writes the file again.
+KEEP_MARK = "<!-- sections below are other benchmarks': bench/signing_bench.py keeps them -->"
+
+
+def kept_sections(path: Path) -> str:
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(KEEP_MARK)
+    return "" if at < 0 else "\n" + old[at:]
 
 
 NOTES = """
