@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
+from frontend.answer_store import open_store
 from frontend.app import CaEntry, OcspApp
 from frontend.cache import ResponseCache
 from frontend.config import FrontendConfig, load_frontend_config
@@ -30,7 +31,7 @@ from frontend.watch import ResponderWatch
 from frontend.workers import LOG_FORMAT, bind_slots, supervise
 from shared import logsafe
 from shared.config import ConfigError
-from shared.ocsp.certid import IssuerIndex
+from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.status.base import StatusDataError
 from shared.status.config import make_source
 from shared.tasks import cancel_all
@@ -48,7 +49,7 @@ def load_cas(cfg: FrontendConfig) -> IssuerIndex[CaEntry]:
         except StatusDataError as e:
             raise ConfigError(ca.file, "status.path", str(e)) from None
         try:
-            index.add(ca.ca_cert_der, CaEntry(ca.name, source))
+            index.add(ca.ca_cert_der, CaEntry(ca.name, source, tuple(issuer_keys(ca.ca_cert_der).values())))
         except ValueError as e:
             raise ConfigError(ca.file, "ca_cert", f"{e} (another CA file names the same issuer)") from None
     return index
@@ -84,8 +85,13 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
     readiness = Readiness(signer.health, sources, interval=cfg.signer.health_interval, timeout=cfg.signer.timeout)
     readiness.start()
     bounded = BoundedSigner(signer, cfg.signer.max_in_flight)  # tryLater at once past the bound
+    store_config = cfg.cache.store_config()
+    store = open_store(store_config) if store_config is not None else None
+    if store is not None:
+        log.info("sharing answers through Redis %s (keys %r, calls bounded by %.0f ms)", store.name,
+                 store.prefix, store.timeout * 1000)
     app = OcspApp(issuers=issuers, signer=bounded, cache=cache, listen=cfg.listen,
-                  stored_headers=static_headers)
+                  stored_headers=static_headers, store=store)
     server = FrontendServer(app, cfg.listen, readiness)
     if sockets:  # a worker, perhaps one started long after the supervisor loaded the data
         await asyncio.gather(*(s.refresh() for s in sources), return_exceptions=True)
@@ -125,6 +131,9 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
         await cancel_all([*watchers, *reloads])
         await responder_watch.stop()
         await readiness.stop()
+        await app.close()
+        if store is not None:
+            await store.close()
         await signer.close()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

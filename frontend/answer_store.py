@@ -11,13 +11,15 @@ Layout (``prefix`` is ``[cache] redis_prefix``, "ocsp:" by default; shared.answe
 - locks: ``<prefix>lock:<name>`` (``SET NX PX``; renewed and released only by the token holder).
 
 Redis is a cache, never a dependency: every call is bounded by ``timeout`` (``[cache] redis_timeout``,
-50 ms by default, so a slow Redis does not slow answers), and a call that fails or times out answers
-as a miss (``get``: None; ``put``/``delete``: nothing; ``lock``: None), marks the store unavailable
-(``available`` False), logs it (rate-limited), and for ``backoff`` seconds no call goes to Redis at
-all. The first call after that tries again; when it succeeds the store is available again (logged).
-No method raises because of Redis. Answers read back are only as good as the bytes stored: ``get``
-decodes them (a value of another format is a miss) and the caller decides whether to serve them
-(frontend.app: not expired, ``answers()`` its own status, an acceptable responder).
+50 ms by default, so a slow Redis does not slow answers), and a call that fails answers as a miss
+(``get``: None; ``put``/``delete``: nothing; ``lock``: None). One that could not reach Redis or
+timed out also marks the store unavailable (``available`` False), logs it (rate-limited), and for
+``backoff`` seconds no call goes to Redis at all; an error Redis answers with (a key of another
+type, OOM) is a miss and no more. The first call after the backoff tries again; when it succeeds
+the store is available again (logged). No method raises because of Redis. Answers read back are
+only as good as the bytes stored: ``get`` decodes them (a value of another format is a miss) and the
+caller decides whether to serve them (frontend.app: not expired, ``answers()`` its own status, an
+acceptable responder).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from shared.answers import AnswerKey, BadStoredAnswer, StoredAnswer, decode, parse_certids
 from shared.ratelog import RateLimitedLog
@@ -110,6 +112,9 @@ class AnswerStore:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await op()
+        except ResponseError as e:  # Redis answered, with an error (a key of another type, OOM): a miss
+            self._ratelog.log(logging.WARNING, ("error", what), "Redis %s refused %s: %s", self.name, what, e)
+            return False, None
         except _FAULTS as e:
             self._failed(what, e)
             return False, None

@@ -2,9 +2,13 @@
 
 Per request:
 
-    key (the DER request: POST body / GET path decoded) -> ``cached`` hit? -> the entry at once
-    miss: decode_request -> ``serving_ca`` (hash allowed, issuer served, one CA) -> that CA's status
-          snapshot -> signer Sign (typed fields) -> cache store (no nonce) -> Answer
+    the DER request (POST body / GET path decoded) -> ``cached``: a spelling seen before? -> its entry
+    else: decode_request -> ``serving_ca`` (hash allowed, issuer served, one CA) -> a nonce: sign, done
+          -> the AnswerKey (CA + CertIDs) -> the cache's entry (the DER linked to it for next time)
+          -> a signature in flight for it? join it
+          -> one CertID and a store: the shared answer (frontend.answer_store), if it still answers
+             (not expired, the same status as our data, an acceptable responder) -> cache -> Answer
+          -> that CA's status snapshot -> signer Sign (typed fields) -> cache and store -> Answer
 
 Any ``OCSPError`` becomes an ``Answer`` carrying its status and the unsigned OCSP error response;
 anything else becomes internalError with a logged traceback. frontend.http_answer turns an Answer
@@ -21,23 +25,36 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from frontend.cache import Entry, ResponseCache
+from frontend.cache import STORE, Entry, ResponseCache
 from frontend.config import ListenConfig
 from frontend.signer_client import SignResult
+from shared.answers import AnswerKey, StoredAnswer
 from shared.clock import Clock, SystemClock
-from shared.ocsp.certid import IssuerIndex
+from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
 from shared.ocsp.request import decode_request
 from shared.ocsp.response import error_response
-from shared.ocsp.types import CertId, HashAlgorithm, IssuerKey, ParsedRequest, ResponseStatus, SingleStatus
+from shared.ocsp.types import (
+    CertId,
+    HashAlgorithm,
+    IssuerKey,
+    ParsedRequest,
+    ResponseStatus,
+    SingleStatus,
+    StatusInfo,
+)
 from shared.ratelog import RateLimitedLog
 from shared.status.base import FileStatusSource
+
+if TYPE_CHECKING:
+    from frontend.answer_store import AnswerStore
 
 log = logging.getLogger("frontend.server")
 
 ERROR_LOG_INTERVAL = 10.0  # seconds between two log lines about tryLater / internalError answers
+DELETE_CHUNK = 1024  # store keys per DEL when a reload retires changed serials
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +81,15 @@ StoredHeaders = Callable[[bytes, int, int], bytes]
 
 
 class CaEntry:
-    """One configured CA as the server sees it: its name and its status source."""
+    """One configured CA as the server sees it: its name, its status source and the IssuerKeys of its
+    certificate (every hash algorithm; ``build_issuers`` fills them in)."""
 
-    __slots__ = ("name", "source")
+    __slots__ = ("issuer_keys", "name", "source")
 
-    def __init__(self, name: str, source: FileStatusSource) -> None:
+    def __init__(self, name: str, source: FileStatusSource, issuer_keys: tuple[IssuerKey, ...] = ()) -> None:
         self.name = name
         self.source = source
+        self.issuer_keys = issuer_keys
 
 
 # -- which CA a request is for: the checks, composed in serving_ca ------------------------------------
@@ -112,52 +131,109 @@ def serving_ca(request: ParsedRequest, issuers: IssuerIndex[CaEntry],
 
 
 class _Flight:
-    """A signature in progress that identical requests may wait for instead of signing again."""
+    """An answer in progress (a store lookup, a signature) that requests for the same AnswerKey may
+    wait for instead of asking again."""
 
-    __slots__ = ("ca", "future")
+    __slots__ = ("future", "key")
 
-    def __init__(self, future: asyncio.Future[Answer]) -> None:
+    def __init__(self, future: asyncio.Future[Answer], key: AnswerKey) -> None:
         self.future = future
-        self.ca: str | None = None  # set once the request is decoded
+        self.key = key
 
 
 class OcspApp:
-    """HTTP-free request handling: DER in, a cache ``Entry`` (``cached``) or an ``Answer`` out."""
+    """HTTP-free request handling: DER in, a cache ``Entry`` (``cached``) or an ``Answer`` out.
+    ``store``: the fleet's shared answers (frontend.answer_store), None without Redis."""
 
     def __init__(self, *, issuers: IssuerIndex[CaEntry], signer: Signer, cache: ResponseCache,
-                 listen: ListenConfig, stored_headers: StoredHeaders, clock: Clock | None = None) -> None:
+                 listen: ListenConfig, stored_headers: StoredHeaders, clock: Clock | None = None,
+                 store: AnswerStore | None = None) -> None:
         self.issuers = issuers
         self.signer = signer
         self.cache = cache
         self.listen = listen
         self.clock = clock or SystemClock()
         self.stored_headers = stored_headers
+        self.store = store
         self.allowed_hashes = frozenset(listen.allowed_hashes)
         self.max_age_cap = int(cache.max_age)
-        self.cached = cache.get  # type: ignore[method-assign]
-        self._inflight: dict[bytes, _Flight] = {}
+        self.cached = cache.lookup  # type: ignore[method-assign]
+        self._inflight: dict[AnswerKey, _Flight] = {}
         self._ratelog = RateLimitedLog(log, ERROR_LOG_INTERVAL, time.monotonic)
+        self._deletes: set[asyncio.Task[None]] = set()
+        # Answers the store gave (served), gave but no longer answering (refused), and signed here.
+        self.store_hits = 0
+        self.store_refused = 0
+        self.signed = 0
         for ca in issuers.values():
             ca.source.on_change(self._source_changed)
 
+    # -- status reloads ---------------------------------------------------------------------------------
+
     def _source_changed(self, source: FileStatusSource) -> None:
-        self.cache.invalidate(source.name)
-        # Signatures in flight for this CA were made from the old data: requests arriving from
-        # now on must not join them, they start their own.
-        for key in [k for k, f in self._inflight.items() if f.ca == source.name]:
+        changes = source.last_changes
+        if changes is None:  # any serial may have changed
+            self.cache.invalidate(source.name)
+            stale = [k for k in self._inflight if k.ca == source.name]
+        else:
+            self.cache.invalidate_serials(source.name, changes)
+            stale = [k for k in self._inflight
+                     if k.ca == source.name and any(c.serial_int in changes for c in k.cert_ids)]
+        # Answers in flight for these were made from the old data: requests arriving from now on
+        # must not join them, they start their own.
+        for key in stale:
             del self._inflight[key]
+        if self.store is not None and changes:
+            ca = next((c for c in self.issuers.values() if c.source is source), None)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # a load before serving: nothing was shared from here yet
+                ca = None
+            if ca is not None:
+                task = loop.create_task(self._delete_stored(ca, sorted(changes)))
+                self._deletes.add(task)
+                task.add_done_callback(self._deletes.discard)
+
+    async def _delete_stored(self, ca: CaEntry, serials: list[int]) -> None:
+        """Remove the changed serials' answers from the store, for every hash algorithm served (a
+        reader whose data is not reloaded yet refuses them anyway: ``StoredAnswer.answers``)."""
+        assert self.store is not None
+        keys = [k for k in ca.issuer_keys if k.hash_algorithm in self.allowed_hashes]
+        per_chunk = max(1, DELETE_CHUNK // max(1, len(keys)))
+        for i in range(0, len(serials), per_chunk):
+            batch = [AnswerKey(ca.name, (CertId(k.hash_algorithm, k.issuer_name_hash, k.issuer_key_hash,
+                                                serial_octets(s)),))
+                     for s in serials[i:i + per_chunk] for k in keys]
+            await self.store.delete(batch)
+
+    async def close(self) -> None:
+        """Wait for the store deletions a reload started."""
+        if self._deletes:
+            await asyncio.gather(*list(self._deletes), return_exceptions=True)
+
+    # -- answering ----------------------------------------------------------------------------------------
 
     def cached(self, key: bytes, now: float) -> Entry | None:
-        """The cached answer for the DER request ``key`` (no ASN.1 parsing), or None. (Replaced per
-        instance by the cache's own ``get``: the hit path pays no extra call.)"""
-        return self.cache.get(key, now)
+        """The cached answer for the DER request ``key`` seen before (no ASN.1 parsing), or None.
+        (Replaced per instance by the cache's own ``lookup``: the hit path pays no extra call.)"""
+        return self.cache.lookup(key, now)
 
     async def answer(self, der: bytes, key: bytes | None) -> Answer:
-        """Answer one request; concurrent identical nonce-less requests share one signature, as long
-        as the CA's status data has not been reloaded since that signature was started."""
-        if key is None:
-            return await self._answer(der, None)
-        flight = self._inflight.get(key)
+        """Answer one request (``key``: its DER as the raw index should know it, None: not linked).
+        Concurrent nonce-less requests for one AnswerKey share one answer, as long as the CA's
+        status data for its serials has not been reloaded since that answer was started."""
+        try:
+            request = decode_request(der, max_cert_ids=self.listen.max_cert_ids)
+            ca = serving_ca(request, self.issuers, self.allowed_hashes)
+        except Exception as e:  # noqa: BLE001 - every fault becomes an answer (_failed)
+            return self._failed(e)
+        if request.nonce is not None:  # each nonce-bearing request gets its own signature
+            return await self._guarded(request, ca, None, None)
+        akey = AnswerKey(ca.name, request.cert_ids)
+        entry = self.cache.get(akey, self.cache.clock(), key)
+        if entry is not None:
+            return Answer(entry.der, next_update=entry.next_update, headers=entry.headers)
+        flight = self._inflight.get(akey)
         if flight is not None:
             fut = flight.future
             try:
@@ -166,30 +242,24 @@ class OcspApp:
                 task = asyncio.current_task()
                 if fut.cancelled() and task is not None and not task.cancelling():
                     # The request we waited on was abandoned (its client went away): do our own.
-                    return await self._answer(der, None)
+                    return await self._guarded(request, ca, akey, key)
                 raise
-        flight = _Flight(asyncio.get_running_loop().create_future())
-        self._inflight[key] = flight
+        flight = _Flight(asyncio.get_running_loop().create_future(), akey)
+        self._inflight[akey] = flight
         fut = flight.future
         try:
-            result = await self._answer(der, key, flight)
+            result = await self._guarded(request, ca, akey, key)
             fut.set_result(result)
             return result
         finally:
-            # Only cancellation leaves without a result (_answer catches everything else).
+            # Only cancellation leaves without a result (_guarded catches everything else).
             if not fut.done():
                 fut.cancel()
-            self._unshare(key, flight)
+            if self._inflight.get(akey) is flight:  # a reload may have put a newer one there
+                del self._inflight[akey]
 
-    def _unshare(self, key: bytes, flight: _Flight) -> None:
-        """No later request joins ``flight`` (a reload may have put a newer one under ``key``)."""
-        if self._inflight.get(key) is flight:
-            del self._inflight[key]
-
-    async def _answer(self, der: bytes, key: bytes | None, flight: _Flight | None = None) -> Answer:
-        try:
-            return await self._answer_or_raise(der, key, flight)
-        except OCSPError as e:
+    def _failed(self, e: Exception) -> Answer:
+        if isinstance(e, OCSPError):
             if isinstance(e, TryLater):
                 self._ratelog.log(logging.WARNING, "trylater", "answering tryLater: %s", e)
             elif isinstance(e, InternalError):
@@ -197,45 +267,95 @@ class OcspApp:
             else:
                 log.debug("answering %s: %s", e.status.name, e)
             return Answer.error(e.status)
-        except Exception:
-            log.exception("unexpected error answering a request")
-            return Answer.error(ResponseStatus.INTERNAL_ERROR)
+        log.error("unexpected error answering a request", exc_info=e)
+        return Answer.error(ResponseStatus.INTERNAL_ERROR)
 
-    async def _answer_or_raise(self, der: bytes, key: bytes | None, flight: _Flight | None = None) -> Answer:
-        request = decode_request(der, max_cert_ids=self.listen.max_cert_ids)
-        ca = serving_ca(request, self.issuers, self.allowed_hashes)
-        if flight is not None and key is not None:
-            # Everything up to the Sign call runs without yielding, so no request has joined yet.
-            if request.nonce is not None:
-                self._unshare(key, flight)  # each nonce-bearing request gets its own signature
-            else:
-                flight.ca = ca.name  # a reload of this CA's data detaches it (_source_changed)
+    async def _guarded(self, request: ParsedRequest, ca: CaEntry, akey: AnswerKey | None,
+                       raw: bytes | None) -> Answer:
+        try:
+            return await self._fill(request, ca, akey, raw)
+        except Exception as e:  # noqa: BLE001 - every fault becomes an answer (_failed)
+            return self._failed(e)
+
+    async def _fill(self, request: ParsedRequest, ca: CaEntry, akey: AnswerKey | None,
+                    raw: bytes | None) -> Answer:
+        """The answer of a cache miss (``akey`` None: a nonce, never cached nor stored)."""
+        store = self.store if akey is not None and len(request.cert_ids) == 1 else None
+        stored = await store.get(akey) if store is not None and akey is not None else None
+        # From here to the Sign call nothing yields: the snapshot is the data the answer is made from.
         source = ca.source
         generation = source.generation
         snapshot = source.current()
+        infos = [snapshot.status(cid.serial_int) for cid in request.cert_ids]
+        if stored is not None and akey is not None:
+            shared = self._from_store(akey, stored, infos[0], raw)
+            if shared is not None:
+                return shared
         now = self.clock.now()
         this_update, next_update = snapshot.window(now)
-        statuses = []
-        for cid in request.cert_ids:
-            info = snapshot.status(cid.serial_int)
-            statuses.append(SingleStatus(cert_id=cid, status=info.status, this_update=this_update,
-                                         next_update=next_update, revocation=info.revocation))
+        statuses = [SingleStatus(cert_id=cid, status=info.status, this_update=this_update,
+                                 next_update=next_update, revocation=info.revocation)
+                    for cid, info in zip(request.cert_ids, infos, strict=True)]
         result = await self.signer.sign(statuses, request.nonce)
+        self.signed += 1
         body = result.der
         # Every reply, nonce or not, tells which responder generation signs for this CA now.
-        self.cache.note_generation(ca.name, result.generation, signer=result.signer)
-        if request.nonce is not None:
+        self.cache.note_generation(ca.name, result.generation, signer=result.signer,
+                                   fingerprint=result.responder_fingerprint)
+        if akey is None:
             return Answer(body)
         tu, nu = int(this_update.timestamp()), int(next_update.timestamp())
         static = self.stored_headers(body, tu, nu)
-        if key is not None and source.generation == generation:
-            self.cache.put(key, body, static, ca=ca.name, this_update=tu, next_update=nu,
-                           generation=result.generation, signer=result.signer)
+        current = (source.generation == generation
+                   and self.cache.generation(ca.name, result.signer) == result.generation)
+        if current:
+            self.cache.put(akey, body, static, this_update=tu, next_update=nu, generation=result.generation,
+                           signer=result.signer, fingerprint=result.responder_fingerprint, raw=raw)
+            if store is not None and result.responder_fingerprint:
+                # Not awaited: the response does not wait for Redis (a bounded number of writes pend).
+                store.spawn_put(akey, stored_answer(body, infos[0], tu, nu, int(now.timestamp()),
+                                                    result.responder_fingerprint),
+                                min(nu, tu + self.cache.max_age))
         return Answer(body, next_update=nu, headers=static)
+
+    def _from_store(self, akey: AnswerKey, stored: StoredAnswer, info: StatusInfo,
+                    raw: bytes | None) -> Answer | None:
+        """The store's answer, cached and served, when it still answers: not expired (min(nextUpdate,
+        thisUpdate + max_age), as stored), saying what our own status data says, signed by an
+        acceptable responder; else None (it is signed anew)."""
+        now = self.cache.clock()
+        tu, nu = stored.this_update, stored.next_update
+        expires = min(nu, tu + self.cache.max_age)  # as the writer stored it: as fresh as its thisUpdate
+        if (expires <= now or not stored.answers(info)
+                or not self.cache.fingerprint_ok(akey.ca, stored.responder_fingerprint, now)):
+            self.store_refused += 1
+            return None
+        self.store_hits += 1
+        static = self.stored_headers(stored.der, tu, nu)
+        self.cache.put(akey, stored.der, static, this_update=tu, next_update=nu, signer=STORE,
+                       fingerprint=stored.responder_fingerprint, raw=raw, expires=expires)
+        return Answer(stored.der, next_update=nu, headers=static)
 
 
 def build_issuers(cas: Iterable[tuple[bytes, CaEntry]]) -> IssuerIndex[CaEntry]:
     index: IssuerIndex[CaEntry] = IssuerIndex()
     for der, entry in cas:
         index.add(der, entry)
+        entry.issuer_keys = tuple(issuer_keys(der).values())
     return index
+
+
+def serial_octets(serial: int) -> bytes:
+    """The INTEGER content octets of ``serial`` in DER (minimal two's complement): how a CertID
+    spells it."""
+    n = serial if serial >= 0 else -serial - 1
+    return serial.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)
+
+
+def stored_answer(der: bytes, info: StatusInfo, this_update: int, next_update: int, produced_at: int,
+                  fingerprint: str) -> StoredAnswer:
+    """A fresh single-CertID answer as the store keeps it (what ``StoredAnswer.answers`` compares)."""
+    rev = info.revocation
+    return StoredAnswer(der, this_update, next_update, produced_at, info.status, fingerprint,
+                        0 if rev is None else int(rev.time.timestamp()),
+                        -1 if rev is None or rev.reason is None else int(rev.reason))

@@ -3,7 +3,8 @@
 One task per signer address keeps a Watch stream open. Each event is the signer's whole state: for every
 issuer, the generation of its current responder. The issuer is matched to our CA by the SHA-256 of the
 CA certificate (both read the same ca.d files, but names may differ), and the cache is told
-(``ResponseCache.set_generation``), which drops answers of older responders after ``rotation_grace``.
+(``ResponseCache.set_generation``, with the responder's fingerprint), which drops answers of older
+responders after ``rotation_grace`` and refuses shared answers (frontend.answer_store) of replaced ones.
 
 The stream reconnects by itself: when the signer restarts or the connection breaks, the task waits a
 short backoff (0.2 s doubling to 2 s) and calls Watch again; the first event after a reconnect is the
@@ -61,7 +62,8 @@ class ResponderWatch:
             if name is None:
                 continue  # a CA the signer serves and we do not
             old = self.cache.generation(name, signer=address)
-            self.cache.set_generation(name, issuer.generation, signer=address)
+            self.cache.set_generation(name, issuer.generation, signer=address,
+                                      fingerprint=issuer.responder_fingerprint)
             if old is not None and old != issuer.generation:
                 log.info("signer: CA %s now signs with responder generation %d (was %d, certificate SHA-256 "
                          "%s); cached answers of the old responder go within %ss", name, issuer.generation, old,

@@ -5,7 +5,10 @@ for every serial and for the validity window, so a multi-CertID answer never mix
 the data. Lookups are a dict lookup on the serial integer.
 
 Reloading: ``refresh()`` stats the watched files (cheap) and, when one changed (or when forced, as
-on SIGHUP), parses them in a worker thread, then swaps the snapshot in one assignment. A parse that
+on SIGHUP), parses them in a worker thread, then swaps the snapshot in one assignment. Big files are
+parsed and verified in a loader process of their own (``shared.status.loader``), which hands back
+compact tables (``shared.status.table``): the event loop's process never holds millions of objects
+nor the GIL for long. A loader process that fails, dies or hangs is a failed reload. A parse that
 fails leaves the previous snapshot in place and is logged at ERROR: a broken file never widens
 what is answered "good". The files are stat'ed again after the read: when a stamp moved (a file written
 in place while we read it, or renamed over), nothing is installed and the next check reads again.
@@ -19,19 +22,19 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shared.ocsp.errors import TryLater
-from shared.ocsp.types import CertStatus, StatusInfo
+from shared.ocsp.types import StatusInfo
 from shared.ratelog import RateLimitedLog
+from shared.status.table import GOOD, UNKNOWN, SerialSet
 
 log = logging.getLogger("ocsp.status")  # both halves: the frontend and the signer load status data
 
 RETRY_LOG_INTERVAL = 60.0  # seconds between two log lines about the same not-yet-valid refusal
 
-GOOD = StatusInfo(CertStatus.GOOD)
-UNKNOWN = StatusInfo(CertStatus.UNKNOWN)
 
 
 class StatusDataError(Exception):
@@ -41,6 +44,11 @@ class StatusDataError(Exception):
 class NotYetValid(StatusDataError):
     """Data that may become usable without changing (a CRL issued ahead of our clock): retried at
     every check instead of waiting for the file to change."""
+
+
+class LoaderFailed(StatusDataError):
+    """The loader process failed, died or timed out: no verdict on the data, tried again at every check
+    (at start-up the data is then read in this process)."""
 
 
 class ChangedWhileRead(StatusDataError):
@@ -88,14 +96,31 @@ class Snapshot(ABC):
         return UNKNOWN
 
 
-def changed_serials(old: Snapshot, new: Snapshot) -> set[int] | None:
+def changed_serials(old: Snapshot, new: Snapshot) -> AbstractSet[int] | None:
     """The serials whose answer differs between ``old`` and ``new`` (status or revocation details);
-    None when every serial may have changed (the answer for unlisted serials changed)."""
+    None when every serial may have changed (the answer for unlisted serials changed). Snapshots of
+    tables are compared by a walk of both (``changed_since``); a large result is a compact read-only
+    set (``small_set``)."""
     if old.unlisted() != new.unlisted():
         return None
+    fast = getattr(new, "changed_since", None)
+    found = fast(old) if fast is not None else None
+    if found is not None:
+        return small_set(found)
     changed = {s for s in new.serials() if old.status(s) != new.status(s)}
     changed.update(s for s in old.serials() if not new.listed(s) and old.status(s) != new.unlisted())
     return changed
+
+
+__all__ = ["GOOD", "UNKNOWN"]  # (with the names defined here) the good and unknown answers of every source
+SMALL_CHANGES = 100_000  # a change set larger than this is a compact SerialSet, not a set of ints
+
+
+def small_set(serials: list[int] | AbstractSet[int]) -> AbstractSet[int]:
+    """``serials`` (sorted, unique, when a list) as a set, or as a compact ``SerialSet`` when large."""
+    if isinstance(serials, list) and len(serials) > SMALL_CHANGES:
+        return SerialSet.of(serials)
+    return set(serials)
 
 
 FileStamp = tuple[int, int, int, int] | None  # (device, inode, size, mtime_ns); None = missing
@@ -113,6 +138,11 @@ class FileStatusSource(ABC):
     """A source backed by files; subclasses implement ``parse()`` (runs in a worker thread)."""
 
     kind = "file"
+    # Files of at least this many bytes (all watched files together) are read by a loader process;
+    # None: always in this process.
+    loader_min_bytes: int | None = 1 << 20
+    loader_timeout = 120.0  # seconds a loader process may take before it is killed (a failed reload)
+    loader_command: list[str] | None = None  # the loader's argv (tests); None: shared.status.loader's
 
     def __init__(self, name: str, files: list[Path], check_interval: float) -> None:
         self.name = name
@@ -127,13 +157,32 @@ class FileStatusSource(ABC):
         self.last_error: str | None = None
         # Serials whose answer the last reload changed (None: any may have; the first load, or the
         # answer for unlisted serials changed). Set before the listeners are called.
-        self.last_changes: set[int] | None = None
+        self.last_changes: AbstractSet[int] | None = None
+        # (loaded snapshot, new snapshot, changes) when parse() computed the changes itself
+        self._computed: tuple[Snapshot, Snapshot, AbstractSet[int]] | None = None
+        self._in_process = False  # set while a start-up load reads in this process (loader failed)
         self._retry_log = RateLimitedLog(log, RETRY_LOG_INTERVAL, time.monotonic)
 
     # -- subclass hooks ---------------------------------------------------------------------------
     @abstractmethod
     def parse(self) -> Snapshot:
         """Read and check the files; raise StatusDataError (or anything) when unusable."""
+
+    def use_loader(self) -> bool:
+        """True when parse() should read the files in a loader process (they are big)."""
+        if self._in_process or self.loader_min_bytes is None:
+            return False
+        size = 0
+        for path in self.files:
+            try:
+                size += os.stat(path).st_size
+            except OSError:
+                return False  # parse() says why it cannot read it
+        return size >= self.loader_min_bytes
+
+    def computed_changes(self, loaded: Snapshot, new: Snapshot, changes: AbstractSet[int]) -> None:
+        """parse() found ``changes`` from ``loaded`` to ``new`` (in the loader): refresh() uses them."""
+        self._computed = (loaded, new, changes)
 
     # -- use --------------------------------------------------------------------------------------
     def current(self) -> Snapshot:
@@ -180,6 +229,17 @@ class FileStatusSource(ABC):
                     raise
                 time.sleep(pause)  # the writer is still at it: give it a moment
                 continue
+            except LoaderFailed as e:
+                if self._in_process:
+                    raise
+                log.warning("%s: %s; reading the status data in this process", self.name, e)
+                self._in_process = True
+                try:
+                    snap = self._parse_unchanged(stamps)
+                except ChangedWhileRead:
+                    continue
+                finally:
+                    self._in_process = False
             except StatusDataError:
                 raise
             except Exception as e:
@@ -188,7 +248,7 @@ class FileStatusSource(ABC):
             warn_outside_br(self.name, snap)
             return
 
-    def _install(self, snap: Snapshot, stamps: list[FileStamp], changes: set[int] | None = None) -> None:
+    def _install(self, snap: Snapshot, stamps: list[FileStamp], changes: AbstractSet[int] | None = None) -> None:
         self.last_changes = changes
         self._snapshot = snap
         self._stamps = stamps
@@ -217,7 +277,7 @@ class FileStatusSource(ABC):
                 log.warning("%s: %s", self.name, e)
                 return False
             except Exception as e:  # noqa: BLE001 - keep the last good data, whatever went wrong
-                retry = isinstance(e, NotYetValid)
+                retry = isinstance(e, (NotYetValid, LoaderFailed))
                 self._failed_stamps = None if retry else stamps
                 error = str(e) or type(e).__name__
                 self.last_error = error
@@ -231,7 +291,13 @@ class FileStatusSource(ABC):
                     log.error(msg, *args)
                 return False
             old = self._snapshot
-            changes = None if old is None else await loop.run_in_executor(None, changed_serials, old, snap)
+            computed, self._computed = self._computed, None
+            if old is None:
+                changes = None
+            elif computed is not None and computed[0] is old and computed[1] is snap:
+                changes = computed[2] if old.unlisted() == snap.unlisted() else None
+            else:
+                changes = await loop.run_in_executor(None, changed_serials, old, snap)
             self._install(snap, stamps, changes)
             log.info("%s: status data reloaded (%s)", self.name, describe(snap))
             if old is None or _length(old) != _length(snap):

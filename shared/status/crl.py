@@ -36,14 +36,20 @@ otherwise turn revoked certificates back into good ones.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from shared.clock import Clock, SystemClock
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
+from shared.status import loader
 from shared.status.base import (
     GOOD,
     UNKNOWN,
@@ -54,6 +60,8 @@ from shared.status.base import (
     check_shrink,
     check_stale,
 )
+from shared.status.crl_der import Unusual, der_entries, issued_serials, signed_parts
+from shared.status.table import Entries, StatusTable, answer_of, build_table, diff, epoch_seconds, from_epoch
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EXTENDED_REVOKED = StatusInfo(CertStatus.REVOKED, Revocation(EPOCH, RevocationReason.CERTIFICATE_HOLD))
@@ -150,7 +158,7 @@ def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL") -> x509.
         raise StatusDataError(f"{where}: issuer {crl.issuer.rfc4514_string()!r} is not the CA "
                               f"{ca.subject.rfc4514_string()!r}")
     try:
-        valid = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        valid = _signature_checked(data, ca) or crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError) as e:
         raise StatusDataError(f"{where}: signature cannot be checked with the CA key: {e}") from None
     if not valid:
@@ -171,6 +179,42 @@ def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL") -> x509.
         elif ext.critical:
             raise StatusDataError(f"{where}: unsupported critical CRL extension {ext.oid.dotted_string}")
     return crl
+
+
+# Signature algorithms checked on the CRL's own bytes (their DER AlgorithmIdentifier): the hash, and the
+# public key type that must verify it. is_signature_valid re-encodes the whole tbsCertList first (most of
+# a second for a million entries); any other algorithm, and any failure, is left to it.
+_EC, _RSA = ec.EllipticCurvePublicKey, rsa.RSAPublicKey
+_ALGORITHMS: dict[bytes, tuple[type, type[hashes.HashAlgorithm]]] = {
+    bytes.fromhex("300a06082a8648ce3d040302"): (_EC, hashes.SHA256),
+    bytes.fromhex("300a06082a8648ce3d040303"): (_EC, hashes.SHA384),
+    bytes.fromhex("300a06082a8648ce3d040304"): (_EC, hashes.SHA512),
+    bytes.fromhex("300d06092a864886f70d01010b0500"): (_RSA, hashes.SHA256),
+    bytes.fromhex("300d06092a864886f70d01010c0500"): (_RSA, hashes.SHA384),
+    bytes.fromhex("300d06092a864886f70d01010d0500"): (_RSA, hashes.SHA512),
+}
+
+
+def _signature_checked(data: bytes, ca: x509.Certificate) -> bool:
+    """True when the DER CRL ``data`` (already loaded by cryptography) carries a signature by ``ca``'s
+    key in one of ``_ALGORITHMS``; False means "not decided here"."""
+    parts = signed_parts(data) if not data.startswith(b"-----") else None
+    if parts is None:
+        return False
+    tbs, algorithm, signature = parts
+    known = _ALGORITHMS.get(algorithm)
+    key = ca.public_key()
+    if known is None or not isinstance(key, known[0]):
+        return False
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, tbs, ec.ECDSA(known[1]()))
+        else:
+            assert isinstance(key, rsa.RSAPublicKey)
+            key.verify(signature, tbs, padding.PKCS1v15(), known[1]())
+    except (InvalidSignature, TypeError, ValueError):
+        return False  # is_signature_valid gives the verdict, as it always did
+    return True
 
 
 def revoked_entries(crl: x509.CertificateRevocationList, where: str = "CRL") -> dict[int, StatusInfo]:
@@ -226,6 +270,113 @@ def parse_serial_list(text: str, where: str = "issued_serials") -> frozenset[int
     return frozenset(serials)
 
 
+class CrlTableSnapshot(CrlSnapshot):
+    """A CRL, and its issued-serials list, as one table of every serial either names (a CrlSnapshot's
+    answers, from ``CrlSource``)."""
+
+    __slots__ = ("issued_count", "table")
+
+    def __init__(self, name: str, table: StatusTable, issued_count: int | None, unissued: StatusInfo,
+                 this_update: datetime, next_update: datetime, number: int | None = None) -> None:
+        super().__init__(name, {}, None, unissued, this_update, next_update, number)
+        self.table = table
+        self.issued_count = issued_count
+
+    def status(self, serial: int) -> StatusInfo:
+        info = self.table.get(serial)
+        return self.unissued if info is None else info
+
+    def untimed(self) -> bool:
+        return self.issued_count is not None
+
+    def listed(self, serial: int) -> bool:
+        return serial in self.table
+
+    def serials(self) -> Iterator[int]:
+        return iter(self.table)
+
+    def summary(self) -> str:
+        issued = f", {self.issued_count} issued serials" if self.issued_count is not None else ""
+        return (f"CRL thisUpdate {self.this_update:%Y-%m-%dT%H:%M:%SZ}, nextUpdate "
+                f"{self.next_update:%Y-%m-%dT%H:%M:%SZ}, {self.table.revoked} revoked{issued}")
+
+    def changed_since(self, old: Snapshot) -> list[int] | None:
+        if not isinstance(old, CrlTableSnapshot):
+            return None
+        return diff(old.table, self.table, answer_of(old.unissued), answer_of(self.unissued))
+
+
+@dataclass(frozen=True, slots=True)
+class CrlTables:
+    """What the loader reads of a CRL and its issued-serials list."""
+
+    table: StatusTable  # every serial the CRL or the list names, with its answer
+    this_update: datetime
+    next_update: datetime
+    number: int | None
+    issued_count: int | None  # distinct serials in the list; None without one
+
+    def header(self) -> dict[str, Any]:
+        return {"this_update": epoch_seconds(self.this_update), "next_update": epoch_seconds(self.next_update),
+                "number": self.number, "issued_count": self.issued_count}
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any], table: StatusTable) -> CrlTables:
+        return cls(table, from_epoch(int(header["this_update"])), from_epoch(int(header["next_update"])),
+                   None if header["number"] is None else int(header["number"]),
+                   None if header["issued_count"] is None else int(header["issued_count"]))
+
+
+def crl_entries(data: bytes, crl: x509.CertificateRevocationList, where: str) -> Entries:
+    """The CRL's entries in order: read from the DER (``crl_der``) in their common forms, else by
+    ``revoked_entries`` (cryptography), which decides the rest as it always did."""
+    der = crl.public_bytes(serialization.Encoding.DER) if b"-----BEGIN" in data else data
+    try:
+        return der_entries(der)
+    except Unusual:
+        pass
+    entries = Entries()
+    for serial, info in revoked_entries(crl, where).items():
+        entries.add(serial, answer_of(info))
+    return entries
+
+
+def read_crl_tables(path: Path, ca_der: bytes, issued_path: Path | None) -> CrlTables:
+    """Read, verify and tabulate: the checks and errors of ``CrlSource.parse`` up to the issued list."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise StatusDataError(f"cannot read {path}: {e.strerror or e}") from None
+    where = str(path)
+    crl = verified_crl(data, x509.load_der_x509_certificate(ca_der), where)
+    entries = crl_entries(data, crl, where)
+    del data
+    issued_count = None
+    if issued_path is not None:
+        try:
+            raw = issued_path.read_bytes()
+        except OSError as e:
+            raise StatusDataError(f"cannot read {issued_path}: {e}") from None
+        issued = issued_serials(raw)
+        if issued is None:
+            issued = list(parse_serial_list(_issued_text(raw, issued_path), str(issued_path)))
+        issued_count = len(set(issued))
+        entries.add_good(issued)
+    next_update = crl.next_update_utc
+    assert next_update is not None
+    return CrlTables(build_table(entries), _whole(crl.last_update_utc), _whole(next_update), crl_number(crl),
+                     issued_count)
+
+
+def _issued_text(raw: bytes, path: Path) -> str:
+    """``raw`` as ``Path.read_text(encoding="utf-8")`` reads it (universal newlines)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StatusDataError(f"cannot read {path}: {e}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 class CrlSource(FileStatusSource):
     kind = "crl"
 
@@ -239,41 +390,46 @@ class CrlSource(FileStatusSource):
         self.path = path
         self.issued_path = issued_serials
         self.ca = x509.load_der_x509_certificate(ca_cert_der)
+        self.ca_der = ca_cert_der
         self.unissued = UNISSUED[unissued]
         self.clock = clock or SystemClock()
         self.max_shrink = max_shrink  # share of the loaded issued serials a reload may lose (0..1)
 
     def parse(self) -> CrlSnapshot:
-        try:
-            data = self.path.read_bytes()
-        except OSError as e:
-            raise StatusDataError(f"cannot read {self.path}: {e.strerror or e}") from None
+        """Read and verify the CRL (and the issued list) into a table: in a loader process when big
+        (which also names the serials changed since the loaded table), else here."""
         where = str(self.path)
-        crl = verified_crl(data, self.ca, where)
-        revoked = revoked_entries(crl, where)
-        issued = None
+        loaded = self._snapshot
+        changes = None
+        if self.use_loader():
+            job: dict[str, object] = {"kind": "crl", "path": where, "ca": self.ca_der.hex(),
+                                      "issued": None if self.issued_path is None else str(self.issued_path)}
+            blobs: list[object] = []
+            if isinstance(loaded, CrlTableSnapshot):
+                job["old"], blobs = loaded.table.to_wire()
+                job["unlisted"] = [answer_of(loaded.unissued), answer_of(self.unissued)]
+            header, out = loader.run(job, blobs, timeout=self.loader_timeout, command=self.loader_command)
+            tables = CrlTables.from_header(header, StatusTable.from_wire(header["table"], out[:5]))
+            changes = loader.changes_from_wire(header, out)
+        else:
+            tables = read_crl_tables(self.path, self.ca_der, self.issued_path)
         if self.issued_path is not None:
-            try:
-                text = self.issued_path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise StatusDataError(f"cannot read {self.issued_path}: {e}") from None
-            issued = parse_serial_list(text, str(self.issued_path))
+            assert tables.issued_count is not None
             # No such rule for the CRL itself: entries of expired certificates legitimately drop off it.
-            loaded_issued = getattr(self._snapshot, "issued", None)
-            check_shrink(str(self.issued_path), "issued serials", len(issued),
-                         len(loaded_issued) if loaded_issued is not None else None, self.max_shrink)
-        next_update = crl.next_update_utc
-        assert next_update is not None
-        snap = CrlSnapshot(self.name, revoked, issued, self.unissued,
-                           _whole(crl.last_update_utc), _whole(next_update), crl_number(crl))
+            loaded_issued = loaded.issued_count if isinstance(loaded, CrlTableSnapshot) else None
+            check_shrink(str(self.issued_path), "issued serials", tables.issued_count, loaded_issued,
+                         self.max_shrink)
+        snap = CrlTableSnapshot(self.name, tables.table, tables.issued_count, self.unissued, tables.this_update,
+                                tables.next_update, tables.number)
         now = self.clock.now()
         if snap.this_update > now + MAX_CLOCK_SKEW:
             raise NotYetValid(f"{where}: thisUpdate {_fmt(snap.this_update)} is in the future (this host's "
                                   f"clock says {_fmt(now)}); the signer would refuse to sign answers from it "
                                   "(check the clocks of the CA and this host)")
-        loaded = self._snapshot
         if isinstance(loaded, CrlSnapshot):
             self._check_not_older(snap, loaded, where)
+        if changes is not None and loaded is not None:
+            self.computed_changes(loaded, snap, changes)
         return snap
 
     def _check_not_older(self, new: CrlSnapshot, loaded: CrlSnapshot, where: str) -> None:

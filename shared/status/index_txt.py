@@ -28,12 +28,24 @@ line, it only changes V to R or E).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shared.ocsp.types import CertStatus, Revocation, RevocationReason, StatusInfo
+from shared.status import loader
 from shared.status.base import GOOD, UNKNOWN, FileStatusSource, Snapshot, StatusDataError, check_shrink
+from shared.status.table import (
+    GOOD_ANSWER,
+    UNKNOWN_ANSWER,
+    Entries,
+    StatusTable,
+    answer_of,
+    build_table,
+    diff,
+    table_of,
+)
 
 _REASONS = {
     "unspecified": RevocationReason.UNSPECIFIED,
@@ -94,9 +106,11 @@ def parse_revocation(field: str) -> Revocation:
 
 
 class IndexSnapshot(Snapshot):
+    """``entries``: a dict from ``parse_index``, a ``StatusTable`` from ``IndexTxtSource``."""
+
     __slots__ = ("entries", "lines", "validity")
 
-    def __init__(self, entries: dict[int, StatusInfo], validity: timedelta, lines: int) -> None:
+    def __init__(self, entries: Mapping[int, StatusInfo], validity: timedelta, lines: int) -> None:
         self.entries = entries
         self.validity = validity
         self.lines = lines
@@ -120,8 +134,17 @@ class IndexSnapshot(Snapshot):
         return self.validity, "status.validity"
 
     def summary(self) -> str:
-        revoked = sum(1 for s in self.entries.values() if s.status is CertStatus.REVOKED)
-        return f"index.txt: {len(self.entries)} serials, {revoked} revoked"
+        entries = self.entries
+        revoked = (entries.revoked if isinstance(entries, StatusTable)
+                   else sum(1 for s in entries.values() if s.status is CertStatus.REVOKED))
+        return f"index.txt: {len(entries)} serials, {revoked} revoked"
+
+    def changed_since(self, old: Snapshot) -> list[int] | None:
+        """``changed_serials(old, self)`` by a walk of two tables; None when either has no table."""
+        if not (isinstance(old, IndexSnapshot) and isinstance(old.entries, StatusTable)
+                and isinstance(self.entries, StatusTable)):
+            return None
+        return diff(old.entries, self.entries, UNKNOWN_ANSWER, UNKNOWN_ANSWER)
 
 
 def parse_index(text: str, validity: timedelta, where: str = "index.txt") -> IndexSnapshot:
@@ -168,6 +191,99 @@ def parse_index(text: str, validity: timedelta, where: str = "index.txt") -> Ind
     return IndexSnapshot(entries, validity, n)
 
 
+def decode_index(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # subjects in odd encodings must not stop status answers
+
+
+class _Unusual(Exception):
+    """The fast parser met something it does not decide itself: ``parse_index`` does."""
+
+
+# An expiry the fast parser checks itself: ASCII digits, a time of day in range; the date (YYMMDD or
+# YYYYMMDD) is checked once by parse_time and remembered.
+_EXPIRY = re.compile(rb"(\d{6}|\d{8})(?:[01]\d|2[0-3])[0-5]\d[0-5]\dZ")
+
+
+def _fast_entries(raw: bytes) -> tuple[Entries, int]:
+    """index.txt lines in their common form, exactly as ``parse_index`` reads them; ``_Unusual`` for
+    anything else (blank lines, odd serial forms, non-ASCII times, errors), which it then decides."""
+    if not raw.endswith(b"\n"):
+        raise _Unusual
+    lines = raw.split(b"\n")
+    lines.pop()
+    entries = Entries()
+    serials, codes, times, reasons, invalid = (entries.serials, entries.codes, entries.times, entries.reasons,
+                                               entries.invalid)
+    dates: set[bytes] = set()
+    revocations: dict[bytes, tuple[int, int, int, int]] = {}
+    expiry_ok = _EXPIRY.fullmatch
+    for line in lines:
+        fields = line.split(b"\t")
+        if len(fields) != 6:
+            raise _Unusual
+        flag, expiry, revocation, serial_hex = fields[0], fields[1], fields[2], fields[3]
+        m = expiry_ok(expiry)
+        if m is None:
+            raise _Unusual
+        date = m.group(1)
+        if date not in dates:
+            try:
+                parse_time(expiry.decode())
+            except ValueError:
+                raise _Unusual from None
+            dates.add(date)
+        try:
+            serial = int(serial_hex, 16)  # bytes: ASCII forms only, which int(str, 16) reads alike
+        except ValueError:
+            raise _Unusual from None
+        if flag == b"V" or flag == b"E":
+            answer = GOOD_ANSWER
+        elif flag == b"R":
+            answer = revocations.get(revocation)  # type: ignore[assignment]
+            if answer is None:
+                if not revocation.isascii():
+                    raise _Unusual
+                try:
+                    rev = parse_revocation(revocation.decode())
+                except ValueError:
+                    raise _Unusual from None
+                answer = (GOOD_ANSWER if rev.reason is RevocationReason.REMOVE_FROM_CRL
+                          else answer_of(StatusInfo(CertStatus.REVOKED, rev)))
+                revocations[revocation] = answer
+        else:
+            raise _Unusual
+        serials.append(serial)
+        codes.append(answer[0])
+        times.append(answer[1])
+        reasons.append(answer[2])
+        invalid.append(answer[3])
+    if not serials:
+        raise _Unusual
+    return entries, len(serials)
+
+
+def index_table(raw: bytes, where: str) -> tuple[StatusTable, int]:
+    """The file's serials as a table, and its count of lines with an entry: the same statuses, and
+    the same errors (StatusDataError), as ``parse_index``, which decides every line out of the common."""
+    try:
+        entries, lines = _fast_entries(raw)
+    except _Unusual:
+        snap = parse_index(decode_index(raw), timedelta(0), where)
+        return table_of(snap.entries), snap.lines
+    return build_table(entries), lines
+
+
+def read_index_table(path: Path) -> tuple[StatusTable, int]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise StatusDataError(f"cannot read {path}: {e.strerror or e}") from None
+    return index_table(raw, str(path))
+
+
 class IndexTxtSource(FileStatusSource):
     kind = "index"
 
@@ -179,16 +295,25 @@ class IndexTxtSource(FileStatusSource):
         self.max_shrink = max_shrink  # share of the loaded serials a reload may lose (0..1)
 
     def parse(self) -> IndexSnapshot:
-        try:
-            raw = self.path.read_bytes()
-        except OSError as e:
-            raise StatusDataError(f"cannot read {self.path}: {e.strerror or e}") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")  # subjects in odd encodings must not stop status answers
-        snap = parse_index(text, self.validity, str(self.path))
+        """Read the file into a table: in a loader process when it is big (``loader.use_process``),
+        which also names the serials changed since the loaded table; else here."""
         loaded = self._snapshot
+        changes = None
+        if self.use_loader():
+            job: dict[str, object] = {"kind": "index", "path": str(self.path)}
+            blobs: list[object] = []
+            if isinstance(loaded, IndexSnapshot) and isinstance(loaded.entries, StatusTable):
+                job["old"], blobs = loaded.entries.to_wire()
+                job["unlisted"] = [UNKNOWN_ANSWER, UNKNOWN_ANSWER]
+            header, out = loader.run(job, blobs, timeout=self.loader_timeout, command=self.loader_command)
+            table = StatusTable.from_wire(header["table"], out[:5])
+            lines = int(header["lines"])
+            changes = loader.changes_from_wire(header, out)
+        else:
+            table, lines = read_index_table(self.path)
+        snap = IndexSnapshot(table, self.validity, lines)
         check_shrink(str(self.path), "serials", len(snap.entries),
                      len(loaded.entries) if isinstance(loaded, IndexSnapshot) else None, self.max_shrink)
+        if changes is not None and loaded is not None:
+            self.computed_changes(loaded, snap, changes)
         return snap

@@ -100,6 +100,21 @@ def test_a_bad_value_is_a_miss(redis_server: RedisServer, caplog: pytest.LogCapt
     assert "not a stored answer" in caplog.text
 
 
+def test_an_error_answer_is_a_miss_not_an_outage(redis_server: RedisServer,  # noqa: F811
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    raw(redis_server, lambda c: c.rpush(key(1).text(PREFIX), b"a list"))
+
+    async def body(store: AnswerStore) -> None:
+        assert await store.get(key(1)) is None  # WRONGTYPE
+        assert store.available
+        await store.put(key(2), answer(2), time.time() + 600)
+        assert await store.get(key(2)) == answer(2)
+
+    with caplog.at_level(logging.WARNING, "frontend.answer_store"):
+        run(redis_server, body)
+    assert "refused GET" in caplog.text and "unavailable" not in caplog.text
+
+
 def test_delete_removes_answers_and_index_members(redis_server: RedisServer) -> None:  # noqa: F811
     keys = [key(1), key(1, HashAlgorithm.SHA256), key(2), key(3, ca="ca-2")]
 

@@ -1,14 +1,12 @@
 """ocspctl presign and the refresher against a real signer and a real redis-server.
 
 ``presign`` of a CA's serials puts one answer per serial (one audit record each), a rerun signs
-nothing, a frontend started afterwards serves them without signing (with the store in the request
-path: skipped until it is), and a frontend's refresher signs again an answer that becomes due. The
+nothing, a frontend started afterwards serves them without signing, and a frontend's refresher signs again an answer that becomes due. The
 stack (signer with its own audit writer id, Redis) is this module's own.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 import subprocess
 from collections.abc import Iterator
@@ -125,14 +123,6 @@ def test_presign_config_errors_name_the_file_and_key(stack: Stack) -> None:
     assert r.returncode == 1 and f"{plain}: cache.redis:" in r.stderr, r.stderr
 
 
-def store_in_request_path() -> bool:
-    from frontend.app import OcspApp
-
-    return "store" in inspect.signature(OcspApp.__init__).parameters
-
-
-@pytest.mark.skipif(not store_in_request_path(), reason="depends on the fleet helper's store in the request "
-                    "path (frontend.app OcspApp(store=...)), not merged yet")
 def test_a_frontend_started_afterwards_serves_presigned_answers_without_signing(stack: Stack) -> None:
     conf = stack.config("served", port := free_port(), 'refresh_before = "0s"')
     r = stack.presign(conf)

@@ -24,6 +24,7 @@ from frontend.app import CaEntry, OcspApp, build_issuers
 from frontend.cache import ResponseCache
 from frontend.config import ListenConfig
 from frontend.http_answer import HitAnswers, ocsp_http, static_headers
+from shared.answers import AnswerKey
 from shared.clock import FakeClock
 from shared.status.index_txt import IndexTxtSource
 from tests.integration.conftest import wait_until
@@ -99,14 +100,15 @@ def test_get_targets_kept_only_when_they_carry_a_request(env: Env) -> None:
 def test_hit_answers_kept_per_entry_and_second() -> None:
     cache = ResponseCache(10, 3600.0, clock=lambda: 1000.0)
     der = b"\x30\x03\x0a\x01\x00"
-    entry = cache.put(b"k", der, static_headers(der, 900, 5000), ca="a", this_update=900, next_update=5000)
+    key = AnswerKey("a", ())
+    entry = cache.put(key, der, static_headers(der, 900, 5000), this_update=900, next_update=5000)
     assert entry is not None
     hits = HitAnswers(3600, max_answers=1)
     for now in (1000.0, 1000.9, 1001.0, 1400.5):
         expected = ocsp_http(der, entry.headers, 5000, 3600, now, False, False, False, now)
         assert hits.answer(b"k", entry, now) == expected
         assert hits.answer(b"k", entry, now) is hits.answer(b"k", entry, now)  # kept
-    again = cache.put(b"k", der, static_headers(der, 950, 4000), ca="a", this_update=950, next_update=4000)
+    again = cache.put(key, der, static_headers(der, 950, 4000), this_update=950, next_update=4000)
     assert again is not None
     assert hits.answer(b"k", again, 1400.5) == ocsp_http(der, again.headers, 4000, 3600, 1400.5, False, False,
                                                            False, 1400.5)

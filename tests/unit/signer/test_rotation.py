@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from frontend.cache import ResponseCache
+from shared.answers import AnswerKey
 from shared.clock import FakeClock
+from shared.ocsp.types import CertId, HashAlgorithm
 from signer.admin import AdminService
 from signer.config import load_signer_config
 from signer.responder_state import ResponderState
@@ -224,8 +226,12 @@ def test_admin_needs_the_socket_or_an_allowed_identity(tmp_path: Path) -> None:
 # -- the frontend cache's side -----------------------------------------------------------------------------
 
 
+def answer_key(name: bytes) -> AnswerKey:
+    return AnswerKey("a", (CertId(HashAlgorithm.SHA1, b"\x01" * 20, b"\x02" * 20, name),))
+
+
 def put(c: ResponseCache, key: bytes, gen: int, now: float = 1000) -> Any:
-    return c.put(key, b"der", b"", ca="a", this_update=1000, next_update=9000, generation=gen, now=now)
+    return c.put(answer_key(key), b"der", b"", this_update=1000, next_update=9000, generation=gen, now=now)
 
 
 def test_cache_retires_old_responders_after_the_grace() -> None:
@@ -233,21 +239,21 @@ def test_cache_retires_old_responders_after_the_grace() -> None:
     put(c, b"k1", 1)
     put(c, b"k2", 1)
     c.set_generation("a", 2, now=1000)  # Watch: the responder was replaced
-    assert c.get(b"k1", now=1001.9) is not None  # still served within the grace
+    assert c.get(answer_key(b"k1"), now=1001.9) is not None  # still served within the grace
     assert put(c, b"k3", 1, now=1001) is None  # signed by the old one before the switch: not cached
     put(c, b"k2", 2, now=1001)  # re-signed by the new responder
-    assert c.get(b"k1", now=1002) is None and c.get(b"k2", now=1002) is not None
+    assert c.get(answer_key(b"k1"), now=1002) is None and c.get(answer_key(b"k2"), now=1002) is not None
     c.note_generation("a", 1, now=1003)  # a late reply of the old responder changes nothing
-    assert c.generation("a") == 2 and c.get(b"k2", now=1003) is not None
+    assert c.generation("a") == 2 and c.get(answer_key(b"k2"), now=1003) is not None
     c.set_generation("a", 1, now=1004)  # a restarted signer counts from 1 again: authoritative
-    assert c.get(b"k2", now=1006) is None
+    assert c.get(answer_key(b"k2"), now=1006) is None
 
 
 def test_cache_grace_zero_is_immediate() -> None:
     c = ResponseCache(10, max_age=10**6, rotation_grace=0)
     put(c, b"k1", 1)
     c.note_generation("a", 2, now=1000)
-    assert c.get(b"k1", now=1000) is None
+    assert c.get(answer_key(b"k1"), now=1000) is None
 
 
 # -- persisting: never half done ---------------------------------------------------------------------------
