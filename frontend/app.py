@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 from frontend.cache import STORE, Entry, ResponseCache
 from frontend.config import ListenConfig
 from frontend.signer_client import SignResult
-from shared.answers import AnswerKey, StoredAnswer
+from shared.answers import AnswerKey, StoredAnswer, serial_octets, stored_answer
 from shared.clock import Clock, SystemClock
 from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
@@ -347,19 +347,3 @@ def build_issuers(cas: Iterable[tuple[bytes, CaEntry]]) -> IssuerIndex[CaEntry]:
         index.add(der, entry)
         entry.issuer_keys = tuple(issuer_keys(der).values())
     return index
-
-
-def serial_octets(serial: int) -> bytes:
-    """The INTEGER content octets of ``serial`` in DER (minimal two's complement): how a CertID
-    spells it."""
-    n = serial if serial >= 0 else -serial - 1
-    return serial.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)
-
-
-def stored_answer(der: bytes, info: StatusInfo, this_update: int, next_update: int, produced_at: int,
-                  fingerprint: str) -> StoredAnswer:
-    """A fresh single-CertID answer as the store keeps it (what ``StoredAnswer.answers`` compares)."""
-    rev = info.revocation
-    return StoredAnswer(der, this_update, next_update, produced_at, info.status, fingerprint,
-                        0 if rev is None else int(rev.time.timestamp()),
-                        -1 if rev is None or rev.reason is None else int(rev.reason))

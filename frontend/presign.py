@@ -39,7 +39,7 @@ from typing import IO, Any, Protocol
 from frontend.answer_store import AnswerStore, StoreConfig, open_store
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
 from frontend.signer_client import Keepalive, SignerClient, SignResult
-from shared.answers import AnswerKey, StoredAnswer
+from shared.answers import AnswerKey, StoredAnswer, serial_octets, stored_answer
 from shared.config import ConfigError, parse_duration
 from shared.ocsp.certid import issuer_keys
 from shared.ocsp.errors import OCSPError
@@ -62,12 +62,6 @@ class Signer(Protocol):
 # -- what presign and the refresher share -----------------------------------------------------------------
 
 
-def serial_octets(serial: int) -> bytes:
-    """The INTEGER content octets of ``serial`` (minimal two's complement): what a client's CertID carries."""
-    n = serial if serial >= 0 else -serial - 1
-    return serial.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)
-
-
 def cert_id(issuer: IssuerKey, serial: int) -> CertId:
     return CertId(issuer.hash_algorithm, issuer.issuer_name_hash, issuer.issuer_key_hash, serial_octets(serial))
 
@@ -75,14 +69,6 @@ def cert_id(issuer: IssuerKey, serial: int) -> CertId:
 def expires_at(this_update: int, next_update: int, max_age: float) -> float:
     """When a stored answer goes (the Redis layout): min(nextUpdate, thisUpdate + max_age)."""
     return min(next_update, this_update + max_age)
-
-
-def stored_answer(der: bytes, info: StatusInfo, this_update: int, next_update: int, produced_at: int,
-                  fingerprint: str) -> StoredAnswer:
-    rev = info.revocation
-    return StoredAnswer(der, this_update, next_update, produced_at, info.status, fingerprint,
-                        0 if rev is None else int(rev.time.timestamp()),
-                        -1 if rev is None or rev.reason is None else int(rev.reason))
 
 
 def still_good(old: StoredAnswer, info: StatusInfo, now: float, max_age: float, min_remaining: float) -> bool:
@@ -465,4 +451,3 @@ def presign_main(argv: Iterable[str]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-

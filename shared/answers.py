@@ -107,3 +107,19 @@ def decode(data: bytes) -> StoredAnswer:
     except UnicodeDecodeError as e:
         raise BadStoredAnswer("fingerprint is not ASCII") from e
     return StoredAnswer(bytes(data[start:]), tu, nu, produced, status, fp, rev_time, reason)
+
+
+def serial_octets(serial: int) -> bytes:
+    """The INTEGER content octets of ``serial`` in DER (minimal two's complement): how a client's
+    CertID spells it."""
+    n = serial if serial >= 0 else -serial - 1
+    return serial.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)
+
+
+def stored_answer(der: bytes, info: StatusInfo, this_update: int, next_update: int, produced_at: int,
+                  fingerprint: str) -> StoredAnswer:
+    """A fresh single-CertID answer as the store keeps it (what ``StoredAnswer.answers`` compares)."""
+    rev = info.revocation
+    return StoredAnswer(der, this_update, next_update, produced_at, info.status, fingerprint,
+                        0 if rev is None else int(rev.time.timestamp()),
+                        -1 if rev is None or rev.reason is None else int(rev.reason))
