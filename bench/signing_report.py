@@ -219,23 +219,24 @@ def kept_sections(path: Path) -> str:
 NOTES = """
 ## Why the misses
 
-Since this run main has signer workers too (`[signer] workers`, one per core: "all cores" runs two
-signer workers and two frontend workers, each frontend with two connections to the signer), the
-cheaper signer path (ResponseTemplate, a hand-written ECDSA DER encoder, no task per batch item,
-about 30 % less signer CPU per signature) and the cache-hit work (GET paths remembered, a second's
-hit answers kept), which meets both cache-hit targets. On one core a signed P-256 answer costs about
-half the CPU of the run at c440bc5 (257 against 500 µs), still 4x openssl's. With all cores it costs
-more per answer than on one core, and serves fewer: four server processes and wrk share two cores,
-the load each process sees is a quarter of the whole, so the batches between the halves are short
-and a batch's fixed cost (thread hand-offs to the token thread and back, one audit write and fsync
-per group, the gRPC call; about 0.4 ms of CPU per batch in the signer alone) is spread over few
-answers; the profile below shows it: the signer's event loop waking (`select`), the token thread's
-hand-off (`_worker`) and the audit write outweigh `C_Sign` itself. The next step is to make the
-fixed cost per batch smaller or rarer (a token thread that takes whole batches without a future
-per hop, audit writes gathered across batches, fewer frontend workers than cores when the signer
-shares the host), not more parallelism. The p99 misses are queueing behind those batches. On a busy
-machine the req/s columns move from run to run by 2x; the CPU-per-answer columns, from each
-server's own CPU time, move much less. The rows and ratios above are the acceptance figures.
+"All cores" runs two signer workers and two frontend workers (each frontend with two connections to
+the signer) beside wrk on two cores. With all cores a signed answer costs more CPU than on one core,
+and fewer are served: the load each process sees is a quarter of the whole, so the batches between
+the halves are short and a batch's fixed cost (thread hand-offs to the token thread and back, one
+audit write and fsync per group, the gRPC call: a bare Health RPC alone takes 0.7-1.1 ms round trip
+here, bench/idle_latency.py) is spread over few answers. The profile below shows it: the signer's
+event loop waking (`select`), the token thread's hand-off (`_worker`) and the audit write outweigh
+`C_Sign` itself. The next step is to make the fixed cost per batch smaller or rarer (a token thread
+that takes whole batches without a future per hop, fewer frontend workers than cores when the signer
+shares the host), not more parallelism. The p99 misses are queueing behind those batches.
+
+The cache-hit rows met their targets at 32ae285 (1.29x / 1.31x the bare uvloop server's CPU with all
+cores); since then the cache is keyed by the answer (issue 11: a raw-bytes index in front of it), and
+the all-cores hit rows read 1.5-1.8x in the runs of 2026-12-02 afternoon while the one-core rows
+stayed at 1.1-1.3x: not yet explained (the all-cores rows share the cores with wrk and move most
+between runs), to be profiled. On a busy machine the req/s columns move from run to run by 2x; the
+CPU-per-answer columns, from each server's own CPU time, move much less. The rows and ratios above
+are the acceptance figures.
 """
 
 
