@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 from frontend.cache import STORE, Entry, ResponseCache
 from frontend.config import ListenConfig
 from frontend.signer_client import SignResult
-from shared.answers import AnswerKey, StoredAnswer, serial_octets, stored_answer
+from shared.answers import AnswerKey, StoredAnswer, expires_at, serial_octets, stored_answer
 from shared.clock import Clock, SystemClock
 from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
@@ -319,7 +319,7 @@ class OcspApp:
                 # Not awaited: the response does not wait for Redis (a bounded number of writes pend).
                 store.spawn_put(akey, stored_answer(body, infos[0], tu, nu, int(now.timestamp()),
                                                     result.responder_fingerprint),
-                                min(nu, tu + self.cache.max_age))
+                                expires_at(tu, nu, self.cache.max_age))
         return Answer(body, next_update=nu, headers=static)
 
     def _from_store(self, akey: AnswerKey, stored: StoredAnswer, info: StatusInfo,
@@ -329,7 +329,7 @@ class OcspApp:
         acceptable responder; else None (it is signed anew)."""
         now = self.cache.clock()
         tu, nu = stored.this_update, stored.next_update
-        expires = min(nu, tu + self.cache.max_age)  # as the writer stored it: as fresh as its thisUpdate
+        expires = expires_at(tu, nu, self.cache.max_age)  # as the writer stored it: as fresh as its thisUpdate
         if (expires <= now or not stored.answers(info)
                 or not self.cache.fingerprint_ok(akey.ca, stored.responder_fingerprint, now)):
             self.store_refused += 1

@@ -122,12 +122,27 @@ class ResponseCache:
         if entry is None:
             self.misses += 1
             return None
+        return self._served(entry, now)
+
+    def get(self, key: AnswerKey, now: float | None = None, raw: bytes | None = None) -> Entry | None:
+        """The entry of ``key``, or None; ``raw``, the request it was decoded from, is linked to it."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        entry = self._served(entry, now)
+        if entry is not None and raw is not None:
+            self.link(raw, entry)
+        return entry
+
+    def _served(self, entry: Entry, now: float | None) -> Entry | None:
+        """``entry`` (found by key or spelling) when it may still be served, counted as a hit; else a
+        miss (retired with its responder just now, or expired: dropped)."""
         if now is None:
             now = self.clock()
         if now >= self._next_retire:
             self._retire_due(now)
-            entry = self._raw.get(raw)
-            if entry is None:
+            if self._entries.get(entry.key) is not entry:  # retiring only drops entries
                 self.misses += 1
                 return None
         if now >= entry.expires:
@@ -136,30 +151,6 @@ class ResponseCache:
             return None
         self._entries.move_to_end(entry.key)
         self.hits += 1
-        return entry
-
-    def get(self, key: AnswerKey, now: float | None = None, raw: bytes | None = None) -> Entry | None:
-        """The entry of ``key``, or None; ``raw``, the request it was decoded from, is linked to it."""
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        if now is None:
-            now = self.clock()
-        if now >= self._next_retire:
-            self._retire_due(now)
-            entry = self._entries.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
-        if now >= entry.expires:
-            self._drop(key)
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        if raw is not None:
-            self.link(raw, entry)
         return entry
 
     def link(self, raw: bytes, entry: Entry) -> bool:

@@ -39,7 +39,7 @@ from typing import IO, Any, Protocol
 from frontend.answer_store import AnswerStore, StoreConfig, open_store
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
 from frontend.signer_client import Keepalive, SignerClient, SignResult
-from shared.answers import AnswerKey, StoredAnswer, serial_octets, stored_answer
+from shared.answers import AnswerKey, StoredAnswer, expires_at, serial_octets, stored_answer
 from shared.config import ConfigError, parse_duration
 from shared.ocsp.certid import issuer_keys
 from shared.ocsp.errors import OCSPError
@@ -64,11 +64,6 @@ class Signer(Protocol):
 
 def cert_id(issuer: IssuerKey, serial: int) -> CertId:
     return CertId(issuer.hash_algorithm, issuer.issuer_name_hash, issuer.issuer_key_hash, serial_octets(serial))
-
-
-def expires_at(this_update: int, next_update: int, max_age: float) -> float:
-    """When a stored answer goes (the Redis layout): min(nextUpdate, thisUpdate + max_age)."""
-    return min(next_update, this_update + max_age)
 
 
 def still_good(old: StoredAnswer, info: StatusInfo, now: float, max_age: float, min_remaining: float) -> bool:

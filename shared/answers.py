@@ -109,6 +109,12 @@ def decode(data: bytes) -> StoredAnswer:
     return StoredAnswer(bytes(data[start:]), tu, nu, produced, status, fp, rev_time, reason)
 
 
+def expires_at(this_update: int, next_update: int, max_age: float) -> float:
+    """When a stored answer goes (the store's rule, every writer and reader alike):
+    min(nextUpdate, thisUpdate + max_age)."""
+    return min(next_update, this_update + max_age)
+
+
 def serial_octets(serial: int) -> bytes:
     """The INTEGER content octets of ``serial`` in DER (minimal two's complement): how a client's
     CertID spells it."""
