@@ -47,7 +47,7 @@ def load_cas(cfg: FrontendConfig) -> IssuerIndex[CaEntry]:
         try:
             source.load_now()
         except StatusDataError as e:
-            raise ConfigError(ca.file, "status.path", str(e)) from None
+            raise ConfigError(ca.file, source.config_key, str(e)) from None
         try:
             index.add(ca.ca_cert_der, CaEntry(ca.name, source, tuple(issuer_keys(ca.ca_cert_der).values())))
         except ValueError as e:

@@ -68,7 +68,7 @@ class StatusVerifier:
             try:
                 source.load_now()
             except StatusDataError as e:
-                raise ConfigError(rc.file, "status.path", f"{e} (policy.verify_status checks every status "
+                raise ConfigError(rc.file, source.config_key, f"{e} (policy.verify_status checks every status "
                                   "against this data)") from None
             sources[rc.name] = source
         unchecked = frozenset(rc.name for rc in config.responders if rc.name not in sources)

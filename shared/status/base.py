@@ -138,6 +138,7 @@ class FileStatusSource(ABC):
     """A source backed by files; subclasses implement ``parse()`` (runs in a worker thread)."""
 
     kind = "file"
+    config_key = "status.path"  # the [status] key a start-up fault names (ConfigError)
     # Files of at least this many bytes (all watched files together) are read by a loader process;
     # None: always in this process.
     loader_min_bytes: int | None = 1 << 20
@@ -196,6 +197,10 @@ class FileStatusSource(ABC):
         self._listeners.append(callback)
 
     # -- loading ----------------------------------------------------------------------------------
+    def describe_files(self) -> str:
+        """The status data's origin, as log lines name it (the watched files)."""
+        return ", ".join(map(str, self.files))
+
     def _stamps_now(self) -> list[FileStamp]:
         return [stamp(p) for p in self.files]
 
@@ -284,7 +289,7 @@ class FileStatusSource(ABC):
                 kept = ("keeping the last good data" if self._snapshot is not None
                         else "no data to answer from")
                 msg = "%s: status reload of %s FAILED, %s: %s"
-                args = (self.name, ", ".join(map(str, self.files)), kept, error)
+                args = (self.name, self.describe_files(), kept, error)
                 if retry:  # tried again every check: the same refusal at most once a minute
                     self._retry_log.log(logging.ERROR, error, msg, *args)
                 else:
@@ -318,7 +323,7 @@ class FileStatusSource(ABC):
                     last_stale_log = now
                     log.error("%s: status data expired at %s (nextUpdate passed); answering tryLater "
                               "until %s is replaced", self.name, f"{next_update:%Y-%m-%dT%H:%M:%SZ}",
-                              self.files[0])
+                              self.describe_files())
             except Exception:
                 log.exception("%s: status check failed", self.name)
 

@@ -151,12 +151,14 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
         raise StatusDataError(f"not a PEM or DER CRL: {e}") from None
 
 
-def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL") -> x509.CertificateRevocationList:
-    """Parse ``data`` and check it is a complete CRL signed by ``ca``; raises StatusDataError."""
+def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL",
+                 wrong_issuer_hint: str = "") -> x509.CertificateRevocationList:
+    """Parse ``data`` and check it is a complete CRL signed by ``ca``; raises StatusDataError.
+    ``wrong_issuer_hint`` ends the message of a CRL issued by another CA (what to change)."""
     crl = load_crl(data)
     if crl.issuer != ca.subject:
-        raise StatusDataError(f"{where}: issuer {crl.issuer.rfc4514_string()!r} is not the CA "
-                              f"{ca.subject.rfc4514_string()!r}")
+        raise StatusDataError(f"{where} is issued by {crl.issuer.rfc4514_string()!r}, not by this CA "
+                              f"({ca.subject.rfc4514_string()!r}){wrong_issuer_hint}")
     try:
         valid = _signature_checked(data, ca) or crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError) as e:
@@ -341,14 +343,16 @@ def crl_entries(data: bytes, crl: x509.CertificateRevocationList, where: str) ->
     return entries
 
 
-def read_crl_tables(path: Path, ca_der: bytes, issued_path: Path | None) -> CrlTables:
-    """Read, verify and tabulate: the checks and errors of ``CrlSource.parse`` up to the issued list."""
+def read_crl_tables(path: Path, ca_der: bytes, issued_path: Path | None, where: str | None = None,
+                    wrong_issuer_hint: str = "") -> CrlTables:
+    """Read, verify and tabulate: the checks and errors of ``CrlSource.parse`` up to the issued list.
+    ``where`` names the CRL in messages (default: its path)."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise StatusDataError(f"cannot read {path}: {e.strerror or e}") from None
-    where = str(path)
-    crl = verified_crl(data, x509.load_der_x509_certificate(ca_der), where)
+    where = str(path) if where is None else where
+    crl = verified_crl(data, x509.load_der_x509_certificate(ca_der), where, wrong_issuer_hint)
     entries = crl_entries(data, crl, where)
     del data
     issued_count = None
@@ -395,15 +399,22 @@ class CrlSource(FileStatusSource):
         self.clock = clock or SystemClock()
         self.max_shrink = max_shrink  # share of the loaded issued serials a reload may lose (0..1)
 
+    def where(self) -> str:
+        """How messages name the CRL being read (its path)."""
+        return str(self.path)
+
+    wrong_issuer_hint = ""  # ends the message about a CRL issued by another CA
+
     def parse(self) -> CrlSnapshot:
         """Read and verify the CRL (and the issued list) into a table: in a loader process when big
         (which also names the serials changed since the loaded table), else here."""
-        where = str(self.path)
+        where = self.where()
         loaded = self._snapshot
         changes = None
         if self.use_loader():
-            job: dict[str, object] = {"kind": "crl", "path": where, "ca": self.ca_der.hex(),
-                                      "issued": None if self.issued_path is None else str(self.issued_path)}
+            job: dict[str, object] = {"kind": "crl", "path": str(self.path), "ca": self.ca_der.hex(),
+                                      "issued": None if self.issued_path is None else str(self.issued_path),
+                                      "where": where, "hint": self.wrong_issuer_hint}
             blobs: list[object] = []
             if isinstance(loaded, CrlTableSnapshot):
                 job["old"], blobs = loaded.table.to_wire()
@@ -412,7 +423,7 @@ class CrlSource(FileStatusSource):
             tables = CrlTables.from_header(header, StatusTable.from_wire(header["table"], out[:5]))
             changes = loader.changes_from_wire(header, out)
         else:
-            tables = read_crl_tables(self.path, self.ca_der, self.issued_path)
+            tables = read_crl_tables(self.path, self.ca_der, self.issued_path, where, self.wrong_issuer_hint)
         if self.issued_path is not None:
             assert tables.issued_count is not None
             # No such rule for the CRL itself: entries of expired certificates legitimately drop off it.

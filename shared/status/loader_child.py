@@ -24,7 +24,8 @@ def handle(job: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], lis
         header: dict[str, Any] = {"lines": lines}
     elif kind == "crl":
         issued = job.get("issued")
-        loaded = read_crl_tables(Path(job["path"]), bytes.fromhex(job["ca"]), Path(issued) if issued else None)
+        loaded = read_crl_tables(Path(job["path"]), bytes.fromhex(job["ca"]), Path(issued) if issued else None,
+                                 job.get("where"), job.get("hint") or "")
         table = loaded.table
         header = loaded.header()
     else:
