@@ -36,7 +36,6 @@ from pathlib import Path
 import httpx
 
 MAX_REDIRECTS = 5
-CHUNK = 64 * 1024
 USER_AGENT = "ocsp-responder (CRL fetch)"
 
 
@@ -140,7 +139,7 @@ def _save(resp: httpx.Response, dest_dir: Path, max_size: int, deadline: float, 
     digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
-            for chunk in resp.iter_raw(CHUNK):  # identity asked for: raw is the body
+            for chunk in resp.iter_raw():  # as it arrives (at most 64 KiB a read); identity: raw is the body
                 size += len(chunk)
                 if size > max_size:
                     raise FetchError(f"the CRL is larger than status.max_size ({max_size} bytes); download stopped")
