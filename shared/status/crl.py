@@ -155,7 +155,10 @@ def verified_crl(data: bytes, ca: x509.Certificate, where: str = "CRL",
                  wrong_issuer_hint: str = "") -> x509.CertificateRevocationList:
     """Parse ``data`` and check it is a complete CRL signed by ``ca``; raises StatusDataError.
     ``wrong_issuer_hint`` ends the message of a CRL issued by another CA (what to change)."""
-    crl = load_crl(data)
+    try:
+        crl = load_crl(data)
+    except StatusDataError as e:
+        raise StatusDataError(f"{where}: {e}") from None
     if crl.issuer != ca.subject:
         raise StatusDataError(f"{where} is issued by {crl.issuer.rfc4514_string()!r}, not by this CA "
                               f"({ca.subject.rfc4514_string()!r}){wrong_issuer_hint}")

@@ -169,7 +169,9 @@ class UrlCrlSource(CrlSource):
                 return True
             if self._snapshot is None:
                 return False
-            return await super().refresh(force)
+            # The kept copy when it changed on disk (another process sharing state_dir kept a newer
+            # one), and the issued list as a file (forced: re-read, as SIGHUP does for files).
+            return await super().refresh(force and self.issued_path is not None)
 
     def fetch_due(self) -> bool:
         if self._last_attempt is None:
