@@ -34,7 +34,7 @@ from frontend.signer_client import SignResult
 from shared.answers import AnswerKey, StoredAnswer, expires_at, serial_octets, stored_answer
 from shared.clock import Clock, SystemClock
 from shared.ocsp.certid import IssuerIndex, issuer_keys
-from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
+from shared.ocsp.errors import InternalError, OCSPError, StatusDisagrees, TryLater, Unauthorized
 from shared.ocsp.request import decode_request
 from shared.ocsp.response import error_response
 from shared.ocsp.types import (
@@ -300,7 +300,11 @@ class OcspApp:
         statuses = [SingleStatus(cert_id=cid, status=info.status, this_update=this_update,
                                  next_update=next_update, revocation=info.revocation)
                     for cid, info in zip(request.cert_ids, infos, strict=True)]
-        result = await self.signer.sign(statuses, request.nonce)
+        try:
+            result = await self.signer.sign(statuses, request.nonce)
+        except StatusDisagrees:
+            source.catch_up()  # the signer may have newer data (a CRL it fetched first): look soon
+            raise
         self.signed += 1
         body = result.der
         # Every reply, nonce or not, tells which responder generation signs for this CA now.

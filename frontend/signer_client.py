@@ -54,7 +54,7 @@ import grpc
 from grpc import aio
 
 from frontend.tls import SignerTls
-from shared.ocsp.errors import InternalError, OCSPError, TryLater, Unauthorized
+from shared.ocsp.errors import InternalError, OCSPError, StatusDisagrees, TryLater, Unauthorized
 from shared.ocsp.types import CertStatus, HashAlgorithm, SingleStatus
 from shared.ratelog import RateLimitedLog
 from shared.rpc import signer_pb2 as pb
@@ -200,6 +200,8 @@ def map_error(e: grpc.RpcError) -> OCSPError:
     code = e.code() if hasattr(e, "code") else None
     detail = e.details() if hasattr(e, "details") else str(e)
     msg = f"signer: {code.name if code else 'error'}: {detail}"
+    if code == STATUS_DISAGREES:
+        return StatusDisagrees(msg)
     if code in TRY_LATER_CODES:
         return TryLater(msg)
     if code == grpc.StatusCode.PERMISSION_DENIED:

@@ -112,6 +112,9 @@ class StatusVerifier:
                 found = self._first_problem(source, job)
                 if found is None:
                     return None
+            # A fetched CRL: the watch fetches again soon (bounded), not at its next refresh; not
+            # here, where a download would hold this Sign.
+            source.catch_up()
         _snapshot, item, reason = found
         self.refusals[job.responder.name] += 1
         return f"serial {item.cert_id.serial.hex()}: {reason}"

@@ -25,5 +25,9 @@ class TryLater(OCSPError):
     status = ResponseStatus.TRY_LATER
 
 
+class StatusDisagrees(TryLater):
+    """The signer's own status data disagrees with ours (one side has not loaded a new CRL yet)."""
+
+
 class Unauthorized(OCSPError):
     status = ResponseStatus.UNAUTHORIZED

@@ -192,6 +192,10 @@ class FileStatusSource(ABC):
             raise TryLater(f"{self.name}: no status data loaded")
         return snap
 
+    def catch_up(self) -> None:
+        """The other half disagreed with this data: it may have newer data than ours. Files are
+        checked every ``check_interval`` anyway; a fetched CRL is fetched again soon (bounded)."""
+
     def on_change(self, callback: Callable[[FileStatusSource], None]) -> None:
         """Call ``callback(source)`` after each successful reload (the cache drops this CA)."""
         self._listeners.append(callback)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import ssl
 import tempfile
@@ -36,6 +37,9 @@ from pathlib import Path
 import httpx
 
 MAX_REDIRECTS = 5
+# httpx logs every request at INFO: one line per scheduled check. Our own lines say what matters
+# (a reload, a failure with its cause).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 USER_AGENT = "ocsp-responder (CRL fetch)"
 
 

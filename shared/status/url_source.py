@@ -43,6 +43,9 @@ from shared.status.crl import CrlSource
 from shared.status.fetch import Fetched, FetchError, Validators, download
 
 RETRY = 60.0  # seconds before a failed fetch is tried again (at most; refresh when shorter)
+# After the other half disagreed (catch_up), a fetch at once, but at most once per this many seconds:
+# a frontend that lies cannot make the signer hammer the CA's web server.
+CATCH_UP_INTERVAL = 10.0
 FETCH_LOG_INTERVAL = 300.0  # the same fetch failure is logged at most once per this many seconds
 CDP = "cdp"  # status.url = "cdp": the CRL Distribution Points of the CA certificate
 
@@ -93,6 +96,7 @@ class UrlCrlSource(CrlSource):
         self._last_attempt: float | None = None  # monotonic
         self._last_attempt_at: datetime | None = None  # wall clock
         self._reading_url = False
+        self._catch_up = False
         self._fetch_lock: asyncio.Lock | None = None
         self._fetch_log = RateLimitedLog(log, FETCH_LOG_INTERVAL, time.monotonic)
 
@@ -173,8 +177,13 @@ class UrlCrlSource(CrlSource):
             # one), and the issued list as a file (forced: re-read, as SIGHUP does for files).
             return await super().refresh(force and self.issued_path is not None)
 
+    def catch_up(self) -> None:
+        self._catch_up = True
+
     def fetch_due(self) -> bool:
         if self._last_attempt is None:
+            return True
+        if self._catch_up and time.monotonic() - self._last_attempt >= min(self.refresh_interval, CATCH_UP_INTERVAL):
             return True
         wait = self.refresh_interval if self.last_fetch_error is None else min(self.refresh_interval, RETRY)
         if time.monotonic() - self._last_attempt >= wait:
@@ -216,6 +225,7 @@ class UrlCrlSource(CrlSource):
                         max_size=self.max_size, ca_bundle=self.ca_bundle)
 
     def _attempted(self) -> None:
+        self._catch_up = False
         self._last_attempt = time.monotonic()
         self._last_attempt_at = self.clock.now()
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +65,9 @@ class Stack:
     def key(self):
         return serialization.load_pem_private_key(self.demo.path("ec-ca", "ca-key.pem").read_bytes(), None)
 
-    def kept(self) -> bytes:
-        return (self.state / "demo-ec.crl").read_bytes()
+    def kept(self, half: str = "frontend") -> bytes:
+        state = self.state if half == "frontend" else self.dir / "signer-state"
+        return (state / "demo-ec.crl").read_bytes()
 
 
 def with_cdp(demo: Demo, url: str, out: Path) -> Path:
@@ -83,14 +86,14 @@ def with_cdp(demo: Demo, url: str, out: Path) -> Path:
     return out
 
 
-def url_status(state: Path) -> str:
-    return (f'[status]\nsource = "crl"\nurl = "cdp"\nstate_dir = "{state}"\nrefresh = "1s"\ncheck_interval = "100ms"\n'
-            f'timeout = "2s"\nmax_size = {MAX_SIZE}\nunissued = "unknown"\n')
+def url_status(state: Path, refresh: str) -> str:
+    return (f'[status]\nsource = "crl"\nurl = "cdp"\nstate_dir = "{state}"\nrefresh = "{refresh}"\n'
+            f'check_interval = "100ms"\ntimeout = "2s"\nmax_size = {MAX_SIZE}\nunissued = "unknown"\n')
 
 
-@pytest.fixture(scope="module")
-def stack(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    d = tmp_path_factory.mktemp("status-url")
+@contextmanager
+def url_stack(demo: Demo, d: Path, name: str, refresh: str) -> Iterator[Stack]:
+    """A web server publishing the demo EC CRL, and a signer and a frontend fetching it every ``refresh``."""
     server = CrlServer().start()
     server.routes[PATH] = Route(demo.path("ec-ca", "crl.pem").read_bytes(), last_modified=1_700_000_000)
     ca_dir = d / "ca.d"
@@ -103,19 +106,32 @@ def stack(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
     issued = [line for line in table.splitlines() if line.startswith("issued_serials")]
     head = head.replace(f'ca_cert = "{demo.path("ec-ca", "ca.pem")}"', f'ca_cert = "{cdp_ca}"')
     assert str(cdp_ca) in head
-    f.write_text(head + url_status(state) + "\n".join(issued) + "\n")
+    f.write_text(head + url_status(state, refresh) + "\n".join(issued) + "\n")
+    # The signer's own copy of the CA files, with its own state directory, as on a host of its own:
+    # each half fetches and keeps the CRL by itself.
+    signer_ca_dir = d / "signer-ca.d"
+    shutil.copytree(ca_dir, signer_ca_dir)
+    (d / "signer-state").mkdir()
+    sf = signer_ca_dir / "demo-ec.toml"
+    sf.write_text(sf.read_text().replace(f'state_dir = "{state}"', f'state_dir = "{d / "signer-state"}"'))
     address = f"unix:{short_dir() / 'signer.sock'}"
     sconf = demo_config(demo, "signer.toml", d / "signer.toml", {
-        "address": address, "socket": None, "writer_id": "status_url", "ca_dir": ca_dir, "dir": d / "audit"})
+        "address": address, "socket": None, "writer_id": name, "ca_dir": signer_ca_dir, "dir": d / "audit"})
     port = free_port()
     fconf = demo_config(demo, "frontend.toml", d / "frontend.toml", {"ca_dir": ca_dir, "port": port, "address": address})
-    sp = ocsp_signer(demo, sconf, address, name="ocsp-signer-status-url", probe=fconf)
-    fp = ocsp_frontend(demo, fconf, port, name="ocsp-frontend-status-url")
+    sp = ocsp_signer(demo, sconf, address, name=f"ocsp-signer-{name}", probe=fconf)
+    fp = ocsp_frontend(demo, fconf, port, name=f"ocsp-frontend-{name}")
     try:
         with running(sp, fp):
             yield Stack(d, demo, server, sp, fp, port, state, fconf)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with url_stack(demo, tmp_path_factory.mktemp("status-url"), "status_url", "1s") as s:
+        yield s
 
 
 def ask(stack: Stack, which: str = "good", *, nonce: bool = True) -> ocsp.OCSPResponse:
@@ -168,7 +184,7 @@ def test_answers_come_from_the_fetched_crl_and_follow_a_new_one(stack: Stack) ->
     wait_until(lambda: answered(stack, "good") == REVOKED, 30, "the revocation published at the URL to be answered")
     for _ in range(3):  # both halves have it now: signed, revoked, no refusal since
         assert answered(stack, "good") == REVOKED
-    wait_until(lambda: stack.kept() == body, 10, "the new CRL to be kept")
+    wait_until(lambda: stack.kept() == body and stack.kept("signer") == body, 10, "the new CRL to be kept by both")
     # The skew between the two halves' fetches may have cost refusals (tryLater); none once both have it.
     settled = log_count(stack.signer, "REFUSED to sign")
     assert answered(stack, "good") == REVOKED
@@ -229,6 +245,28 @@ def test_no_crl_fetched_and_none_kept_is_a_start_up_error(stack: Stack, tmp_path
     assert result.returncode == 2, result.stderr
     assert f"{f}: status.url: cannot fetch the CRL at {stack.server.url(PATH)}: HTTP 404" in result.stderr
     assert str(tmp_path / "state" / "demo-ec.crl") in result.stderr
+
+
+def test_the_half_behind_catches_up_when_the_other_disagrees(demo: Demo, tmp_path: Path) -> None:
+    """With an hour between scheduled fetches, SIGHUP makes one half fetch a new CRL: the other one,
+    told by the disagreement, fetches it too within seconds, not at its next scheduled fetch."""
+    reloaded = "demo-ec: status data reloaded"
+    with url_stack(demo, tmp_path, "url_catch_up", "1h") as stack:
+        assert answered(stack, "good") == GOOD and answered(stack, "unknown") == ocsp.OCSPCertStatus.UNKNOWN
+        # The frontend first: the signer refuses its newer window, then catches up.
+        before = log_count(stack.frontend, reloaded)
+        publish(stack, "good", 500)
+        stack.frontend.signal(signal.SIGHUP)
+        wait_until(lambda: log_count(stack.frontend, reloaded) > before, 30, "the frontend to fetch on SIGHUP")
+        wait_until(lambda: answered(stack, "good") == REVOKED, 40, "the signer to catch up")
+        # The signer first: it refuses the frontend's older window, and the frontend catches up.
+        before = log_count(stack.signer, reloaded)
+        body = publish(stack, "unknown", 501)
+        stack.signer.signal(signal.SIGHUP)
+        wait_until(lambda: log_count(stack.signer, reloaded) > before, 30, "the signer to fetch on SIGHUP")
+        wait_until(lambda: answered(stack, "unknown") == REVOKED, 40, "the frontend to catch up")
+        assert stack.kept() == body
+        assert log_count(stack.frontend, "the signer's status data disagrees with ours") >= 1
 
 
 # -- a compromised CA -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from grpc import aio
 
 from frontend.signer_client import DEFAULT_MAX_BATCH, SignerClient
-from shared.ocsp.errors import InternalError, TryLater, Unauthorized
+from shared.ocsp.errors import InternalError, StatusDisagrees, TryLater, Unauthorized
 from shared.ocsp.types import CertId, CertStatus, HashAlgorithm, SingleStatus
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc
@@ -133,7 +133,8 @@ def test_idle_line_sends_at_once_and_concurrent_signs_share_calls(tmp_path: Path
 
 
 def test_each_item_maps_as_a_unary_sign_would(tmp_path: Path) -> None:
-    expected = {0: None, 1: Unauthorized, 2: TryLater, 3: TryLater, 4: InternalError, 5: TryLater, 6: TryLater}
+    expected = {0: None, 1: Unauthorized, 2: StatusDisagrees, 3: TryLater, 4: InternalError, 5: TryLater,
+                6: TryLater}
 
     async def go() -> None:
         stand = BatchStand()

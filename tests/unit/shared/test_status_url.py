@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from shared.clock import FakeClock
 from shared.ocsp.types import CertStatus
 from shared.status.base import StatusDataError
-from shared.status.url_source import UrlCrlSource, cdp_url
+from shared.status.url_source import CATCH_UP_INTERVAL, UrlCrlSource, cdp_url
 from tests.crl_server import CrlServer, Route
 from tests.unit.frontend.frontend_pki import NOW, TestCA
 
@@ -229,6 +229,16 @@ def test_schedule(server: CrlServer, tmp_path: Path, ca: TestCA) -> None:
     src.last_fetch_error = "x"
     src._last_attempt = time.monotonic() - 61
     assert src.fetch_due()
+    src._attempted()
+    src.last_fetch_error = None
+    # The other half disagreed: fetch again soon, but not more than once per CATCH_UP_INTERVAL.
+    src.catch_up()
+    assert not src.fetch_due()
+    src._last_attempt = time.monotonic() - CATCH_UP_INTERVAL
+    assert src.fetch_due()
+    src._attempted()
+    src._last_attempt = time.monotonic() - CATCH_UP_INTERVAL
+    assert not src.fetch_due()  # that catch-up was spent
 
 
 def test_watch_fetches_on_its_own(server: CrlServer, tmp_path: Path, ca: TestCA) -> None:
