@@ -248,6 +248,7 @@ class UrlCrlSource(CrlSource):
         """The fetched CRL is installed: it becomes the kept copy."""
         assert fetched.path is not None
         try:
+            os.chmod(fetched.path, 0o644)  # a CRL is public; another user sharing state_dir may read it
             os.replace(fetched.path, self.kept)
         except OSError as e:
             _remove(fetched.path)
