@@ -11,7 +11,9 @@ fails (``StatusDataError``, reported as ``status.url``).
 
 Schedule: a fetch every ``refresh``, checked every ``check_interval``; after a failure, again within
 ``RETRY`` (or ``refresh`` when shorter); as soon as the loaded CRL's nextUpdate has passed; and at
-once on ``refresh(force=True)`` (SIGHUP). Conditional requests: a 304 Not Modified, or a body equal
+once on ``refresh(force=True)`` (SIGHUP). After ``catch_up()`` (the other half disagreed with our
+data: it may have fetched a newer CRL first) the watch fetches again within ``check_interval``, at most
+once per ``CATCH_UP_INTERVAL``. Conditional requests: a 304 Not Modified, or a body equal
 to the loaded CRL's, keeps the current data and counts as a successful check. A CRL refused once is
 asked for with its own ETag/Last-Modified, so a server that keeps publishing it costs a 304, not a
 second download (a CRL refused only for being ahead of our clock is fetched again in full).
@@ -38,7 +40,7 @@ from cryptography import x509
 
 from shared.clock import Clock
 from shared.ratelog import RateLimitedLog
-from shared.status.base import StatusDataError, log
+from shared.status.base import NotYetValid, StatusDataError, log
 from shared.status.crl import CrlSource
 from shared.status.fetch import Fetched, FetchError, Validators, download
 
@@ -153,7 +155,9 @@ class UrlCrlSource(CrlSource):
                 super().load_now(attempts, pause)
         except StatusDataError as e:
             _remove(fetched.path)
-            self._failed(str(e))
+            self._failed(str(e), logged=True)  # said below, or by the start-up error
+            if not isinstance(e, NotYetValid):
+                self._refused = fetched.validators
             if self._snapshot is None:
                 raise StatusDataError(f"{e}; and no good copy is kept in {self.kept} ({kept_error})") from None
             log.error("%s: the CRL fetched from %s is refused, starting from the copy kept in %s: %s", self.name,

@@ -29,7 +29,7 @@ from shared.ocsp.types import HashAlgorithm
 from signer.ctl.demo.ca_db import read_crl_entries, write_crl
 from tests.crl_server import CrlServer, Route
 from tests.integration.conftest import Demo, Process, free_port, wait_until
-from tests.integration.ocsp_client import load_cert, post, random_nonce, verify_basic
+from tests.integration.ocsp_client import load_cert, openssl_ocsp, post, random_nonce, verify_basic
 from tests.integration.private_stack import (
     check_config,
     demo_config,
@@ -315,4 +315,10 @@ def test_a_compromised_ca_answers_every_serial_revoked_ca_compromise(demo: Demo,
                 assert resp.certificate_status == REVOKED, which
                 assert resp.revocation_reason == x509.ReasonFlags.ca_compromise, which
                 assert resp.revocation_time_utc == not_before, which
+        # A second, independent client: OpenSSL's, over HTTP, verifying the signature.
+        result = openssl_ocsp(demo.path("rsa-ca", "ca.pem"), [demo.path("rsa-ca", f"leaf-{w}.pem")
+                                                               for w in ("good", "revoked", "unknown")],
+                              f"http://127.0.0.1:{port}/")
+        assert result.verified, result.stderr
+        assert result.stdout.count(": revoked") == 3 and result.stdout.count("Reason: cACompromise") == 3, result.stdout
         assert "REFUSED to sign" not in sp.log.read_text(errors="replace")
