@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import ssl
 import threading
 import time
 from collections import Counter
@@ -41,7 +42,9 @@ class Route:
 
 
 class CrlServer:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: a server-side context; the server then speaks https."""
+        self.scheme = "https" if tls is not None else "http"
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
         self.conditional: Counter[str] = Counter()
@@ -61,12 +64,14 @@ class CrlServer:
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), name="crl-server",
                                         daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def start(self) -> CrlServer:
         self._thread.start()

@@ -92,10 +92,11 @@ def make_client(timeout: float, ca_bundle: Path | None) -> httpx.Client:
 def download(url: str, dest_dir: Path, *, validators: Validators, timeout: float, max_size: int,
              ca_bundle: Path | None = None, client: httpx.Client | None = None) -> Fetched:
     """GET ``url`` into a new temporary file in ``dest_dir``; raises FetchError."""
-    own = client is None
-    http = make_client(timeout, ca_bundle) if client is None else client
+    http = client
     deadline = time.monotonic() + timeout
     try:
+        if http is None:
+            http = make_client(timeout, ca_bundle)
         with http.stream("GET", url, headers=validators.headers()) as resp:
             if resp.status_code == 304:
                 return Fetched(None, _validators(resp, validators))
@@ -120,11 +121,11 @@ def download(url: str, dest_dir: Path, *, validators: Validators, timeout: float
     except httpx.HTTPError as e:
         raise FetchError(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
     except ssl.SSLError as e:  # a bad ca_bundle file, read when the client is made
-        raise FetchError(f"TLS set-up failed: {e}") from None
+        raise FetchError(f"TLS set-up failed (status.ca_bundle {ca_bundle}): {e}") from None
     except OSError as e:
         raise FetchError(f"{type(e).__name__}: {e.strerror or e}") from None
     finally:
-        if own:
+        if client is None and http is not None:
             http.close()
 
 

@@ -130,3 +130,66 @@ def test_an_unwritable_state_dir_is_a_clear_failure(server: CrlServer, tmp_path:
     server.routes["/ca.crl"] = Route(BODY)
     with pytest.raises(FetchError, match="cannot write in the state directory"):
         get(server, tmp_path / "missing")
+
+
+def tls_files(d: Path) -> tuple[Path, Path, Path]:
+    """A test CA (ca.pem) and a certificate for 127.0.0.1 it issued (server.pem, server-key.pem)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Web Test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (d / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (d / "server.pem").write_bytes(cert.public_bytes(pem))
+    (d / "server-key.pem").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return d / "ca.pem", d / "server.pem", d / "server-key.pem"
+
+
+def test_https_with_ca_bundle_and_refused_without(tmp_path: Path) -> None:
+    import ssl
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    ca, cert, key = tls_files(keys)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    with CrlServer(tls=ctx) as server:
+        server.routes["/ca.crl"] = Route(BODY)
+        url = server.url("/ca.crl")
+        assert url.startswith("https://")
+        got = download(url, tmp_path, validators=NONE, timeout=5, max_size=1 << 20, ca_bundle=ca)
+        assert got.path is not None and got.path.read_bytes() == BODY
+        got.path.unlink()
+        # The system's store does not trust the test CA: a clear failure, nothing written.
+        with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            download(url, tmp_path, validators=NONE, timeout=5, max_size=1 << 20)
+        assert leftovers(tmp_path) == ["keys"]
+
+
+def test_a_bad_ca_bundle_is_a_clear_failure(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("not a certificate\n")
+    with pytest.raises(FetchError, match="TLS set-up failed"):
+        download("https://127.0.0.1:1/ca.crl", tmp_path, validators=NONE, timeout=1, max_size=1024, ca_bundle=bundle)

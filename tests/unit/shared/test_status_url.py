@@ -259,3 +259,23 @@ def test_watch_fetches_on_its_own(server: CrlServer, tmp_path: Path, ca: TestCA)
 
     asyncio.run(go())
     assert server.hits[PATH] >= 2
+
+
+def test_through_the_loader_process(server: CrlServer, tmp_path: Path, ca: TestCA, other: TestCA) -> None:
+    """A big download is read by the loader process (forced here for a small one): same verdicts and
+    the same wording (the URL, the hint), carried across the process boundary."""
+    server.routes[PATH] = Route(crl(ca, [0x10], 1))
+    src = make(server, tmp_path, ca)
+    src.loader_min_bytes = 1
+    src.load_now()
+    assert status(src, 0x10) is CertStatus.REVOKED
+
+    async def go() -> None:
+        server.routes[PATH] = Route(other.crl([], this_update=NOW, number=2))
+        assert not await src.refresh(force=True)
+        assert "the CRL at http://" in (src.last_fetch_error or "") and "set status.url" in (src.last_fetch_error or "")
+        server.routes[PATH] = Route(crl(ca, [0x10, 0x14], 3))
+        assert await src.refresh(force=True)
+        assert status(src, 0x14) is CertStatus.REVOKED and src.last_changes == {0x14}
+
+    asyncio.run(go())
