@@ -122,3 +122,29 @@ def test_errors_name_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert info.value.key == key, info.value
     assert signer_main.main(["--config", str(conf), "--check"]) == 2
     assert capsys.readouterr().err.startswith(f"ocsp-signer: {info.value.file}: {key}: ")
+
+
+URL_STATUS = ('[status]\nsource = "crl"\nurl = "https://ca.example/alpha.crl"\nstate_dir = "state"\n'
+              'unissued = "unknown"\n')
+
+
+def test_a_fetched_crl_needs_a_writable_state_dir_here(tmp_path: Path) -> None:
+    """status.url: the signer fetches its own copy into its own state_dir; without that directory the
+    CA is left unchecked in auto mode (and saying why), and verify_status = true refuses to start."""
+    cfg = load_signer_config(setup(tmp_path, status=URL_STATUS, files=()))
+    rc = cfg.responders[0]
+    assert rc.status is None and rc.status_unused is not None and rc.status_unused.startswith("status.state_dir: ")
+    with pytest.raises(ConfigError) as info:
+        load_signer_config(setup(tmp_path, status=URL_STATUS, files=(), verify="true"))
+    assert info.value.key == "status.state_dir"
+    (tmp_path / "ca.d" / "state").mkdir()
+    cfg = load_signer_config(setup(tmp_path, status=URL_STATUS, files=()))
+    status = cfg.responders[0].status
+    assert status is not None and status.fetch is not None and status.fetch.url == "https://ca.example/alpha.crl"
+    assert status == load_ca_file(tmp_path / "ca.d" / "alpha.toml").status  # both halves read the same table
+
+
+def test_a_compromised_ca_is_checked_without_its_files(tmp_path: Path) -> None:
+    cfg = load_signer_config(setup(tmp_path, status=DEFAULT_STATUS + "compromised = true\n", files=(), verify="true"))
+    status = cfg.responders[0].status
+    assert status is not None and status.compromised and cfg.verifies_status
