@@ -177,9 +177,28 @@ class UrlCrlSource(CrlSource):
                 return True
             if self._snapshot is None:
                 return False
+            files_forced = force and self.issued_path is not None
+            if not files_forced and await self._kept_anew():
+                return False
             # The kept copy when it changed on disk (another process sharing state_dir kept a newer
             # one), and the issued list as a file (forced: re-read, as SIGHUP does for files).
-            return await super().refresh(force and self.issued_path is not None)
+            installed = await super().refresh(files_forced)
+            if installed:  # the kept copy (or the issued list) was read: what we now hold
+                self._digest = await asyncio.get_running_loop().run_in_executor(None, _digest_of, self.kept)
+            return installed
+
+    async def _kept_anew(self) -> bool:
+        """True when the kept copy changed on disk but holds the CRL we have (another process sharing
+        state_dir, a frontend worker, kept the same download): noted, not read again. One hash per
+        such change, instead of a parse and verify (seconds for a big CRL) in every worker."""
+        loop = asyncio.get_running_loop()
+        stamps = await loop.run_in_executor(None, self._stamps_now)
+        if stamps == self._stamps or stamps[0] is None or stamps[1:] != self._stamps[1:]:
+            return False
+        if await loop.run_in_executor(None, _digest_of, self.kept) != self._digest:
+            return False
+        self._stamps = stamps
+        return True
 
     def catch_up(self) -> None:
         self._catch_up = True

@@ -279,3 +279,31 @@ def test_through_the_loader_process(server: CrlServer, tmp_path: Path, ca: TestC
         assert status(src, 0x14) is CertStatus.REVOKED and src.last_changes == {0x14}
 
     asyncio.run(go())
+
+
+def test_processes_sharing_state_dir(server: CrlServer, tmp_path: Path, ca: TestCA) -> None:
+    """Two sources on one state_dir (frontend workers, or both halves on one host): a newer copy one
+    keeps is read by the other; the same CRL kept anew is noted without a re-read."""
+    server.routes[PATH] = Route(crl(ca, [0x10], 1))
+    a, b = make(server, tmp_path, ca), make(server, tmp_path, ca)
+    a.load_now()
+    b.load_now()
+
+    async def go() -> None:
+        server.routes[PATH] = Route(crl(ca, [0x10, 0x15], 2))
+        assert await a.refresh(force=True)
+        gen = b.generation
+        assert await b.refresh()  # not due: the newer kept copy, read from disk
+        assert status(b, 0x15) is CertStatus.REVOKED and b.generation == gen + 1
+        # b downloads the same CRL and keeps nothing new (same digest); a's copy rename is noted only.
+        b._last_attempt = None
+        assert not await b.refresh()
+        body = b.kept.read_bytes()
+        replaced = b.kept.with_name("x.tmp")
+        replaced.write_bytes(body)
+        replaced.replace(b.kept)  # as another worker's os.replace of the same download
+        gen = a.generation
+        assert not await a.refresh()
+        assert a.generation == gen
+
+    asyncio.run(go())
