@@ -168,6 +168,9 @@ def _read_fetch(sec: Section, must_exist: bool) -> FetchConfig:
     if url != CDP and not url.lower().startswith(("http://", "https://")):
         raise sec.error("url", f"must be an http:// or https:// address, or \"cdp\" (the CA certificate's CRL "
                                f"Distribution Points), not {url!r}")
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+        raise sec.error("url", "must not carry credentials (user:password@): they would be logged with every "
+                               "failure; publish the CRL where it can be fetched without them")
     if not sec.has("state_dir"):
         raise sec.error("state_dir", "is required with status.url: a directory this process can write, where "
                                      "downloads land and the last good CRL is kept (a restart while the CA's web "

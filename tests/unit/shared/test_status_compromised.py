@@ -72,6 +72,7 @@ def test_url_keys(tmp_path: Path) -> None:
     (URL.replace('"crl"', '"index"').replace('unissued = "unknown"\n', ""), "status.url", 'only for source = "crl"'),
     (URL.replace("https://ca.example/ca.crl", "ftp://ca.example/ca.crl"), "status.url", "http:// or https://"),
     (URL.replace('state_dir = "state"\n', ""), "status.state_dir", "is required with status.url"),
+    (URL.replace("https://ca.example", "https://me:secret@ca.example"), "status.url", "must not carry credentials"),
     (URL.replace('"state"', '"nope"'), "status.state_dir", "is not a directory"),
     (URL + "max_size = 10\n", "status.max_size", "at least 1024"),
     (URL + 'timeout = "1h"\n', "status.timeout", "at most"),
