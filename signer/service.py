@@ -41,6 +41,7 @@ from signer.audit import (
 from signer.audit_space import AuditSpace
 from signer.config import DEFAULT_MAX_IN_FLIGHT, SignerConfig, load_signer_config
 from signer.control import ControlChannel
+from signer.core_log import core_lines_held, core_reason
 from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
 from signer.policy import Policy, PolicyError, SignJob, check_known_fields, largest_sign_batch_size
@@ -382,7 +383,9 @@ class SignerServer:
         self.local: LocalListener | None = None  # a unix: listen.address: its public socket and relay
         self._reloads: set[asyncio.Task[None]] = set()  # status reloads SIGHUP started
 
-    async def stop(self, grace: float | None = SHUTDOWN_GRACE) -> None:
+    async def stop(self, grace: float | None = SHUTDOWN_GRACE, *, failed_start: bool = False) -> None:
+        """Stop serving and release everything. ``failed_start``: ``serve`` could not finish starting;
+        the audit log is abandoned (``AuditLog.abandon``: a file no record went into is removed)."""
         self.service.serving = False
         if self.service.audit_space is not None:
             await self.service.audit_space.stop()
@@ -397,7 +400,10 @@ class SignerServer:
         if self.local is not None:
             await self.local.close()
         try:
-            await self.service.audit.close()  # a final checkpoint covering every record
+            if failed_start:
+                await self.service.audit.abandon()
+            else:
+                await self.service.audit.close()  # a final checkpoint covering every record
         except AuditUnavailable as e:
             log.error("audit log: final checkpoint failed: %s", e.reason)
         loop = asyncio.get_running_loop()
@@ -495,6 +501,21 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
     except BaseException:
         executor.shutdown(wait=False)
         raise
+    try:
+        return await _start(config, ready, clock, executor, worker, owns_token=owns_token)
+    except BaseException:
+        if ready.audit is not None and not ready.audit.closed:  # failed before the server existed
+            await ready.audit.abandon()
+            if owns_token:
+                await asyncio.get_running_loop().run_in_executor(executor, ready.token.close)
+            executor.shutdown(wait=False)
+        raise
+
+
+async def _start(config: SignerConfig, ready: startup.Prepared, clock: Clock, executor: ThreadPoolExecutor,
+                 worker: WorkerRole | None, *, owns_token: bool) -> tuple[SignerServer, str]:
+    """``serve`` once every start-up check passed: the service, the server, the listeners. A failure
+    stops what was started (the audit log abandoned: ``SignerServer.stop(failed_start=True)``)."""
     token, responders, audit = ready.token, ready.responders, ready.audit
     if worker is not None and worker.generations:  # a restarted worker: the running workers' generations
         responders = ResponderSet.of([dataclasses.replace(r, generation=worker.generations.get(r.name, r.generation))
@@ -533,16 +554,18 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
         wrapper.admin.rotator.reader = lambda path: load_signer_config(path).for_worker(number, config.listen.port)
         WorkerLink(worker.control, wrapper.admin.rotator, service.verifier, number)
     wrapper.local = local
+    core_lines: list[str] = []
     try:
         if local is not None:
             local.prepare()
-        port = add_port(server, config, local)
+        with core_lines_held() as core_lines:  # a failed bind: our line only, not core's too
+            port = add_port(server, config, local)
     except (RuntimeError, OSError, ValueError) as e:
-        await wrapper.stop(None)
-        raise ConfigError(config.file, "listen.address",
-                          f"cannot listen on {config.listen.address}: {e}") from None
+        await wrapper.stop(None, failed_start=True)
+        why = startup.tcp_bind_problem(config) or core_reason(core_lines) or getattr(e, "strerror", None) or e
+        raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}: {why}") from None
     if port == 0:
-        await wrapper.stop(None)
+        await wrapper.stop(None, failed_start=True)
         raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}")
     await server.start()
     audit_space.start()
@@ -552,13 +575,13 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
         if local is not None:
             await local.start()
     except OSError as e:
-        await wrapper.stop(None)
+        await wrapper.stop(None, failed_start=True)
         raise ConfigError(config.file, "listen.address",
                           f"cannot listen on {config.listen.address}: {e.strerror or e}") from None
     try:
         await wrapper.admin.start()
     except ConfigError:
-        await wrapper.stop(None)
+        await wrapper.stop(None, failed_start=True)
         raise
     address = config.listen.at_port(port)
     log.info("limits: %s", limits_summary(config))
