@@ -24,7 +24,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared.clock import Clock, SystemClock
 from shared.config import ConfigError
-from shared.ratelog import RateLimitedLog
+from shared.ratelog import CountedLog, RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from shared.rpc.metadata import MAX_BATCH, REFUSED, STATUS_DISAGREES
@@ -56,6 +56,9 @@ log = logging.getLogger("ocsp-signer")
 
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two ERROR lines about one caller's refusals for one CA
 OVERLOAD_LOG_INTERVAL = 5.0  # seconds between two lines about requests refused at max_signatures_in_flight
+# Seconds between two lines about signatures refused for one cause (audit log not writable, token not
+# available): a full disk refuses every request, and each must not cost a line.
+UNAVAILABLE_LOG_INTERVAL = 5.0
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight RPCs get to finish on SIGTERM/SIGINT
 MAX_PING_STRIKES = 2  # gRPC's default, stated: too-early keepalive pings tolerated before GOAWAY
@@ -144,6 +147,13 @@ class SignerService(pb_grpc.SignerServicer):
         self.in_flight = 0
         self.overloaded = 0  # requests refused at the bound (metrics)
         self._overload_log = RateLimitedLog(log, OVERLOAD_LOG_INTERVAL, time.monotonic)  # set by serve(); Health reads it
+        # Requests refused because the audit log cannot record them or the token cannot sign: one line
+        # per cause and interval, with the count (``unavailable.total``: all of them, for a metric).
+        self.unavailable = CountedLog(log, UNAVAILABLE_LOG_INTERVAL, time.monotonic,
+                                      first="refused %d signature(s): %s (further refusals for this cause are "
+                                            "counted, one line per interval)",
+                                      summary="refused %d signature(s) in the last %.0f s: %s")
+        self._unavailable_flush: asyncio.TimerHandle | None = None
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         (outcome,) = await self._sign_batch([request], client_identity(context))
@@ -291,22 +301,47 @@ class SignerService(pb_grpc.SignerServicer):
                 out.append(e)
         return out
 
-    @staticmethod
-    def _failure(e: BaseException, request_id: str) -> Failure:
+    def _failure(self, e: BaseException, request_id: str) -> Failure:
         """The gRPC status a failed request gets (what Sign aborts with, what SignBatch's item carries)."""
         if isinstance(e, PolicyError):
             return Failure(e.code, e.message)
         if isinstance(e, TokenError):
-            log.error("token: %s", e)
+            self._refused_unavailable(f"token not available: {e}")
             return Failure(grpc.StatusCode.UNAVAILABLE, f"token not available: {e}")
         if isinstance(e, AuditUnavailable):
             # Fail closed: the signature exists but is not durably logged, so it never leaves.
-            log.error("audit log not writable, refusing to sign: %s", e.reason)
+            self._refused_unavailable(f"audit log not writable: {e.reason}")
             return Failure(grpc.StatusCode.UNAVAILABLE, f"audit log not writable: {e.reason}")
         if not isinstance(e, Exception):
             raise e
         log.error("Sign failed (request_id %r)", request_id, exc_info=e)
         return Failure(grpc.StatusCode.INTERNAL, "internal error in the signer (logged)")
+
+    def _refused_unavailable(self, cause: str) -> None:
+        """One request refused for ``cause``: counted, and logged once per cause and interval
+        (``CountedLog``); a timer logs the count of a flood that stops."""
+        self.unavailable.log(logging.ERROR, cause)
+        if self._unavailable_flush is None:
+            self._schedule_unavailable_flush()
+
+    def _schedule_unavailable_flush(self) -> None:
+        due = self.unavailable.due()
+        if due is None:
+            self._unavailable_flush = None
+            return
+        self._unavailable_flush = asyncio.get_running_loop().call_later(due + 0.01, self._flush_unavailable)
+
+    def _flush_unavailable(self) -> None:
+        self.unavailable.flush()
+        self._schedule_unavailable_flush()
+
+    def stop_logging(self) -> None:
+        """At stop: the counts still held are logged, the timer cancelled."""
+        if self._unavailable_flush is not None:
+            self._unavailable_flush.cancel()
+            self._unavailable_flush = None
+        self.unavailable.interval = 0.0
+        self.unavailable.flush()
 
     def _refusal(self, job: SignJob, client: str, problem: str) -> tuple[RefusalRecord, PolicyError]:
         """A status the signer's own data contradicts: logged, a refusal record for the audit log (nothing
@@ -399,6 +434,7 @@ class SignerServer:
         await self.server.stop(grace)
         if self.local is not None:
             await self.local.close()
+        self.service.stop_logging()
         try:
             if failed_start:
                 await self.service.audit.abandon()
