@@ -31,6 +31,7 @@ from frontend.watch import ResponderWatch
 from frontend.workers import LOG_FORMAT, bind_slots, supervise
 from shared import logsafe
 from shared.config import ConfigError
+from shared.fdlimit import raise_open_files_limit
 from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.status.base import StatusDataError
 from shared.status.config import make_source
@@ -168,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocsp-frontend: {args.config}: OK ({len(cfg.cas)} CAs: {names})", flush=True)
         return 0
 
+    raise_open_files_limit(log)  # (workers inherit it)
     import uvloop
 
     def worker(number: int, sockets: Sequence[socket.socket], ready: Callable[[], None]) -> int:

@@ -55,7 +55,13 @@ class CountedLog:
     tracked (the oldest is summed up and forgotten first)."""
 
     def __init__(self, logger: logging.Logger, interval: float, now: Callable[[], float], *,
-                 first: str, summary: str, max_keys: int = 64) -> None:
+                 first: str, summary: str, max_keys: int = 64,
+                 schedule: Callable[[float, Callable[[], None]], object] | None = None) -> None:
+        """``schedule(delay, callback)``: how to call back later (``loop.call_later``); with it the log
+        flushes itself when counts are held, without it the caller calls ``flush()``."""
+        self.schedule = schedule
+        self._timer = False  # a scheduled flush is pending
+        self._closed = False
         self.logger = logger
         self.interval = interval
         self.now = now
@@ -82,6 +88,28 @@ class CountedLog:
             w[0], w[1], w[2] = t, 0, level
         w[1] += n
         w[2] = max(w[2], level)
+        self._arm()
+
+    def _arm(self) -> None:
+        due = self.due()
+        if self.schedule is None or self._timer or self._closed or due is None:
+            return
+        self._timer = True
+        self.schedule(due + 0.01, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = False
+        if not self._closed:
+            self.flush()
+            self._arm()
+
+    def close(self) -> None:
+        """Log every count still held (at stop) and schedule nothing more."""
+        self._closed = True
+        t = self.now()
+        for cause, w in list(self._windows.items()):
+            self._emit(cause, w, t)
+        self._windows.clear()
 
     def due(self) -> float | None:
         """Seconds until ``flush()`` has something to do; None when no cause is tracked."""

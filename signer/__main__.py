@@ -16,6 +16,7 @@ import sys
 
 from shared import logsafe
 from shared.config import ConfigError
+from shared.fdlimit import raise_open_files_limit
 from signer.config import SignerConfig, load_signer_config
 from signer.startup import check_plaintext_allowed
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             _check(config)
             return 0
+        if args.worker is None:  # (workers inherit the supervisor's)
+            raise_open_files_limit(log)
         if args.worker is not None:
             if args.control_fd is None:
                 parser.error("--worker is for the supervisor's workers only")

@@ -152,8 +152,9 @@ class SignerService(pb_grpc.SignerServicer):
         self.unavailable = CountedLog(log, UNAVAILABLE_LOG_INTERVAL, time.monotonic,
                                       first="refused %d signature(s): %s (further refusals for this cause are "
                                             "counted, one line per interval)",
-                                      summary="refused %d signature(s) in the last %.0f s: %s")
-        self._unavailable_flush: asyncio.TimerHandle | None = None
+                                      summary="refused %d signature(s) in the last %.0f s: %s",
+                                      schedule=lambda delay, callback: asyncio.get_running_loop().call_later(
+                                          delay, callback))
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         (outcome,) = await self._sign_batch([request], client_identity(context))
@@ -319,29 +320,8 @@ class SignerService(pb_grpc.SignerServicer):
 
     def _refused_unavailable(self, cause: str) -> None:
         """One request refused for ``cause``: counted, and logged once per cause and interval
-        (``CountedLog``); a timer logs the count of a flood that stops."""
+        (``CountedLog``, which logs the count of a flood that stops by itself)."""
         self.unavailable.log(logging.ERROR, cause)
-        if self._unavailable_flush is None:
-            self._schedule_unavailable_flush()
-
-    def _schedule_unavailable_flush(self) -> None:
-        due = self.unavailable.due()
-        if due is None:
-            self._unavailable_flush = None
-            return
-        self._unavailable_flush = asyncio.get_running_loop().call_later(due + 0.01, self._flush_unavailable)
-
-    def _flush_unavailable(self) -> None:
-        self.unavailable.flush()
-        self._schedule_unavailable_flush()
-
-    def stop_logging(self) -> None:
-        """At stop: the counts still held are logged, the timer cancelled."""
-        if self._unavailable_flush is not None:
-            self._unavailable_flush.cancel()
-            self._unavailable_flush = None
-        self.unavailable.interval = 0.0
-        self.unavailable.flush()
 
     def _refusal(self, job: SignJob, client: str, problem: str) -> tuple[RefusalRecord, PolicyError]:
         """A status the signer's own data contradicts: logged, a refusal record for the audit log (nothing
@@ -434,7 +414,7 @@ class SignerServer:
         await self.server.stop(grace)
         if self.local is not None:
             await self.local.close()
-        self.service.stop_logging()
+        self.service.unavailable.close()  # the counts still held
         try:
             if failed_start:
                 await self.service.audit.abandon()

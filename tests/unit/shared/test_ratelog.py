@@ -70,3 +70,29 @@ def test_counted_log_causes_are_bounded(caplog: pytest.LogCaptureFixture) -> Non
     for i in range(50):
         c.log(logging.DEBUG, f"cause {i}")
     assert len(c._windows) == 2
+
+
+def test_counted_log_schedules_its_own_flush(caplog: pytest.LogCaptureFixture) -> None:
+    t = [0.0]
+    timers: list[tuple[float, object]] = []
+    c = CountedLog(logging.getLogger("test.ratelog"), 5, lambda: t[0], first="refused %d: %s",
+                   summary="refused %d in the last %.0f s: %s", schedule=lambda d, f: timers.append((d, f)))
+    with caplog.at_level(logging.ERROR, logger="test.ratelog"):
+        c.log(logging.ERROR, "disk full")
+        assert timers == []  # nothing held: nothing to flush
+        t[0] = 1.0
+        c.log(logging.ERROR, "disk full", 4)
+        c.log(logging.ERROR, "disk full")
+        assert len(timers) == 1 and timers[0][0] == pytest.approx(4.01)  # one timer, at the window's end
+        t[0] = 5.01
+        timers.pop()[1]()  # type: ignore[operator]
+        assert len(timers) == 1  # the cause is still tracked: one more look after the next window
+        t[0] = 10.02
+        timers.pop()[1]()  # type: ignore[operator]
+        assert timers == [] and c.due() is None
+        c.log(logging.ERROR, "token gone")
+        c.log(logging.ERROR, "token gone")
+        c.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 1: disk full", "refused 5 in the last 5 s: disk full", "refused 1: token gone",
+        "refused 1 in the last 0 s: token gone"]
