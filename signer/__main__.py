@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             _check(config)
             return 0
-        if args.worker is None:  # (workers inherit the supervisor's)
-            raise_open_files_limit(log)
+        raise_open_files_limit()  # logged once serving (signer.service.serve)
         if args.worker is not None:
             if args.control_fd is None:
                 parser.error("--worker is for the supervisor's workers only")

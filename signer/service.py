@@ -24,6 +24,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared.clock import Clock, SystemClock
 from shared.config import ConfigError
+from shared.fdlimit import log_open_files_limit
 from shared.ratelog import CountedLog, RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
@@ -603,6 +604,7 @@ async def _start(config: SignerConfig, ready: startup.Prepared, clock: Clock, ex
     log.info("limits: %s", limits_summary(config))
     log.info("serving on %s (%s): %d responders (%s), token %r", address, transport_summary(config),
              len(responders), ", ".join(f"{r.name}: {r.algorithm.value}" for r in responders), service.token_name)
+    log_open_files_limit(log)  # raised at start (signer.__main__)
     return wrapper, address
 
 

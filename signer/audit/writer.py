@@ -430,7 +430,7 @@ class AuditLog:
         for path in self._created:
             try:
                 path.unlink(missing_ok=True)
-                log.info("audit: removed %s (this start failed before any record went into it)", path)
+                log.debug("audit: removed %s (this start failed before any record went into it)", path)
             except OSError as e:
                 log.warning("audit: cannot remove %s, which no record went into: %s", path, e.strerror or e)
 
