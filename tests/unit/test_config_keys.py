@@ -162,3 +162,24 @@ def test_every_declared_key_is_named_by_a_reader(kind: str) -> None:
 
     missing = [n for n in walk(keys) if n not in named]
     assert not missing, f"declared for the {kind} but never named by its readers: {missing}"
+
+
+def _with_commented_keys(text: str) -> str:
+    """``text`` with its commented-out ``# key = value`` and ``# [table]`` lines made live."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^#\s?([a-z_]+ = .*|\[[a-z_.]+\])\s*(#.*)?$", line)
+        out.append(m.group(1) if m else line)
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("path,keys", [("etc/frontend.toml", FRONTEND_KEYS), ("etc/signer.toml", SIGNER_KEYS),
+                                       ("etc/ca.d/example.toml", CA_FILE_KEYS)])
+def test_the_example_configs_use_declared_keys_only(path: str, keys: Keys) -> None:
+    """Every key of the shipped examples, the optional ones commented out there included, is declared."""
+    import tomllib
+
+    text = (ROOT / path).read_text()
+    check_keys(path, tomllib.loads(text), keys)
+    if path != "etc/ca.d/example.toml":  # (its comments hold prose that is not TOML once uncommented)
+        check_keys(path, tomllib.loads(_with_commented_keys(text)), keys)
