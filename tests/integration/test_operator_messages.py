@@ -45,10 +45,12 @@ def run(program: str, conf: Path, env: dict[str, str], *extra: str) -> subproces
 
 
 def only_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The one line of a refused start: exit 2, nothing else on stderr but WARNINGs (a plaintext TCP
-    listener is warned about), above all no gRPC core line."""
+    """The one error line of a refused start: exit 2, nothing else on stderr but the daemon's own INFO
+    and WARNING lines (a plaintext listener is warned about), above all no gRPC core line."""
     assert result.returncode == 2, result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip() and ": WARNING: " not in line]
+    assert not re.search(r"(?m)^[IWEF]\d{4} \d\d:\d\d:\d\d", result.stderr), result.stderr
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and ": WARNING: " not in line and ": INFO: " not in line]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
@@ -100,3 +102,17 @@ def test_a_port_taken_is_one_clean_line_and_no_audit_file(demo: Demo, tmp_path: 
         line = only_line(run("ocsp-signer", conf, demo.env))
     assert line == f"ocsp-signer: {conf}: listen.address: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert audit_files(tmp_path) == []
+
+
+def test_a_unix_socket_served_by_another_signer_is_one_clean_line(demo: Demo, tmp_path: Path) -> None:
+    from tests.integration.private_stack import running, signer_process
+
+    first, address = signer_process(demo, tmp_path)
+    with running(first):
+        second = tmp_path / "second.toml"
+        second.write_text(_set(_set(Path(first.argv[-1]).read_text(), "writer_id", '"second"'), "dir",
+                               f'"{tmp_path / "audit2"}"'))
+        line = only_line(run("ocsp-signer", second, demo.env))
+    path = address.removeprefix("unix:")
+    assert line == f"ocsp-signer: {second}: listen.address: another process is listening on {path} (another signer?)"
+    assert not (tmp_path / "audit2").exists() or not list((tmp_path / "audit2").glob("*.jsonl"))
