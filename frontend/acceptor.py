@@ -145,6 +145,8 @@ class Acceptor:
                     conn.setblocking(False)
                     with contextlib.suppress(OSError):
                         conn.send(OUT_OF_FDS_ANSWER)
+                        conn.shutdown(socket.SHUT_WR)
+                        conn.recv(65536)  # the request, if here: closing on unread data would reset
                 self.shed += 1
             self._reserve = _reserve()
             if conn is None:
