@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from shared.clock import Clock
-from shared.config import Section
+from shared.config import Keys, Section
 from shared.status.base import FileStatusSource
 from shared.status.crl import CrlSource
 from shared.status.index_txt import IndexTxtSource
@@ -36,6 +36,9 @@ DEFAULT_MAX_SHRINK = 0.1
 # every cache.max_age, far inside it).
 DEFAULT_INDEX_VALIDITY = timedelta(hours=24)
 DEFAULT_CHECK_INTERVAL = timedelta(seconds=5)
+# Every key of the table (shared.ca_keys puts it into a CA file's keys).
+STATUS_KEYS: Keys = dict.fromkeys(("source", "path", "validity", "check_interval", "max_shrink",
+                                   "issued_serials", "unissued"))
 _SHARE = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 
 
