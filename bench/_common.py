@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.wrk_load import tree_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # address, requests, in flight, seconds -> calls completed
@@ -23,8 +25,9 @@ Load = Callable[[str, list[object], int, float], Awaitable[int]]
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system, all threads) of ``pid`` and its live descendants: a frontend or
+    signer with workers is its supervisor plus the workers it forked or started."""
+    return tree_cpu([pid])
 
 
 def demo_parser(doc: str | None, seconds: float) -> argparse.ArgumentParser:

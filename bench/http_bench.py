@@ -51,7 +51,8 @@ class P(asyncio.Protocol):
             self.t.write(RESP)
 async def main():
     loop = asyncio.get_running_loop()
-    srv = await loop.create_server(P, "127.0.0.1", int(sys.argv[1]))
+    # argv[2] "reuse": one of several processes on one port (SO_REUSEPORT), as frontend workers are
+    srv = await loop.create_server(P, "127.0.0.1", int(sys.argv[1]), reuse_port=sys.argv[2:] == ["reuse"])
     print("ready", flush=True)
     await srv.serve_forever()
 uvloop.run(main())

@@ -9,7 +9,8 @@ Rows (wrk -t1 -c32; every nonce request carries 32 fresh random bytes, so every 
   project P-256 / RSA-2048        ocsp-signer + ocsp-frontend of the demo config (mTLS, audit log on),
                                   both pinned to one core, then unpinned (all cores)
   cache hit POST / GET            the same nonce-less request for demo-rsa's leaf-good, one core / all
-  bare uvloop                     a fixed 1.4 KB body (bench/http_bench.py's server), one core
+  bare uvloop                     a fixed 1.4 KB body (bench/http_bench.py's server), one core, and
+                                  one process per core (SO_REUSEPORT) for the all-cores rows
   raw SoftHSM P-256 / RSA         python-pkcs11 C_Sign in a loop in 1 and N processes (no HTTP)
 Each HTTP row: a peak run, then a run held to about half of the peak rate (p50/p99 there). Server
 CPU is utime+stime of the server processes (and their children) from /proc, never wrk's.
@@ -288,15 +289,27 @@ def profile_run(runner: Runner, port: int, body: Body, pids: dict[str, int], tmp
 
 
 def uvloop_row(runner: Runner, demo: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen(["taskset", "-c", PIN_CPU, sys.executable, "-c", REFERENCE_SERVER, str(port)],
-                            stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        body = fixed_post(demo / "rsa-ca" / "leaf-good.pem", demo / "rsa-ca" / "ca.pem")
-        runner.http_row("bare uvloop", "bare uvloop, fixed body, 1 core", port, body, [proc.pid], check=False)
-    finally:
-        stop(proc)
+    """The bare uvloop server: one process pinned to one core (the reference of the one-core rows),
+    then one process per core on one port (SO_REUSEPORT), unpinned, as the frontend's workers run
+    (the reference of the all-cores rows: those share both cores with wrk, which costs a server
+    context switches and smaller reads per request whatever it does; see RESULTS.md)."""
+    body = fixed_post(demo / "rsa-ca" / "leaf-good.pem", demo / "rsa-ca" / "ca.pem")
+    n = os.cpu_count() or 1
+    for key, label, commands in (
+            ("bare uvloop", "bare uvloop, fixed body, 1 core",
+             [["taskset", "-c", PIN_CPU, sys.executable, "-c", REFERENCE_SERVER]]),
+            ("bare uvloop all cores", f"bare uvloop, fixed body, {n} processes, all cores",
+             [[sys.executable, "-c", REFERENCE_SERVER]] * n)):
+        port = free_port()
+        extra = ["reuse"] if len(commands) > 1 else []
+        procs = [subprocess.Popen([*c, str(port), *extra], stdout=subprocess.PIPE) for c in commands]
+        try:
+            for proc in procs:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+            runner.http_row(key, label, port, body, [p.pid for p in procs], check=False)
+        finally:
+            for proc in procs:
+                stop(proc)
 
 
 # --- raw SoftHSM --------------------------------------------------------------------------------------

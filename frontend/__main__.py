@@ -31,6 +31,7 @@ from frontend.watch import ResponderWatch
 from frontend.workers import LOG_FORMAT, bind_slots, supervise
 from shared import logsafe
 from shared.config import ConfigError
+from shared.fdlimit import log_open_files_limit, raise_open_files_limit
 from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.status.base import StatusDataError
 from shared.status.config import make_source
@@ -97,6 +98,7 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
         await asyncio.gather(*(s.refresh() for s in sources), return_exceptions=True)
     host, port = await server.start(socks=sockets)
     log.info("listening on %s", _url(host, port))
+    log_open_files_limit(log)
 
     watchers = [loop.create_task(s.watch(), name=f"watch-{s.name}") for s in sources]
     refresher = make_refresher(cfg, signer, {ca.name: ca.source for ca in issuers.values()})
@@ -168,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocsp-frontend: {args.config}: OK ({len(cfg.cas)} CAs: {names})", flush=True)
         return 0
 
+    raise_open_files_limit()  # (workers inherit it; each logs it once listening)
     import uvloop
 
     def worker(number: int, sockets: Sequence[socket.socket], ready: Callable[[], None]) -> int:

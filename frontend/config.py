@@ -1,7 +1,8 @@
 """frontend.toml and the frontend's part of each ca.d/*.toml, validated before anything starts.
 
 Every fault is a ``ConfigError(file, key, message)``. The ``[responder]`` table of a CA file is the
-signer's and is ignored here (its keys are not even looked at).
+signer's and is not read here, but its key names are checked (shared.ca_keys), so a typo there is
+reported by either half.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from frontend.answer_store import DEFAULT_PREFIX, DEFAULT_TIMEOUT, StoreConfig, check_url
-from frontend.tls import SignerTls, load_signer_tls
-from shared.config import ConfigError, Section, read_certificate
+from frontend.tls import TLS_KEYS, SignerTls, load_signer_tls
+from shared.ca_keys import CA_FILE_KEYS
+from shared.config import ConfigError, Keys, Section, read_certificate
 from shared.cpus import usable_cpus
 from shared.ocsp.types import HashAlgorithm
 from shared.status.config import StatusConfig, read_status_config
@@ -31,6 +33,22 @@ MAX_WORKERS = 256
 DEFAULT_CONNECTIONS = 2
 MAX_CONNECTIONS = 64
 DEFAULT_REFRESH_RATE = 100  # [cache] refresh_rate: signatures a second
+
+# Every key of frontend.toml (shared.config.Section.load checks the file against them). A key read
+# below must be declared here.
+FRONTEND_KEYS: Keys = {
+    "ca_dir": None,
+    "listen": dict.fromkeys((
+        "host", "port", "path_prefix", "max_request_bytes", "max_header_bytes", "max_cert_ids",
+        "allowed_hashes", "idle_timeout", "request_timeout", "shutdown_grace", "max_connections",
+        "max_connections_per_client", "max_inflight_per_client", "workers")),
+    "signer": dict.fromkeys((
+        "address", "addresses", *TLS_KEYS, "server_name", "timeout", "keepalive", "keepalive_timeout",
+        "health_interval", "max_in_flight", "max_batch", "connections")),
+    "cache": dict.fromkeys((
+        "redis", "redis_prefix", "redis_timeout", "max_age", "refresh_before", "refresh_rate",
+        "max_entries", "max_bytes", "max_key_bytes", "rotation_grace")),
+}
 
 
 def default_workers() -> int:
@@ -291,7 +309,7 @@ def _cache(sec: Section) -> CacheConfig:
 
 
 def load_ca_file(path: Path) -> CaConfig:
-    sec = Section.load(path)
+    sec = Section.load(path, CA_FILE_KEYS)
     name = sec.str("name", path.stem)
     ca_path, ca_cert = read_certificate(sec, "ca_cert")
     der = ca_cert.public_bytes(Encoding.DER)
@@ -303,7 +321,7 @@ def load_ca_file(path: Path) -> CaConfig:
 
 def load_frontend_config(path: str | Path) -> FrontendConfig:
     file = Path(path)
-    sec = Section.load(file)
+    sec = Section.load(file, FRONTEND_KEYS)
     ca_dir = sec.path("ca_dir")
     if not ca_dir.is_dir():
         raise sec.error("ca_dir", f"{ca_dir} is not a directory")

@@ -3,8 +3,8 @@
 ``HttpProtocol`` routes each request of a connection (the mechanics are frontend.http_conn's): our
 own endpoints (/-/health, /-/ready), GET/HEAD/POST -> the DER request -> frontend.app.OcspApp (a
 cache hit is answered from ``data_received`` directly, a miss by a task), answers rendered by
-frontend.http_answer. ``FrontendServer`` owns the listening socket, the connections and the
-once-a-second sweep.
+frontend.http_answer. ``FrontendServer`` owns the listening sockets (accepted by frontend.acceptor),
+the connections and the once-a-second sweep.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import resource
 from collections.abc import Sequence
 from typing import Any
 
+from frontend.acceptor import Acceptor, failure_log, listening_sockets
 from frontend.app import OcspApp
 from frontend.cache import Entry
 from frontend.config import ListenConfig
@@ -146,7 +147,8 @@ class FrontendServer:
         self.max_url = self.pool.max_url
         self.path_keys = ohttp.PathKeys()  # GET targets seen -> their DER requests
         self.hits = HitAnswers(app.max_age_cap)  # the answers of this second's cache hits
-        self._servers: list[asyncio.AbstractServer] = []
+        self._acceptors: list[Acceptor] = []  # one per listening socket (frontend.acceptor)
+        self._accept_failures = failure_log(self.loop)
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (listen.host, listen.port)
 
@@ -157,12 +159,12 @@ class FrontendServer:
             return HttpProtocol(self)
 
         given = [sock] if sock is not None else list(socks)
-        if given:
-            self._servers = [await self.loop.create_server(protocol, sock=s, backlog=1024) for s in given]
-        else:
-            self._servers = [await self.loop.create_server(protocol, self.listen.host, self.listen.port,
-                                                           backlog=1024, reuse_address=True)]
-        name = self._servers[0].sockets[0].getsockname()
+        if not given:
+            given = listening_sockets(self.listen.host, self.listen.port, backlog=1024)
+        self._acceptors = [Acceptor(self.loop, s, protocol, self._accept_failures) for s in given]
+        for a in self._acceptors:
+            a.start()
+        name = given[0].getsockname()
         self.address = (name[0], name[1])
         self._sweeper = self.loop.create_task(self._sweep())
         check_fd_limit(self.listen.max_connections)
@@ -178,8 +180,9 @@ class FrontendServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` seconds), close the rest."""
         grace = self.listen.shutdown_grace if grace is None else grace
-        for server in self._servers:
-            server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
+        self._accept_failures.close()  # the counts still held
         deadline = self.loop.time() + grace
         while self.connections and self.loop.time() < deadline:
             for conn in list(self.connections):
@@ -191,8 +194,11 @@ class FrontendServer:
             if conn.transport is not None:
                 reset(conn.transport)
         await cancel_and_wait(self._sweeper)
-        for server in self._servers:
-            await server.wait_closed()
+
+    @property
+    def accept_failures(self) -> int:
+        """accept(2) calls that failed on this process's listeners (EMFILE, ENFILE, ...), for a metric."""
+        return sum(a.failures for a in self._acceptors)
 
 
 def check_fd_limit(max_connections: int) -> None:

@@ -1,19 +1,23 @@
 """TOML config reading with errors that name the file and the key.
 
 Both halves describe their config as frozen dataclasses and fill them through a
-``Section``, which records every key it was asked for; ``Section.finish()``
-rejects keys nobody asked for, so a typo is an error and not a silent default.
+``Section``. Each file kind declares its keys (``Keys``: frontend.config.FRONTEND_KEYS,
+signer.config.SIGNER_KEYS, shared.ca_keys.CA_FILE_KEYS), and ``Section.load`` checks the whole file
+against them before anything is read: a typo is an error naming the file and the key, with the
+nearest valid key, and it comes before the "is required" it would otherwise cause. ``Section.finish()``
+still rejects keys nobody read, for a file loaded without declared keys.
 
-    sec = Section.load(path)
-    port = sec.int("listen.port", default=2560, minimum=1, maximum=65535)
+    sec = Section.load(path, FRONTEND_KEYS)
+    port = sec.int("port", default=2560, minimum=1, maximum=65535)
     sec.finish()
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +26,9 @@ T = TypeVar("T")
 
 _MISSING: Any = object()
 
+# The keys of a TOML table: each name maps to None (a value) or to the keys of its sub-table.
+Keys = Mapping[str, "Keys | None"]
+
 
 class ConfigError(Exception):
     def __init__(self, file: str | Path, key: str, message: str) -> None:
@@ -29,6 +36,54 @@ class ConfigError(Exception):
         self.key = key
         self.message = message
         super().__init__(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}")
+
+
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _all_keys(keys: Keys, prefix: str = "") -> Iterable[tuple[str, str]]:
+    """(table, name) of every key declared in ``keys``, sub-tables included."""
+    for name, sub in keys.items():
+        yield prefix, name
+        if sub is not None:
+            yield from _all_keys(sub, _dotted(prefix, name))
+
+
+def nearest_key(name: str, prefix: str, known: Iterable[str], everywhere: Keys | None = None) -> str | None:
+    """The valid key an unknown ``prefix.name`` was most likely meant to be: the closest name of its own
+    table (difflib), else the same name in another table of ``everywhere`` (a key put in the wrong
+    table); None when nothing is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if close:
+        return _dotted(prefix, close[0])
+    if everywhere is not None:
+        for table, other in _all_keys(everywhere):
+            if other == name and table != prefix:
+                return _dotted(table, other)
+    return None
+
+
+def unknown_key(file: str | Path, prefix: str, name: str, known: Iterable[str],
+                everywhere: Keys | None = None) -> ConfigError:
+    """``file: prefix.name: unknown key (did you mean prefix.other?)``."""
+    guess = nearest_key(name, prefix, known, everywhere)
+    hint = f" (did you mean {guess}?)" if guess is not None else ""
+    return ConfigError(file, _dotted(prefix, name), f"unknown key{hint}")
+
+
+def check_keys(file: str | Path, data: Mapping[str, Any], keys: Keys, prefix: str = "",
+               everywhere: Keys | None = None) -> None:
+    """Raise ConfigError for the first key of ``data`` (a parsed TOML file or table) that ``keys`` does
+    not declare, in every table. A value where a table is declared (or the reverse) is left to the
+    reader, which says what it expected."""
+    everywhere = keys if everywhere is None else everywhere
+    for name, value in data.items():
+        if name not in keys:
+            raise unknown_key(file, prefix, name, keys, everywhere)
+        sub = keys[name]
+        if sub is not None and isinstance(value, dict):
+            check_keys(file, value, sub, _dotted(prefix, name), everywhere)
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
@@ -52,15 +107,21 @@ def parse_duration(text: str | int) -> timedelta:
 class Section:
     """A view on one TOML table, remembering which keys were read."""
 
-    def __init__(self, file: Path, data: dict[str, Any], prefix: str = "") -> None:
+    def __init__(self, file: Path, data: dict[str, Any], prefix: str = "", keys: Keys | None = None,
+                 everywhere: Keys | None = None) -> None:
         self.file = file
         self.data = data
         self.prefix = prefix
+        # The keys this table declares (None: not declared; finish() then knows only what was read).
+        self.keys = keys
+        self._everywhere = everywhere if everywhere is not None else keys
         self._seen: set[str] = set()
         self._children: list[Section] = []
 
     @classmethod
-    def load(cls, path: str | Path) -> Section:
+    def load(cls, path: str | Path, keys: Keys | None = None) -> Section:
+        """The file at ``path``; with ``keys``, every key in it, in every table, is checked against them
+        first (``check_keys``), so an unknown key is the first error reported."""
         p = Path(path)
         try:
             raw = p.read_bytes()
@@ -72,7 +133,9 @@ class Section:
             raise ConfigError(p, "", "not UTF-8 text") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(p, "", f"not valid TOML: {e}") from None
-        return cls(p, data)
+        if keys is not None:
+            check_keys(p, data, keys)
+        return cls(p, data, keys=keys)
 
     # -- helpers -------------------------------------------------------------
     def key(self, name: str) -> str:
@@ -84,7 +147,14 @@ class Section:
     def has(self, name: str) -> bool:
         return name in self.data
 
+    def _declared(self, name: str) -> None:
+        if self.keys is not None and name not in self.keys:
+            # A programming error, not the operator's: check_keys would refuse this key in any file.
+            raise RuntimeError(f"{self.file}: {self.key(name)} is read but not declared: add it to the "
+                               "file's Keys (frontend.config, signer.config or shared.ca_keys)")
+
     def _get(self, name: str, default: Any) -> Any:
+        self._declared(name)
         self._seen.add(name)
         if name in self.data:
             return self.data[name]
@@ -170,19 +240,23 @@ class Section:
         value = self._get(name, _MISSING if required else {})
         if not isinstance(value, dict):
             raise self.error(name, "must be a table")
-        child = Section(self.file, value, self.key(name))
+        sub = self.keys.get(name) if self.keys is not None else None
+        child = Section(self.file, value, self.key(name), keys=sub, everywhere=self._everywhere)
         self._children.append(child)
         return child
 
     def ignore(self, *names: str) -> None:
         """Mark keys as known without reading them (they belong to another process)."""
+        for name in names:
+            self._declared(name)
         self._seen.update(names)
 
     def finish(self) -> None:
         """Reject keys nobody read: a typo must not become a silent default."""
         for name in self.data:
             if name not in self._seen:
-                raise self.error(name, "unknown key (typo?)")
+                known = self.keys if self.keys is not None else self._seen
+                raise unknown_key(self.file, self.prefix, name, known, self._everywhere)
         for child in self._children:
             child.finish()
 

@@ -16,6 +16,7 @@ import sys
 
 from shared import logsafe
 from shared.config import ConfigError
+from shared.fdlimit import raise_open_files_limit
 from signer.config import SignerConfig, load_signer_config
 from signer.startup import check_plaintext_allowed
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             _check(config)
             return 0
+        raise_open_files_limit()  # logged once serving (signer.service.serve)
         if args.worker is not None:
             if args.control_fd is None:
                 parser.error("--worker is for the supervisor's workers only")

@@ -57,10 +57,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from shared.config import ConfigError, Section, read_certificate
+from shared.ca_keys import CA_FILE_KEYS
+from shared.config import ConfigError, Keys, Section, read_certificate
 from shared.cpus import usable_cpus
 from shared.status.config import StatusConfig, missing_files, read_status_config
-from signer.tls_config import TlsConfig, load_tls
+from signer.tls_config import TLS_KEYS, TlsConfig, load_tls
 from signer.unix_socket import MAX_PATH_BYTES, SOCKET_MODES, longest_private_path, private_dir_for
 
 # The CA/Browser Forum Baseline Requirements' longest: a subscriber CRL's nextUpdate may be 10 days
@@ -88,6 +89,27 @@ DEFAULT_MAX_IN_FLIGHT = 1024
 # [audit] min_free default: room for the log to keep growing while someone frees space.
 DEFAULT_MIN_FREE = 1 << 30
 DEFAULT_SPACE_CHECK_INTERVAL = timedelta(seconds=10)
+
+# Every key of signer.toml (shared.config.Section.load checks the file against them; a CA file's keys
+# are shared.ca_keys'). A key read below must be declared here.
+SIGNER_KEYS: Keys = {
+    "ca_dir": None,
+    "listen": dict.fromkeys((
+        "address", "min_ping_interval", "max_concurrent_rpcs", "max_watchers", "max_concurrent_streams",
+        "max_connections", "max_signatures_in_flight", "max_connection_age", "max_connection_age_grace",
+        "socket_mode", "max_socket_connections")),
+    # "pin" is declared to be refused with a message of its own (_token).
+    "token": dict.fromkeys(("module", "label", "serial", "pin_file", "pin_env", "pin")),
+    "policy": dict.fromkeys(("max_validity", "max_clock_skew", "max_cert_ids", "max_batch", "expiry_warning",
+                             "verify_status")),
+    "admin": dict.fromkeys(("socket", "socket_mode", "allowed_clients")),
+    "metrics": dict.fromkeys(("address",)),
+    "audit": dict.fromkeys((
+        "dir", "key_label", "writer_id", "checkpoint_every", "checkpoint_interval", "max_file_bytes",
+        "group_window", "min_free", "space_check_interval")),
+    "tls": TLS_KEYS,
+    "signer": dict.fromkeys(("workers",)),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +292,7 @@ class SignerConfig:
 
 def load_signer_config(path: str | Path) -> SignerConfig:
     """Read and validate signer.toml and every CA file in its ca_dir. Raises ConfigError."""
-    sec = Section.load(path)
+    sec = Section.load(path, SIGNER_KEYS)
     ca_dir = sec.path("ca_dir")
     listen = _listen(sec.section("listen", required=True))
     token = _token(sec.section("token", required=True))
@@ -524,7 +546,7 @@ def _responders(top: Section, ca_dir: Path, verify_status: bool | None) -> tuple
 
 
 def _ca_file(path: Path, verify_status: bool | None = None) -> ResponderConfig:
-    sec = Section.load(path)
+    sec = Section.load(path, CA_FILE_KEYS)
     name = sec.str("name", path.stem)
     _, ca = read_certificate(sec, "ca_cert")
     status, unused = _status(sec, verify_status)

@@ -24,7 +24,8 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared.clock import Clock, SystemClock
 from shared.config import ConfigError
-from shared.ratelog import RateLimitedLog
+from shared.fdlimit import log_open_files_limit
+from shared.ratelog import CountedLog, RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
 from shared.rpc.metadata import MAX_BATCH, REFUSED, STATUS_DISAGREES
@@ -41,6 +42,7 @@ from signer.audit import (
 from signer.audit_space import AuditSpace
 from signer.config import DEFAULT_MAX_IN_FLIGHT, SignerConfig, load_signer_config
 from signer.control import ControlChannel
+from signer.core_log import core_lines_held, core_reason
 from signer.local_callers import LocalListener
 from signer.local_callers import caller as local_caller
 from signer.policy import Policy, PolicyError, SignJob, check_known_fields, largest_sign_batch_size
@@ -55,6 +57,9 @@ log = logging.getLogger("ocsp-signer")
 
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two ERROR lines about one caller's refusals for one CA
 OVERLOAD_LOG_INTERVAL = 5.0  # seconds between two lines about requests refused at max_signatures_in_flight
+# Seconds between two lines about signatures refused for one cause (audit log not writable, token not
+# available): a full disk refuses every request, and each must not cost a line.
+UNAVAILABLE_LOG_INTERVAL = 5.0
 
 SHUTDOWN_GRACE = 5.0  # seconds in-flight RPCs get to finish on SIGTERM/SIGINT
 MAX_PING_STRIKES = 2  # gRPC's default, stated: too-early keepalive pings tolerated before GOAWAY
@@ -143,6 +148,14 @@ class SignerService(pb_grpc.SignerServicer):
         self.in_flight = 0
         self.overloaded = 0  # requests refused at the bound (metrics)
         self._overload_log = RateLimitedLog(log, OVERLOAD_LOG_INTERVAL, time.monotonic)  # set by serve(); Health reads it
+        # Requests refused because the audit log cannot record them or the token cannot sign: one line
+        # per cause and interval, with the count (``unavailable.total``: all of them, for a metric).
+        self.unavailable = CountedLog(log, UNAVAILABLE_LOG_INTERVAL, time.monotonic,
+                                      first="refused %d signature(s): %s (further refusals for this cause are "
+                                            "counted, one line per interval)",
+                                      summary="refused %d signature(s) in the last %.0f s: %s",
+                                      schedule=lambda delay, callback: asyncio.get_running_loop().call_later(
+                                          delay, callback))
 
     async def Sign(self, request: pb.SignRequest, context: grpc.aio.ServicerContext) -> pb.SignReply:
         (outcome,) = await self._sign_batch([request], client_identity(context))
@@ -290,22 +303,26 @@ class SignerService(pb_grpc.SignerServicer):
                 out.append(e)
         return out
 
-    @staticmethod
-    def _failure(e: BaseException, request_id: str) -> Failure:
+    def _failure(self, e: BaseException, request_id: str) -> Failure:
         """The gRPC status a failed request gets (what Sign aborts with, what SignBatch's item carries)."""
         if isinstance(e, PolicyError):
             return Failure(e.code, e.message)
         if isinstance(e, TokenError):
-            log.error("token: %s", e)
+            self._refused_unavailable(f"token not available: {e}")
             return Failure(grpc.StatusCode.UNAVAILABLE, f"token not available: {e}")
         if isinstance(e, AuditUnavailable):
             # Fail closed: the signature exists but is not durably logged, so it never leaves.
-            log.error("audit log not writable, refusing to sign: %s", e.reason)
+            self._refused_unavailable(f"audit log not writable: {e.reason}")
             return Failure(grpc.StatusCode.UNAVAILABLE, f"audit log not writable: {e.reason}")
         if not isinstance(e, Exception):
             raise e
         log.error("Sign failed (request_id %r)", request_id, exc_info=e)
         return Failure(grpc.StatusCode.INTERNAL, "internal error in the signer (logged)")
+
+    def _refused_unavailable(self, cause: str) -> None:
+        """One request refused for ``cause``: counted, and logged once per cause and interval
+        (``CountedLog``, which logs the count of a flood that stops by itself)."""
+        self.unavailable.log(logging.ERROR, cause)
 
     def _refusal(self, job: SignJob, client: str, problem: str) -> tuple[RefusalRecord, PolicyError]:
         """A status the signer's own data contradicts: logged, a refusal record for the audit log (nothing
@@ -382,7 +399,9 @@ class SignerServer:
         self.local: LocalListener | None = None  # a unix: listen.address: its public socket and relay
         self._reloads: set[asyncio.Task[None]] = set()  # status reloads SIGHUP started
 
-    async def stop(self, grace: float | None = SHUTDOWN_GRACE) -> None:
+    async def stop(self, grace: float | None = SHUTDOWN_GRACE, *, failed_start: bool = False) -> None:
+        """Stop serving and release everything. ``failed_start``: ``serve`` could not finish starting;
+        the audit log is abandoned (``AuditLog.abandon``: a file no record went into is removed)."""
         self.service.serving = False
         if self.service.audit_space is not None:
             await self.service.audit_space.stop()
@@ -396,8 +415,12 @@ class SignerServer:
         await self.server.stop(grace)
         if self.local is not None:
             await self.local.close()
+        self.service.unavailable.close()  # the counts still held
         try:
-            await self.service.audit.close()  # a final checkpoint covering every record
+            if failed_start:
+                await self.service.audit.abandon()
+            else:
+                await self.service.audit.close()  # a final checkpoint covering every record
         except AuditUnavailable as e:
             log.error("audit log: final checkpoint failed: %s", e.reason)
         loop = asyncio.get_running_loop()
@@ -495,6 +518,21 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
     except BaseException:
         executor.shutdown(wait=False)
         raise
+    try:
+        return await _start(config, ready, clock, executor, worker, owns_token=owns_token)
+    except BaseException:
+        if ready.audit is not None and not ready.audit.closed:  # failed before the server existed
+            await ready.audit.abandon()
+            if owns_token:
+                await asyncio.get_running_loop().run_in_executor(executor, ready.token.close)
+            executor.shutdown(wait=False)
+        raise
+
+
+async def _start(config: SignerConfig, ready: startup.Prepared, clock: Clock, executor: ThreadPoolExecutor,
+                 worker: WorkerRole | None, *, owns_token: bool) -> tuple[SignerServer, str]:
+    """``serve`` once every start-up check passed: the service, the server, the listeners. A failure
+    stops what was started (the audit log abandoned: ``SignerServer.stop(failed_start=True)``)."""
     token, responders, audit = ready.token, ready.responders, ready.audit
     if worker is not None and worker.generations:  # a restarted worker: the running workers' generations
         responders = ResponderSet.of([dataclasses.replace(r, generation=worker.generations.get(r.name, r.generation))
@@ -533,16 +571,18 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
         wrapper.admin.rotator.reader = lambda path: load_signer_config(path).for_worker(number, config.listen.port)
         WorkerLink(worker.control, wrapper.admin.rotator, service.verifier, number)
     wrapper.local = local
+    core_lines: list[str] = []
     try:
         if local is not None:
             local.prepare()
-        port = add_port(server, config, local)
+        with core_lines_held() as core_lines:  # a failed bind: our line only, not core's too
+            port = add_port(server, config, local)
     except (RuntimeError, OSError, ValueError) as e:
-        await wrapper.stop(None)
-        raise ConfigError(config.file, "listen.address",
-                          f"cannot listen on {config.listen.address}: {e}") from None
+        await wrapper.stop(None, failed_start=True)
+        why = startup.tcp_bind_problem(config) or core_reason(core_lines) or getattr(e, "strerror", None) or e
+        raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}: {why}") from None
     if port == 0:
-        await wrapper.stop(None)
+        await wrapper.stop(None, failed_start=True)
         raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}")
     await server.start()
     audit_space.start()
@@ -552,18 +592,19 @@ async def serve(config: SignerConfig, *, token: Token | None = None, clock: Cloc
         if local is not None:
             await local.start()
     except OSError as e:
-        await wrapper.stop(None)
+        await wrapper.stop(None, failed_start=True)
         raise ConfigError(config.file, "listen.address",
                           f"cannot listen on {config.listen.address}: {e.strerror or e}") from None
     try:
         await wrapper.admin.start()
     except ConfigError:
-        await wrapper.stop(None)
+        await wrapper.stop(None, failed_start=True)
         raise
     address = config.listen.at_port(port)
     log.info("limits: %s", limits_summary(config))
     log.info("serving on %s (%s): %d responders (%s), token %r", address, transport_summary(config),
              len(responders), ", ".join(f"{r.name}: {r.algorithm.value}" for r in responders), service.token_name)
+    log_open_files_limit(log)  # raised at start (signer.__main__)
     return wrapper, address
 
 

@@ -17,8 +17,10 @@ In order, each failure a ``ConfigError`` naming the file and key:
 6. the audit log: directory created if missing and accepting new files, the current file
    appendable, this writer_id's lock free, the existing chain readable, the checkpoint policy valid.
 
---check stops there: it binds no port and writes no audit record. A start then opens the log for
-writing (a signed checkpoint) and listens.
+--check stops there: it binds no port and writes no audit record. A start also checks first that a TCP
+listen address is free (``check_bind``: --check runs beside the live signer, which holds it), then
+opens the log for writing (a signed checkpoint) and listens; a start that fails after that removes
+the audit file it created if no record went into it (``AuditLog.abandon``).
 """
 
 from __future__ import annotations
@@ -155,6 +157,33 @@ def check_listen(config: SignerConfig) -> None:
             log.warning("%s", warning)
 
 
+def tcp_bind_problem(config: SignerConfig) -> str | None:
+    """Why a TCP ``listen.address`` cannot be bound now ("Address already in use"), found by binding a
+    plain socket to it as gRPC will (SO_REUSEADDR, no port sharing) and closing it again; None when it
+    can be, or for a unix: address or port 0."""
+    listen = config.listen
+    if listen.kind != "tcp" or not listen.port:
+        return None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM,
+                                                            flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def check_bind(config: SignerConfig) -> None:
+    """A start's first check (not --check's, which must pass while the signer runs): the TCP listen
+    address is free, so a port another process holds is refused before the token or the audit log is
+    touched, in one clean line (gRPC's own bind failure would print a core log line first)."""
+    problem = tcp_bind_problem(config)
+    if problem is not None:
+        raise ConfigError(config.file, "listen.address", f"cannot listen on {config.listen.address}: {problem}")
+
+
 # -- the token ---------------------------------------------------------------------------------------
 
 
@@ -169,7 +198,9 @@ def open_token(config: SignerConfig) -> Pkcs11Token:
         return Pkcs11Token(t.module, pin=pin, token_label=t.label, token_serial=t.serial)
     except TokenError as e:
         msg = str(e)
-        if "PIN" in msg:
+        if msg.startswith(("no token", "several tokens")):  # (it names the tokens found: any text)
+            key = "token.label" if t.label is not None else "token.serial"
+        elif "PIN" in msg:
             key = "token.pin_file" if t.pin_file else "token.pin_env"
         elif "module" in msg:
             key = "token.module"
@@ -283,6 +314,8 @@ async def prepare(config: SignerConfig, *, token: Token | None, clock: Clock, ex
     Raises ConfigError for anything the operator must fix.
     """
     check_config(config, listen_checked=worker)
+    if open_log is not None and not worker:
+        check_bind(config)
     loop = asyncio.get_running_loop()
     status = await loop.run_in_executor(None, StatusVerifier.load, config, clock)
     for line in status_warnings(config):

@@ -21,10 +21,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from shared.config import Section
+from shared.config import Keys, Section
 from shared.tls import parse_allowed, pem_certificates
 
 log = logging.getLogger("ocsp-signer")
+
+# Every key of the [tls] table (signer.config.SIGNER_KEYS).
+TLS_KEYS: Keys = dict.fromkeys(("cert", "key", "client_ca", "allowed_clients"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,31 @@ def read_pin(pin_file: Path | None, pin_env: str | None, *, consume: bool = Fals
     raise TokenError("no PIN source: set token.pin_file or token.pin_env")
 
 
+def softhsm_hint(module: str | Path) -> str:
+    """What to add to "no token with label ..." when the module is SoftHSM and SOFTHSM2_CONF is not set
+    (SoftHSM then reads /etc/softhsm/softhsm2.conf, seldom where the tokens were made); else ""."""
+    if "softhsm" not in Path(module).name.lower() or "SOFTHSM2_CONF" in os.environ:
+        return ""
+    return " (SOFTHSM2_CONF is not set: SoftHSM reads /etc/softhsm/softhsm2.conf)"
+
+
+def _tokens_found(lib: Any) -> str:
+    """"tokens found: 'a' (serial ...), 'b'" or "no initialised token found", for an operator who
+    asked for a token the module does not have."""
+    try:
+        found = [t for t in lib.get_tokens() if (t.label or "").strip()]
+    except Exception as e:  # noqa: BLE001 - listing is only a hint; the lookup failed already
+        return f"cannot list its tokens: {e}"
+    if not found:
+        return "the module has no initialised token"
+
+    def serial(t: Any) -> str:
+        raw = t.serial.decode(errors="replace") if isinstance(t.serial, bytes) else str(t.serial)
+        return raw.strip()
+
+    return "tokens found: " + ", ".join(f"{t.label.strip()!r} (serial {serial(t)})" for t in found)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyAttributes:
     sensitive: bool
@@ -104,7 +129,7 @@ class Pkcs11Token:
                 self._token = lib.get_token(token_serial=token_serial.encode())  # type: ignore[union-attr]
         except pkcs11.NoSuchToken:
             which = f"label {token_label!r}" if token_label is not None else f"serial {token_serial!r}"
-            raise TokenError(f"no token with {which} in {module}") from None
+            raise TokenError(f"no token with {which} in {module}; {_tokens_found(lib)}{softhsm_hint(module)}") from None
         except pkcs11.MultipleTokensReturned:
             raise TokenError(f"several tokens are labelled {token_label!r}; select by serial") from None
         self._pin = pin  # kept to log in again after the HSM drops the session

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from shared.clock import Clock
-from shared.config import Section
+from shared.config import Keys, Section
 from shared.status.base import FileStatusSource
 from shared.status.compromised import CompromisedSource
 from shared.status.crl import CrlSource
@@ -48,6 +48,9 @@ DEFAULT_MAX_SHRINK = 0.1
 # every cache.max_age, far inside it).
 DEFAULT_INDEX_VALIDITY = timedelta(hours=24)
 DEFAULT_CHECK_INTERVAL = timedelta(seconds=5)
+# Every key of the table (shared.ca_keys puts it into a CA file's keys).
+STATUS_KEYS: Keys = dict.fromkeys(("source", "path", "validity", "check_interval", "max_shrink",
+                                   "issued_serials", "unissued"))
 _SHARE = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 # status.url: a CRL is usually re-published every few hours to a day; a conditional GET every 15
 # minutes sees a new one soon and costs a 304 otherwise.

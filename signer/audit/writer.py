@@ -272,6 +272,8 @@ class AuditLog:
         # told: the window then waits only for those, and only until they are all queued.
         self.expected: Callable[[], int] | None = None
         self._gathered: asyncio.Future[None] | None = None
+        self._created: list[Path] = []  # files this log created (``abandon`` removes them)
+        self._opened_size = 0  # records in the chain when it was opened
 
     @classmethod
     async def open(cls, directory: Path, *, writer_id: str, signer: CheckpointSigner | None,
@@ -317,6 +319,7 @@ class AuditLog:
             self._release_lock()
             self._io_executor.shutdown(wait=False)
             raise
+        self._opened_size = self._state.rng.size
         if signer is not None:
             st = self._state
             if st.uncovered or (st.checkpoint_note is not None and st.checkpoint_policy != self._policy):
@@ -358,6 +361,11 @@ class AuditLog:
         return self._state.rng.size
 
     @property
+    def closed(self) -> bool:
+        """``close`` or ``abandon`` was called."""
+        return self._closed
+
+    @property
     def latest_checkpoint(self) -> str | None:
         """The newest signed checkpoint note; ship it off the host to make truncation detectable."""
         return self._state.checkpoint_note
@@ -396,6 +404,35 @@ class AuditLog:
             await asyncio.get_running_loop().run_in_executor(self._io_executor, self._close_fd)
             self._io_executor.shutdown(wait=True)
             self._release_lock()
+
+    async def abandon(self) -> None:
+        """Release the log after a failed start: as ``close``, but when no record was appended since
+        ``open``, without a final checkpoint, and the files this log created are removed (they hold a
+        file header and the genesis checkpoint only), so a signer that never served leaves no empty
+        audit file behind. Once a record is in, this is ``close``: records are never removed."""
+        if self._closed:
+            return
+        if self._state.rng.size != self._opened_size:
+            await self.close()
+            return
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io_executor, self._remove_created)
+        self._io_executor.shutdown(wait=True)
+        self._release_lock()
+
+    def _remove_created(self) -> None:
+        self._close_fd()
+        for path in self._created:
+            try:
+                path.unlink(missing_ok=True)
+                log.debug("audit: removed %s (this start failed before any record went into it)", path)
+            except OSError as e:
+                log.warning("audit: cannot remove %s, which no record went into: %s", path, e.strerror or e)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -614,6 +651,7 @@ class AuditLog:
                     data = data[n:]
                 io.fsync(self._fd)
                 if seg.new:
+                    self._created.append(seg.path)
                     dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
                     try:
                         io.fsync(dfd)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,11 +80,8 @@ def open_token(module: str, token_label: str, pin_file: Path | None, pin_env: st
     try:
         pin = read_pin(pin_file, pin_env)
         return Pkcs11Token(module, pin=pin, token_label=token_label)
-    except TokenError as e:
-        hint = ""
-        if "no token" in str(e) and "SOFTHSM2_CONF" not in os.environ:
-            hint = " (SOFTHSM2_CONF is not set: SoftHSM reads /etc/softhsm/softhsm2.conf)"
-        raise CtlError(f"{e}{hint}") from None
+    except TokenError as e:  # "no token with label ..." names the tokens found and the SOFTHSM2_CONF hint
+        raise CtlError(str(e)) from None
 
 
 def token_from_args(args: argparse.Namespace) -> Any:
