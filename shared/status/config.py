@@ -50,7 +50,11 @@ DEFAULT_INDEX_VALIDITY = timedelta(hours=24)
 DEFAULT_CHECK_INTERVAL = timedelta(seconds=5)
 # Every key of the table (shared.ca_keys puts it into a CA file's keys).
 STATUS_KEYS: Keys = dict.fromkeys(("source", "path", "validity", "check_interval", "max_shrink",
-                                   "issued_serials", "unissued"))
+                                   "issued_serials", "unissued",
+                                   # a CRL fetched from the CA's web server (url_source)
+                                   "url", "state_dir", "refresh", "timeout", "max_size", "ca_bundle",
+                                   # a compromised CA (compromised)
+                                   "compromised", "compromised_at"))
 _SHARE = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 # status.url: a CRL is usually re-published every few hours to a day; a conditional GET every 15
 # minutes sees a new one soon and costs a 304 otherwise.
