@@ -28,13 +28,14 @@ from frontend.refresher import make_refresher
 from frontend.sign_limit import BoundedSigner
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.watch import ResponderWatch
-from frontend.workers import LOG_FORMAT, bind_slots, supervise
-from shared import logsafe
+from frontend.workers import bind_slots, supervise
+from shared import logs
 from shared.config import ConfigError
 from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.status.base import StatusDataError
 from shared.status.config import make_source
 from shared.tasks import cancel_all
+from shared.version import version_text
 
 log = logging.getLogger("frontend")
 
@@ -148,14 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread (an embedding test): nothing to protect
         pass
     parser = argparse.ArgumentParser(prog="ocsp-frontend", description="Keyless OCSP HTTP frontend")
+    parser.add_argument("--version", action="version", version=version_text("ocsp-frontend"))
     parser.add_argument("--config", required=True, help="frontend.toml")
     parser.add_argument("--check", action="store_true", help="validate config and status data, then exit")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS,
+                        help="the least severe log lines written (default INFO); workers get the same")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
-    logsafe.install()  # names and paths from outside cannot forge log lines
+    logs.setup("ocsp-frontend", args.log_level)  # names and paths from outside cannot forge log lines
     try:
         cfg = load_frontend_config(args.config)
+        logs.set_format(cfg.log.format)
         issuers = load_cas(cfg)
     except ConfigError as e:
         print(f"ocsp-frontend: {e}", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ from frontend.answer_store import DEFAULT_PREFIX, DEFAULT_TIMEOUT, StoreConfig, 
 from frontend.tls import SignerTls, load_signer_tls
 from shared.config import ConfigError, Section, read_certificate
 from shared.cpus import usable_cpus
+from shared.logs import read_format
 from shared.ocsp.types import HashAlgorithm
 from shared.status.config import StatusConfig, read_status_config
 
@@ -150,6 +151,15 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: the line format of every log line, and the access log (frontend.access_log)."""
+
+    format: str = "text"  # "text" or "json" (shared.logs)
+    access: bool = True  # one line per answered OCSP request
+    access_file: Path | None = None  # None: the access lines go where the log goes (stderr)
+
+
+@dataclass(frozen=True, slots=True)
 class CaConfig:
     name: str
     file: Path
@@ -166,6 +176,7 @@ class FrontendConfig:
     signer: SignerClientConfig
     cache: CacheConfig
     cas: tuple[CaConfig, ...]
+    log: LogConfig = LogConfig()
 
 
 def _seconds(d: timedelta) -> float:
@@ -290,6 +301,15 @@ def _cache(sec: Section) -> CacheConfig:
     )
 
 
+def _log(sec: Section) -> LogConfig:
+    fmt = read_format(sec)
+    access = sec.bool("access", LogConfig.access)
+    access_file = sec.path("access_file", None)
+    if access_file is not None and access_file.is_dir():
+        raise sec.error("access_file", f"{access_file} is a directory; give the access log's file")
+    return LogConfig(format=fmt, access=access, access_file=access_file)
+
+
 def load_ca_file(path: Path) -> CaConfig:
     sec = Section.load(path)
     name = sec.str("name", path.stem)
@@ -310,6 +330,7 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
     listen = _listen(sec.section("listen"))
     signer = _signer(sec.section("signer"))
     cache = _cache(sec.section("cache"))
+    log = _log(sec.section("log"))
     sec.finish()
 
     cas: list[CaConfig] = []
@@ -327,4 +348,5 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
         cas.append(ca)
     if not cas:
         raise ConfigError(file, "ca_dir", f"no *.toml CA files in {ca_dir}")
-    return FrontendConfig(file=file, ca_dir=ca_dir, listen=listen, signer=signer, cache=cache, cas=tuple(cas))
+    return FrontendConfig(file=file, ca_dir=ca_dir, listen=listen, signer=signer, cache=cache, cas=tuple(cas),
+                          log=log)
