@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
+from frontend.access_log import AccessLog, check_file
 from frontend.answer_store import open_store
 from frontend.app import CaEntry, OcspApp
 from frontend.cache import ResponseCache
@@ -25,6 +26,7 @@ from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
 from frontend.refresher import make_refresher
+from frontend.request_ids import RequestIds
 from frontend.sign_limit import BoundedSigner
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.watch import ResponderWatch
@@ -65,9 +67,10 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
     """Serve until SIGTERM/SIGINT: on ``listen.host``/``port``, or, in a worker, on the supervisor's
     ``sockets`` (then ``ready()`` once listening)."""
     loop = asyncio.get_running_loop()
+    ids = RequestIds()  # this process's (a worker's own prefix): SignRequest ids and the access log's
     signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls,
                           keepalive=Keepalive(cfg.signer.keepalive, cfg.signer.keepalive_timeout),
-                          max_batch=cfg.signer.max_batch, connections=cfg.signer.connections)
+                          max_batch=cfg.signer.max_batch, connections=cfg.signer.connections, ids=ids)
     warning = keepalive_warning(cfg.signer.keepalive)
     if warning:
         log.warning("%s: %s", cfg.file, warning)
@@ -93,7 +96,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
                  store.prefix, store.timeout * 1000)
     app = OcspApp(issuers=issuers, signer=bounded, cache=cache, listen=cfg.listen,
                   stored_headers=static_headers, store=store)
-    server = FrontendServer(app, cfg.listen, readiness)
+    access = AccessLog(ids, path=cfg.log.access_file) if cfg.log.access else None
+    server = FrontendServer(app, cfg.listen, readiness, access)
     if sockets:  # a worker, perhaps one started long after the supervisor loaded the data
         await asyncio.gather(*(s.refresh() for s in sources), return_exceptions=True)
     host, port = await server.start(socks=sockets)
@@ -108,6 +112,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
 
     async def reload_all() -> None:
         log.info("SIGHUP: re-reading status data")
+        if access is not None:
+            access.reopen()  # log rotation: the access file anew
         await asyncio.gather(*(s.refresh(force=True) for s in sources), return_exceptions=True)
 
     reloads: set[asyncio.Task[None]] = set()
@@ -127,6 +133,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
         log.info("stopping")
     finally:
         await server.stop()
+        if access is not None:
+            access.close()
         if refresher is not None:
             await refresher.stop()
         await cancel_all([*watchers, *reloads])
@@ -159,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_frontend_config(args.config)
         logs.set_format(cfg.log.format)
+        if cfg.log.access and cfg.log.access_file is not None:
+            fault = check_file(cfg.log.access_file)
+            if fault:
+                raise ConfigError(cfg.file, "log.access_file", fault)
         issuers = load_cas(cfg)
     except ConfigError as e:
         print(f"ocsp-frontend: {e}", file=sys.stderr, flush=True)
