@@ -160,8 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=version_text("ocsp-frontend"))
     parser.add_argument("--config", required=True, help="frontend.toml")
     parser.add_argument("--check", action="store_true", help="validate config and status data, then exit")
-    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS,
-                        help="the least severe log lines written (default INFO); workers get the same")
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO (default), WARNING or ERROR: the least severe log lines written "
+                        "(by the workers too)")
     args = parser.parse_args(argv)
     logs.setup("ocsp-frontend", args.log_level)  # names and paths from outside cannot forge log lines
     try:

@@ -303,7 +303,7 @@ def _cache(sec: Section) -> CacheConfig:
 
 def _log(sec: Section) -> LogConfig:
     fmt = read_format(sec)
-    access = sec.bool("access", LogConfig.access)
+    access = sec.bool("access", LogConfig().access)
     access_file = sec.path("access_file", None)
     if access_file is not None and access_file.is_dir():
         raise sec.error("access_file", f"{access_file} is a directory; give the access log's file")

@@ -346,9 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-remaining", type=_duration, default=None, metavar="DURATION",
                         help="sign again an answer valid for less than this (default: [cache] refresh_before, "
                         "else a quarter of max_age)")
-    parser.add_argument("--log-level", choices=logs.LEVELS,
-                        help="the least severe log lines written to stderr (default: ocspctl's --log-level, "
-                        "WARNING; INFO adds the signer channel's and the store's notes)")
+    parser.add_argument("--log-level", choices=logs.LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING or ERROR: the least severe log lines written to stderr "
+                        "(default: ocspctl's --log-level, WARNING)")
     return parser
 
 

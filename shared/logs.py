@@ -39,18 +39,25 @@ SUPERVISOR = "supervisor"  # set_worker's value for the supervisor of workers
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime",
                                                                                   "taskName"}
 _second: tuple[int, str] = (-1, "")
+_milli: tuple[int, str] = (-1, "")
 
 
 def iso_time(t: float) -> str:
     """Epoch seconds -> ``2026-12-02T17:30:01.123Z`` (UTC, milliseconds truncated). The part up to
-    the second is formatted once per second."""
-    sec = int(t)
-    ms = int((t - sec) * 1000)
-    cached = _second
-    if cached[0] != sec:
-        cached = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-        globals()["_second"] = cached
-    return f"{cached[1]}.{ms:03d}Z"
+    the second is formatted once per second, the whole once per millisecond (the access log asks for
+    it at every request)."""
+    ms_total = int(t * 1000)
+    cached = _milli
+    if cached[0] == ms_total:
+        return cached[1]
+    sec, ms = divmod(ms_total, 1000)
+    second = _second
+    if second[0] != sec:
+        second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+        globals()["_second"] = second
+    text = f"{second[1]}.{ms:03d}Z"
+    globals()["_milli"] = (ms_total, text)
+    return text
 
 
 def who_text(worker: int | str | None) -> str:
@@ -137,33 +144,55 @@ class LogFormatter(logging.Formatter):
         return json_line(fields)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (the signer's handshake_log replaces
+    it, a test captures it), as logging's own last-resort handler does."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always sys.stderr
+
+
 _handler: logging.Handler | None = None
 _formatter: LogFormatter | None = None
 
 
 def setup(prog: str, level: str = "INFO", *, fmt: str = "text", worker: int | str | None = None,
           stream: TextIO | None = None) -> LogFormatter:
-    """Every record of this process, of ``level`` and above, to stderr as ``prog``'s lines. Called
-    again (a re-exec'd or forked worker, a command's own level), it changes the one handler."""
-    global _handler, _formatter
+    """Every record of this process, of ``level`` and above, as ``prog``'s lines to stderr (``stream``:
+    elsewhere). Called again (a command's own level, a test), it changes the one handler and formatter."""
+    global _handler
     logsafe.install()
+    f = formatter()
+    f.prog, f.json, f.worker = prog, fmt == "json", worker
     root = logging.getLogger()
-    if _handler is None or _formatter is None:
-        _formatter = LogFormatter(prog, fmt=fmt, worker=worker)
-        _handler = logging.StreamHandler(stream or sys.stderr)
-        _handler.setFormatter(_formatter)
-        root.addHandler(_handler)
-    else:
-        _formatter.prog, _formatter.json, _formatter.worker = prog, fmt == "json", worker
-        if stream is not None and isinstance(_handler, logging.StreamHandler):
-            _handler.setStream(stream)
+    handler: logging.Handler = _Stderr() if stream is None else logging.StreamHandler(stream)
+    if _handler is not None:
+        if stream is None and isinstance(_handler, _Stderr):
+            handler = _handler
+        else:
+            root.removeHandler(_handler)
+    if handler is not _handler:
+        handler.setFormatter(f)
+        root.addHandler(handler)
+        _handler = handler
     root.setLevel(level)
-    return _formatter
+    return f
 
 
 def formatter() -> LogFormatter:
-    """The process's formatter (``setup`` first; a default one for a process that did not)."""
-    return _formatter if _formatter is not None else LogFormatter(os.path.basename(sys.argv[0]) or "python")
+    """The process's formatter (made here when ``setup`` has not run: the access log's lines follow it)."""
+    global _formatter
+    if _formatter is None:
+        _formatter = LogFormatter(os.path.basename(sys.argv[0]) or "python")
+    return _formatter
 
 
 def set_worker(number: int | str | None) -> None:

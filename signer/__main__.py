@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         prog=PROG, description="OCSP signer: signs typed statuses in a PKCS#11 token")
     parser.add_argument("--version", action="version", version=version_text(PROG))
     parser.add_argument("--config", required=True, help="path to signer.toml")
-    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS,
-                        help="the least severe log lines written (default INFO); workers get the same")
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO (default), WARNING or ERROR: the least severe log lines written "
+                        "(by the workers too)")
     parser.add_argument("--check", action="store_true",
                         help="run every start-up check (config, token login, every responder key and the "
                              "audit key with a test signature, the audit log directory and lock, the "

@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="OCSP responder administration: token, keys, "
                                      "certificates, and a demo PKI.")
     parser.add_argument("--version", action="version", version=version_text(PROG))
-    parser.add_argument("--log-level", default="WARNING", choices=logs.LEVELS,
-                        help="the least severe log lines written to stderr (default WARNING)")
+    parser.add_argument("--log-level", default="WARNING", choices=logs.LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING (default) or ERROR: the least severe log lines written")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
