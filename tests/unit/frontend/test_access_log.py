@@ -9,12 +9,13 @@ import os
 import re
 import select
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from frontend.access_log import MAX_LINES, PIPE_BUF, AccessLog, check_file
-from frontend.app import NONCE, SIGNED, STORED, Answer
+from frontend.app import CACHED, NONCE, SIGNED, STORED, Answer
 from frontend.cache import Entry
 from frontend.config import load_frontend_config
 from frontend.request_ids import RequestIds
@@ -23,6 +24,8 @@ from shared.answers import AnswerKey
 from shared.config import ConfigError
 from shared.ocsp.types import CertId, CertStatus, HashAlgorithm, ResponseStatus
 from tests.unit.frontend.frontend_pki import TestCA
+from tests.unit.frontend.frontend_server_env import FakeSigner
+from tests.unit.frontend.test_frontend_caching import _app, _req
 from tests.unit.frontend.test_frontend_config import setup as config_setup
 
 HOSTILE_CA = 'evil"\n}{\x1b[2J\u2028ca'
@@ -228,3 +231,42 @@ def test_log_key_errors_name_file_and_key(tmp_path: Path, ca: TestCA, text: str,
     with pytest.raises(ConfigError) as e:
         load_frontend_config(path)
     assert (e.value.file, e.value.key) == (str(path), key) and says in e.value.message
+
+
+class NamingSigner(FakeSigner):
+    """FakeSigner whose results carry a request_id, as the signer client's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids = RequestIds("5151515151")
+
+    async def sign(self, statuses, nonce):  # type: ignore[no-untyped-def]
+        return replace(await super().sign(statuses, nonce), request_id=self.ids.next())
+
+
+def test_answers_say_what_they_answered_and_how(tmp_path: Path) -> None:
+    signer = NamingSigner()
+    signer.delay = 0.05
+    app, ca, _ = _app(tmp_path, signer)
+    der = _req(ca, 0x100)
+
+    async def go() -> list[Answer]:
+        first = asyncio.create_task(app.answer(der, der))
+        joined = asyncio.create_task(app.answer(der, der))  # waits for the first one's signature
+        signed, waited = await first, await joined
+        cached = await app.answer(der, der)
+        nonce = await app.answer(_req(ca, 0x100, nonce=b"\x01" * 16), None)
+        unknown_ca = await app.answer(_req(TestCA("Other CA"), 0x5), None)
+        return [signed, waited, cached, nonce, unknown_ca, await app.answer(b"junk", None)]
+
+    signed, waited, cached, nonce, unknown_ca, junk = asyncio.run(go())
+    assert (signed.via, signed.signature_id, signed.ca, signed.cert_status) == (
+        SIGNED, "5151515151-1", "a", (CertStatus.GOOD,))
+    assert [c.serial_int for c in signed.cert_ids] == [0x100]
+    assert (waited.via, waited.signature_id, waited.der) == ("joined", "5151515151-1", signed.der)
+    assert (cached.via, cached.signature_id, cached.cert_status) == (CACHED, "5151515151-1", (CertStatus.GOOD,))
+    assert app.cache.lookup(der).signature_id == "5151515151-1"  # the entry keeps it for the hits
+    assert (nonce.via, nonce.signature_id) == (NONCE, "5151515151-2")
+    assert (unknown_ca.status, unknown_ca.ca, [c.serial_int for c in unknown_ca.cert_ids]) == (
+        ResponseStatus.UNAUTHORIZED, "", [0x5])
+    assert (junk.status, junk.via, junk.cert_ids) == (ResponseStatus.MALFORMED_REQUEST, "", ())
