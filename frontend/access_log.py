@@ -15,7 +15,8 @@ store), ``signed`` (signed for this request), ``nonce`` (signed for this request
 ``us``: microseconds from the request's first byte parsed to its answer being ready.
 
 ``id`` names the request: for an answer signed for it, the request_id of its SignRequest, which the
-signer writes into the audit record; otherwise a fresh id of the same series (frontend.request_ids).
+signer writes into the audit record (for an error after a Sign was sent, that Sign's id: a refusal
+the signer audited carries it too); otherwise a fresh id of the same series (frontend.request_ids).
 ``sig`` is the request_id of the signature the answer carries (for a cache hit, the one that made the
 cached answer), so every answer a signer made here leads to its audit record; "-" when not known (an
 answer from the shared store was signed by another frontend, an error carries no signature).
@@ -116,7 +117,10 @@ class AccessLog:
 
     def answer(self, client: str, method: str, answer: Answer, us: int) -> None:
         """An answer of the OCSP pipeline (frontend.app.Answer): signed, joined, stored, cached, an error."""
-        rid = answer.signature_id if answer.via in _SIGNED_HERE and answer.signature_id else self.ids.next()
+        if answer.via in _SIGNED_HERE and answer.signature_id:
+            rid = answer.signature_id
+        else:  # an error after a Sign was sent: its SignRequest's id (a refusal is audited under it)
+            rid = answer.request_id or self.ids.next()
         self._line(client, method, ANSWERS.get(answer.status, answer.status.name), answer.ca, answer.cert_ids,
                    answer.cert_status, answer.signature_id, answer.via, rid, us)
 

@@ -84,10 +84,12 @@ class Answer:
     cert_status: tuple[CertStatus, ...] = ()
     via: str = ""  # SIGNED, NONCE, JOINED, STORED, CACHED; "" for an error
     signature_id: str = ""
+    request_id: str = ""  # an error's: the SignRequest sent for it that failed ("": none)
 
     @staticmethod
-    def error(status: ResponseStatus, ca: str = "", cert_ids: tuple[CertId, ...] = ()) -> Answer:
-        return Answer(error_response(status), status, ca=ca, cert_ids=cert_ids)
+    def error(status: ResponseStatus, ca: str = "", cert_ids: tuple[CertId, ...] = (),
+              request_id: str = "") -> Answer:
+        return Answer(error_response(status), status, ca=ca, cert_ids=cert_ids, request_id=request_id)
 
     @staticmethod
     def of_entry(entry: Entry, via: str = CACHED) -> Answer:
@@ -297,7 +299,7 @@ class OcspApp:
                 self._ratelog.log(logging.ERROR, "internal", "answering internalError: %s", e)
             else:
                 log.debug("answering %s: %s", e.status.name, e)
-            return Answer.error(e.status, ca, cert_ids)
+            return Answer.error(e.status, ca, cert_ids, e.request_id)
         log.error("unexpected error answering a request", exc_info=e)
         return Answer.error(ResponseStatus.INTERNAL_ERROR, ca, cert_ids)
 

@@ -327,7 +327,13 @@ class SignerClient:
         job = _Job(request, time.monotonic() + self.timeout, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
-        return await job.future
+        try:
+            return await job.future
+        except OCSPError as e:
+            # This request's own copy (one error may be every request's of a batch), naming its SignRequest.
+            failed = type(e)(*e.args)
+            failed.request_id = request.request_id
+            raise failed from e
 
     def _dispatch(self) -> None:
         """Send what is queued while fewer calls than lanes are in flight (each call takes up to

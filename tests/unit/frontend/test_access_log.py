@@ -22,6 +22,7 @@ from frontend.request_ids import RequestIds
 from shared import logs
 from shared.answers import AnswerKey
 from shared.config import ConfigError
+from shared.ocsp.errors import TryLater
 from shared.ocsp.types import CertId, CertStatus, HashAlgorithm, ResponseStatus
 from tests.unit.frontend.frontend_pki import TestCA
 from tests.unit.frontend.frontend_server_env import FakeSigner
@@ -270,3 +271,27 @@ def test_answers_say_what_they_answered_and_how(tmp_path: Path) -> None:
     assert (unknown_ca.status, unknown_ca.ca, [c.serial_int for c in unknown_ca.cert_ids]) == (
         ResponseStatus.UNAUTHORIZED, "", [0x5])
     assert (junk.status, junk.via, junk.cert_ids) == (ResponseStatus.MALFORMED_REQUEST, "", ())
+
+
+def test_a_failed_sign_is_answered_and_logged_with_its_request_id(tmp_path: Path) -> None:
+    signer = FakeSigner()
+    failed = TryLater("signer: FAILED_PRECONDITION: the signer's policy refused")
+    failed.request_id = "5151515151-9"
+    signer.fail = failed
+    app, ca, _ = _app(tmp_path, signer)
+
+    async def go() -> tuple[Answer, list[str]]:
+        answer = await app.answer(_req(ca, 0x100), None)
+        r, w = os.pipe()
+        try:
+            log = make("text", w)
+            log.answer("127.0.0.1", "POST", answer, 5)
+            log.flush()
+            return answer, read_lines(r, 1)
+        finally:
+            os.close(r)
+            os.close(w)
+
+    answer, (line,) = asyncio.run(go())
+    assert (answer.status, answer.ca, answer.request_id) == (ResponseStatus.TRY_LATER, "a", "5151515151-9")
+    assert "answer=tryLater ca=a serial=100 cert=- sig=- via=- id=5151515151-9 " in line
