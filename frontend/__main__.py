@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 
+from frontend.access_log import AccessLog, check_file
 from frontend.answer_store import open_store
 from frontend.app import CaEntry, OcspApp
 from frontend.cache import ResponseCache
@@ -25,17 +26,19 @@ from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
 from frontend.readiness import Readiness
 from frontend.refresher import make_refresher
+from frontend.request_ids import RequestIds
 from frontend.sign_limit import BoundedSigner
 from frontend.signer_client import Keepalive, SignerClient, keepalive_warning
 from frontend.watch import ResponderWatch
-from frontend.workers import LOG_FORMAT, bind_slots, supervise
-from shared import logsafe
+from frontend.workers import bind_slots, supervise
+from shared import logs
 from shared.config import ConfigError
 from shared.fdlimit import log_open_files_limit, raise_open_files_limit
 from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.status.base import StatusDataError
 from shared.status.config import make_source
 from shared.tasks import cancel_all
+from shared.version import version_text
 
 log = logging.getLogger("frontend")
 
@@ -65,9 +68,10 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
     """Serve until SIGTERM/SIGINT: on ``listen.host``/``port``, or, in a worker, on the supervisor's
     ``sockets`` (then ``ready()`` once listening)."""
     loop = asyncio.get_running_loop()
+    ids = RequestIds()  # this process's (a worker's own prefix): SignRequest ids and the access log's
     signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls,
                           keepalive=Keepalive(cfg.signer.keepalive, cfg.signer.keepalive_timeout),
-                          max_batch=cfg.signer.max_batch, connections=cfg.signer.connections)
+                          max_batch=cfg.signer.max_batch, connections=cfg.signer.connections, ids=ids)
     warning = keepalive_warning(cfg.signer.keepalive)
     if warning:
         log.warning("%s: %s", cfg.file, warning)
@@ -93,7 +97,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
                  store.prefix, store.timeout * 1000)
     app = OcspApp(issuers=issuers, signer=bounded, cache=cache, listen=cfg.listen,
                   stored_headers=static_headers, store=store)
-    server = FrontendServer(app, cfg.listen, readiness)
+    access = AccessLog(ids, path=cfg.log.access_file) if cfg.log.access else None
+    server = FrontendServer(app, cfg.listen, readiness, access)
     if sockets:  # a worker, perhaps one started long after the supervisor loaded the data
         await asyncio.gather(*(s.refresh() for s in sources), return_exceptions=True)
     host, port = await server.start(socks=sockets)
@@ -109,6 +114,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
 
     async def reload_all() -> None:
         log.info("SIGHUP: re-reading status data")
+        if access is not None:
+            access.reopen()  # log rotation: the access file anew
         await asyncio.gather(*(s.refresh(force=True) for s in sources), return_exceptions=True)
 
     reloads: set[asyncio.Task[None]] = set()
@@ -128,6 +135,8 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
         log.info("stopping")
     finally:
         await server.stop()
+        if access is not None:
+            access.close()
         if refresher is not None:
             await refresher.stop()
         await cancel_all([*watchers, *reloads])
@@ -150,14 +159,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread (an embedding test): nothing to protect
         pass
     parser = argparse.ArgumentParser(prog="ocsp-frontend", description="Keyless OCSP HTTP frontend")
+    parser.add_argument("--version", action="version", version=version_text("ocsp-frontend"))
     parser.add_argument("--config", required=True, help="frontend.toml")
     parser.add_argument("--check", action="store_true", help="validate config and status data, then exit")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO (default), WARNING or ERROR: the least severe log lines written "
+                        "(by the workers too)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format=LOG_FORMAT)
-    logsafe.install()  # names and paths from outside cannot forge log lines
+    logs.setup("ocsp-frontend", args.log_level)  # names and paths from outside cannot forge log lines
     try:
         cfg = load_frontend_config(args.config)
+        logs.set_format(cfg.log.format)
+        if cfg.log.access and cfg.log.access_file is not None:
+            fault = check_file(cfg.log.access_file)
+            if fault:
+                raise ConfigError(cfg.file, "log.access_file", fault)
         issuers = load_cas(cfg)
     except ConfigError as e:
         print(f"ocsp-frontend: {e}", file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from frontend.cache import STORE, Entry, ResponseCache
@@ -39,6 +39,7 @@ from shared.ocsp.request import decode_request
 from shared.ocsp.response import error_response
 from shared.ocsp.types import (
     CertId,
+    CertStatus,
     HashAlgorithm,
     IssuerKey,
     ParsedRequest,
@@ -58,19 +59,43 @@ ERROR_LOG_INTERVAL = 10.0  # seconds between two log lines about tryLater / inte
 DELETE_CHUNK = 1024  # store keys per DEL when a reload retires changed serials
 
 
+# How an answer was come by (Answer.via, the access log's ``via``).
+SIGNED = "signed"  # signed for this request
+NONCE = "nonce"  # signed for this request, which carried a nonce (never cached nor shared)
+JOINED = "joined"  # the signature another request for the same answer was waiting for
+STORED = "store"  # the fleet's shared store (Redis)
+CACHED = "cache"  # this process's cache
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What the pipeline answers: the DER OCSPResponse, its status, and for a cacheable (nonce-less,
-    signed) answer its nextUpdate (epoch seconds, for max-age) and the header lines stored with it."""
+    signed) answer its nextUpdate (epoch seconds, for max-age) and the header lines stored with it.
+    The rest says what it answered, for the access log: the CA, the CertIDs and their statuses (as far
+    as known: an error may know none), how it was come by (``via``), and the request_id of the
+    SignRequest whose signature it is (``signature_id``; "" when not known, as for the store's)."""
 
     der: bytes
     status: ResponseStatus = ResponseStatus.SUCCESSFUL
     next_update: int | None = None  # None: not cacheable (a nonce, or an error)
     headers: bytes = b""  # what ``stored_headers`` made of it, when cacheable
+    ca: str = ""
+    cert_ids: tuple[CertId, ...] = ()
+    cert_status: tuple[CertStatus, ...] = ()
+    via: str = ""  # SIGNED, NONCE, JOINED, STORED, CACHED; "" for an error
+    signature_id: str = ""
+    request_id: str = ""  # an error's: the SignRequest sent for it that failed ("": none)
 
     @staticmethod
-    def error(status: ResponseStatus) -> Answer:
-        return Answer(error_response(status), status)
+    def error(status: ResponseStatus, ca: str = "", cert_ids: tuple[CertId, ...] = (),
+              request_id: str = "") -> Answer:
+        return Answer(error_response(status), status, ca=ca, cert_ids=cert_ids, request_id=request_id)
+
+    @staticmethod
+    def of_entry(entry: Entry, via: str = CACHED) -> Answer:
+        return Answer(entry.der, next_update=entry.next_update, headers=entry.headers, ca=entry.key.ca,
+                      cert_ids=entry.key.cert_ids, cert_status=entry.cert_status, via=via,
+                      signature_id=entry.signature_id)
 
 
 class Signer(Protocol):
@@ -228,20 +253,24 @@ class OcspApp:
         status data for its serials has not been reloaded since that answer was started."""
         try:
             request = decode_request(der, max_cert_ids=self.listen.max_cert_ids)
-            ca = serving_ca(request, self.issuers, self.allowed_hashes)
         except Exception as e:  # noqa: BLE001 - every fault becomes an answer (_failed)
             return self._failed(e)
+        try:
+            ca = serving_ca(request, self.issuers, self.allowed_hashes)
+        except Exception as e:  # noqa: BLE001 - every fault becomes an answer (_failed)
+            return self._failed(e, "", request.cert_ids)
         if request.nonce is not None:  # each nonce-bearing request gets its own signature
             return await self._guarded(request, ca, None, None)
         akey = AnswerKey(ca.name, request.cert_ids)
         entry = self.cache.get(akey, self.cache.clock(), key)
         if entry is not None:
-            return Answer(entry.der, next_update=entry.next_update, headers=entry.headers)
+            return Answer.of_entry(entry)
         flight = self._inflight.get(akey)
         if flight is not None:
             fut = flight.future
             try:
-                return await asyncio.shield(fut)
+                joined = await asyncio.shield(fut)
+                return replace(joined, via=JOINED) if joined.via == SIGNED else joined
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if fut.cancelled() and task is not None and not task.cancelling():
@@ -262,7 +291,7 @@ class OcspApp:
             if self._inflight.get(akey) is flight:  # a reload may have put a newer one there
                 del self._inflight[akey]
 
-    def _failed(self, e: Exception) -> Answer:
+    def _failed(self, e: Exception, ca: str = "", cert_ids: tuple[CertId, ...] = ()) -> Answer:
         if isinstance(e, OCSPError):
             if isinstance(e, TryLater):
                 self._ratelog.log(logging.WARNING, "trylater", "answering tryLater: %s", e)
@@ -270,16 +299,16 @@ class OcspApp:
                 self._ratelog.log(logging.ERROR, "internal", "answering internalError: %s", e)
             else:
                 log.debug("answering %s: %s", e.status.name, e)
-            return Answer.error(e.status)
+            return Answer.error(e.status, ca, cert_ids, e.request_id)
         log.error("unexpected error answering a request", exc_info=e)
-        return Answer.error(ResponseStatus.INTERNAL_ERROR)
+        return Answer.error(ResponseStatus.INTERNAL_ERROR, ca, cert_ids)
 
     async def _guarded(self, request: ParsedRequest, ca: CaEntry, akey: AnswerKey | None,
                        raw: bytes | None) -> Answer:
         try:
             return await self._fill(request, ca, akey, raw)
         except Exception as e:  # noqa: BLE001 - every fault becomes an answer (_failed)
-            return self._failed(e)
+            return self._failed(e, ca.name, request.cert_ids)
 
     async def _fill(self, request: ParsedRequest, ca: CaEntry, akey: AnswerKey | None,
                     raw: bytes | None) -> Answer:
@@ -310,21 +339,25 @@ class OcspApp:
         # Every reply, nonce or not, tells which responder generation signs for this CA now.
         self.cache.note_generation(ca.name, result.generation, signer=result.signer,
                                    fingerprint=result.responder_fingerprint)
+        cert_status = tuple(info.status for info in infos)
         if akey is None:
-            return Answer(body)
+            return Answer(body, ca=ca.name, cert_ids=request.cert_ids, cert_status=cert_status, via=NONCE,
+                          signature_id=result.request_id)
         tu, nu = int(this_update.timestamp()), int(next_update.timestamp())
         static = self.stored_headers(body, tu, nu)
         current = (source.generation == generation
                    and self.cache.generation(ca.name, result.signer) == result.generation)
         if current:
             self.cache.put(akey, body, static, this_update=tu, next_update=nu, generation=result.generation,
-                           signer=result.signer, fingerprint=result.responder_fingerprint, raw=raw)
+                           signer=result.signer, fingerprint=result.responder_fingerprint, raw=raw,
+                           cert_status=cert_status, signature_id=result.request_id)
             if store is not None and result.responder_fingerprint:
                 # Not awaited: the response does not wait for Redis (a bounded number of writes pend).
                 store.spawn_put(akey, stored_answer(body, infos[0], tu, nu, int(now.timestamp()),
                                                     result.responder_fingerprint),
                                 expires_at(tu, nu, self.cache.max_age))
-        return Answer(body, next_update=nu, headers=static)
+        return Answer(body, next_update=nu, headers=static, ca=ca.name, cert_ids=request.cert_ids,
+                      cert_status=cert_status, via=SIGNED, signature_id=result.request_id)
 
     def _from_store(self, akey: AnswerKey, stored: StoredAnswer, info: StatusInfo,
                     raw: bytes | None) -> Answer | None:
@@ -341,8 +374,10 @@ class OcspApp:
         self.store_hits += 1
         static = self.stored_headers(stored.der, tu, nu)
         self.cache.put(akey, stored.der, static, this_update=tu, next_update=nu, signer=STORE,
-                       fingerprint=stored.responder_fingerprint, raw=raw, expires=expires)
-        return Answer(stored.der, next_update=nu, headers=static)
+                       fingerprint=stored.responder_fingerprint, raw=raw, expires=expires,
+                       cert_status=(info.status,))
+        return Answer(stored.der, next_update=nu, headers=static, ca=akey.ca, cert_ids=akey.cert_ids,
+                      cert_status=(info.status,), via=STORED)
 
 
 def build_issuers(cas: Iterable[tuple[bytes, CaEntry]]) -> IssuerIndex[CaEntry]:

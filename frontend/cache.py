@@ -40,6 +40,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from shared.answers import AnswerKey
+from shared.ocsp.types import CertStatus
 
 # Bytes an entry costs besides its key, response and header lines: the Entry, the dict slot, the
 # heap item and the bytes objects' own headers (measured about 420 with tracemalloc on CPython 3.11).
@@ -76,6 +77,12 @@ class Entry:
     fingerprint: str = ""  # the responder's, when told
     this_update: int = 0
     spellings: list[bytes] = field(default_factory=list)  # raw requests linked to it
+    # For the access log: each CertID's status, the request_id of the SignRequest that signed it ("":
+    # not known, as for the store's answers), and the part of its access lines that is the same for
+    # every hit (frontend.access_log makes it at the first hit).
+    cert_status: tuple[CertStatus, ...] = ()
+    signature_id: str = ""
+    access: str = ""
 
     @property
     def ca(self) -> str:
@@ -182,7 +189,8 @@ class ResponseCache:
 
     def put(self, key: AnswerKey, der: bytes, headers: bytes, *, this_update: int, next_update: int,
             generation: int | None = None, now: float | None = None, signer: str = "", fingerprint: str = "",
-            raw: bytes | None = None, expires: float | None = None) -> Entry | None:
+            raw: bytes | None = None, expires: float | None = None, cert_status: tuple[CertStatus, ...] = (),
+            signature_id: str = "") -> Entry | None:
         """Store an answer (and link ``raw``); returns the entry, or None when it is not cached (it
         would expire at once, its key is over max_key_bytes, it alone is over max_bytes, or a newer
         responder signs now). ``expires``: an earlier end than min(nextUpdate, now + max_age) (an
@@ -207,7 +215,7 @@ class ResponseCache:
         entries = self._entries
         spellings = self._drop(key, keep_spellings=True)
         entry = Entry(der, headers, expires, next_update, key, generation or 0, signer, size, fingerprint,
-                      this_update)
+                      this_update, [], cert_status, signature_id)
         while entries and (len(entries) >= self.max_entries or self.bytes + size > self.max_bytes):
             _, old = entries.popitem(last=False)
             self._forget(old)

@@ -18,6 +18,7 @@ from frontend.tls import TLS_KEYS, SignerTls, load_signer_tls
 from shared.ca_keys import CA_FILE_KEYS
 from shared.config import ConfigError, Keys, Section, read_certificate
 from shared.cpus import usable_cpus
+from shared.logs import read_format
 from shared.ocsp.types import HashAlgorithm
 from shared.status.config import StatusConfig, read_status_config
 
@@ -48,6 +49,7 @@ FRONTEND_KEYS: Keys = {
     "cache": dict.fromkeys((
         "redis", "redis_prefix", "redis_timeout", "max_age", "refresh_before", "refresh_rate",
         "max_entries", "max_bytes", "max_key_bytes", "rotation_grace")),
+    "log": dict.fromkeys(("format", "access", "access_file")),
 }
 
 
@@ -168,6 +170,15 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: the line format of every log line, and the access log (frontend.access_log)."""
+
+    format: str = "text"  # "text" or "json" (shared.logs)
+    access: bool = True  # one line per answered OCSP request
+    access_file: Path | None = None  # None: the access lines go where the log goes (stderr)
+
+
+@dataclass(frozen=True, slots=True)
 class CaConfig:
     name: str
     file: Path
@@ -184,6 +195,7 @@ class FrontendConfig:
     signer: SignerClientConfig
     cache: CacheConfig
     cas: tuple[CaConfig, ...]
+    log: LogConfig = LogConfig()
 
 
 def _seconds(d: timedelta) -> float:
@@ -308,6 +320,15 @@ def _cache(sec: Section) -> CacheConfig:
     )
 
 
+def _log(sec: Section) -> LogConfig:
+    fmt = read_format(sec)
+    access = sec.bool("access", LogConfig().access)
+    access_file = sec.path("access_file", None)
+    if access_file is not None and access_file.is_dir():
+        raise sec.error("access_file", f"{access_file} is a directory; give the access log's file")
+    return LogConfig(format=fmt, access=access, access_file=access_file)
+
+
 def load_ca_file(path: Path) -> CaConfig:
     sec = Section.load(path, CA_FILE_KEYS)
     name = sec.str("name", path.stem)
@@ -328,6 +349,7 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
     listen = _listen(sec.section("listen"))
     signer = _signer(sec.section("signer"))
     cache = _cache(sec.section("cache"))
+    log = _log(sec.section("log"))
     sec.finish()
 
     cas: list[CaConfig] = []
@@ -345,4 +367,5 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
         cas.append(ca)
     if not cas:
         raise ConfigError(file, "ca_dir", f"no *.toml CA files in {ca_dir}")
-    return FrontendConfig(file=file, ca_dir=ca_dir, listen=listen, signer=signer, cache=cache, cas=tuple(cas))
+    return FrontendConfig(file=file, ca_dir=ca_dir, listen=listen, signer=signer, cache=cache, cas=tuple(cas),
+                          log=log)

@@ -13,10 +13,12 @@ import asyncio
 import logging
 import resource
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 from frontend.acceptor import Acceptor, failure_log, listening_sockets
-from frontend.app import OcspApp
+from frontend.access_log import AccessLog
+from frontend.app import Answer, OcspApp
 from frontend.cache import Entry
 from frontend.config import ListenConfig
 from frontend.http_answer import HitAnswers, ocsp_error_http, ocsp_http
@@ -31,6 +33,7 @@ log = logging.getLogger("frontend.server")
 
 HEALTH_PATH = b"/-/health"
 FD_RESERVE = 64  # descriptors besides client connections: listener, signer channels, status files, logs
+_METHODS = {b"GET": "GET", b"HEAD": "HEAD", b"POST": "POST"}
 
 
 class HttpProtocol(HttpConnection):
@@ -43,6 +46,8 @@ class HttpProtocol(HttpConnection):
         self.prefix = server.prefix
         self.path_keys = server.path_keys.get
         self.hits = server.hits
+        self.access = server.access
+        self.client_text: str | None = None  # the client's address as the access log shows it
 
     def failed_answer(self, close: bool) -> bytes:
         return ocsp_error_http(ResponseStatus.INTERNAL_ERROR, close=close)
@@ -61,7 +66,7 @@ class HttpProtocol(HttpConnection):
             url = self.url
             der = self.path_keys(url)  # a target seen before: its request, routed and decoded then
             if der is None:
-                der = self._get_request(url, close, head)
+                der = self._get_request(url, close, head, method)
                 if der is None:
                     return
         else:
@@ -77,11 +82,34 @@ class HttpProtocol(HttpConnection):
                 self._push(self._hit_http(entry, now, method, close, head), close)
             else:  # the common hit: kept-alive, with its body, no validator to compare
                 self._push(self.hits.answer(der, entry, now), False)
+            if self.access is not None:
+                self._answered(method, entry, self.started, now)
             return
-        task = self.loop.create_task(self._answer(der, der, close, head))
+        task = self.loop.create_task(self._answer(der, der, close, head, method, self.started))
         self._push(task, close)
 
-    def _get_request(self, url: bytes, close: bool, head: bool) -> bytes | None:
+    def _answered(self, method: bytes, what: Entry | Answer | ResponseStatus, started: float,
+                  now: float = 0.0) -> None:
+        """The one per-request hook: each OCSP request answered (a cache hit's ``Entry``, the pipeline's
+        ``Answer``, the status of a GET path refused before it) passes here once, ``started`` being
+        when its message began (perf_counter). Writes its access log line."""
+        access = self.access
+        if access is None:
+            return
+        us = int((perf_counter() - started) * 1e6)
+        client = self.client_text
+        if client is None:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            client = self.client_text = access.client(peer)
+        name = _METHODS.get(method, "-")
+        if isinstance(what, Entry):
+            access.hit(client, name, what, now, us)
+        elif isinstance(what, Answer):
+            access.answer(client, name, what, us)
+        else:
+            access.refused(client, name, what, us)
+
+    def _get_request(self, url: bytes, close: bool, head: bool, method: bytes) -> bytes | None:
         """Route a GET or HEAD target not seen before: our own endpoints and errors are answered here
         (None), an OCSP request's DER is returned (and remembered for the same target)."""
         target = ohttp.origin_form(url)
@@ -98,7 +126,7 @@ class HttpProtocol(HttpConnection):
         if not target.startswith(self.prefix):
             path = target.split(b"?", 1)[0]
             if path + b"/" == self.prefix:
-                self._ocsp_error(ResponseStatus.MALFORMED_REQUEST, close, head)
+                self._ocsp_error(ResponseStatus.MALFORMED_REQUEST, close, head, method)
             else:
                 self._push(plain(404, "not found\n", close=close, head=head), close)
             return None
@@ -108,7 +136,7 @@ class HttpProtocol(HttpConnection):
             der = ohttp.request_from_path(target, self.listen.path_prefix,
                                           max_bytes=self.listen.max_request_bytes)
         except OCSPError as e:
-            self._ocsp_error(e.status, close, head)
+            self._ocsp_error(e.status, close, head, method)
             return None
         self.server.path_keys.put(url, der)
         return der
@@ -121,23 +149,28 @@ class HttpProtocol(HttpConnection):
         return ocsp_http(entry.der, entry.headers, entry.next_update, self.app.max_age_cap, now, close, head,
                          not_modified, now)
 
-    async def _answer(self, der: bytes, key: bytes, close: bool, head: bool) -> bytes:
+    async def _answer(self, der: bytes, key: bytes, close: bool, head: bool, method: bytes,
+                      started: float) -> bytes:
         async with self.work_slot():
             answer = await self.app.answer(der, key)
+        self._answered(method, answer, started)
         app = self.app
         return ocsp_http(answer.der, answer.headers, answer.next_update, app.max_age_cap, app.cache.clock(),
                          close, head)
 
-    def _ocsp_error(self, status: ResponseStatus, close: bool, head: bool) -> None:
+    def _ocsp_error(self, status: ResponseStatus, close: bool, head: bool, method: bytes) -> None:
         self._push(ocsp_error_http(status, close=close, head=head), close)
+        self._answered(method, status, self.started)
 
 
 class FrontendServer:
     """Listening socket, connections (frontend.http_conn.ConnectionPool), and the once-a-second sweep
     of connection deadlines and expired cache entries."""
 
-    def __init__(self, app: OcspApp, listen: ListenConfig, readiness: Readiness | None = None) -> None:
+    def __init__(self, app: OcspApp, listen: ListenConfig, readiness: Readiness | None = None,
+                 access: AccessLog | None = None) -> None:
         self.app = app
+        self.access = access  # the access log; None: off
         self.listen = listen
         self.prefix = listen.path_prefix.encode()
         self.readiness = readiness  # answers /-/ready; None: 404

@@ -27,6 +27,7 @@ import sys
 import termios
 import time
 from collections import deque
+from time import perf_counter
 from typing import Any
 
 import httptools
@@ -300,6 +301,7 @@ class HttpConnection(asyncio.Protocol):
         self.connection_header = False
         self.if_none_match: bytes | None = None
         self.in_message = False
+        self.started = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -430,6 +432,7 @@ class HttpConnection(asyncio.Protocol):
         self.if_none_match = None
         self.in_message = True
         self.deadline = self.loop.time() + self.request_timeout
+        self.started = perf_counter()  # for the request's latency (the access log)
 
     def on_url(self, url: bytes) -> None:
         if self.closing:

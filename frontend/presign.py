@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 import time
@@ -39,6 +40,7 @@ from typing import IO, Any, Protocol
 from frontend.answer_store import AnswerStore, StoreConfig, open_store
 from frontend.config import CaConfig, FrontendConfig, load_frontend_config
 from frontend.signer_client import Keepalive, SignerClient, SignResult
+from shared import logs
 from shared.answers import AnswerKey, StoredAnswer, expires_at, serial_octets, stored_answer
 from shared.config import ConfigError, parse_duration
 from shared.ocsp.certid import issuer_keys
@@ -344,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-remaining", type=_duration, default=None, metavar="DURATION",
                         help="sign again an answer valid for less than this (default: [cache] refresh_before, "
                         "else a quarter of max_age)")
+    parser.add_argument("--log-level", choices=logs.LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING or ERROR: the least severe log lines written to stderr "
+                        "(default: ocspctl's --log-level, WARNING)")
     return parser
 
 
@@ -435,11 +440,13 @@ def presign_main(argv: Iterable[str]) -> int:
     """``ocspctl presign ...``: the exit status (0: every serial stored or still valid; 1: failures,
     a config fault, no signer or no Redis; 130: interrupted; 2: usage)."""
     args = build_parser().parse_args(list(argv))
+    logs.setup(PROG, args.log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel()))
     if args.batch < 1:
         _warn("--batch must be at least 1")
         return 2
     try:
         cfg, ca, store_config = load(args)
+        logs.set_format(cfg.log.format)
         return asyncio.run(presign(args, cfg, ca, store_config))
     except ConfigError as e:
         _warn(str(e))

@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,6 +52,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from frontend.request_ids import RequestIds
 from frontend.tls import SignerTls
 from shared.ocsp.errors import InternalError, OCSPError, StatusDisagrees, TryLater, Unauthorized
 from shared.ocsp.types import CertStatus, HashAlgorithm, SingleStatus
@@ -136,6 +136,7 @@ class SignResult:
     generation: int
     responder_fingerprint: str
     signer: str = ""  # the address that signed (generations are counted per signer process)
+    request_id: str = ""  # the SignRequest's request_id: the signer's audit record of it carries the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,9 +258,11 @@ class _Lane:
 class SignerClient:
     def __init__(self, addresses: Sequence[str], timeout: float, tls: SignerTls | None = None,
                  keepalive: Keepalive = Keepalive(), max_batch: int = DEFAULT_MAX_BATCH,
-                 calls_per_address: int = CALLS_PER_ADDRESS, connections: int = 1) -> None:
+                 calls_per_address: int = CALLS_PER_ADDRESS, connections: int = 1,
+                 ids: RequestIds | None = None) -> None:
         """``connections``: channels (lanes) per address; the frontend passes ``[signer] connections``
-        (frontend.config.DEFAULT_CONNECTIONS when not given), 1 here is one connection per address."""
+        (frontend.config.DEFAULT_CONNECTIONS when not given), 1 here is one connection per address.
+        ``ids``: the process's request ids (frontend.request_ids; a new prefix when not given)."""
         if not addresses:
             raise ValueError("at least one signer address")
         if connections < 1:
@@ -274,8 +277,7 @@ class SignerClient:
         self._lanes: list[list[_Lane]] = []  # per address, its connections
         self._turns = [itertools.count() for _ in self.addresses]  # per address: which lane wins a tie
         self._next = itertools.count()
-        self._ids = itertools.count(1)
-        self._prefix = f"fe{os.getpid()}-"
+        self.ids = ids if ids is not None else RequestIds()  # every SignRequest's request_id
         self._policy_log = RateLimitedLog(log, POLICY_LOG_INTERVAL, time.monotonic)
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -323,11 +325,17 @@ class SignerClient:
     async def sign(self, statuses: Sequence[SingleStatus], nonce: bytes | None) -> SignResult:
         """Have the signer sign ``statuses``; raises TryLater / Unauthorized / InternalError."""
         self._ensure()
-        request = to_proto(statuses, self._prefix + str(next(self._ids)), nonce)
+        request = to_proto(statuses, self.ids.next(), nonce)
         job = _Job(request, time.monotonic() + self.timeout, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
-        return await job.future
+        try:
+            return await job.future
+        except OCSPError as e:
+            # This request's own copy (one error may be every request's of a batch), naming its SignRequest.
+            failed = type(e)(*e.args)
+            failed.request_id = request.request_id
+            raise failed from e
 
     def _dispatch(self) -> None:
         """Send what is queued while fewer calls than lanes are in flight (each call takes up to
@@ -395,7 +403,8 @@ class SignerClient:
                         job.future.set_exception(InternalError("signer returned an empty response"))
                     else:
                         job.future.set_result(SignResult(bytes(outcome.ocsp_response), outcome.generation,
-                                                         outcome.responder_fingerprint, self.addresses[k]))
+                                                         outcome.responder_fingerprint, self.addresses[k],
+                                                         job.request.request_id))
                     continue
                 error = self._note_error(outcome, k)
                 if _code(outcome) in FAILOVER_CODES and i + 1 < n:

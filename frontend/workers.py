@@ -28,7 +28,7 @@ exists, with the message a single process gives. Then it
 Signals reach the supervisor only through ``sigwaitinfo`` (they are blocked, so no handler runs
 between two statements); a worker tells it "serving" with a queued real-time signal, which names the
 sender. Workers write to the supervisor's stderr: one log, each line naming its worker (``worker N:``
-after the level). Every worker gets SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), however it
+after the level; the supervisor's say ``supervisor:``, shared.logs). Every worker gets SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), however it
 died, so none outlives it.
 """
 
@@ -46,10 +46,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from frontend.config import ListenConfig
+from shared import logs
 
 log = logging.getLogger("frontend.workers")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BACKLOG = 1024  # as a single process listens (frontend.http_app)
 RESTART_LIMIT = 5  # deaths of serving workers within RESTART_WINDOW seconds the supervisor tolerates
 RESTART_WINDOW = 60.0
@@ -62,11 +62,6 @@ _PR_SET_PDEATHSIG = 1
 # run_worker(number, sockets, ready) -> exit status, in the worker process: serve on ``sockets`` and
 # call ``ready()`` once listening.
 RunWorker = Callable[[int, Sequence[socket.socket], Callable[[], None]], int]
-
-
-def worker_log_format(number: int) -> str:
-    """LOG_FORMAT with the worker named after the level (patterns on ``name: message`` still match)."""
-    return f"%(asctime)s %(levelname)s worker {number}: %(name)s: %(message)s"
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, int, int, tuple[object, ...]]]:
@@ -297,9 +292,7 @@ class Supervisor:
             if other is not slot:
                 for sock in other.sockets:
                     sock.close()
-        formatter = logging.Formatter(worker_log_format(slot.number))
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(formatter)
+        logs.set_worker(slot.number)
         signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)  # SIGHUP stays ignored until serving
         supervisor = self.pid
         return self.run_worker(slot.number, slot.sockets, lambda: os.kill(supervisor, READY))
@@ -325,4 +318,5 @@ def _die_with(parent: int) -> None:
 def supervise(listen: ListenConfig, groups: list[list[socket.socket]], run_worker: RunWorker) -> int:
     """Fork one worker per group of sockets (``bind_slots``) and supervise them: the exit status."""
     slots = [Slot(number, group) for number, group in enumerate(groups, start=1)]
+    logs.set_worker(logs.SUPERVISOR)
     return Supervisor(listen, slots, run_worker).run()

@@ -14,9 +14,10 @@ import logging
 import signal
 import sys
 
-from shared import logsafe
+from shared import logs
 from shared.config import ConfigError
 from shared.fdlimit import raise_open_files_limit
+from shared.version import version_text
 from signer.config import SignerConfig, load_signer_config
 from signer.startup import check_plaintext_allowed
 
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = argparse.ArgumentParser(
         prog=PROG, description="OCSP signer: signs typed statuses in a PKCS#11 token")
+    parser.add_argument("--version", action="version", version=version_text(PROG))
     parser.add_argument("--config", required=True, help="path to signer.toml")
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO (default), WARNING or ERROR: the least severe log lines written "
+                        "(by the workers too)")
     parser.add_argument("--check", action="store_true",
                         help="run every start-up check (config, token login, every responder key and the "
                              "audit key with a test signature, the audit log directory and lock, the "
@@ -67,13 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         # Ctrl-C reaches the whole process group: the supervisor stops its workers in order.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = f"worker {args.worker}: " if args.worker is not None else ""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"{PROG}: %(levelname)s: {worker}%(message)s")
-    logsafe.install()  # names from outside (client certificates, Admin calls) cannot forge log lines
+    # Names from outside (client certificates, Admin calls) cannot forge log lines (shared.logsafe).
+    logs.setup(PROG, args.log_level, worker=args.worker)
 
     try:
         config = load_signer_config(args.config)
+        logs.set_format(config.log_format)
         if args.check:
             _check(config)
             return 0
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         elif config.workers > 1:
             from signer.workers import supervise
 
-            return supervise(config)
+            return supervise(config, args.log_level)
         from signer.handshake_log import prepare_grpc_environment, stop_capture
 
         prepare_grpc_environment(tls=config.tls is not None)  # before grpc is imported

@@ -60,6 +60,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from shared.ca_keys import CA_FILE_KEYS
 from shared.config import ConfigError, Keys, Section, read_certificate
 from shared.cpus import usable_cpus
+from shared.logs import read_format
 from shared.status.config import StatusConfig, missing_files, read_status_config
 from signer.tls_config import TLS_KEYS, TlsConfig, load_tls
 from signer.unix_socket import MAX_PATH_BYTES, SOCKET_MODES, longest_private_path, private_dir_for
@@ -109,6 +110,7 @@ SIGNER_KEYS: Keys = {
         "group_window", "min_free", "space_check_interval")),
     "tls": TLS_KEYS,
     "signer": dict.fromkeys(("workers",)),
+    "log": dict.fromkeys(("format",)),
 }
 
 
@@ -262,6 +264,7 @@ class SignerConfig:
     # [signer] workers: 1 = this process signs; more = a supervisor and that many worker processes,
     # each with its own token session and audit chain (signer.workers).
     workers: int = 1
+    log_format: str = "text"  # [log] format: "text" or "json" (shared.logs)
 
     def for_worker(self, number: int, port: int | None) -> SignerConfig:
         """What signer worker ``number`` runs with (signer.workers): its own audit chain
@@ -302,6 +305,7 @@ def load_signer_config(path: str | Path) -> SignerConfig:
     audit = _audit(sec.section("audit", required=True))
     tls = load_tls(sec.section("tls")) if sec.has("tls") else None
     workers = _workers(sec.section("signer"), audit, metrics)
+    log_format = read_format(sec.section("log"))
     sec.finish()
     if not ca_dir.is_dir():
         raise sec.error("ca_dir", f"{ca_dir} is not a directory")
@@ -312,7 +316,7 @@ def load_signer_config(path: str | Path) -> SignerConfig:
                                                f"({rc.file}): the audit key must be a key of its own")
     return SignerConfig(file=sec.file, ca_dir=ca_dir, listen=listen, token=token, policy=policy,
                         responders=responders, audit=audit, admin=admin, metrics=metrics, tls=tls,
-                        workers=workers)
+                        workers=workers, log_format=log_format)
 
 
 # -- signer.toml -------------------------------------------------------------------

@@ -16,7 +16,8 @@ must run before that:
   with the peer address, to file descriptor 2. ``GrpcLogCapture`` puts a pipe on fd 2 (Python's
   own stderr keeps the original descriptor), turns each handshake failure into one WARNING line of
   the ``ocsp-signer`` logger naming the peer and the reason, drops the rest of the INFO chatter it
-  asked for, and passes everything else (core's warnings and errors) through unchanged.
+  asked for, and passes everything else (core's warnings and errors) on as lines of the ``grpc.core``
+  logger (so they carry the timestamp and worker of every line, shared.logs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import threading
 from dataclasses import dataclass
 
 log = logging.getLogger("ocsp-signer")
+core_log = logging.getLogger("grpc.core")  # what gRPC core writes to fd 2, passed on
+_CORE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 
 # TLS <= 1.2 cipher list: pre-shared-key suites only, and no PSK is configured -> no TLS 1.2.
 TLS12_NO_SHARED_CIPHERS = "PSK"
@@ -166,12 +169,6 @@ class GrpcLogCapture:
             self._thread.join(2)
         self._orig_fd = -1
 
-    def _write_through(self, text: str) -> None:
-        try:
-            os.write(self._orig_fd if self._orig_fd >= 0 else 2, (text + "\n").encode(errors="replace"))
-        except OSError:
-            pass
-
     def _emit(self, rec: tuple[str, str, str]) -> None:
         level, source, text = rec
         failure = handshake_failure(source, text)
@@ -186,7 +183,8 @@ class GrpcLogCapture:
             return
         if any(n in text for n in _NOISE) and not self.keep_info:
             return
-        self._write_through(text)
+        # Through logging, so that core's lines carry the timestamp and worker of every other line.
+        core_log.log(_CORE_LEVELS.get(level, logging.WARNING), "%s", text)
 
     def _run(self) -> None:
         parser = RecordParser()

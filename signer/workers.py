@@ -40,6 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import logs
 from shared.config import ConfigError
 from signer.config import SignerConfig
 from signer.control import ControlChannel, Message, refusal
@@ -70,8 +71,9 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, config: SignerConfig) -> None:
+    def __init__(self, config: SignerConfig, *, log_level: str = "INFO") -> None:
         self.config = config
+        self.log_level = log_level  # --log-level, passed on to every worker
         self.count = config.workers
         self.workers: dict[int, Worker] = {}
         self.held: set[int] = set()  # slots stopped for loading other responders: restarted on SIGHUP
@@ -141,7 +143,8 @@ class Supervisor:
     async def spawn(self, number: int) -> Worker:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [sys.executable, "-m", "signer", "--config", str(self.config.file), "--worker", str(number),
-                "--generation", str(self.generation), "--control-fd", str(child.fileno())]
+                "--generation", str(self.generation), "--control-fd", str(child.fileno()),
+                "--log-level", self.log_level]
         fds = [child.fileno()]
         if self._public is not None:
             argv += ["--listen-fd", str(self._public.fileno())]
@@ -417,11 +420,8 @@ def _described(responder: list[Any] | None) -> str:
     return f"certificate SHA-256 {str(fingerprint)[:16]}…, generation {generation}"
 
 
-SUPERVISOR_LOG_FORMAT = "ocsp-signer: %(levelname)s: supervisor: %(message)s"  # workers' say "worker N:"
-
-
-def supervise(config: SignerConfig) -> int:
-    """``ocsp-signer`` with ``[signer] workers`` > 1: run the supervisor until stopped; the exit status."""
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(SUPERVISOR_LOG_FORMAT))
-    return asyncio.run(Supervisor(config).run())
+def supervise(config: SignerConfig, log_level: str = "INFO") -> int:
+    """``ocsp-signer`` with ``[signer] workers`` > 1: run the supervisor until stopped; the exit status.
+    Its log lines say "supervisor:", its workers' (started with ``log_level``) "worker N:" (shared.logs)."""
+    logs.set_worker(logs.SUPERVISOR)
+    return asyncio.run(Supervisor(config, log_level=log_level).run())

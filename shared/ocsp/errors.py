@@ -11,6 +11,9 @@ from shared.ocsp.types import ResponseStatus
 
 class OCSPError(Exception):
     status: ResponseStatus = ResponseStatus.INTERNAL_ERROR
+    # The frontend's: the request_id of the SignRequest this error came back for ("": none), which the
+    # signer's refusal record, if it refused, carries too (frontend.signer_client, its access log).
+    request_id: str = ""
 
 
 class MalformedRequest(OCSPError):

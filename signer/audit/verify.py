@@ -482,12 +482,13 @@ def _norm_serial(serial: str) -> str:
 
 def show(paths: Iterable[Path | str], *, serial: str | None = None, issuer: str | None = None,
          since: datetime | None = None, until: datetime | None = None, client: str | None = None,
-         uid: int | None = None) -> Iterator[LoggedRecord]:
+         uid: int | None = None, request_id: str | None = None) -> Iterator[LoggedRecord]:
     """Records matching every filter given (no verification: run ``verify`` for that).
 
     ``serial``: hex, any case, leading zeros and colons ignored; ``issuer``: the CA name or id;
     ``since``/``until``: inclusive bounds on the record time; ``client``: exact identity; ``uid``: the
-    user id of a unix-socket caller (records without one never match).
+    user id of a unix-socket caller (records without one never match); ``request_id``: exact, as the
+    frontend sent it (its access log names the same).
     """
     want_serial = _norm_serial(serial) if serial is not None else None
     for p in sorted(Path(x) for x in paths):
@@ -507,6 +508,8 @@ def show(paths: Iterable[Path | str], *, serial: str | None = None, issuer: str 
                 if client is not None and record.client != client:
                     continue
                 if uid is not None and record.uid != uid:
+                    continue
+                if request_id is not None and record.request_id != request_id:
                     continue
                 if since is not None and record.time < since:
                     continue

@@ -3,7 +3,7 @@
     audit verify FILES... (--cert CERT | --pubkey KEY) [--checkpoint NOTE]... [--complete]
                  [--from-genesis] [--from-checkpoint NOTE]...
     audit show FILES... [--serial HEX] [--issuer NAME] [--since ISO] [--until ISO] [--client ID]
-               [--uid UID]
+               [--uid UID] [--request-id ID]
 
 A directory among FILES stands for every audit file in it (``audit-<writer>-<seq>-<day>.jsonl``):
 every chain written there (signer workers each write their own) is verified.
@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--until", type=_time, help="ISO 8601 time, inclusive (UTC if no zone)")
     s.add_argument("--client", help="client identity (frontend mTLS name)")
     s.add_argument("--uid", type=_uid, help="user id (a number) of a caller on the signer's unix socket")
+    s.add_argument("--request-id", metavar="ID",
+                   help="the frontend's request id, exact (the id or sig field of its access log line)")
     return p
 
 
@@ -102,7 +104,8 @@ def audit_main(argv: list[str]) -> int:
             status = _verify(args)
         else:
             for found in show(args.files, serial=args.serial, issuer=args.issuer, since=args.since,
-                              until=args.until, client=args.client, uid=args.uid):
+                              until=args.until, client=args.client, uid=args.uid,
+                              request_id=args.request_id):
                 print(found.raw)
             status = OK
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from shared import logs
+from shared.version import version_text
 from signer.ctl import rotate, token_cmds
 from signer.ctl.common import PROG, CtlError
 from signer.ctl.demo import cli as demo_cli
@@ -67,6 +69,9 @@ COMMANDS: tuple[ModuleType | OwnParser, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="OCSP responder administration: token, keys, "
                                      "certificates, and a demo PKI.")
+    parser.add_argument("--version", action="version", version=version_text(PROG))
+    parser.add_argument("--log-level", default="WARNING", choices=logs.LEVELS, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING (default) or ERROR: the least severe log lines written")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -75,10 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # Options before the command are ocspctl's (--version, --log-level); a command with a parser of
+    # its own gets everything after its name.
+    known, rest = parser.parse_known_args(argv)
+    logs.setup(PROG, known.log_level)
     for command in COMMANDS:
-        if isinstance(command, OwnParser) and argv[:1] == [command.name]:
-            return command.run(argv[1:])
-    args = build_parser().parse_args(argv)
+        if isinstance(command, OwnParser) and known.command == command.name:
+            return command.run(rest)
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except CtlError as e:

@@ -234,7 +234,8 @@ def test_plaintext_loopback_tcp_is_warned_about_at_start_and_by_check(demo: Demo
                            capture_output=True, text=True, timeout=90, check=False)
     assert check.returncode == 0, check.stderr
     (line,) = [x for x in check.stderr.splitlines() if WARNING in x]
-    assert line.startswith(f"ocsp-signer: WARNING: listen.address {address} ") and "socket_mode" in line
+    # After the line's timestamp (shared.logs)
+    assert line.split(" ", 1)[1].startswith(f"ocsp-signer: WARNING: listen.address {address} ") and "socket_mode" in line
     assert "[tls]" in line
     p = Process("ocsp-signer-tcp", [tool("ocsp-signer"), "--config", str(conf)], demo.env,
                 lambda: signer_healthy(address), tmp_path / "tcp-signer.log")

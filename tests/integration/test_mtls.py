@@ -151,7 +151,9 @@ def test_client_names_cannot_forge_log_lines(tls_signer: TlsSigner, client_certs
     lines = tls_signer.log()[before:].splitlines()
     refused = [line for line in lines if "cn:forger" in line]
     assert refused and all("cn:forger\\nocsp-signer: INFO:" in line for line in refused), refused
+    # A forged line would start with the forger's text; every real one starts with its timestamp.
     assert not any(line.startswith("ocsp-signer: INFO: client cn:ocsp-frontend") for line in lines), lines
+    assert all(re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z ocsp-signer: ", line) for line in lines), lines
 
 
 @pytest.mark.parametrize("version,negotiated", [("-tls1_2", False), ("-tls1_3", True)])

@@ -131,7 +131,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     def signer_ready() -> bool:
         try:
             # "serving on" of the one process, or of the supervisor once every worker serves
-            up = len(re.findall(r"(?m)^ocsp-signer: INFO: (?:supervisor: )?serving on", signer_log.read_text(errors="replace")))
+            up = len(re.findall(r"(?m)^\S+ ocsp-signer: INFO: (?:supervisor: )?serving on",
+                                signer_log.read_text(errors="replace")))
         except OSError:
             return False
         return up >= starts[0] and (d / "run" / "admin.sock").exists()

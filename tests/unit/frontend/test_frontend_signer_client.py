@@ -155,3 +155,27 @@ def test_failover_to_second_address(tmp_path: Path) -> None:
             await server.stop(None)
 
     asyncio.run(go())
+
+
+def test_an_error_names_its_sign_request(tmp_path: Path) -> None:
+    """Each failed Sign raises an error of its own naming its request_id (the access log's id, and the
+    id of the signer's refusal record when it refused), also when one error fails a whole batch."""
+    async def go() -> None:
+        stand = Stand()
+        address = f"unix:{tmp_path}/s.sock"
+        server = await start(address, stand)
+        client = SignerClient([address], 2.0)
+        try:
+            ok = await client.sign(statuses(), None)
+            assert ok.request_id == stand.seen[-1].request_id and ok.request_id.startswith(client.ids.prefix)
+            stand.abort_with = grpc.StatusCode.FAILED_PRECONDITION
+            results = await asyncio.gather(*(client.sign(statuses(), None) for _ in range(3)),
+                                           return_exceptions=True)
+            assert all(isinstance(r, TryLater) for r in results), results
+            ids = [r.request_id for r in results if isinstance(r, TryLater)]
+            assert len(set(ids)) == 3 and set(ids) <= {r.request_id for r in stand.seen}
+        finally:
+            await client.close()
+            await server.stop(None)
+
+    asyncio.run(go())

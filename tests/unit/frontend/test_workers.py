@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from frontend.workers import bind_slots, worker_log_format
+from frontend.workers import bind_slots
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -50,16 +50,13 @@ def test_a_port_taken_by_a_plain_listener_is_refused() -> None:
         assert e.value.errno == errno.EADDRINUSE
 
 
-def test_worker_log_format_keeps_name_and_message_together() -> None:
-    assert worker_log_format(3) == "%(asctime)s %(levelname)s worker 3: %(name)s: %(message)s"
-
-
 SUPERVISOR = """
 import logging, os, signal, sys
 from frontend.config import ListenConfig
-from frontend.workers import LOG_FORMAT, Slot, Supervisor, bind_slots
+from frontend.workers import Slot, Supervisor, bind_slots
+from shared import logs
 
-logging.basicConfig(level="INFO", stream=sys.stderr, format=LOG_FORMAT)
+logs.setup("ocsp-frontend", "INFO", worker=logs.SUPERVISOR)
 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as ocsp-frontend's main does
 mode = sys.argv[1]
 release_fd = int(sys.argv[2])
