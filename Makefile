@@ -53,6 +53,13 @@ FUZZ_SECONDS ?= 60
 fuzz: venv fuzz-tools
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
+# A real signer and frontend (two workers each) on a demo PKI of their own, under mixed valid and invalid
+# load with rotations and status data changes, SOAK_SECONDS long (loopback only); prints a table and
+# fails on a failed or wrong answer, or RSS/fd growth (bench/soak.py; README "make soak").
+SOAK_SECONDS ?= 180
+soak: venv softhsm
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
+
 # What only the fuzzer needs: fuzz/requirements.txt (atheris) in the venv.
 fuzz-tools: venv
 	$(BIN)/pip install -q --disable-pip-version-check -r fuzz/requirements.txt
