@@ -110,6 +110,11 @@ def usage(pid: int) -> tuple[float, int] | None:
         return None
 
 
+def event(what: str, started: float) -> None:
+    """One line per data change and rotation, with its time and length (to line up with the logs)."""
+    print(f"{time.strftime('%H:%M:%S')} {what} ({time.monotonic() - started:.1f}s)", flush=True)
+
+
 def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".soak-tmp")
     tmp.write_text(text)
@@ -159,6 +164,7 @@ class Soak:
         return serial, "good"
 
     async def change(self, ca: Ca, sighup: bool) -> None:
+        started = time.monotonic()
         loop = asyncio.get_running_loop()
         old_status = dict(ca.status)
         serial = self.pending.get(ca.name, self.next_serial)
@@ -172,10 +178,13 @@ class Soak:
             self.frontend.send_signal(signal.SIGHUP)
         self.changes["sighup" if sighup else "watch"] += 1
         self.load.extra[ca.name].append(serial)
-        if not await self._seen(ca, serial, new):
+        seen = await self._seen(ca, serial, new)
+        if not seen:
             self.changes["late"] += 1
             self.tally.note(f"change {ca.name} {serial:X} -> {new} not answered within {CHANGE_DEADLINE:.0f}s")
         ca.changing[serial] = (ca.changing[serial][0], time.monotonic() + SETTLE)
+        event(f"data: {ca.name} serial {serial:X} {old} -> {new} by {'SIGHUP' if sighup else 'the file watch'}"
+              f"{'' if seen else ', NOT answered in time'}", started)
 
     async def _seen(self, ca: Ca, serial: int, new: str) -> bool:
         """Poll (nonce-less GETs, as a cache would see them) until the new status is answered a few times
@@ -208,12 +217,15 @@ class Soak:
         ctl(self.env, "rotate", "--config", str(self.d / "etc" / "signer.toml"), "--ca", name, "--cert", cert)
 
     async def rotate(self, name: str) -> None:
+        started = time.monotonic()
         try:
             await asyncio.get_running_loop().run_in_executor(None, self._rotate, name)
             self.rotations["ok"] += 1
+            event(f"rotation: {name} ok", started)
         except (RuntimeError, StopIteration, subprocess.TimeoutExpired) as e:
             self.rotations["failed"] += 1
             self.tally.note(f"rotation of {name} failed: {e}")
+            event(f"rotation: {name} FAILED", started)
 
     # -- the run ---------------------------------------------------------------------------------------
     async def events(self, t0: float) -> None:
@@ -268,7 +280,10 @@ class Soak:
             print(f"  {kind:32} {t.kinds[kind]:8} {t.failed[kind]:7} {t.wrong[kind]:6}")
         failed, wrong = sum(t.failed.values()), sum(t.wrong.values())
         print(f"  {'total':32} {sum(t.kinds.values()):8} {failed:7} {wrong:6}")
-        print(f"error answers inside a change window (allowed): {t.window_errors}")
+        lat = sorted(t.latencies) or [0.0]
+        print(f"valid answers' latency: p50 {lat[len(lat) // 2] * 1e3:.1f} ms, p99 {lat[len(lat) * 99 // 100] * 1e3:.1f}"
+              f" ms, max {lat[-1] * 1e3:.0f} ms; load average at the end {os.getloadavg()[0]:.1f}")
+        print(f"tryLater answers inside a change window (allowed): {t.window_errors}")
         print("data changes: {add} added, {revoke} revoked ({sighup} by SIGHUP, {watch} by the file watch), "
               "{late} not answered in time".format(**self.changes))
         print("rotations: {ok} ok, {failed} failed".format(**self.rotations))

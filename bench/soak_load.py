@@ -3,8 +3,10 @@ valid requests (checked answer by answer) and the invalid ones (each expecting i
 
 ``World`` is the oracle. It reads the demo CAs' status files itself (index.txt; issued.txt and the
 CRL), apart from the responder's parsers, and knows which serials are changing: during a change a
-serial may answer its old or its new status, and an error answer for it is counted apart
-("window errors"), not as a failure. Outside a window an answer must be exactly what the files say.
+serial may answer its old or its new status, and a tryLater for any serial of that CA is counted
+apart ("window errors"), not as a failure (until both halves have loaded the change they may
+disagree about the whole CA: a new CRL moves every answer's thisUpdate, which the signer checks).
+Outside a window an answer must be exactly what the files say.
 
 A valid answer must be HTTP 200 application/ocsp-response, a successful OCSP response whose
 signature verifies with a responder certificate the CA issued (tests/integration/ocsp_client), for
@@ -79,9 +81,11 @@ class Ca:
             return window[0]
         return frozenset({self.status.get(serial, "unknown")})
 
-    def in_window(self, serial: int, now: float) -> bool:
-        window = self.changing.get(serial)
-        return window is not None and now < window[1]
+    def in_window(self, now: float) -> bool:
+        """A change of this CA's data is under way at ``now``. While the frontend and the signer have
+        not both loaded it they may disagree, and the frontend answers tryLater, for any serial of the
+        CA (a new CRL also moves every answer's thisUpdate, which the signer checks)."""
+        return any(now < until for _, until in self.changing.values())
 
 
 def load_ca(name: str, ca_dir: Path, source: str) -> Ca:
@@ -149,7 +153,8 @@ class Tally:
     kinds: Counter[str] = field(default_factory=Counter)  # requests sent, by kind
     failed: Counter[str] = field(default_factory=Counter)  # valid requests without a valid answer
     wrong: Counter[str] = field(default_factory=Counter)  # answers that contradict the data or the rules
-    window_errors: int = 0  # error answers for a serial inside its change window (allowed)
+    window_errors: int = 0  # tryLater answers for a CA inside its change window (allowed)
+    latencies: list[float] = field(default_factory=list)  # seconds, of the valid requests answered
     notes: list[str] = field(default_factory=list)  # the first few failures, for the report
 
     def note(self, what: str) -> None:
@@ -171,7 +176,8 @@ def check_answer(tally: Tally, ca: Ca, serial: int, nonce: bytes | None, reply: 
         tally.note(f"{kind} {ca.name} {serial:X}: unparseable response: {e}")
         return
     if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
-        if ca.in_window(serial, time.monotonic()) or ca.in_window(serial, sent_at):
+        if resp.response_status == ocsp.OCSPResponseStatus.TRY_LATER and (
+                ca.in_window(time.monotonic()) or ca.in_window(sent_at)):
             tally.window_errors += 1
             return
         tally.failed[kind] += 1
@@ -257,6 +263,7 @@ class Load:
                 self.tally.note(f"{kind} {ca.name} {serial:X}: {type(e).__name__} {e}")
                 writer = _close(writer)
                 continue
+            self.tally.latencies.append(time.monotonic() - sent_at)
             check_answer(self.tally, ca, serial, nonce, reply, kind, sent_at)
             if reply.close:
                 writer = _close(writer)
