@@ -155,6 +155,7 @@ class Tally:
     wrong: Counter[str] = field(default_factory=Counter)  # answers that contradict the data or the rules
     window_errors: int = 0  # tryLater answers for a CA inside its change window (allowed)
     latencies: list[float] = field(default_factory=list)  # seconds, of the valid requests answered
+    half_closed: Counter[str] = field(default_factory=Counter)  # "answered" | "closed" (no answer)
     notes: list[str] = field(default_factory=list)  # the first few failures, for the report
 
     def note(self, what: str) -> None:
@@ -361,7 +362,9 @@ class Load:
         try:
             reply = await self._exchange(post_bytes(build(ca, serial)), half_close=True)
         except asyncio.IncompleteReadError as e:
+            self.tally.half_closed["closed"] += 1
             return None if not e.partial else f"cut answer {e.partial[:40]!r}"
+        self.tally.half_closed["answered"] += 1
         check_answer(self.tally, ca, serial, None, reply, "invalid half closed", sent_at)
         return None
 
