@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -171,8 +172,11 @@ def responses(out: bytes) -> list[int]:
 class Harness:
     """One frontend, built once; ``check(data)`` runs one connection on it."""
 
-    def __init__(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="ocsp-fuzz-http-"))
+    def __init__(self, directory: Path | None = None) -> None:
+        """``directory``: where its index.txt goes (kept); by default a temporary one, gone at close()."""
+        self.own_dir = directory is None
+        self.tmp = Path(tempfile.mkdtemp(prefix="ocsp-fuzz-http-")) if directory is None else directory
+        self.tmp.mkdir(parents=True, exist_ok=True)
         index = self.tmp / "index.txt"
         index.write_text("V\t301231235959Z\t\t100\tunknown\t/CN=a\n"
                          "R\t301231235959Z\t250101000000Z,keyCompromise\t101\tunknown\t/CN=b\n")
@@ -245,3 +249,5 @@ class Harness:
     def close(self) -> None:
         logging.getLogger().removeHandler(self.errors)
         self.loop.close()
+        if self.own_dir:
+            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -26,14 +26,16 @@ FINDINGS = ROOT / "tests" / "vectors" / "fuzz"
 MAX_LEN = {"decode": 4096, "get_path": 8192, "http": 4096}
 
 
-def child(target: str, libfuzzer_args: list[str]) -> None:
+def child(target: str, libfuzzer_args: list[str], work: Path) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["shared", "asn1crypto", "frontend", "fuzz"]):
         from fuzz import checks
         if target == "http":
             from fuzz.http_harness import Harness
-    check = Harness().check if target == "http" else getattr(checks, f"check_{target}")
+    # The http harness's status file lives in the work directory: libFuzzer ends the process without
+    # running Python's exit handlers, so a temporary directory would be left behind on every run.
+    check = Harness(work / "http-harness").check if target == "http" else getattr(checks, f"check_{target}")
     atheris.Setup([sys.argv[0], *libfuzzer_args], check)
     atheris.Fuzz()
 
@@ -58,7 +60,7 @@ def run_target(target: str, seconds: int, timeout: int, work: Path) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.iterdir())
     log = work / f"{target}.log"
-    args = [sys.executable, "-m", "fuzz.run", "--child", target, "--",
+    args = [sys.executable, "-m", "fuzz.run", "--child", target, "--work", str(work), "--",
             f"-max_total_time={seconds}", f"-timeout={timeout}", f"-max_len={MAX_LEN[target]}",
             "-rss_limit_mb=2048", "-print_final_stats=1", f"-artifact_prefix={out}/", str(corpus), str(seeds)]
     print(f"fuzz {target}: {seconds}s, {n_seeds} seeds, corpus {corpus}, log {log}", flush=True)
@@ -88,7 +90,7 @@ def main() -> int:
     ap.add_argument("libfuzzer", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.libfuzzer)
+        child(args.child, args.libfuzzer, args.work)
         return 0
     rows = [run_target(t, args.seconds, args.timeout, args.work) for t in args.target or TARGETS]
     print(f"\n{'target':10} {'seconds':>8} {'execs':>10} {'execs/s':>9} {'cov':>6} {'ft':>7} {'corpus':>7}  findings")
