@@ -8,7 +8,7 @@ export SOFTHSM2_CONF := $(VAR)/softhsm2.conf
 
 SYSTEM_TOOLS := softhsm2-util openssl certutil gnutls-cli go redis-server
 
-.PHONY: run test lint bench bench-tools system venv softhsm proto check-proto clean
+.PHONY: run test lint bench bench-tools fuzz fuzz-tools soak system venv softhsm proto check-proto clean
 
 # The demo's HTTP port (`make run PORT=8080`); the leaf certificates' OCSP URL names it, so another
 # port re-issues them.
@@ -46,6 +46,23 @@ bench-tools: venv
 	@command -v wrk >/dev/null || { echo "installing wrk"; apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/pip install -q --disable-pip-version-check -r bench/requirements.txt
+
+# Coverage-guided fuzzing (atheris) of the request decoders, the GET path decoder and the HTTP handling,
+# FUZZ_SECONDS per target (three targets, one after another); findings go to tests/vectors/fuzz/.
+FUZZ_SECONDS ?= 60
+fuzz: venv fuzz-tools
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+# A real signer and frontend (two workers each) on a demo PKI of their own, under mixed valid and invalid
+# load with rotations and status data changes, SOAK_SECONDS long (loopback only); prints a table and
+# fails on a failed or wrong answer, or RSS/fd growth (bench/soak.py; README "make soak").
+SOAK_SECONDS ?= 180
+soak: venv softhsm
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
+
+# What only the fuzzer needs: fuzz/requirements.txt (atheris) in the venv.
+fuzz-tools: venv
+	$(BIN)/pip install -q --disable-pip-version-check -r fuzz/requirements.txt
 
 # Debian packages: SoftHSM, the OpenSSL CLI, the GnuTLS, NSS and Go (x/crypto/ocsp) clients the tests use, and
 # redis-server (the tests start their own, on a unix socket).
