@@ -39,6 +39,7 @@ from shared.ocsp.request import decode_request
 from shared.ocsp.response import error_response
 from shared.ocsp.types import (
     CertId,
+    CertStatus,
     HashAlgorithm,
     IssuerKey,
     ParsedRequest,
@@ -67,10 +68,17 @@ class Answer:
     status: ResponseStatus = ResponseStatus.SUCCESSFUL
     next_update: int | None = None  # None: not cacheable (a nonce, or an error)
     headers: bytes = b""  # what ``stored_headers`` made of it, when cacheable
+    cert_status: str = ""  # of a successful answer: good / revoked / unknown / mixed (cert_label)
 
     @staticmethod
     def error(status: ResponseStatus) -> Answer:
         return Answer(error_response(status), status)
+
+
+def cert_label(statuses: Iterable[CertStatus]) -> str:
+    """The metrics' cert status of an answer: its CertIDs' status, "mixed" when they differ."""
+    seen = {s.value for s in statuses}
+    return seen.pop() if len(seen) == 1 else "mixed"
 
 
 class Signer(Protocol):
@@ -236,7 +244,8 @@ class OcspApp:
         akey = AnswerKey(ca.name, request.cert_ids)
         entry = self.cache.get(akey, self.cache.clock(), key)
         if entry is not None:
-            return Answer(entry.der, next_update=entry.next_update, headers=entry.headers)
+            return Answer(entry.der, next_update=entry.next_update, headers=entry.headers,
+                          cert_status=entry.cert_status)
         flight = self._inflight.get(akey)
         if flight is not None:
             fut = flight.future
@@ -306,21 +315,23 @@ class OcspApp:
         # Every reply, nonce or not, tells which responder generation signs for this CA now.
         self.cache.note_generation(ca.name, result.generation, signer=result.signer,
                                    fingerprint=result.responder_fingerprint)
+        label = cert_label(info.status for info in infos)
         if akey is None:
-            return Answer(body)
+            return Answer(body, cert_status=label)
         tu, nu = int(this_update.timestamp()), int(next_update.timestamp())
         static = self.stored_headers(body, tu, nu)
         current = (source.generation == generation
                    and self.cache.generation(ca.name, result.signer) == result.generation)
         if current:
             self.cache.put(akey, body, static, this_update=tu, next_update=nu, generation=result.generation,
-                           signer=result.signer, fingerprint=result.responder_fingerprint, raw=raw)
+                           signer=result.signer, fingerprint=result.responder_fingerprint, raw=raw,
+                           cert_status=label)
             if store is not None and result.responder_fingerprint:
                 # Not awaited: the response does not wait for Redis (a bounded number of writes pend).
                 store.spawn_put(akey, stored_answer(body, infos[0], tu, nu, int(now.timestamp()),
                                                     result.responder_fingerprint),
                                 expires_at(tu, nu, self.cache.max_age))
-        return Answer(body, next_update=nu, headers=static)
+        return Answer(body, next_update=nu, headers=static, cert_status=label)
 
     def _from_store(self, akey: AnswerKey, stored: StoredAnswer, info: StatusInfo,
                     raw: bytes | None) -> Answer | None:
@@ -336,9 +347,10 @@ class OcspApp:
             return None
         self.store_hits += 1
         static = self.stored_headers(stored.der, tu, nu)
+        label = info.status.value
         self.cache.put(akey, stored.der, static, this_update=tu, next_update=nu, signer=STORE,
-                       fingerprint=stored.responder_fingerprint, raw=raw, expires=expires)
-        return Answer(stored.der, next_update=nu, headers=static)
+                       fingerprint=stored.responder_fingerprint, raw=raw, expires=expires, cert_status=label)
+        return Answer(stored.der, next_update=nu, headers=static, cert_status=label)
 
 
 def build_issuers(cas: Iterable[tuple[bytes, CaEntry]]) -> IssuerIndex[CaEntry]:

@@ -76,6 +76,7 @@ class Entry:
     fingerprint: str = ""  # the responder's, when told
     this_update: int = 0
     spellings: list[bytes] = field(default_factory=list)  # raw requests linked to it
+    cert_status: str = ""  # good / revoked / unknown (mixed: several CertIDs that differ), for the metrics
 
     @property
     def ca(self) -> str:
@@ -110,6 +111,7 @@ class ResponseCache:
         self._next_retire = float("inf")
         self.hits = 0
         self.misses = 0
+        self.evictions = 0  # entries dropped for room (max_entries, max_bytes), not for expiry or reloads
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -182,7 +184,7 @@ class ResponseCache:
 
     def put(self, key: AnswerKey, der: bytes, headers: bytes, *, this_update: int, next_update: int,
             generation: int | None = None, now: float | None = None, signer: str = "", fingerprint: str = "",
-            raw: bytes | None = None, expires: float | None = None) -> Entry | None:
+            raw: bytes | None = None, expires: float | None = None, cert_status: str = "") -> Entry | None:
         """Store an answer (and link ``raw``); returns the entry, or None when it is not cached (it
         would expire at once, its key is over max_key_bytes, it alone is over max_bytes, or a newer
         responder signs now). ``expires``: an earlier end than min(nextUpdate, now + max_age) (an
@@ -207,10 +209,11 @@ class ResponseCache:
         entries = self._entries
         spellings = self._drop(key, keep_spellings=True)
         entry = Entry(der, headers, expires, next_update, key, generation or 0, signer, size, fingerprint,
-                      this_update)
+                      this_update, cert_status=cert_status)
         while entries and (len(entries) >= self.max_entries or self.bytes + size > self.max_bytes):
             _, old = entries.popitem(last=False)
             self._forget(old)
+            self.evictions += 1
         entries[key] = entry
         self.bytes += size
         self._seq += 1
@@ -231,6 +234,7 @@ class ResponseCache:
                 entries.move_to_end(key)
                 continue
             self._drop(key)
+            self.evictions += 1
 
     def _compact(self) -> None:
         """Keep at most one stale heap item per entry (plus a little): rebuild once they outnumber it."""

@@ -159,6 +159,12 @@ class CaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # host:port of the Prometheus endpoint (GET /metrics), a listener of its own; None = off.
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FrontendConfig:
     file: Path
     ca_dir: Path
@@ -166,6 +172,7 @@ class FrontendConfig:
     signer: SignerClientConfig
     cache: CacheConfig
     cas: tuple[CaConfig, ...]
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def _seconds(d: timedelta) -> float:
@@ -261,6 +268,18 @@ def _signer(sec: Section) -> SignerClientConfig:
                               max_batch=max_batch, connections=connections)
 
 
+def _metrics(sec: Section, listen: ListenConfig) -> MetricsConfig:
+    address = sec.str("address", None)
+    if address is None:
+        return MetricsConfig()
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise sec.error("address", f"{address!r} is not host:port (127.0.0.1:9102, [::1]:9102)")
+    if int(port) == listen.port:
+        raise sec.error("address", f"port {port} is [listen] port: metrics get a listener of their own")
+    return MetricsConfig(address=address)
+
+
 def _cache(sec: Section) -> CacheConfig:
     d = CacheConfig()
     url = sec.str("redis", None)
@@ -310,6 +329,7 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
     listen = _listen(sec.section("listen"))
     signer = _signer(sec.section("signer"))
     cache = _cache(sec.section("cache"))
+    metrics = _metrics(sec.section("metrics"), listen)
     sec.finish()
 
     cas: list[CaConfig] = []
@@ -327,4 +347,5 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
         cas.append(ca)
     if not cas:
         raise ConfigError(file, "ca_dir", f"no *.toml CA files in {ca_dir}")
-    return FrontendConfig(file=file, ca_dir=ca_dir, listen=listen, signer=signer, cache=cache, cas=tuple(cas))
+    return FrontendConfig(file=file, ca_dir=ca_dir, listen=listen, signer=signer, cache=cache, cas=tuple(cas),
+                          metrics=metrics)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from bisect import bisect_left
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 from frontend.app import OcspApp
@@ -21,6 +23,7 @@ from frontend.config import ListenConfig
 from frontend.http_answer import HitAnswers, ocsp_error_http, ocsp_http
 from frontend.http_conn import MAX_REFUSING, ConnectionPool, HttpConnection, etag_matches, plain, reset
 from frontend.readiness import READY_PATH, Readiness
+from shared.metrics import Buckets
 from shared.ocsp import http as ohttp
 from shared.ocsp.errors import OCSPError
 from shared.ocsp.types import ResponseStatus
@@ -29,6 +32,7 @@ from shared.tasks import cancel_and_wait
 log = logging.getLogger("frontend.server")
 
 HEALTH_PATH = b"/-/health"
+SUCCESSFUL = ResponseStatus.SUCCESSFUL
 FD_RESERVE = 64  # descriptors besides client connections: listener, signer channels, status files, logs
 
 
@@ -42,11 +46,26 @@ class HttpProtocol(HttpConnection):
         self.prefix = server.prefix
         self.path_keys = server.path_keys.get
         self.hits = server.hits
+        self.requests = server.requests  # (method, answer status, cert status) -> count
+        self.latency = server.latency
+
+    def _served(self, method: bytes, status: ResponseStatus, cert_status: str, started: float) -> None:
+        """One OCSP request answered: the one place each is counted (frontend.metrics reads the counts).
+        On the cache-hit path: a dict update and a bisect, no prometheus-client call (its lock costs
+        more than the rest of a hit's bookkeeping)."""
+        key = (method, status, cert_status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        seconds = perf_counter() - started
+        latency = self.latency
+        latency.counts[bisect_left(latency.bounds, seconds)] += 1
+        latency.sum += seconds
 
     def failed_answer(self, close: bool) -> bytes:
         return ocsp_error_http(ResponseStatus.INTERNAL_ERROR, close=close)
 
     def _dispatch(self, method: bytes, close: bool) -> None:
+        started = perf_counter()
         app = self.app
         if method == b"POST":
             if self.content_length is None and not self.chunked:
@@ -60,7 +79,7 @@ class HttpProtocol(HttpConnection):
             url = self.url
             der = self.path_keys(url)  # a target seen before: its request, routed and decoded then
             if der is None:
-                der = self._get_request(url, close, head)
+                der = self._get_request(url, close, head, started)
                 if der is None:
                     return
         else:
@@ -76,11 +95,12 @@ class HttpProtocol(HttpConnection):
                 self._push(self._hit_http(entry, now, method, close, head), close)
             else:  # the common hit: kept-alive, with its body, no validator to compare
                 self._push(self.hits.answer(der, entry, now), False)
+            self._served(method, SUCCESSFUL, entry.cert_status, started)
             return
-        task = self.loop.create_task(self._answer(der, der, close, head))
+        task = self.loop.create_task(self._answer(der, der, close, head, method, started))
         self._push(task, close)
 
-    def _get_request(self, url: bytes, close: bool, head: bool) -> bytes | None:
+    def _get_request(self, url: bytes, close: bool, head: bool, started: float) -> bytes | None:
         """Route a GET or HEAD target not seen before: our own endpoints and errors are answered here
         (None), an OCSP request's DER is returned (and remembered for the same target)."""
         target = ohttp.origin_form(url)
@@ -97,7 +117,7 @@ class HttpProtocol(HttpConnection):
         if not target.startswith(self.prefix):
             path = target.split(b"?", 1)[0]
             if path + b"/" == self.prefix:
-                self._ocsp_error(ResponseStatus.MALFORMED_REQUEST, close, head)
+                self._ocsp_error(ResponseStatus.MALFORMED_REQUEST, close, head, started)
             else:
                 self._push(plain(404, "not found\n", close=close, head=head), close)
             return None
@@ -107,7 +127,7 @@ class HttpProtocol(HttpConnection):
             der = ohttp.request_from_path(target, self.listen.path_prefix,
                                           max_bytes=self.listen.max_request_bytes)
         except OCSPError as e:
-            self._ocsp_error(e.status, close, head)
+            self._ocsp_error(e.status, close, head, started)
             return None
         self.server.path_keys.put(url, der)
         return der
@@ -120,15 +140,18 @@ class HttpProtocol(HttpConnection):
         return ocsp_http(entry.der, entry.headers, entry.next_update, self.app.max_age_cap, now, close, head,
                          not_modified, now)
 
-    async def _answer(self, der: bytes, key: bytes, close: bool, head: bool) -> bytes:
+    async def _answer(self, der: bytes, key: bytes, close: bool, head: bool, method: bytes,
+                      started: float) -> bytes:
         async with self.work_slot():
             answer = await self.app.answer(der, key)
+        self._served(method, answer.status, answer.cert_status, started)
         app = self.app
         return ocsp_http(answer.der, answer.headers, answer.next_update, app.max_age_cap, app.cache.clock(),
                          close, head)
 
-    def _ocsp_error(self, status: ResponseStatus, close: bool, head: bool) -> None:
+    def _ocsp_error(self, status: ResponseStatus, close: bool, head: bool, started: float) -> None:
         self._push(ocsp_error_http(status, close=close, head=head), close)
+        self._served(b"HEAD" if head else b"GET", status, "", started)
 
 
 class FrontendServer:
@@ -146,6 +169,9 @@ class FrontendServer:
         self.max_url = self.pool.max_url
         self.path_keys = ohttp.PathKeys()  # GET targets seen -> their DER requests
         self.hits = HitAnswers(app.max_age_cap)  # the answers of this second's cache hits
+        # Per-request metrics, plain values (HttpProtocol._served; frontend.metrics reads them).
+        self.requests: dict[tuple[bytes, ResponseStatus, str], int] = {}
+        self.latency = Buckets()
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (listen.host, listen.port)
