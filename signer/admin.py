@@ -34,7 +34,7 @@ from signer.token import Token, TokenError
 from signer.unix_socket import created_with_mode
 
 if TYPE_CHECKING:
-    from signer.service import SignerService
+    from signer.metrics import SigningCounts
 
 log = logging.getLogger("ocsp-signer")
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about refused Admin calls
@@ -115,7 +115,7 @@ class AdminPlane:
         self.state = state
         self.audit_space = audit_space  # the metrics report it
         self.verifier: StatusVerifier | None = None  # set by serve(); the metrics count its refusals
-        self.service: SignerService | None = None  # set by serve(); the metrics read its counts
+        self.service: SigningCounts | None = None  # set by serve(); the metrics read its counts
         self.config = config
         self.admin_server: grpc.aio.Server | None = None
         self.metrics_server: asyncio.AbstractServer | None = None

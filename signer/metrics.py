@@ -34,11 +34,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from shared.metrics import counter, gauge, histogram, registry_of, render_merged
+from shared.metrics import Buckets, counter, gauge, histogram, registry_of, render_merged
 from shared.metrics import render as render_registry
 from shared.metrics_http import start_endpoint
 
@@ -46,10 +46,26 @@ if TYPE_CHECKING:  # annotations only: the workers' supervisor imports this modu
     from signer.audit_space import AuditSpace
     from signer.responder_state import ResponderState
     from signer.rotation import Rotator
-    from signer.service import SignerService
     from signer.status_verify import StatusVerifier
 
 log = logging.getLogger("ocsp-signer")
+
+
+class AuditCounts(Protocol):
+    write_seconds: Buckets
+    write_failures: int
+
+
+class SigningCounts(Protocol):
+    """What the metrics read of signer.service.SignerService (a protocol: no import cycle)."""
+
+    signatures: dict[tuple[str, str], int]
+    in_flight: int
+    sign_seconds: Buckets
+    batch_sizes: Buckets
+
+    @property
+    def audit(self) -> AuditCounts: ...
 
 # Gauges each worker reports for the same thing (the same responders, audit directory, status files):
 # merged as the maximum, not the sum.
@@ -61,7 +77,7 @@ SAME_EVERYWHERE = frozenset({
 
 
 def families(state: ResponderState, rotator: Rotator, space: AuditSpace | None,
-             verifier: StatusVerifier | None = None, service: SignerService | None = None) -> Iterator[Metric]:
+             verifier: StatusVerifier | None = None, service: SigningCounts | None = None) -> Iterator[Metric]:
     now = rotator.clock.now()
     warn = rotator.expiry_warning.total_seconds()
     generation, not_after, left, expiring = {}, {}, {}, {}
@@ -115,7 +131,7 @@ def families(state: ResponderState, rotator: Rotator, space: AuditSpace | None,
 
 
 def render(state: ResponderState, rotator: Rotator, space: AuditSpace | None,
-           verifier: StatusVerifier | None = None, service: SignerService | None = None) -> str:
+           verifier: StatusVerifier | None = None, service: SigningCounts | None = None) -> str:
     """The exposition text of one signer process."""
     registry = registry_of(lambda: families(state, rotator, space, verifier, service))
     return render_registry(registry).decode()
@@ -123,7 +139,7 @@ def render(state: ResponderState, rotator: Rotator, space: AuditSpace | None,
 
 async def start_metrics(address: str, state: ResponderState, rotator: Rotator, space: AuditSpace | None,
                         verifier: StatusVerifier | None = None,
-                        service: SignerService | None = None) -> asyncio.AbstractServer:
+                        service: SigningCounts | None = None) -> asyncio.AbstractServer:
     server = await start_endpoint(lambda: render(state, rotator, space, verifier, service).encode(),
                                   address=address)
     log.info("metrics on http://%s/metrics", address)
