@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
 
+from frontend.http_app import ANSWER_LABELS, FrontendServer
 from shared.metrics import counter, gauge, histogram, registry_of, render, render_merged
 from shared.metrics_http import read_snapshots, split_address, write_snapshot
 from shared.ocsp.errors import TryLater
 from shared.status.base import FileStatusSource
 
 if TYPE_CHECKING:
-    from frontend.http_app import FrontendServer
     from frontend.sign_limit import BoundedSigner
     from frontend.signer_client import SignerClient
 
@@ -40,10 +40,7 @@ log = logging.getLogger("frontend")
 SAME_EVERYWHERE = frozenset({
     "ocsp_frontend_status_age_seconds", "ocsp_frontend_status_entries", "ocsp_frontend_status_generation",
 })
-# Label values of the answers (shared.ocsp.types.ResponseStatus names as RFC 6960 spells them).
-ANSWER_NAMES = {"SUCCESSFUL": "successful", "MALFORMED_REQUEST": "malformedRequest",
-                "INTERNAL_ERROR": "internalError", "TRY_LATER": "tryLater", "SIG_REQUIRED": "sigRequired",
-                "UNAUTHORIZED": "unauthorized"}
+_ERRORS = frozenset(ANSWER_LABELS.values())
 
 # More families, added by other parts of the frontend (each returns metric families at scrape time).
 Extra = Callable[[], Iterable[Metric]]
@@ -65,14 +62,15 @@ class FrontendMetrics:
         server = self.server
         app = server.app
         requests: dict[tuple[str, str, str], int] = {}
-        for (method, status, cert), n in list(server.requests.items()):
-            key = (method.decode(), ANSWER_NAMES.get(status.name, status.name), cert)
-            requests[key] = requests.get(key, 0) + n
+        for method, outcomes in server.requests.items():
+            for outcome, n in list(outcomes.items()):
+                key = (method.decode(), outcome, "") if outcome in _ERRORS else (method.decode(), "successful", outcome)
+                requests[key] = n
         yield counter("ocsp_frontend_requests", "OCSP requests answered, by HTTP method, OCSP response status and, "
                       "for successful answers, cert status (good, revoked, unknown; mixed: several CertIDs that "
                       "differ).", ("method", "answer", "cert_status"), requests)
-        yield histogram("ocsp_frontend_request_duration_seconds", "From the request read to its answer made "
-                        "(a cache hit: microseconds; a signature: the signer's time too).", (), server.latency)
+        yield histogram("ocsp_frontend_request_duration_seconds", "Requests not answered from the cache: from "
+                        "the request read to its answer made (the signer's time included).", (), server.latency)
         cache = app.cache
         yield counter("ocsp_frontend_cache_lookups", "Cache lookups by result (a request not seen before is "
                       "looked up by its bytes, then by its CertIDs: a miss, then a hit or a miss).", ("result",),
