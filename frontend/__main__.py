@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ocsp-frontend: {args.config}: metrics.address: cannot listen on {cfg.metrics.address}: "
                   f"{e.strerror or e}", file=sys.stderr, flush=True)
             return 2
-    snapshots = Snapshots.create(cfg.listen.workers) if metrics_socket is not None and cfg.listen.workers > 1 \
+    snapshots = Snapshots.create() if metrics_socket is not None and cfg.listen.workers > 1 \
         else None
 
     def worker(number: int, sockets: Sequence[socket.socket], ready: Callable[[], None]) -> int:

@@ -131,13 +131,13 @@ class FrontendMetrics:
 class Snapshots:
     """The frontend workers' shared view: a private directory of snapshot files (module docstring)."""
 
-    def __init__(self, directory: Path, workers: int) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.workers = workers
 
     @classmethod
-    def create(cls, workers: int) -> Snapshots:
-        return cls(Path(tempfile.mkdtemp(prefix="ocsp-frontend-metrics-")), workers)
+    def create(cls) -> Snapshots:
+        """A new private directory (mode 0700) for one run of the supervisor."""
+        return cls(Path(tempfile.mkdtemp(prefix="ocsp-frontend-metrics-")))
 
     def scrape(self, number: int, own: Callable[[], bytes]) -> bytes:
         write_snapshot(self.directory, number, own())

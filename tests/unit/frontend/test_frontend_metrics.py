@@ -107,7 +107,7 @@ def test_endpoint_answers_metrics_only(env: Env) -> None:
 def test_worker_snapshots_merge(env: Env, tmp_path: Path) -> None:
     metrics = metrics_of(env)
     assert env.post(env.request(env.a, 0x100))[0] == 200
-    snaps = Snapshots(tmp_path / "snaps", 2)
+    snaps = Snapshots(tmp_path / "snaps")
     snaps.directory.mkdir()
 
     async def twice() -> str:
