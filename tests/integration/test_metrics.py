@@ -9,6 +9,8 @@ endpoint per half, the sums over the workers).
 from __future__ import annotations
 
 import http.client
+import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +164,24 @@ def test_metrics_are_not_on_the_ocsp_port_and_only_at_metrics(stack: Stack) -> N
     assert "ocsp_frontend_" not in body and "# TYPE" not in body, (status, body)
     assert scrape(stack.frontend_metrics, "/")[0] == 404
     assert scrape(stack.signer_metrics, "/other")[0] == 404
+
+
+@pytest.mark.parametrize("program,workers", [("ocsp-frontend", 1), ("ocsp-frontend", 2), ("ocsp-signer", 1),
+                                             ("ocsp-signer", 2)])
+def test_metrics_port_taken_is_a_config_error(demo: Demo, tmp_path: Path, program: str, workers: int) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        metrics = f'\n[metrics]\naddress = "127.0.0.1:{busy}"\n'
+        if program == "ocsp-frontend":
+            conf = demo_config(demo, "frontend.toml", tmp_path / "frontend.toml",
+                               {"port": free_port(), "workers": workers}, append=metrics)
+        else:
+            conf = demo_config(demo, "signer.toml", tmp_path / "signer.toml", {
+                "address": f"unix:{short_dir() / 'signer.sock'}", "socket": None, "writer_id": "metricsbusy",
+                "workers": workers}, append=metrics)
+        done = subprocess.run([tool(program), "--config", str(conf)], env=demo.env, capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "metrics.address: cannot listen on 127.0.0.1:" in done.stderr, done.stderr
