@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -24,6 +25,7 @@ from frontend.cache import ResponseCache
 from frontend.config import FrontendConfig, load_frontend_config
 from frontend.http_answer import static_headers
 from frontend.http_app import FrontendServer
+from frontend.metrics import FrontendMetrics, Snapshots, bind_metrics
 from frontend.readiness import Readiness
 from frontend.refresher import make_refresher
 from frontend.request_ids import RequestIds
@@ -34,6 +36,7 @@ from frontend.workers import bind_slots, supervise
 from shared import logs
 from shared.config import ConfigError
 from shared.fdlimit import log_open_files_limit, raise_open_files_limit
+from shared.metrics_http import keep_snapshot, start_endpoint
 from shared.ocsp.certid import IssuerIndex, issuer_keys
 from shared.status.base import StatusDataError
 from shared.status.config import make_source
@@ -64,9 +67,11 @@ def _url(host: str, port: int) -> str:
 
 
 async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: Sequence[socket.socket] = (),
-                ready: Callable[[], None] | None = None) -> None:
+                ready: Callable[[], None] | None = None, metrics_socket: socket.socket | None = None,
+                snapshots: Snapshots | None = None, number: int = 0) -> None:
     """Serve until SIGTERM/SIGINT: on ``listen.host``/``port``, or, in a worker, on the supervisor's
-    ``sockets`` (then ``ready()`` once listening)."""
+    ``sockets`` (then ``ready()`` once listening). ``metrics_socket``: the bound ``[metrics] address``;
+    ``snapshots``: the workers' shared metrics (worker ``number``), None in a single process."""
     loop = asyncio.get_running_loop()
     ids = RequestIds()  # this process's (a worker's own prefix): SignRequest ids and the access log's
     signer = SignerClient(cfg.signer.addresses, cfg.signer.timeout, tls=cfg.signer.tls,
@@ -104,6 +109,17 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
     host, port = await server.start(socks=sockets)
     log.info("listening on %s", _url(host, port))
     log_open_files_limit(log)
+    metrics = FrontendMetrics(server, signer, bounded, sources)
+    metrics_server, snapshot_task = None, None
+    if metrics_socket is not None:
+        if snapshots is None:
+            metrics_server = await start_endpoint(metrics.render, sock=metrics_socket)
+        else:
+            shared = snapshots
+            metrics_server = await start_endpoint(lambda: shared.scrape(number, metrics.render), sock=metrics_socket)
+            snapshot_task = loop.create_task(keep_snapshot(shared.directory, number, metrics.render))
+        if number <= 1:  # the single process, or worker 1 for all of them
+            log.info("metrics on http://%s/metrics", cfg.metrics.address)
 
     watchers = [loop.create_task(s.watch(), name=f"watch-{s.name}") for s in sources]
     refresher = make_refresher(cfg, signer, {ca.name: ca.source for ca in issuers.values()})
@@ -134,12 +150,14 @@ async def serve(cfg: FrontendConfig, issuers: IssuerIndex[CaEntry], *, sockets: 
         await stop.wait()
         log.info("stopping")
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         await server.stop()
         if access is not None:
             access.close()
         if refresher is not None:
             await refresher.stop()
-        await cancel_all([*watchers, *reloads])
+        await cancel_all([*watchers, *reloads, *([snapshot_task] if snapshot_task is not None else [])])
         await responder_watch.stop()
         await readiness.stop()
         await app.close()
@@ -189,9 +207,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_open_files_limit()  # (workers inherit it; each logs it once listening)
     import uvloop
 
+    metrics_socket = None
+    if cfg.metrics.address is not None:
+        try:
+            metrics_socket = bind_metrics(cfg.metrics.address)
+        except OSError as e:
+            print(f"ocsp-frontend: {args.config}: metrics.address: cannot listen on {cfg.metrics.address}: "
+                  f"{e.strerror or e}", file=sys.stderr, flush=True)
+            return 2
+    snapshots = Snapshots.create() if metrics_socket is not None and cfg.listen.workers > 1 \
+        else None
+
     def worker(number: int, sockets: Sequence[socket.socket], ready: Callable[[], None]) -> int:
         try:
-            uvloop.run(serve(cfg, issuers, sockets=sockets, ready=ready))
+            uvloop.run(serve(cfg, issuers, sockets=sockets, ready=ready, metrics_socket=metrics_socket,
+                             snapshots=snapshots, number=number))
         except KeyboardInterrupt:
             pass
         return 0
@@ -202,13 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     if cfg.listen.workers > 1:
+        supervisor = os.getpid()  # a forked worker returns through here too: only this one cleans up
         try:
             groups = bind_slots(cfg.listen.host, cfg.listen.port, cfg.listen.workers)
         except OSError as e:
             return cannot_listen(e)
-        return supervise(cfg.listen, groups, worker)
+        try:
+            return supervise(cfg.listen, groups, worker)
+        finally:
+            if snapshots is not None and os.getpid() == supervisor:
+                snapshots.remove()
     try:
-        uvloop.run(serve(cfg, issuers))
+        uvloop.run(serve(cfg, issuers, metrics_socket=metrics_socket))
     except OSError as e:
         return cannot_listen(e)
     except KeyboardInterrupt:

@@ -98,6 +98,7 @@ class AnswerStore:
         self._renew = client.register_script(_RENEW)
         self._unlock = client.register_script(_UNLOCK)
         self.skipped_puts = 0  # spawn_put calls dropped because max_pending writes were in flight
+        self.errors = 0  # calls that failed: Redis refused, did not answer in time, or could not be reached
 
     # -- the guard every call goes through ----------------------------------------------------------
 
@@ -113,9 +114,11 @@ class AnswerStore:
             async with asyncio.timeout(self.timeout):
                 result = await op()
         except ResponseError as e:  # Redis answered, with an error (a key of another type, OOM): a miss
+            self.errors += 1
             self._ratelog.log(logging.WARNING, ("error", what), "Redis %s refused %s: %s", self.name, what, e)
             return False, None
         except _FAULTS as e:
+            self.errors += 1
             self._failed(what, e)
             return False, None
         if not self.available:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from shared.answers import AnswerKey
@@ -64,6 +64,12 @@ def key_size(key: AnswerKey) -> int:
     return key_bytes(key) + CERTID_OVERHEAD * len(key.cert_ids)
 
 
+def cert_label(statuses: Iterable[CertStatus]) -> str:
+    """The metrics' cert status of an answer: its CertIDs' status, "mixed" when they differ ("" for none)."""
+    seen = {s.value for s in statuses}
+    return seen.pop() if len(seen) == 1 else ("mixed" if seen else "")
+
+
 @dataclass(slots=True)
 class Entry:
     der: bytes  # the whole DER OCSPResponse
@@ -83,6 +89,7 @@ class Entry:
     cert_status: tuple[CertStatus, ...] = ()
     signature_id: str = ""
     access: str = ""
+    cert_label: str = ""  # good / revoked / unknown (mixed: several CertIDs that differ), for the metrics
 
     @property
     def ca(self) -> str:
@@ -117,6 +124,7 @@ class ResponseCache:
         self._next_retire = float("inf")
         self.hits = 0
         self.misses = 0
+        self.evictions = 0  # entries dropped for room (max_entries, max_bytes), not for expiry or reloads
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -215,10 +223,11 @@ class ResponseCache:
         entries = self._entries
         spellings = self._drop(key, keep_spellings=True)
         entry = Entry(der, headers, expires, next_update, key, generation or 0, signer, size, fingerprint,
-                      this_update, [], cert_status, signature_id)
+                      this_update, [], cert_status, signature_id, cert_label=cert_label(cert_status))
         while entries and (len(entries) >= self.max_entries or self.bytes + size > self.max_bytes):
             _, old = entries.popitem(last=False)
             self._forget(old)
+            self.evictions += 1
         entries[key] = entry
         self.bytes += size
         self._seq += 1
@@ -239,6 +248,7 @@ class ResponseCache:
                 entries.move_to_end(key)
                 continue
             self._drop(key)
+            self.evictions += 1
 
     def _compact(self) -> None:
         """Keep at most one stale heap item per entry (plus a little): rebuild once they outnumber it."""

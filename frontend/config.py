@@ -50,6 +50,7 @@ FRONTEND_KEYS: Keys = {
         "redis", "redis_prefix", "redis_timeout", "max_age", "refresh_before", "refresh_rate",
         "max_entries", "max_bytes", "max_key_bytes", "rotation_grace")),
     "log": dict.fromkeys(("format", "access", "access_file")),
+    "metrics": dict.fromkeys(("address",)),
 }
 
 
@@ -188,6 +189,12 @@ class CaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # host:port of the Prometheus endpoint (GET /metrics), a listener of its own; None = off.
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FrontendConfig:
     file: Path
     ca_dir: Path
@@ -196,6 +203,7 @@ class FrontendConfig:
     cache: CacheConfig
     cas: tuple[CaConfig, ...]
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def _seconds(d: timedelta) -> float:
@@ -291,6 +299,18 @@ def _signer(sec: Section) -> SignerClientConfig:
                               max_batch=max_batch, connections=connections)
 
 
+def _metrics(sec: Section, listen: ListenConfig) -> MetricsConfig:
+    address = sec.str("address", None)
+    if address is None:
+        return MetricsConfig()
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise sec.error("address", f"{address!r} is not host:port (127.0.0.1:9102, [::1]:9102)")
+    if int(port) == listen.port:
+        raise sec.error("address", f"port {port} is [listen] port: metrics get a listener of their own")
+    return MetricsConfig(address=address)
+
+
 def _cache(sec: Section) -> CacheConfig:
     d = CacheConfig()
     url = sec.str("redis", None)
@@ -350,6 +370,7 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
     signer = _signer(sec.section("signer"))
     cache = _cache(sec.section("cache"))
     log = _log(sec.section("log"))
+    metrics = _metrics(sec.section("metrics"), listen)
     sec.finish()
 
     cas: list[CaConfig] = []
@@ -368,4 +389,4 @@ def load_frontend_config(path: str | Path) -> FrontendConfig:
     if not cas:
         raise ConfigError(file, "ca_dir", f"no *.toml CA files in {ca_dir}")
     return FrontendConfig(file=file, ca_dir=ca_dir, listen=listen, signer=signer, cache=cache, cas=tuple(cas),
-                          log=log)
+                          log=log, metrics=metrics)

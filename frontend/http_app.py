@@ -24,6 +24,7 @@ from frontend.config import ListenConfig
 from frontend.http_answer import HitAnswers, ocsp_error_http, ocsp_http
 from frontend.http_conn import MAX_REFUSING, ConnectionPool, HttpConnection, etag_matches, plain, reset
 from frontend.readiness import READY_PATH, Readiness
+from shared.metrics import Buckets
 from shared.ocsp import http as ohttp
 from shared.ocsp.errors import OCSPError
 from shared.ocsp.types import ResponseStatus
@@ -32,6 +33,11 @@ from shared.tasks import cancel_and_wait
 log = logging.getLogger("frontend.server")
 
 HEALTH_PATH = b"/-/health"
+SUCCESSFUL = ResponseStatus.SUCCESSFUL
+# The metrics' names of the answers that are not successful (RFC 6960's spelling).
+ANSWER_LABELS = {ResponseStatus.MALFORMED_REQUEST: "malformedRequest", ResponseStatus.INTERNAL_ERROR: "internalError",
+                 ResponseStatus.TRY_LATER: "tryLater", ResponseStatus.SIG_REQUIRED: "sigRequired",
+                 ResponseStatus.UNAUTHORIZED: "unauthorized"}
 FD_RESERVE = 64  # descriptors besides client connections: listener, signer channels, status files, logs
 _METHODS = {b"GET": "GET", b"HEAD": "HEAD", b"POST": "POST"}
 
@@ -48,6 +54,19 @@ class HttpProtocol(HttpConnection):
         self.hits = server.hits
         self.access = server.access
         self.client_text: str | None = None  # the client's address as the access log shows it
+        self.requests = server.requests  # method -> outcome (HttpProtocol._served) -> count
+        self.latency = server.latency
+
+    def _served(self, method: bytes, outcome: str, started: float | None) -> None:
+        """One OCSP request answered: the one place each is counted (frontend.metrics reads the counts).
+        ``outcome``: the cert status of a successful answer (good, revoked, unknown, mixed), else the
+        answer's ``ANSWER_LABELS`` name; ``started``: when it was read, None for a cache hit (answered
+        within its read callback: not timed, which would cost the hit a third of its bookkeeping). No
+        prometheus-client call here: two dict lookups with cached string hashes."""
+        counts = self.requests[method]
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if started is not None:
+            self.latency.observe(perf_counter() - started)
 
     def failed_answer(self, close: bool) -> bytes:
         return ocsp_error_http(ResponseStatus.INTERNAL_ERROR, close=close)
@@ -82,6 +101,7 @@ class HttpProtocol(HttpConnection):
                 self._push(self._hit_http(entry, now, method, close, head), close)
             else:  # the common hit: kept-alive, with its body, no validator to compare
                 self._push(self.hits.answer(der, entry, now), False)
+            self._served(method, entry.cert_label, None)
             if self.access is not None:
                 self._answered(method, entry, self.started, now)
             return
@@ -153,6 +173,8 @@ class HttpProtocol(HttpConnection):
                       started: float) -> bytes:
         async with self.work_slot():
             answer = await self.app.answer(der, key)
+        self._served(method, answer.cert_label if answer.status is SUCCESSFUL else ANSWER_LABELS[answer.status],
+                     started)
         self._answered(method, answer, started)
         app = self.app
         return ocsp_http(answer.der, answer.headers, answer.next_update, app.max_age_cap, app.cache.clock(),
@@ -160,6 +182,7 @@ class HttpProtocol(HttpConnection):
 
     def _ocsp_error(self, status: ResponseStatus, close: bool, head: bool, method: bytes) -> None:
         self._push(ocsp_error_http(status, close=close, head=head), close)
+        self._served(method, ANSWER_LABELS[status], self.started)
         self._answered(method, status, self.started)
 
 
@@ -182,6 +205,9 @@ class FrontendServer:
         self.hits = HitAnswers(app.max_age_cap)  # the answers of this second's cache hits
         self._acceptors: list[Acceptor] = []  # one per listening socket (frontend.acceptor)
         self._accept_failures = failure_log(self.loop)
+        # Per-request metrics, plain values (HttpProtocol._served; frontend.metrics reads them).
+        self.requests: dict[bytes, dict[str, int]] = {b"GET": {}, b"HEAD": {}, b"POST": {}}
+        self.latency = Buckets()
         self._sweeper: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = (listen.host, listen.port)
 
@@ -232,6 +258,11 @@ class FrontendServer:
     def accept_failures(self) -> int:
         """accept(2) calls that failed on this process's listeners (EMFILE, ENFILE, ...), for a metric."""
         return sum(a.failures for a in self._acceptors)
+
+    @property
+    def accept_shed(self) -> int:
+        """Connections answered 503 and closed because the process was out of descriptors."""
+        return sum(a.shed for a in self._acceptors)
 
 
 def check_fd_limit(max_connections: int) -> None:

@@ -54,6 +54,7 @@ from grpc import aio
 
 from frontend.request_ids import RequestIds
 from frontend.tls import SignerTls
+from shared.metrics import Buckets
 from shared.ocsp.errors import InternalError, OCSPError, StatusDisagrees, TryLater, Unauthorized
 from shared.ocsp.types import CertStatus, HashAlgorithm, SingleStatus
 from shared.ratelog import RateLimitedLog
@@ -284,6 +285,10 @@ class SignerClient:
         self.max_batch = max_batch
         self.calls_per_address = calls_per_address  # SignBatch calls in flight at once, per lane
         self.batch_calls = 0  # SignBatch calls sent (each carries one or more requests)
+        # Metrics (frontend.metrics reads them at scrape time): each Sign / SignBatch call's time, and
+        # the requests that failed, by gRPC status code name.
+        self.call_seconds = Buckets()
+        self.errors: dict[str, int] = {}
         self._queue: deque[_Job] = deque()
         self._batches: set[asyncio.Task[None]] = set()  # SignBatch calls in flight, with their failover
         self._unary_only: set[int] = set()  # addresses whose signer has no SignBatch (UNIMPLEMENTED)
@@ -471,6 +476,7 @@ class SignerClient:
                     may_retry: bool) -> Any:
         """``call(timeout)`` on ``lane`` within ``deadline``; when the connection went away under it,
         once more over a new one (the same lane's channel reconnects)."""
+        started = time.perf_counter()
         try:
             return await call(max(deadline - time.monotonic(), 0.0))
         except grpc.RpcError as e:
@@ -480,14 +486,22 @@ class SignerClient:
             self.retries += 1
             self._ratelog.log(logging.WARNING, "retry", "signer at %s: the connection went away during a Sign "
                               "(%s); sending it again over a new connection", self.addresses[lane.k], describe(e))
+        finally:
+            self.call_seconds.observe(time.perf_counter() - started)
         # gRPC replaces the lost connection: the channel reconnects for this call (and fails it at
         # once if the signer cannot be reached, leaving the rest to failover / tryLater).
-        return await call(left)
+        started = time.perf_counter()
+        try:
+            return await call(left)
+        finally:
+            self.call_seconds.observe(time.perf_counter() - started)
 
     def _note_error(self, e: grpc.RpcError, k: int) -> OCSPError:
         """The OCSPError for a failed request, with the operator told about policy and status refusals."""
         error = map_error(e)
         code = _code(e)
+        name = code.name if code is not None else "UNKNOWN"
+        self.errors[name] = self.errors.get(name, 0) + 1
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             self._log_policy_refusal(error)
         elif code == STATUS_DISAGREES:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -31,6 +32,9 @@ from signer.rotation import RotationError, Rotator
 from signer.status_verify import StatusVerifier
 from signer.token import Token, TokenError
 from signer.unix_socket import created_with_mode
+
+if TYPE_CHECKING:
+    from signer.metrics import SigningCounts
 
 log = logging.getLogger("ocsp-signer")
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about refused Admin calls
@@ -111,6 +115,7 @@ class AdminPlane:
         self.state = state
         self.audit_space = audit_space  # the metrics report it
         self.verifier: StatusVerifier | None = None  # set by serve(); the metrics count its refusals
+        self.service: SigningCounts | None = None  # set by serve(); the metrics read its counts
         self.config = config
         self.admin_server: grpc.aio.Server | None = None
         self.metrics_server: asyncio.AbstractServer | None = None
@@ -125,6 +130,12 @@ class AdminPlane:
             AdminService(rotator, trusted=False, allowed_clients=config.admin.allowed_clients), server)
         return cls(rotator, state, audit_space, config)
 
+    def metrics_text(self) -> str:
+        """This process's exposition (a signer worker sends it to its supervisor: signer.worker_link)."""
+        from signer.metrics import render
+
+        return render(self.state, self.rotator, self.audit_space, self.verifier, self.service)
+
     async def start(self) -> None:
         """After ``server.start()``: admin socket, metrics, expiry checks. Raises ConfigError."""
         try:
@@ -137,7 +148,7 @@ class AdminPlane:
 
             try:
                 self.metrics_server = await start_metrics(self.config.metrics.address, self.state, self.rotator,
-                                                         self.audit_space, self.verifier)
+                                                         self.audit_space, self.verifier, self.service)
             except OSError as e:
                 raise ConfigError(self.config.file, "metrics.address",
                                   f"cannot listen on {self.config.metrics.address}: {e.strerror or e}") from None

@@ -269,15 +269,12 @@ class SignerConfig:
     def for_worker(self, number: int, port: int | None) -> SignerConfig:
         """What signer worker ``number`` runs with (signer.workers): its own audit chain
         (``worker_writer_id``), the TCP port its supervisor bound (``port``; a configured 0 resolved),
-        the admin socket in worker 0 only, and the metrics endpoint on the configured port + ``number``
-        (one endpoint per worker)."""
+        the admin socket in worker 0 only, and no metrics endpoint (the supervisor serves one for
+        all: signer.workers)."""
         listen = self.listen
         if listen.kind == "tcp" and port is not None:
             listen = replace(listen, port=port, address=listen.at_port(port))
-        metrics = self.metrics
-        if metrics.address is not None:
-            host, _, metrics_port = metrics.address.rpartition(":")
-            metrics = replace(metrics, address=f"{host}:{int(metrics_port) + number}")
+        metrics = replace(self.metrics, address=None)
         admin = self.admin if number == 0 else replace(self.admin, socket=None)
         audit = replace(self.audit, writer_id=self.worker_writer_id(number))
         return replace(self, listen=listen, metrics=metrics, admin=admin, audit=audit)
@@ -304,7 +301,7 @@ def load_signer_config(path: str | Path) -> SignerConfig:
     metrics = _metrics(sec.section("metrics"))
     audit = _audit(sec.section("audit", required=True))
     tls = load_tls(sec.section("tls")) if sec.has("tls") else None
-    workers = _workers(sec.section("signer"), audit, metrics)
+    workers = _workers(sec.section("signer"), audit)
     log_format = read_format(sec.section("log"))
     sec.finish()
     if not ca_dir.is_dir():
@@ -452,12 +449,8 @@ def _metrics(sec: Section) -> MetricsConfig:
 _WRITER_ID = re.compile(r"[A-Za-z0-9._]{1,64}")
 
 
-def _workers(sec: Section, audit: AuditConfig, metrics: MetricsConfig) -> int:
+def _workers(sec: Section, audit: AuditConfig) -> int:
     workers = sec.int("workers", usable_cpus(MAX_WORKERS), minimum=1, maximum=MAX_WORKERS)
-    if metrics.address is not None and int(metrics.address.rpartition(":")[2]) + workers - 1 > 65535:
-        raise ConfigError(sec.file, "metrics.address", f"worker {workers - 1} would serve its metrics on port "
-                                                       f"{int(metrics.address.rpartition(':')[2]) + workers - 1}: "
-                                                       "past 65535 (worker N uses the port + N)")
     longest = f"{audit.writer_id}.w{workers - 1}"
     if workers > 1 and not _WRITER_ID.fullmatch(longest):
         raise ConfigError(sec.file, "audit.writer_id", f"{audit.writer_id!r} is too long for {workers} workers: "

@@ -25,6 +25,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from shared.clock import Clock, SystemClock
 from shared.config import ConfigError
 from shared.fdlimit import log_open_files_limit
+from shared.metrics import BATCH_BOUNDS, Buckets
 from shared.ratelog import CountedLog, RateLimitedLog
 from shared.rpc import signer_pb2 as pb
 from shared.rpc import signer_pb2_grpc as pb_grpc
@@ -104,6 +105,7 @@ class Failure:
 
     code: grpc.StatusCode
     message: str
+    error: bool = False  # the signer failed (token, audit log, a bug), not a refusal of the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,10 @@ class SignerService(pb_grpc.SignerServicer):
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.overloaded = 0  # requests refused at the bound (metrics)
+        # Metrics (signer.metrics reads them at scrape time): plain values, nothing locks per signature.
+        self.signatures: dict[tuple[str, str], int] = {}  # (CA or "", ok / refused / error) -> requests
+        self.sign_seconds = Buckets()  # each token signature
+        self.batch_sizes = Buckets(BATCH_BOUNDS)  # requests per Sign (1) or SignBatch call
         self._overload_log = RateLimitedLog(log, OVERLOAD_LOG_INTERVAL, time.monotonic)  # set by serve(); Health reads it
         # Requests refused because the audit log cannot record them or the token cannot sign: one line
         # per cause and interval, with the count (``unavailable.total``: all of them, for a metric).
@@ -205,6 +211,7 @@ class SignerService(pb_grpc.SignerServicer):
                 jobs.append((i, self._check(request, responders)))
             except Exception as e:  # noqa: BLE001 - this request alone fails; _failure logs a bug
                 outcomes[i] = self._failure(e, request.request_id)
+        names = {i: job.responder.name for i, job in jobs}
         room = max(0, self.max_in_flight - self.in_flight)
         if len(jobs) > room:
             for i, job in jobs[room:]:
@@ -224,7 +231,17 @@ class SignerService(pb_grpc.SignerServicer):
         finally:
             self.in_flight -= len(jobs)
         assert all(o is not None for o in outcomes)
+        self._count(outcomes, names)  # type: ignore[arg-type]
         return outcomes  # type: ignore[return-value]
+
+    def _count(self, outcomes: list[Signed | Failure], names: dict[int, str]) -> None:
+        """The metrics of one call: its size, and each request by CA ("" when it named none the
+        policy accepted) and result."""
+        self.batch_sizes.observe(len(outcomes))
+        counts = self.signatures
+        for i, o in enumerate(outcomes):
+            key = (names.get(i, ""), "ok" if isinstance(o, Signed) else "error" if o.error else "refused")
+            counts[key] = counts.get(key, 0) + 1
 
     async def _sign_jobs(self, requests: list[pb.SignRequest], jobs: list[tuple[int, SignJob]],
                          outcomes: list[Signed | Failure | None], client: str) -> None:
@@ -296,11 +313,14 @@ class SignerService(pb_grpc.SignerServicer):
         """On the token thread: sign every (key label, algorithm, data) in turn, one hop for the batch; a
         failure is that item's alone."""
         out: list[bytes | Exception] = []
+        seconds = self.sign_seconds
         for key_label, algorithm, data in items:
+            started = time.perf_counter()
             try:
                 out.append(self.token.sign(key_label, algorithm, data))
             except Exception as e:  # noqa: BLE001 - this item alone fails; _failure maps and logs it
                 out.append(e)
+            seconds.observe(time.perf_counter() - started)
         return out
 
     def _failure(self, e: BaseException, request_id: str) -> Failure:
@@ -309,15 +329,15 @@ class SignerService(pb_grpc.SignerServicer):
             return Failure(e.code, e.message)
         if isinstance(e, TokenError):
             self._refused_unavailable(f"token not available: {e}")
-            return Failure(grpc.StatusCode.UNAVAILABLE, f"token not available: {e}")
+            return Failure(grpc.StatusCode.UNAVAILABLE, f"token not available: {e}", error=True)
         if isinstance(e, AuditUnavailable):
             # Fail closed: the signature exists but is not durably logged, so it never leaves.
             self._refused_unavailable(f"audit log not writable: {e.reason}")
-            return Failure(grpc.StatusCode.UNAVAILABLE, f"audit log not writable: {e.reason}")
+            return Failure(grpc.StatusCode.UNAVAILABLE, f"audit log not writable: {e.reason}", error=True)
         if not isinstance(e, Exception):
             raise e
         log.error("Sign failed (request_id %r)", request_id, exc_info=e)
-        return Failure(grpc.StatusCode.INTERNAL, "internal error in the signer (logged)")
+        return Failure(grpc.StatusCode.INTERNAL, "internal error in the signer (logged)", error=True)
 
     def _refused_unavailable(self, cause: str) -> None:
         """One request refused for ``cause``: counted, and logged once per cause and interval
@@ -566,10 +586,12 @@ async def _start(config: SignerConfig, ready: startup.Prepared, clock: Clock, ex
     wrapper = SignerServer(server, service, owns_token=owns_token)
     wrapper.admin = AdminPlane.attach(server, state, audit_space, config, token, executor, clock)
     wrapper.admin.verifier = service.verifier
+    wrapper.admin.service = service
     if worker is not None:
         number = worker.number
         wrapper.admin.rotator.reader = lambda path: load_signer_config(path).for_worker(number, config.listen.port)
-        WorkerLink(worker.control, wrapper.admin.rotator, service.verifier, number)
+        link = WorkerLink(worker.control, wrapper.admin.rotator, service.verifier, number)
+        link.metrics = wrapper.admin.metrics_text
     wrapper.local = local
     core_lines: list[str] = []
     try:

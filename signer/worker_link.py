@@ -53,6 +53,7 @@ class WorkerLink:
         self.number = number
         self._open: dict[int, RotationPlan | ReloadPlan | None] = {}  # txn -> what commit swaps in
         self._aborted: set[int] = set()  # aborted before their prepare finished (the supervisor timed out)
+        self.metrics: Callable[[], str] | None = None  # this worker's exposition (set by serve)
         channel.handler = self.handle
         rotator.coordinator = self.forward_rotation
 
@@ -85,6 +86,10 @@ class WorkerLink:
             return self._commit(message)
         if op == "abort":
             return self._abort(message)
+        if op == "metrics":
+            if self.metrics is None:
+                return refusal("UNIMPLEMENTED", "no metrics in this worker")
+            return {"ok": True, "text": self.metrics()}
         if op == "reload_status":
             if self.verifier is not None:
                 await self.verifier.reload()

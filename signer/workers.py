@@ -52,6 +52,7 @@ log = logging.getLogger("ocsp-signer")
 START_TIMEOUT = 120.0  # seconds a worker may take to log in, check every key and open its audit chain
 PREPARE_TIMEOUT = 60.0  # seconds each worker may take to check a change of the responders
 COMMIT_TIMEOUT = 10.0
+METRICS_TIMEOUT = 5.0  # seconds each worker may take to send its metrics to a scrape
 STOP_GRACE = 15.0  # seconds a stopping worker gets (its own grace is 5 s) before SIGKILL
 RESTART_LIMIT = 5  # worker restarts within RESTART_WINDOW before the supervisor gives up
 RESTART_WINDOW = 60.0
@@ -91,6 +92,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed: int | None = None  # the exit status when the supervisor gives up
         self.started = False  # every worker was ready once: from then on a dead worker is started again
+        self.metrics_server: asyncio.AbstractServer | None = None
 
     # -- the listen address ------------------------------------------------------------------------------
     def hold_address(self) -> None:
@@ -267,8 +269,32 @@ class Supervisor:
                 raise RuntimeError(f"worker {number} loaded {problem} (files changed during the start?)")
         self.started = True
 
+    async def start_metrics(self) -> None:
+        """``[metrics] address``: one endpoint for all workers, served here; each scrape asks every
+        running worker for its families (signer.metrics.merged)."""
+        address = self.config.metrics.address
+        if address is None:
+            return
+        from shared.metrics_http import start_endpoint
+        from signer.metrics import merged
+
+        async def scrape() -> bytes:
+            workers = [w for w in self.workers.values() if w.serving]
+            replies = await self._each(workers, "metrics", METRICS_TIMEOUT)
+            texts = [str(r["text"]) for r in replies if r.get("ok")]
+            return merged(texts, self.count - len(texts))
+
+        try:
+            self.metrics_server = await start_endpoint(scrape, address=address)
+        except OSError as e:
+            raise ConfigError(self.config.file, "metrics.address",
+                              f"cannot listen on {address}: {e.strerror or e}") from None
+        log.info("metrics of every worker on http://%s/metrics", address)
+
     async def stop(self) -> None:
         self.stopping.set()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         await asyncio.gather(*(self.stop_worker(w) for w in self.workers.values()))
         for task in list(self._tasks):
             task.cancel()
@@ -389,6 +415,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_stop, sig)
         try:
+            await self.start_metrics()  # before any worker: a port taken fails the start at once
             try:
                 await self.start()
             except (ChildProcessError, RuntimeError) as e:

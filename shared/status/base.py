@@ -91,6 +91,10 @@ class Snapshot(ABC):
     def serials(self) -> Iterator[int]:
         """Every serial the data names (``listed``), in no particular order: what pre-signing signs."""
 
+    def count(self) -> int | None:
+        """How many serials the data names (the metrics' entries); None when not known cheaply."""
+        return None
+
     def unlisted(self) -> StatusInfo:
         """The answer for a serial the data does not name."""
         return UNKNOWN
@@ -150,6 +154,8 @@ class FileStatusSource(ABC):
         self.files = files
         self.check_interval = check_interval
         self.generation = 0  # bumps on every successful reload
+        self.reload_failures = 0  # reloads that failed (the last good data kept): for the metrics
+        self.loaded_at: float | None = None  # epoch seconds the current data was installed
         self._snapshot: Snapshot | None = None
         self._stamps: list[FileStamp] = []
         self._failed_stamps: list[FileStamp] | None = None
@@ -263,6 +269,7 @@ class FileStatusSource(ABC):
         self._stamps = stamps
         self._failed_stamps = None
         self.last_error = None
+        self.loaded_at = time.time()
         self.generation += 1
         for cb in self._listeners:
             try:
@@ -290,6 +297,7 @@ class FileStatusSource(ABC):
                 self._failed_stamps = None if retry else stamps
                 error = str(e) or type(e).__name__
                 self.last_error = error
+                self.reload_failures += 1
                 kept = ("keeping the last good data" if self._snapshot is not None
                         else "no data to answer from")
                 msg = "%s: status reload of %s FAILED, %s: %s"

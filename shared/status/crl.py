@@ -124,6 +124,9 @@ class CrlSnapshot(Snapshot):
         issued = self.issued
         return serial in self.revoked or (issued is not None and serial in issued)
 
+    def count(self) -> int | None:
+        return len(self.revoked) if self.issued is None else None  # the union: not counted per scrape
+
     def serials(self) -> Iterator[int]:
         yield from self.revoked
         if self.issued is not None:
@@ -299,6 +302,9 @@ class CrlTableSnapshot(CrlSnapshot):
 
     def serials(self) -> Iterator[int]:
         return iter(self.table)
+
+    def count(self) -> int | None:
+        return len(self.table)
 
     def summary(self) -> str:
         issued = f", {self.issued_count} issued serials" if self.issued_count is not None else ""

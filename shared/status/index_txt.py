@@ -130,6 +130,9 @@ class IndexSnapshot(Snapshot):
     def serials(self) -> Iterator[int]:
         return iter(self.entries)
 
+    def count(self) -> int | None:
+        return len(self.entries)
+
     def interval(self) -> tuple[timedelta, str]:
         return self.validity, "status.validity"
 

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 from shared.audit import checkpoint as cpt
 from shared.audit.merkle import CompactRange, leaf_hash
 from shared.clock import Clock
+from shared.metrics import Buckets
 from signer.audit.format import (
     FILE_RE,
     RECORD_TYPES,
@@ -266,6 +268,8 @@ class AuditLog:
         self._lock_fd: int | None = None  # flock on <dir>/.audit-<writer_id>.lock, held until close()
         self.failure: str | None = None  # the last write failure, None once a write succeeds again
         self.commits = 0  # groups written (each one write+fsync per file touched)
+        self.write_seconds = Buckets()  # each group's write+fsync (metrics)
+        self.write_failures = 0  # groups that failed: every append in them refused (metrics)
         self._group_window = 0.0
         self._last_write = -1e9  # loop time the last group write ended (the window applies only soon after it)
         # Records on their way (the signer's signatures in flight, each of which appends one), when
@@ -502,6 +506,7 @@ class AuditLog:
                     finally:
                         self._last_write = loop.time()
                 except AuditUnavailable as e:
+                    self.write_failures += 1
                     if self.failure is None:
                         log.error("audit log unavailable, refusing to sign: %s", e.reason)
                     self.failure = e.reason
@@ -553,7 +558,9 @@ class AuditLog:
             if checkpointing and st.uncovered >= every:
                 await self._add_checkpoint(st, segments, now)
         if segments:
+            started = time.perf_counter()
             await loop.run_in_executor(self._io_executor, self._write, segments)
+            self.write_seconds.observe(time.perf_counter() - started)
             self.commits += 1
         self._state = st
 

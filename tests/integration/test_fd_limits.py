@@ -73,7 +73,7 @@ def test_a_frontend_out_of_descriptors_says_so_and_recovers(demo: Demo, signer: 
         assert frontend.proc is not None and frontend.proc.poll() is None
         text = _log(frontend)
     first = [line for line in text.splitlines() if "accept failed" in line]
-    assert first and re.search(r"ERROR frontend.server: accept failed 1 time\(s\): Too many open files \(EMFILE\): "
+    assert first and re.search(r"ERROR: frontend.server: accept failed 1 time\(s\): Too many open files \(EMFILE\): "
                                r"every file descriptor is in use", first[0]), first
     # One line per interval, with the count: far fewer lines than failures.
     failures = sum(int(m) for m in re.findall(r"accept failed (\d+) time\(s\)", text))

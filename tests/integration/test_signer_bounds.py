@@ -41,6 +41,7 @@ from shared.rpc import signer_pb2_grpc as pb_grpc
 from tests.integration.conftest import Demo, Process, free_port, wait_until
 from tests.integration.ocsp_client import build_request, load_cert, post, random_nonce, verify_basic
 from tests.integration.private_stack import ask, frontend_process, get, short_dir, signer_process
+from tests.metrics_text import value
 from tests.unit.signer.test_signer_bounds import padded
 
 pytestmark = pytest.mark.integration
@@ -292,7 +293,7 @@ def test_low_audit_disk_not_ready_signing_goes_on(demo: Demo, tmp_path: Path, pr
     assert not health(s.address).serving
     assert "audit disk: " in health(s.address).detail
     assert re.search(r"ERROR: audit log directory: .* below audit\.min_free \(1000000\.0 TiB\)", text(s.process))
-    assert "ocsp_signer_audit_space_low 1\n" in s.metrics()
+    assert value(s.metrics(), "ocsp_signer_audit_space_low") == 1
     frontend, port = frontend_process(demo, tmp_path, s.address, signer_extra='health_interval = "200ms"\n')
     processes.append(frontend)
     frontend.start()
@@ -321,7 +322,7 @@ def test_small_audit_disk_filled_and_freed(demo: Demo, tmp_path: Path, processes
     processes.append(frontend)
     frontend.start()
     wait_until(lambda: ready(port)[0] == 200, 15, "the frontend to be ready")
-    assert "ocsp_signer_audit_space_low 0\n" in s.metrics()
+    assert value(s.metrics(), "ocsp_signer_audit_space_low") == 0
 
     # Below min_free, not full: ERROR, not ready, the metric; still signing.
     (inside / "filler").write_bytes(b"\0" * (3 * MiB))
@@ -329,8 +330,8 @@ def test_small_audit_disk_filled_and_freed(demo: Demo, tmp_path: Path, processes
     assert "audit disk: " in health(s.address).detail and "below audit.min_free (2.0 MiB)" in health(s.address).detail
     assert "ERROR: audit log directory: " in text(s.process)
     metrics = s.metrics()
-    assert "ocsp_signer_audit_space_low 1\n" in metrics
-    free = int(re.search(r"^ocsp_signer_audit_free_bytes (\d+)$", metrics, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    assert value(metrics, "ocsp_signer_audit_space_low") == 1
+    free = int(value(metrics, "ocsp_signer_audit_free_bytes"))  # type: ignore[arg-type]
     assert free < 2 * MiB
     wait_until(lambda: ready(port)[0] == 503 and "audit disk" in ready(port)[1], 10, "/-/ready 503")
     assert ask(demo, port).response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
@@ -356,4 +357,4 @@ def test_small_audit_disk_filled_and_freed(demo: Demo, tmp_path: Path, processes
     wait_until(lambda: health(s.address).serving, 10, "Health to recover")
     wait_until(lambda: ready(port)[0] == 200, 10, "/-/ready to recover")
     assert "free again" in text(s.process)
-    assert "ocsp_signer_audit_space_low 0\n" in s.metrics()
+    assert value(s.metrics(), "ocsp_signer_audit_space_low") == 0

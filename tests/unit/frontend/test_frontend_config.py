@@ -97,6 +97,11 @@ def test_redis_urls(tmp_path: Path, ca: TestCA, url: str) -> None:
     ("[cache]\nredis_prefix = \"a b\"\n", None, "cache.redis_prefix"),
     ("[cache]\nredis_timeout = \"0ms\"\n", None, "cache.redis_timeout"),
     ("[cache]\nredis_timeout = \"1m\"\n", None, "cache.redis_timeout"),
+    ("[metrics]\naddress = \"9102\"\n", None, "metrics.address"),
+    ("[metrics]\naddress = \"127.0.0.1:99999\"\n", None, "metrics.address"),
+    ("[metrics]\naddress = 9102\n", None, "metrics.address"),
+    ("[metrics]\naddress = \"127.0.0.1:2560\"\n", None, "metrics.address"),  # the OCSP port
+    ("[metrics]\nadress = \"127.0.0.1:9102\"\n", None, "metrics.adress"),
     ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\n', "status.unissued"),
     ("", 'ca_cert = "../ca.pem"\n[status]\nsource = "crl"\npath = "../crl.pem"\nunissued = "maybe"\n',
      "status.unissued"),
@@ -116,6 +121,12 @@ def test_errors_name_file_and_key(tmp_path: Path, ca: TestCA, frontend: str, caf
     assert e.value.key == key, str(e.value)
     expected_file = path if cafile is None else tmp_path / "ca.d" / "one.toml"
     assert e.value.file == str(expected_file)
+
+
+def test_metrics_address(tmp_path: Path, ca: TestCA) -> None:
+    assert load_frontend_config(setup(tmp_path, ca)).metrics.address is None  # off by default
+    cfg = load_frontend_config(setup(tmp_path, ca, '[metrics]\naddress = "[::1]:9102"\n'))
+    assert cfg.metrics.address == "[::1]:9102"
 
 
 def test_workers_range(tmp_path: Path, ca: TestCA) -> None:
