@@ -16,9 +16,13 @@ What must agree, for the item's serial:
 - the validity window, against ``snapshot.window(now)``:
   - data with a window of its own (a CRL; ``issued_at()`` is set): both halves carry the CRL's
     thisUpdate and nextUpdate unchanged, so no clock is involved: thisUpdate not earlier than the
-    CRL's, nextUpdate not later than the CRL's. A thisUpdate before the data's is refused even when
-    it is an older CRL's (a frontend that has not reloaded yet): a replayed old window is exactly
-    what such a check must not accept, and that frontend reloads within its ``check_interval``;
+    CRL's, nextUpdate not later than the CRL's. A thisUpdate before the data's is refused, except
+    for the window of the CRL the current one replaced (``previous``, which the caller gives only
+    for a short time after the replacement, ``status_verify.PREVIOUS_GRACE``), and only when the
+    status agrees with both CRLs: a frontend that has not reloaded yet then gets its answers for the
+    serials the new CRL did not change signed, true as of the older CRL's thisUpdate and within
+    its validity, instead of tryLater for every serial of the CA until it reloads. A serial the new
+    CRL changed still disagrees, and is refused;
   - data whose answers take the time they are made (index.txt): the frontend's thisUpdate is its
     own clock reading when it built the request. Its clock may be up to ``max_clock_skew`` either
     side of ours, and the request took time to arrive (``TRANSIT``), so thisUpdate may lie up to
@@ -48,8 +52,11 @@ from shared.status.base import Snapshot
 TRANSIT = timedelta(seconds=30)
 
 
-def check(snapshot: Snapshot, item: SingleStatus, now: datetime, max_clock_skew: timedelta) -> str | None:
-    """None when ``item`` is what the data allows at ``now``; else why not (one short sentence)."""
+def check(snapshot: Snapshot, item: SingleStatus, now: datetime, max_clock_skew: timedelta,
+          previous: Snapshot | None = None) -> str | None:
+    """None when ``item`` is what the data allows at ``now``; else why not (one short sentence).
+    ``previous``: the CRL ``snapshot`` replaced moments ago, whose window is still accepted for a
+    status both agree on (see the module docstring)."""
     serial = item.cert_id.serial_int
     known = snapshot.status(serial)
     if item.status is not known.status:
@@ -61,7 +68,28 @@ def check(snapshot: Snapshot, item: SingleStatus, now: datetime, max_clock_skew:
         problem = _revocation(item.revocation, known.revocation)
         if problem:
             return problem
-    return _window(snapshot, item, now, max_clock_skew)
+    problem = _window(snapshot, item, now, max_clock_skew)
+    if problem is not None and previous is not None and _previous_window(previous, snapshot, item, now):
+        return None
+    return problem
+
+
+def _previous_window(previous: Snapshot, snapshot: Snapshot, item: SingleStatus, now: datetime) -> bool:
+    """Whether ``item`` is the replaced CRL's answer for a serial both CRLs agree on (its status
+    already agrees with ``snapshot``): the same status and revocation there, in its window, which has
+    not expired. Only between CRLs (data with a window of its own), never index.txt."""
+    if previous.issued_at() is None or snapshot.issued_at() is None:
+        return False
+    old = previous.status(item.cert_id.serial_int)
+    if old.status is not item.status:
+        return False
+    if old.status is CertStatus.REVOKED and _revocation(item.revocation, old.revocation):
+        return False
+    try:
+        this_update, next_update = previous.window(now)
+    except TryLater:  # the replaced CRL has expired
+        return False
+    return item.this_update >= this_update and item.next_update <= next_update
 
 
 def may_be_older(snapshot: Snapshot, item: SingleStatus) -> bool:

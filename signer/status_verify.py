@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +36,12 @@ from shared.status.config import make_source
 from shared.tasks import cancel_and_wait
 from signer.config import SignerConfig
 from signer.status_check import check, may_be_older
+
+# For how long after the signer's CRL for a CA was replaced the replaced CRL's window is still signed
+# for the serials both CRLs agree on (signer.status_check): a frontend behind by up to a fetch
+# interval (status.refresh, 15 min by default) or a file check (status.check_interval) keeps being
+# answered instead of getting tryLater for the whole CA.
+PREVIOUS_GRACE = 15 * 60.0
 
 if TYPE_CHECKING:  # signer.policy imports grpc, which must not load before signer.handshake_log's set-up
     from signer.policy import SignJob
@@ -127,8 +134,11 @@ class StatusVerifier:
         except TryLater as e:
             return None, job.statuses[0], f"the signer has no status data for this CA ({e})"
         now = self.clock.now()
+        replaced = source.replaced_at
+        previous = (source.previous if replaced is not None and time.monotonic() - replaced < PREVIOUS_GRACE
+                    else None)
         for item in job.statuses:
-            reason = check(snapshot, item, now, self.max_clock_skew)
+            reason = check(snapshot, item, now, self.max_clock_skew, previous)
             if reason is not None:
                 return snapshot, item, reason
         return None

@@ -157,6 +157,9 @@ class FileStatusSource(ABC):
         self.reload_failures = 0  # reloads that failed (the last good data kept): for the metrics
         self.loaded_at: float | None = None  # epoch seconds the current data was installed
         self._snapshot: Snapshot | None = None
+        # The snapshot the current one replaced, and when (time.monotonic()); None before a reload.
+        self.previous: Snapshot | None = None
+        self.replaced_at: float | None = None
         self._stamps: list[FileStamp] = []
         self._failed_stamps: list[FileStamp] | None = None
         self._listeners: list[Callable[[FileStatusSource], None]] = []
@@ -265,6 +268,8 @@ class FileStatusSource(ABC):
 
     def _install(self, snap: Snapshot, stamps: list[FileStamp], changes: AbstractSet[int] | None = None) -> None:
         self.last_changes = changes
+        if self._snapshot is not None:  # the data this replaces, and when (signer.status_verify)
+            self.previous, self.replaced_at = self._snapshot, time.monotonic()
         self._snapshot = snap
         self._stamps = stamps
         self._failed_stamps = None

@@ -154,6 +154,7 @@ def test_data_installed_by_the_watch_task_during_the_reload_is_judged() -> None:
     class Source:
         generation = 1
         verdict = "asked good, the data says revoked"
+        previous = replaced_at = None  # never reloaded
 
         def current(self) -> object:
             return self
@@ -170,7 +171,7 @@ def test_data_installed_by_the_watch_task_during_the_reload_is_judged() -> None:
     import signer.status_verify as sv
 
     original = sv.check
-    sv.check = lambda snapshot, item, now, skew: snapshot.verdict or None  # type: ignore[assignment]
+    sv.check = lambda snapshot, item, now, skew, previous=None: snapshot.verdict or None  # type: ignore[assignment]
     try:
         verifier = StatusVerifier(sources={"a": source}, clock=FakeClock(NOW),  # type: ignore[dict-item]
                                   max_clock_skew=timedelta(minutes=5))

@@ -260,3 +260,52 @@ def test_may_be_older(tmp_path: Path, ca: TestCA) -> None:
     assert may_be_older(crl, dataclasses.replace(same, this_update=NOW + S))  # a newer CRL on the frontend
     index = index_snapshot(tmp_path)
     assert may_be_older(index, honest(index, 0x1000, NOW))  # no time of its own: reload once to be sure
+
+
+# -- the CRL a new one replaced ------------------------------------------------------------------------
+
+
+def replaced_pair(tmp_path: Path, ca: TestCA) -> tuple[Snapshot, Snapshot, object]:
+    """The CRL of an hour ago (0x1001 revoked), then today's (0x1002 revoked too), loaded in turn by
+    one source, as the signer's watch loads a replaced file; returns (old, new, source)."""
+    path = tmp_path / "crl.der"
+    old_entries = [(0x1001, REVOKED_AT, x509.ReasonFlags.key_compromise, None)]
+    write(path, ca.crl(old_entries, this_update=NOW - H, next_update=NOW - H + DAY, number=1))
+    cfg = StatusConfig(source="crl", path=path, validity=timedelta(0), check_interval=DEFAULT_CHECK_INTERVAL,
+                       unissued="good")
+    src = make_source("ec-ca", ca.der, cfg, clock=FakeClock(NOW))
+    src.load_now()
+    old = src.current()
+    write(path, ca.crl([*old_entries, (0x1002, NOW - 30 * S, None, None)], this_update=NOW,
+                       next_update=NOW + DAY, number=2))
+    src.load_now()
+    return old, src.current(), src
+
+
+def test_the_replaced_crls_window_is_signed_for_what_both_crls_say(tmp_path: Path, ca: TestCA) -> None:
+    old, new, src = replaced_pair(tmp_path, ca)
+    assert src.previous is old and src.replaced_at is not None  # what signer.status_verify passes on
+    for serial in (0x1005, 0x1001):  # good in both; revoked in both
+        behind = honest(old, serial, NOW)  # a frontend that has not read the new CRL yet
+        reason = check(new, behind, NOW, SKEW)
+        assert reason is not None and "earlier than the data allows" in reason  # without the previous CRL
+        assert check(new, behind, NOW, SKEW, previous=old) is None
+        assert check(new, honest(new, serial, NOW), NOW, SKEW, previous=old) is None
+
+
+def test_the_replaced_crl_does_not_vouch_for_what_changed_or_expired(tmp_path: Path, ca: TestCA) -> None:
+    old, new, _ = replaced_pair(tmp_path, ca)
+    changed = honest(old, 0x1002, NOW)  # good in the old CRL, revoked in the new one
+    reason = check(new, changed, NOW, SKEW, previous=old)
+    assert reason is not None and reason.startswith("asked good, the data says revoked"), reason
+    # The new status with the old window: the old CRL never said so.
+    mixed = dataclasses.replace(honest(new, 0x1002, NOW), this_update=NOW - H, next_update=NOW - H + DAY)
+    reason = check(new, mixed, NOW, SKEW, previous=old)
+    assert reason is not None and "earlier than the data allows" in reason, reason
+    # Past the old CRL's nextUpdate its window is no longer signed.
+    late = NOW - H + DAY + S
+    reason = check(new, honest(old, 0x1005, NOW), late, SKEW, previous=old)
+    assert reason is not None and "earlier than the data allows" in reason, reason
+    # A window wider than the old CRL's: refused.
+    wide = dataclasses.replace(honest(old, 0x1005, NOW), next_update=NOW + DAY)
+    assert check(new, wide, NOW, SKEW, previous=old) is not None
