@@ -279,6 +279,7 @@ class HttpConnection(asyncio.Protocol):
         # most listen.max_inflight_per_client of all its client's connections together.
         self.running: asyncio.Semaphore | None = None
         self.closing = False
+        self.peer_eof = False  # the client has half-closed (eof_received)
         self.paused = False
         self.write_paused = False
         self.deadline = 0.0
@@ -596,7 +597,7 @@ class HttpConnection(asyncio.Protocol):
         keep reading (and discarding) until the client closes, and give up after LINGER seconds."""
         self.closing = True
         self.pending = b""
-        if not transport.can_write_eof():
+        if self.peer_eof or not transport.can_write_eof():  # (no input left to drain after a client's EOF)
             transport.close()
             return
         try:
@@ -610,7 +611,17 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = self.loop.time() + LINGER
 
     def eof_received(self) -> bool:
-        return False  # the client is done: let the transport close
+        """The client has sent all it will: perhaps a half-close after its requests (``shutdown(SHUT_WR)``,
+        ``nc -N``, a script's ``printf ... | nc``), which HTTP/1.1 allows. Answers still being made are
+        sent, then the connection is closed; with none in the making the transport closes now (it
+        sends what is already written first)."""
+        self.peer_eof = True
+        if self.queue and self.transport is not None:
+            if not self.closing:  # close once the answers asked for are out
+                self._push(b"", True)
+                self.closing = True
+            return True  # keep the transport open for those answers
+        return False
 
     def _backlogged(self) -> bool:
         """Answers are not leaving fast enough to take more requests: the client does not read them

@@ -87,3 +87,23 @@ def test_pipelined_input_is_parsed_only_as_fast_as_it_is_answered(env: Env) -> N
             assert line.startswith(b"HTTP/1.1 200") and json.loads(body)["nonce"].endswith((b"n%05d" % i).hex())
     finally:
         c.close()
+
+
+def test_a_half_closed_client_gets_every_answer_it_asked_for(env: Env) -> None:
+    """A client that sends its requests and then shuts its write side (HTTP/1.1 allows it; `nc -N`
+    does it) gets every answer, the ones still being signed included, then the connection closes."""
+    env.signer.delay = 0.2  # answers in the making when the client's FIN arrives
+    cached = env.request(env.a, 0x100)
+    env.post(cached)
+    one = post_bytes(env.request(env.a, 0x101, nonce=b"h" * 8))
+    out = split_responses(raw(env, one, shut=True))
+    assert [r[0][:12] for r in out] == [b"HTTP/1.1 200"], out
+    assert statuses(out[0][2])[0]["serial"] == 0x101
+    several = one + post_bytes(cached) + post_bytes(env.request(env.b, 0x201, nonce=b"i" * 8))
+    out = split_responses(raw(env, several, shut=True))
+    assert [r[0][:12] for r in out] == [b"HTTP/1.1 200"] * 3, out
+    assert [statuses(r[2])[0]["serial"] for r in out] == [0x101, 0x100, 0x201]
+    # Nothing in the making: the cached answer goes out, then the close.
+    out = split_responses(raw(env, post_bytes(cached), shut=True))
+    assert [r[0][:12] for r in out] == [b"HTTP/1.1 200"]
+    wait_until(lambda: not env.server.connections, 5, "the half-closed connections to be closed")
