@@ -303,7 +303,7 @@ class Soak:
               f" ms, max {lat[-1] * 1e3:.0f} ms; load average at the end {os.getloadavg()[0]:.1f}")
         print(f"tryLater answers inside a change window (allowed): {t.window_errors}")
         print(f"half-closed connections: {t.half_closed['answered']} answered, {t.half_closed['closed']} closed "
-              "without an answer (both allowed)")
+              "without an answer (counted wrong)")
         print("data changes: {add} added, {revoke} revoked ({sighup} by SIGHUP, {watch} by the file watch), "
               "{late} not answered in time".format(**self.changes))
         print("rotations: {ok} ok, {failed} failed".format(**self.rotations))

@@ -3,9 +3,9 @@ valid requests (checked answer by answer) and the invalid ones (each expecting i
 
 ``World`` is the oracle. It reads the demo CAs' status files itself (index.txt; issued.txt and the
 CRL), apart from the responder's parsers, and knows which serials are changing: during a change a
-serial may answer its old or its new status, and a tryLater for any serial of that CA is counted
-apart ("window errors"), not as a failure (until both halves have loaded the change they may
-disagree about the whole CA: a new CRL moves every answer's thisUpdate, which the signer checks).
+serial may answer its old or its new status, and a tryLater for that serial is counted apart
+("window errors"), not as a failure (until both halves have loaded the change they may disagree
+about it). Any other serial must be answered throughout.
 Outside a window an answer must be exactly what the files say.
 
 A valid answer must be HTTP 200 application/ocsp-response, a successful OCSP response whose
@@ -81,11 +81,13 @@ class Ca:
             return window[0]
         return frozenset({self.status.get(serial, "unknown")})
 
-    def in_window(self, now: float) -> bool:
-        """A change of this CA's data is under way at ``now``. While the frontend and the signer have
-        not both loaded it they may disagree, and the frontend answers tryLater, for any serial of the
-        CA (a new CRL also moves every answer's thisUpdate, which the signer checks)."""
-        return any(now < until for _, until in self.changing.values())
+    def in_window(self, serial: int, now: float) -> bool:
+        """``serial``'s status is changing at ``now``: until the frontend and the signer have both
+        loaded the change they may disagree about it, and the frontend answers tryLater for it. Only
+        for it: the serials a change leaves alone are signed throughout, a new CRL's moved thisUpdate
+        included (the signer still signs the replaced CRL's window for them, signer.status_check)."""
+        window = self.changing.get(serial)
+        return window is not None and now < window[1]
 
 
 def load_ca(name: str, ca_dir: Path, source: str) -> Ca:
@@ -153,7 +155,7 @@ class Tally:
     kinds: Counter[str] = field(default_factory=Counter)  # requests sent, by kind
     failed: Counter[str] = field(default_factory=Counter)  # valid requests without a valid answer
     wrong: Counter[str] = field(default_factory=Counter)  # answers that contradict the data or the rules
-    window_errors: int = 0  # tryLater answers for a CA inside its change window (allowed)
+    window_errors: int = 0  # tryLater answers for a serial inside its change window (allowed)
     latencies: list[float] = field(default_factory=list)  # seconds, of the valid requests answered
     half_closed: Counter[str] = field(default_factory=Counter)  # "answered" | "closed" (no answer)
     notes: list[str] = field(default_factory=list)  # the first few failures, for the report
@@ -178,7 +180,7 @@ def check_answer(tally: Tally, ca: Ca, serial: int, nonce: bytes | None, reply: 
         return
     if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         if resp.response_status == ocsp.OCSPResponseStatus.TRY_LATER and (
-                ca.in_window(time.monotonic()) or ca.in_window(sent_at)):
+                ca.in_window(serial, time.monotonic()) or ca.in_window(serial, sent_at)):
             tally.window_errors += 1
             return
         tally.failed[kind] += 1
@@ -356,14 +358,14 @@ class Load:
         return None if reply.status == 400 else f"HTTP {reply.status}, want 400"
 
     async def _half_closed(self) -> str | None:
-        """A request, then the client's FIN: an answer or a clean close, never a hang or a 5xx."""
+        """A request, then the client's FIN (HTTP/1.1 allows a half-close): answered, then closed."""
         ca, serial = self.pick()
         sent_at = time.monotonic()
         try:
             reply = await self._exchange(post_bytes(build(ca, serial)), half_close=True)
         except asyncio.IncompleteReadError as e:
             self.tally.half_closed["closed"] += 1
-            return None if not e.partial else f"cut answer {e.partial[:40]!r}"
+            return f"closed without an answer{f' (cut: {e.partial[:40]!r})' if e.partial else ''}"
         self.tally.half_closed["answered"] += 1
         check_answer(self.tally, ca, serial, None, reply, "invalid half closed", sent_at)
         return None
