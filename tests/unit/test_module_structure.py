@@ -16,7 +16,7 @@ DEMO = "signer.ctl.demo"
 DEMO_REGISTRY = "signer.ctl.main"  # registers the `demo` command group
 MAX_LINES = 700
 GENERATED = ("shared/rpc/signer_pb2.py", "shared/rpc/signer_pb2_grpc.py")  # make proto writes them
-SIZED = (*PACKAGES, "tests", "bench")
+SIZED = (*PACKAGES, "tests", "bench", "fuzz")
 
 
 def _module_name(path: Path) -> str:
