@@ -40,6 +40,7 @@ bench: venv softhsm bench-tools
 	$(BIN)/python bench/status_check_bench.py
 	$(BIN)/python bench/local_callers_bench.py --demo $(VAR)/demo --seconds 2
 	$(BIN)/python bench/status_bench.py
+	$(BIN)/python bench/accept_bench.py
 
 # What only the benchmarks need: wrk (Debian) and bench/requirements.txt (matplotlib) in the venv.
 bench-tools: venv

@@ -28,6 +28,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from shared.ratelog import CountedLog
 
@@ -65,7 +66,7 @@ class Acceptor:
         self._reserve = _reserve()
         self._paused: asyncio.TimerHandle | None = None
         self._closed = False
-        self._tasks: set[asyncio.Task[None]] = set()  # transports being made
+        self._tasks: dict[asyncio.Task[Any], socket.socket] = {}  # transports being made
         sock.setblocking(False)
 
     def start(self) -> None:
@@ -98,17 +99,25 @@ class Acceptor:
             self._connect(conn)
 
     def _connect(self, conn: socket.socket) -> None:
-        # (uvloop's transport makes the socket non-blocking and sets TCP_NODELAY itself.)
-        task = self.loop.create_task(self._transport(conn))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # (uvloop's transport makes the socket non-blocking and sets TCP_NODELAY itself.) The call's
+        # own task, no coroutine of ours around it: this runs once per connection.
+        task = self.loop.create_task(self.loop.connect_accepted_socket(self.protocol_factory, conn))
+        self._tasks[task] = conn
+        task.add_done_callback(self._made)
 
-    async def _transport(self, conn: socket.socket) -> None:
-        try:
-            await self.loop.connect_accepted_socket(self.protocol_factory, conn)
-        except OSError as e:  # the client went away before its transport was made, or out of memory
+    def _made(self, task: asyncio.Task[Any]) -> None:
+        conn = self._tasks.pop(task, None)
+        if task.cancelled():
+            return
+        e = task.exception()
+        if e is None:
+            return
+        if conn is not None:
             conn.close()
+        if isinstance(e, OSError):  # the client went away before its transport was made, or out of memory
             self._count(e)
+        else:
+            log.error("making a connection's transport failed", exc_info=e)
 
     def _failed(self, e: OSError) -> bool:
         """Count and log one failed accept; True when accepting must stop for now."""
