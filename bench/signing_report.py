@@ -244,7 +244,12 @@ context switches and fewer requests per read: measured on 2026-12-02, the bare s
 29 %, httptools 6 %, uvloop 4 % (the bare server: kernel 71 %, CPython 21 %), context switches
 (`finish_task_switch`) 11-15 % of both; py-spy puts 93 % of the frontend's samples inside the event
 loop's C code and about 7 % in the Python request path. The one-core rows compare with the one-core
-reference as before. On a busy machine the req/s columns move from run to run by 2x; the
+reference as before. The one-core hit rows of the run of 2026-12-02 18:27 read more than at 13cb3bc (1.58x / 1.46x against
+1.16x / 1.30x): since issue 12
+a cache hit also writes its access-log line (on by default; the benchmark's frontend writes it to
+/dev/null) and counts its metrics. The access line costs 0.7-1.6 µs per hit in-process
+(bench/access_log_bench.py) and 2-5 µs per hit in an http_bench A/B of 2026-12-02 (23.5-26.4 µs on,
+20.4-21.6 µs off, two workers); `[log] access = false` takes it off. On a busy machine the req/s columns move from run to run by 2x; the
 CPU-per-answer columns, from each server's own CPU time, move much less. The rows and ratios above
 are the acceptance figures.
 """
