@@ -69,15 +69,18 @@ def check(snapshot: Snapshot, item: SingleStatus, now: datetime, max_clock_skew:
         if problem:
             return problem
     problem = _window(snapshot, item, now, max_clock_skew)
-    if problem is not None and previous is not None and _previous_window(previous, snapshot, item, now):
+    if problem is not None and previous is not None and _previous_window(previous, snapshot, item, now,
+                                                                          max_clock_skew):
         return None
     return problem
 
 
-def _previous_window(previous: Snapshot, snapshot: Snapshot, item: SingleStatus, now: datetime) -> bool:
+def _previous_window(previous: Snapshot, snapshot: Snapshot, item: SingleStatus, now: datetime,
+                     max_clock_skew: timedelta) -> bool:
     """Whether ``item`` is the replaced CRL's answer for a serial both CRLs agree on (its status
-    already agrees with ``snapshot``): the same status and revocation there, in its window, which has
-    not expired. Only between CRLs (data with a window of its own), never index.txt."""
+    already agrees with ``snapshot``): the same status and revocation there, and the window that CRL
+    allows (``_window``: not expired). Only between CRLs (data with a window of its own), never
+    index.txt."""
     if previous.issued_at() is None or snapshot.issued_at() is None:
         return False
     old = previous.status(item.cert_id.serial_int)
@@ -85,11 +88,7 @@ def _previous_window(previous: Snapshot, snapshot: Snapshot, item: SingleStatus,
         return False
     if old.status is CertStatus.REVOKED and _revocation(item.revocation, old.revocation):
         return False
-    try:
-        this_update, next_update = previous.window(now)
-    except TryLater:  # the replaced CRL has expired
-        return False
-    return item.this_update >= this_update and item.next_update <= next_update
+    return _window(previous, item, now, max_clock_skew) is None
 
 
 def may_be_older(snapshot: Snapshot, item: SingleStatus) -> bool:
