@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -63,29 +64,32 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def counter(name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], float] | float
-            ) -> CounterMetricFamily:
-    """A counter family (``name`` without ``_total``) from {label values: count} or one number."""
-    if not labels:
-        assert not isinstance(values, Mapping)
-        return CounterMetricFamily(name, doc, value=values)
-    family = CounterMetricFamily(name, doc, labels=labels)
-    assert isinstance(values, Mapping)
-    for key, n in sorted(values.items()):
-        family.add_metric(list(key), n)
-    return family
+_Simple = TypeVar("_Simple", CounterMetricFamily, GaugeMetricFamily)
 
 
-def gauge(name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], float] | float
-          ) -> GaugeMetricFamily:
+def _family(kind: type[_Simple], name: str, doc: str, labels: Sequence[str],
+            values: Mapping[tuple[str, ...], float] | float) -> _Simple:
+    """A counter or gauge family: one unlabelled number, or {label values: value}, sorted."""
     if not labels:
         assert not isinstance(values, Mapping)
-        return GaugeMetricFamily(name, doc, value=values)
-    family = GaugeMetricFamily(name, doc, labels=labels)
+        return kind(name, doc, value=values)
+    family = kind(name, doc, labels=labels)
     assert isinstance(values, Mapping)
     for key, v in sorted(values.items()):
         family.add_metric(list(key), v)
     return family
+
+
+def counter(name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], float] | float
+            ) -> CounterMetricFamily:
+    """A counter family (``name`` without ``_total``) from {label values: count} or one number."""
+    return _family(CounterMetricFamily, name, doc, labels, values)
+
+
+def gauge(name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], float] | float
+          ) -> GaugeMetricFamily:
+    """A gauge family from {label values: value} or one number."""
+    return _family(GaugeMetricFamily, name, doc, labels, values)
 
 
 def histogram(name: str, doc: str, labels: Sequence[str], values: Mapping[tuple[str, ...], Buckets] | Buckets
