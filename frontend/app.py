@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from frontend.cache import STORE, Entry, ResponseCache, cert_label
+from frontend.cache import STORE, Entry, ResponseCache
 from frontend.config import ListenConfig
 from frontend.signer_client import SignResult
 from shared.answers import AnswerKey, StoredAnswer, expires_at, serial_octets, stored_answer
@@ -85,7 +85,6 @@ class Answer:
     via: str = ""  # SIGNED, NONCE, JOINED, STORED, CACHED; "" for an error
     signature_id: str = ""
     request_id: str = ""  # an error's: the SignRequest sent for it that failed ("": none)
-    cert_label: str = ""  # of a successful answer: good / revoked / unknown / mixed (cert_label)
 
     @staticmethod
     def error(status: ResponseStatus, ca: str = "", cert_ids: tuple[CertId, ...] = (),
@@ -95,8 +94,8 @@ class Answer:
     @staticmethod
     def of_entry(entry: Entry, via: str = CACHED) -> Answer:
         return Answer(entry.der, next_update=entry.next_update, headers=entry.headers, ca=entry.key.ca,
-                      cert_ids=entry.key.cert_ids, cert_status=entry.cert_status, cert_label=entry.cert_label,
-                      via=via, signature_id=entry.signature_id)
+                      cert_ids=entry.key.cert_ids, cert_status=entry.cert_status, via=via,
+                      signature_id=entry.signature_id)
 
 
 class Signer(Protocol):
@@ -342,9 +341,7 @@ class OcspApp:
                                    fingerprint=result.responder_fingerprint)
         cert_status = tuple(info.status for info in infos)
         if akey is None:
-            return Answer(body, ca=ca.name, cert_ids=request.cert_ids, cert_status=cert_status,
-                          cert_label=cert_label(cert_status),
-                          via=NONCE,
+            return Answer(body, ca=ca.name, cert_ids=request.cert_ids, cert_status=cert_status, via=NONCE,
                           signature_id=result.request_id)
         tu, nu = int(this_update.timestamp()), int(next_update.timestamp())
         static = self.stored_headers(body, tu, nu)
@@ -360,8 +357,7 @@ class OcspApp:
                                                     result.responder_fingerprint),
                                 expires_at(tu, nu, self.cache.max_age))
         return Answer(body, next_update=nu, headers=static, ca=ca.name, cert_ids=request.cert_ids,
-                      cert_status=cert_status, cert_label=cert_label(cert_status),
-                      via=SIGNED, signature_id=result.request_id)
+                      cert_status=cert_status, via=SIGNED, signature_id=result.request_id)
 
     def _from_store(self, akey: AnswerKey, stored: StoredAnswer, info: StatusInfo,
                     raw: bytes | None) -> Answer | None:
@@ -381,7 +377,7 @@ class OcspApp:
                        fingerprint=stored.responder_fingerprint, raw=raw, expires=expires,
                        cert_status=(info.status,))
         return Answer(stored.der, next_update=nu, headers=static, ca=akey.ca, cert_ids=akey.cert_ids,
-                      cert_status=(info.status,), cert_label=info.status.value, via=STORED)
+                      cert_status=(info.status,), via=STORED)
 
 
 def build_issuers(cas: Iterable[tuple[bytes, CaEntry]]) -> IssuerIndex[CaEntry]:

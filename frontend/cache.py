@@ -89,7 +89,8 @@ class Entry:
     cert_status: tuple[CertStatus, ...] = ()
     signature_id: str = ""
     access: str = ""
-    cert_label: str = ""  # good / revoked / unknown (mixed: several CertIDs that differ), for the metrics
+    # cert_label(cert_status), made once: what the metrics count a hit as (the hit path derives nothing)
+    cert_label: str = ""
 
     @property
     def ca(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from frontend.acceptor import Acceptor, failure_log, listening_sockets
 from frontend.access_log import AccessLog
 from frontend.app import Answer, OcspApp
-from frontend.cache import Entry
+from frontend.cache import Entry, cert_label
 from frontend.config import ListenConfig
 from frontend.http_answer import HitAnswers, ocsp_error_http, ocsp_http
 from frontend.http_conn import MAX_REFUSING, ConnectionPool, HttpConnection, etag_matches, plain, reset
@@ -173,7 +173,8 @@ class HttpProtocol(HttpConnection):
                       started: float) -> bytes:
         async with self.work_slot():
             answer = await self.app.answer(der, key)
-        self._served(method, answer.cert_label if answer.status is SUCCESSFUL else ANSWER_LABELS[answer.status],
+        self._served(method, cert_label(answer.cert_status) if answer.status is SUCCESSFUL
+                     else ANSWER_LABELS[answer.status],
                      started)
         self._answered(method, answer, started)
         app = self.app
